@@ -1,0 +1,49 @@
+"""The ``autoslim`` command. The CLI package is the only place that prints.
+
+Each subcommand lives in its own module with ``register(subparsers)``, which adds its parser
+and sets ``func`` to a callable taking the parsed arguments and returning an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from autoslim import __version__
+from autoslim.cli import measure, zoo
+from autoslim.errors import AutoslimError
+
+COMMANDS = (measure, zoo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoslim",
+        description="Search compression recipes for causal LMs and export the one you pick.",
+    )
+    parser.add_argument("--version", action="version", version=f"autoslim {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
+    try:
+        status: int = args.func(args)
+    except AutoslimError as e:
+        print(f"autoslim {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"autoslim {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return status

@@ -1,0 +1,66 @@
+"""Arguments and output helpers shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from autoslim.measure.perplexity import PerplexityProtocol
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="reference",
+        help="'reference' (bundled), a local Hugging Face folder, or a hub id",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow the model's own Python code to run (off by default)",
+    )
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--text", nargs="+", metavar="PATH", help="your own UTF-8 text files instead of the stdlib"
+    )
+    parser.add_argument(
+        "--dataset", help="a Hugging Face dataset 'path[:config]' (needs `datasets` and a hub)"
+    )
+
+
+def add_protocol_args(parser: argparse.ArgumentParser) -> None:
+    default = PerplexityProtocol()
+    parser.add_argument("--window", type=int, default=default.window, help="tokens per window")
+    parser.add_argument(
+        "--stride", type=int, default=0, help="tokens between window starts (0 = window)"
+    )
+    parser.add_argument(
+        "--max-windows",
+        type=int,
+        default=default.max_windows,
+        help="evenly spaced windows scored (0 = all)",
+    )
+    parser.add_argument("--batch-size", type=int, default=default.batch_size)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def protocol_from(args: argparse.Namespace) -> PerplexityProtocol:
+    return PerplexityProtocol(
+        window=args.window,
+        stride=args.stride,
+        max_windows=args.max_windows or None,
+        batch_size=args.batch_size,
+    )
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def print_table(rows: list[tuple[str, Any]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")

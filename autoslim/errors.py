@@ -1,0 +1,27 @@
+"""One exception hierarchy for autoslim.
+
+Every message names the offending key or value and says how to fix it; the CLI prints the
+message on one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class AutoslimError(Exception):
+    """Base class of every error autoslim raises on purpose."""
+
+
+class ConfigError(AutoslimError, ValueError):
+    """A user-supplied value (CLI flag, study file key, recipe field) is invalid."""
+
+
+class ModelError(AutoslimError):
+    """A model could not be found or loaded, or is not a causal LM."""
+
+
+class DataError(AutoslimError):
+    """Text data is missing, unreadable or too small for the protocol."""
+
+
+class UnsupportedError(AutoslimError):
+    """An operator, backend or meter is not available for this model or machine."""

@@ -1,0 +1,122 @@
+"""Loading base models: the bundled reference, a local Hugging Face folder, or a hub id.
+
+Everything goes through ``AutoModelForCausalLM`` / ``AutoTokenizer``; ``trust_remote_code`` stays
+off unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoslim.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+REFERENCE = "reference"
+REFERENCE_DIR = Path(__file__).parent / "zoo" / "reference"
+
+
+@dataclass
+class LoadedModel:
+    """A base model with its tokenizer and where it came from."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    path: str
+
+    @property
+    def family(self) -> str:
+        return str(self.model.config.model_type)
+
+
+def resolve(name: str) -> str:
+    """The folder or hub id behind a model name; ``"reference"`` is the bundled model."""
+    if name == REFERENCE:
+        if not (REFERENCE_DIR / "config.json").is_file():
+            raise ModelError(
+                f"the bundled reference model is missing from {REFERENCE_DIR}; "
+                "reinstall autoslim or run `autoslim zoo train`"
+            )
+        return str(REFERENCE_DIR)
+    path = Path(name).expanduser()
+    # Hub ids are "name" or "org/name"; anything else that looks like a path is one.
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        if not path.is_dir():
+            raise ModelError(
+                f"model path {name!r} does not exist or is not a folder; pass a folder holding "
+                "config.json and weights, 'reference', or a hub id"
+            )
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"model folder {name!r} holds no config.json, so it is not a Hugging Face "
+                "model; pass a folder written by save_pretrained"
+            )
+        return str(path)
+    return name
+
+
+def load_config(name: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoConfig
+
+    where = resolve(name)
+    try:
+        return AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(_load_failure(name, where, e)) from e
+
+
+def _load_failure(name: str, where: str, e: Exception) -> str:
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if Path(where).is_dir():
+        return f"cannot load model folder {name!r}: {first_line}"
+    return (
+        f"cannot load {name!r}: not a local folder, and the hub did not provide it "
+        f"({first_line}); pass a local folder, 'reference', or check the network"
+    )
+
+
+def load_model(
+    name: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer by name, ready for evaluation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    where = resolve(name)
+    config = load_config(name, trust_remote_code=trust_remote_code)
+    auto_map = getattr(config, "auto_map", None) or {}
+    if (
+        config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and "AutoModelForCausalLM" not in auto_map
+    ):
+        raise ModelError(
+            f"model {name!r} is a {config.model_type!r} model, not a causal LM; pass a model "
+            "that AutoModelForCausalLM loads (GPT-2, OPT, Llama, Qwen, Mistral, ...)"
+        )
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            where, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(_load_failure(name, where, e)) from e
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    model.eval()
+    logger.info("loaded %s (%s) from %s", name, config.model_type, where)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=where)
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The two commands a fresh machine needs:
+#   bash run.sh demo   set everything up, then run the main job on the bundled reference model
+#   bash run.sh test   set everything up, then lint, type-check and run the whole test suite
+# Everything lives in ./.venv (override with AUTOSLIM_VENV). Extra arguments go to the command.
+set -euo pipefail
+cd "$(dirname "$0")"
+venv=${AUTOSLIM_VENV:-.venv}
+
+setup() {
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  py="$venv/bin/python"
+  "$py" -m pip install -q --upgrade pip
+  # CPU torch first: otherwise pip resolves torch as a dependency and pulls a CUDA build.
+  "$py" -c "import torch" 2>/dev/null || "$py" -m pip install -q torch==2.13.0
+  "$py" -m pip install -q -e ".[dev]"
+}
+
+test_deps() {
+  # Multi-worker tests use the local PostgreSQL (trust auth, database `test`) when it runs.
+  if command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 2>/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start \
+      || echo "run.sh: PostgreSQL could not be started; its tests will be skipped" >&2
+  fi
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  demo)
+    setup
+    exec "$venv/bin/autoslim" measure --model reference "$@"
+    ;;
+  test)
+    setup
+    test_deps
+    "$venv/bin/ruff" check autoslim tests bench
+    "$venv/bin/ruff" format --check autoslim tests bench
+    "$venv/bin/mypy" autoslim
+    exec "$venv/bin/python" -m pytest "$@"
+    ;;
+  *)
+    echo "usage: bash run.sh demo|test [ARGS...]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from autoslim.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "autoslim", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_measure_reference_json(capsys):
+    assert main(["measure", "--model", "reference", "--max-windows", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["family"] == "qwen3"
+    assert report["scored_tokens"] == 8 * 255
+    assert len(report["corpus_fingerprint"]) == 16
+    assert report["perplexity"] > 1
+    assert report["tokens_per_second"] > 0
+
+
+def test_measure_prints_a_table(capsys):
+    assert main(["measure", "--max-windows", "4"]) == 0
+    out = capsys.readouterr().out
+    for key in ("perplexity", "protocol", "fingerprint", "tokens/s"):
+        assert key in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model", "/does/not/exist"], "does not exist"),
+        (["--text", "/does/not/exist.txt"], "exist.txt"),
+        (["--window", "64", "--stride", "65"], "stride=65"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, needle):
+    proc = run_cli("measure", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_text_too_small_for_one_window(tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("".join(f"word {i}\n" for i in range(2000)))
+    proc = run_cli("measure", "--text", str(small), "--window", "256")
+    assert proc.returncode == 2
+    assert "fewer than one perplexity window" in proc.stderr

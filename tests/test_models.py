@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+
+from autoslim import data, models
+from autoslim.errors import ModelError
+from autoslim.measure.perplexity import PerplexityProtocol, perplexity
+from autoslim.testing import save_tiny_model
+
+
+def test_reference_loads_offline_and_is_a_good_teacher(corpus):
+    loaded = models.load_model("reference")
+    assert loaded.family == "qwen3"
+    config = loaded.model.config
+    assert config.num_key_value_heads < config.num_attention_heads  # GQA
+    assert config.head_dim * config.num_attention_heads == config.hidden_size
+    ids = data.tokens(loaded.tokenizer, corpus, "eval")
+    result = perplexity(loaded.model, ids, PerplexityProtocol(max_windows=16))
+    assert result.perplexity < 80
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_local_folders_of_other_families(family, tmp_path, corpus):
+    folder = save_tiny_model(family, tmp_path / family)
+    loaded = models.load_model(str(folder))
+    assert loaded.family == family
+    ids = data.tokens(loaded.tokenizer, corpus, "eval")
+    ppl = perplexity(loaded.model, ids, PerplexityProtocol(window=64, max_windows=4)).perplexity
+    assert 100 < ppl < 5000  # random weights over a 512-token vocabulary
+
+
+def test_bad_model_names_give_clear_errors(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        models.load_model(str(tmp_path / "nope"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        models.load_model(str(empty))
+
+
+def test_a_folder_holding_no_causal_lm_is_refused(tmp_path):
+    from transformers import ViTConfig
+
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(
+        tmp_path / "vit"
+    )
+    with pytest.raises(ModelError, match="not a causal LM"):
+        models.load_model(str(tmp_path / "vit"))
