@@ -1,0 +1,69 @@
+"""``autoslim pick``: rank the Pareto-optimal trials within the perplexity budget."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from autoslim.cli._common import print_json
+from autoslim.cli._study_args import add_study_args, open_study
+
+
+def add_choice_args(parser: argparse.ArgumentParser) -> None:
+    """``--prefer`` / ``--weights`` / ``--max-ppl-increase``, shared with ``export``."""
+    from autoslim.pick import PRESETS
+
+    parser.add_argument(
+        "--prefer",
+        choices=tuple(PRESETS),
+        help="weight preset: time 0.8/0.2, energy 0.2/0.8, balanced 0.5/0.5 (the default)",
+    )
+    parser.add_argument(
+        "--weights", metavar="time=W,energy=W", help="explicit weights, e.g. time=0.7,energy=0.3"
+    )
+    parser.add_argument(
+        "--max-ppl-increase",
+        type=float,
+        metavar="X",
+        help="tighten the study's perplexity budget to base * (1 + X), e.g. 0.05",
+    )
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "pick",
+        help="rank the Pareto-optimal trials within the perplexity budget by time and energy",
+    )
+    add_study_args(parser)
+    add_choice_args(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from autoslim.pick import rank, weights_from
+
+    study = open_study(args)
+    choice = rank(study, weights_from(args.prefer, args.weights), args.max_ppl_increase)
+    if args.json:
+        print_json({"study": study.study_name, **choice.to_dict()})
+        return 0
+    print(f"study {study.study_name}: {choice.budget.describe()}, {choice.weights.describe()}")
+    header = ("rank", "trial", "score", "perplexity", "seconds", "joules", "recipe")
+    rows = [
+        (
+            str(i),
+            str(c.number) + (" (base)" if c.is_base else ""),
+            f"{c.score:.3f}",
+            f"{c.perplexity:.4g}",
+            f"{c.seconds:.4g}",
+            f"{c.joules:.4g} {c.energy_source}",
+            c.recipe.describe(),
+        )
+        for i, c in enumerate(choice.ranking, start=1)
+    ]
+    widths = [max(len(r[k]) for r in (header, *rows)) for k in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"chosen: {choice.reason}")
+    return 0

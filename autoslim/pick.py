@@ -1,0 +1,294 @@
+"""Choosing one trial: the perplexity budget first, then how much time and energy matter.
+
+The candidates are the COMPLETE trials that meet the perplexity budget
+(``perplexity <= base_perplexity * (1 + max_ppl_increase)``) and lie on the Pareto front of
+(perplexity, seconds, joules), as Optuna computes it. Within the budget a trial is Pareto-optimal
+among the feasible trials exactly when it is Pareto-optimal among all trials, because whatever
+dominates it has a perplexity no higher.
+
+Each candidate's seconds and joules are min-max normalised over the candidates (0 = the best
+candidate, 1 = the worst; 0 for all when every candidate has the same value) and scored
+``w_time * seconds_norm + w_energy * joules_norm`` with weights that sum to 1; the lowest
+score wins, ties going to the lower perplexity, then the lower trial number. Normalising over
+the candidates makes the weights mean "how much of the available spread to trade".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+from optuna.trial import FrozenTrial, TrialState
+
+from autoslim.errors import ConfigError
+from autoslim.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+METRIC_NAMES = ("perplexity", "seconds", "joules")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """How much time (seconds) and energy (joules) matter; normalised to sum to 1."""
+
+    time: float
+    energy: float
+
+    def __post_init__(self) -> None:
+        for name, value in (("time", self.time), ("energy", self.energy)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"weight {name}={value!r}: must be a number >= 0")
+        total = self.time + self.energy
+        if total <= 0:
+            raise ConfigError("weights time=0 and energy=0: give at least one weight above 0")
+        object.__setattr__(self, "time", self.time / total)
+        object.__setattr__(self, "energy", self.energy / total)
+
+    def describe(self) -> str:
+        return f"time={self.time:g},energy={self.energy:g}"
+
+
+PRESETS = {
+    "time": Weights(time=0.8, energy=0.2),
+    "energy": Weights(time=0.2, energy=0.8),
+    "balanced": Weights(time=0.5, energy=0.5),
+}
+
+
+def parse_weights(text: str) -> Weights:
+    """``"time=0.7,energy=0.3"`` → Weights; a missing key weighs 0."""
+    given: dict[str, float] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in ("time", "energy"):
+            raise ConfigError(
+                f"--weights entry {item!r}: write time=W and/or energy=W, e.g. time=0.7,energy=0.3"
+            )
+        try:
+            given[key] = float(value)
+        except ValueError as e:
+            raise ConfigError(f"--weights {key}={value.strip()!r}: not a number") from e
+    if not given:
+        raise ConfigError(f"--weights {text!r}: empty; write e.g. time=0.7,energy=0.3")
+    return Weights(time=given.get("time", 0.0), energy=given.get("energy", 0.0))
+
+
+def weights_from(prefer: str | None, weights: str | None) -> Weights:
+    """The weights a command asked for: ``--weights`` or a ``--prefer`` preset (balanced)."""
+    if prefer and weights:
+        raise ConfigError("give either --prefer or --weights, not both")
+    if weights:
+        return parse_weights(weights)
+    if prefer is None:
+        return PRESETS["balanced"]
+    if prefer not in PRESETS:
+        raise ConfigError(f"--prefer {prefer!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[prefer]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The highest perplexity allowed: the base model's plus a relative increase."""
+
+    base_perplexity: float
+    max_ppl_increase: float
+
+    @property
+    def max_perplexity(self) -> float:
+        return self.base_perplexity * (1 + self.max_ppl_increase)
+
+    def allows(self, perplexity: float) -> bool:
+        return perplexity <= self.max_perplexity
+
+    def increase(self, perplexity: float) -> float:
+        """Relative perplexity increase over the base model."""
+        return perplexity / self.base_perplexity - 1
+
+    def describe(self) -> str:
+        return (
+            f"perplexity <= {self.max_perplexity:.4g} "
+            f"(base {self.base_perplexity:.4g} +{self.max_ppl_increase:.1%})"
+        )
+
+
+def study_budget(study: optuna.Study, max_ppl_increase: float | None = None) -> Budget | None:
+    """The study's budget, or a tighter one; None when the study holds no base perplexity."""
+    attrs = study.user_attrs
+    stored = attrs.get("max_ppl_increase")
+    base = attrs.get("base_perplexity")
+    if max_ppl_increase is not None:
+        if not (math.isfinite(max_ppl_increase) and max_ppl_increase >= 0):
+            raise ConfigError(
+                f"--max-ppl-increase {max_ppl_increase!r}: must be >= 0 (0.1 = +10 %)"
+            )
+        if stored is not None and max_ppl_increase > stored:
+            raise ConfigError(
+                f"--max-ppl-increase {max_ppl_increase:g} is looser than the study's "
+                f"{stored:g}: the search abandoned recipes beyond its own budget, so only a "
+                "tighter budget can be chosen here; give a value <= "
+                f"{stored:g} or search again with a looser budget"
+            )
+        stored = max_ppl_increase
+    if base is None or stored is None:
+        return None
+    return Budget(base_perplexity=float(base), max_ppl_increase=float(stored))
+
+
+def recipe_of(trial: FrozenTrial) -> Recipe:
+    """The trial's recipe, rebuilt from its stored ``recipe`` record (or its params)."""
+    return Recipe.from_params(trial.user_attrs.get("recipe", trial.params))
+
+
+def measurement_of(trial: FrozenTrial) -> dict[str, Any]:
+    """The trial's stored Measurement record (empty when it has none)."""
+    record = trial.user_attrs.get("measurement")
+    return dict(record) if isinstance(record, dict) else {}
+
+
+def is_base(trial: FrozenTrial) -> bool:
+    return bool(trial.user_attrs.get("is_base", False))
+
+
+def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def pareto_trials(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The Pareto-optimal ones among ``trials`` (Optuna's own front computation)."""
+    return _get_pareto_front_trials_by_trials(trials, study.directions)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    number: int
+    perplexity: float
+    seconds: float
+    joules: float
+    seconds_norm: float
+    joules_norm: float
+    score: float
+    recipe: Recipe
+    energy_source: str
+    is_base: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.number,
+            "score": self.score,
+            "perplexity": self.perplexity,
+            "seconds": self.seconds,
+            "joules": self.joules,
+            "seconds_norm": self.seconds_norm,
+            "joules_norm": self.joules_norm,
+            "energy_source": self.energy_source,
+            "is_base": self.is_base,
+            "recipe": self.recipe.to_dict(),
+            "recipe_summary": self.recipe.describe(),
+        }
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The ranking of the candidates (best first) and why the first one won."""
+
+    weights: Weights
+    budget: Budget
+    ranking: tuple[Candidate, ...]
+    reason: str
+
+    @property
+    def best(self) -> Candidate:
+        return self.ranking[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weights": {"time": self.weights.time, "energy": self.weights.energy},
+            "budget": {
+                "base_perplexity": self.budget.base_perplexity,
+                "max_ppl_increase": self.budget.max_ppl_increase,
+                "max_perplexity": self.budget.max_perplexity,
+            },
+            "best_trial": self.best.number,
+            "reason": self.reason,
+            "ranking": [c.to_dict() for c in self.ranking],
+        }
+
+
+def _normalise(values: list[float]) -> list[float]:
+    low, high = min(values), max(values)
+    if high == low:
+        return [0.0 for _ in values]
+    return [(v - low) / (high - low) for v in values]
+
+
+def rank(study: optuna.Study, weights: Weights, max_ppl_increase: float | None = None) -> Choice:
+    """Rank the Pareto-optimal trials within the budget by weighted time and energy."""
+    budget = study_budget(study, max_ppl_increase)
+    if budget is None:
+        raise ConfigError(
+            f"study {study.study_name!r} records no base_perplexity / max_ppl_increase, so it "
+            "has no perplexity budget; it was not written by `autoslim search`, or its base "
+            "model trial never finished: run the search again"
+        )
+    complete = complete_trials(study)
+    within = [t for t in complete if budget.allows(t.values[0])]
+    front = sorted(pareto_trials(study, within), key=lambda t: t.number)
+    if not front:
+        raise ConfigError(_nothing_meets(study, budget, complete))
+    seconds = _normalise([t.values[1] for t in front])
+    joules = _normalise([t.values[2] for t in front])
+    candidates = [
+        Candidate(
+            number=t.number,
+            perplexity=t.values[0],
+            seconds=t.values[1],
+            joules=t.values[2],
+            seconds_norm=s,
+            joules_norm=j,
+            score=weights.time * s + weights.energy * j,
+            recipe=recipe_of(t),
+            energy_source=str(measurement_of(t).get("energy_source", "unknown")),
+            is_base=is_base(t),
+        )
+        for t, s, j in zip(front, seconds, joules, strict=True)
+    ]
+    ranking = tuple(sorted(candidates, key=lambda c: (c.score, c.perplexity, c.number)))
+    logger.info("ranked %d candidates under %s", len(ranking), budget.describe())
+    return Choice(weights, budget, ranking, _reason(ranking, weights, budget))
+
+
+def _nothing_meets(study: optuna.Study, budget: Budget, complete: list[FrozenTrial]) -> str:
+    message = f"no completed trial of study {study.study_name!r} meets {budget.describe()}"
+    if not complete:
+        return message + "; the study has no completed trial yet: run the search first"
+    closest = min(complete, key=lambda t: (t.values[0], t.number))
+    increase = budget.increase(closest.values[0])
+    return (
+        f"{message}; the closest is trial {closest.number} at perplexity "
+        f"{closest.values[0]:.4g} ({increase:+.1%}, {recipe_of(closest).describe()}), which "
+        f"needs a max_ppl_increase of {math.ceil(increase * 1000) / 1000:g}: loosen "
+        "--max-ppl-increase (up to the study's own), or search again with a looser budget"
+    )
+
+
+def _reason(ranking: tuple[Candidate, ...], weights: Weights, budget: Budget) -> str:
+    best = ranking[0]
+    fastest = min(c.seconds for c in ranking)
+    leanest = min(c.joules for c in ranking)
+    text = (
+        f"trial {best.number} ({best.recipe.describe()}) has the lowest weighted score "
+        f"{best.score:.3f} of {len(ranking)} Pareto-optimal trial(s) within the budget "
+        f"({weights.describe()}): {best.seconds:.4g} s (fastest candidate {fastest:.4g} s), "
+        f"{best.joules:.4g} J (least {leanest:.4g} J, {best.energy_source}), perplexity "
+        f"{best.perplexity:.4g} ({budget.increase(best.perplexity):+.1%} over base, "
+        f"limit {budget.max_perplexity:.4g})"
+    )
+    if len(ranking) > 1:
+        text += f"; runner-up trial {ranking[1].number} scores {ranking[1].score:.3f}"
+    return text

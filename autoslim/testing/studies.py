@@ -1,0 +1,181 @@
+"""Stored studies built directly with Optuna, in the exact layout the search writes.
+
+Tests of the report, pick and export read studies through these helpers instead of running a
+search: every trial carries the same ``user_attrs`` a real search stores (``recipe``,
+``measurement``, ``build``, ``constraint``, ``fail_reason`` / ``prune_reason``, ``is_base``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+
+from autoslim.recipe import BITS, QUANT_TYPES, Recipe
+
+METRIC_NAMES = ("perplexity", "seconds", "joules")
+
+# The knobs a search samples, with the distributions these fake trials record for them.
+DISTRIBUTIONS: dict[str, BaseDistribution] = {
+    "bits": CategoricalDistribution(BITS),
+    "quant_type": CategoricalDistribution(QUANT_TYPES),
+    "prune_ratio": FloatDistribution(0.0, 0.5, step=0.1),
+    "drop_heads_per_layer": IntDistribution(0, 2),
+    "kd_steps": IntDistribution(0, 50, step=10),
+}
+
+
+@dataclass(frozen=True)
+class FakeTrial:
+    """One trial to store: its state, recipe and (for COMPLETE) objective values."""
+
+    recipe: Recipe = field(default_factory=Recipe)
+    state: TrialState = TrialState.COMPLETE
+    perplexity: float = 0.0
+    seconds: float = 0.0
+    joules: float = 0.0
+    reason: str = ""
+    is_base: bool = False
+    energy_source: str = "estimate"
+    extra_attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def base(perplexity: float, seconds: float, joules: float) -> FakeTrial:
+    return FakeTrial(Recipe(), TrialState.COMPLETE, perplexity, seconds, joules, is_base=True)
+
+
+def complete(recipe: Recipe, perplexity: float, seconds: float, joules: float) -> FakeTrial:
+    return FakeTrial(recipe, TrialState.COMPLETE, perplexity, seconds, joules)
+
+
+def failed(recipe: Recipe, reason: str) -> FakeTrial:
+    return FakeTrial(recipe, TrialState.FAIL, reason=reason)
+
+
+def pruned(recipe: Recipe, reason: str) -> FakeTrial:
+    return FakeTrial(recipe, TrialState.PRUNED, reason=reason)
+
+
+def running(recipe: Recipe) -> FakeTrial:
+    return FakeTrial(recipe, TrialState.RUNNING)
+
+
+# A small night of search: base 100, budget +20 % (120). Trials 1-4 are the Pareto set within
+# the budget (with the base), 5 is dominated by 2, 6 is over the budget; then one of each
+# unfinished state.
+DEMO_TRIALS: tuple[FakeTrial, ...] = (
+    base(100.0, 1.00, 10.0),
+    complete(Recipe(bits=8), 101.0, 0.90, 6.0),
+    complete(Recipe(bits=4), 104.0, 0.60, 8.0),
+    complete(Recipe(prune_ratio=0.3, kd_steps=20), 110.0, 0.50, 9.0),
+    complete(Recipe(bits=4, prune_ratio=0.2), 118.0, 0.55, 5.0),
+    complete(Recipe(bits=4, quant_type="fp4"), 106.0, 0.70, 8.5),
+    complete(Recipe(prune_ratio=0.5, drop_heads_per_layer=1), 150.0, 0.30, 3.0),
+    failed(Recipe(bits=4, drop_heads_per_layer=2), "RuntimeError: <script>alert(1)</script>"),
+    pruned(Recipe(prune_ratio=0.5, drop_heads_per_layer=2), "perplexity 900 after pruning"),
+    running(Recipe(kd_steps=50)),
+)
+
+
+def measurement_dict(trial: FakeTrial, corpus_fingerprint: str) -> dict[str, Any]:
+    """A ``Measurement.to_dict()``-shaped record of the trial's figures."""
+    return {
+        "perplexity": trial.perplexity,
+        "seconds": trial.seconds,
+        "joules": trial.joules,
+        "energy_source": trial.energy_source,
+        "seconds_cv": 0.01,
+        "joules_cv": 0.02,
+        "size_bytes": 10_000_000 // (2 if trial.recipe.bits < 16 else 1),
+        "peak_memory_bytes": 50_000_000,
+        "parameters": int(4_900_000 * (1 - trial.recipe.prune_ratio)),
+        "top1_agreement": 1.0 if trial.is_base else 0.9,
+        "teacher_kl": 0.0 if trial.is_base else 0.05,
+        "provenance": {"device": "cpu", "corpus_fingerprint": corpus_fingerprint},
+    }
+
+
+def make_study(
+    storage: str,
+    study_name: str = "demo",
+    trials: Sequence[FakeTrial] = DEMO_TRIALS,
+    *,
+    model: str = "reference",
+    base_perplexity: float | None = None,
+    max_ppl_increase: float = 0.2,
+    corpus_fingerprint: str = "0123456789abcdef",
+    seed: int = 0,
+    config: dict[str, Any] | None = None,
+) -> optuna.Study:
+    """Create ``study_name`` in ``storage`` holding ``trials`` in the search's layout.
+
+    ``base_perplexity`` defaults to the perplexity of the trial marked ``is_base``.
+    """
+    if base_perplexity is None:
+        base_perplexity = next(t.perplexity for t in trials if t.is_base)
+    study = optuna.create_study(
+        storage=storage, study_name=study_name, directions=["minimize"] * len(METRIC_NAMES)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(METRIC_NAMES))
+    study_config = config or {"name": study_name, "model": model, "storage": storage}
+    for key, value in {
+        "config": study_config,
+        "base_perplexity": base_perplexity,
+        "max_ppl_increase": max_ppl_increase,
+        "corpus_fingerprint": corpus_fingerprint,
+        "model": model,
+        "seed": seed,
+    }.items():
+        study.set_user_attr(key, value)
+    budget = base_perplexity * (1 + max_ppl_increase)
+    for trial in trials:
+        study.add_trial(_frozen(trial, budget, corpus_fingerprint))
+    return study
+
+
+def make_study_file(folder: Path, study_name: str = "demo", **kwargs: Any) -> str:
+    """:func:`make_study` in a new SQLite file under ``folder``; returns the storage URL."""
+    storage = f"sqlite:///{folder / (study_name + '.db')}"
+    make_study(storage, study_name, **kwargs)
+    return storage
+
+
+def _frozen(trial: FakeTrial, budget: float, fingerprint: str) -> optuna.trial.FrozenTrial:
+    params = {k: v for k, v in trial.recipe.to_params().items() if k in DISTRIBUTIONS}
+    user_attrs: dict[str, Any] = {"recipe": trial.recipe.to_dict(), **trial.extra_attrs}
+    if trial.is_base:
+        user_attrs["is_base"] = True
+    values = None
+    system_attrs: dict[str, Any] = {}
+    if trial.state == TrialState.COMPLETE:
+        values = [trial.perplexity, trial.seconds, trial.joules]
+        constraint = [trial.perplexity / budget - 1.0]
+        user_attrs["measurement"] = measurement_dict(trial, fingerprint)
+        user_attrs["build"] = {"stage_seconds": {"quantize": 0.1}, "info": {}}
+        user_attrs["constraint"] = constraint
+        system_attrs["constraints"] = constraint
+    elif trial.state == TrialState.FAIL:
+        user_attrs["fail_reason"] = trial.reason
+    elif trial.state == TrialState.PRUNED:
+        user_attrs["prune_reason"] = trial.reason
+    return optuna.trial.create_trial(
+        state=trial.state,
+        values=values,
+        params=params,
+        distributions={k: DISTRIBUTIONS[k] for k in params},
+        user_attrs=user_attrs,
+        system_attrs=system_attrs,
+    )
