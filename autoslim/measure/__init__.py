@@ -1,0 +1,40 @@
+"""Measuring models: perplexity, drift, size, and the timed, metered inference workload."""
+
+from __future__ import annotations
+
+from autoslim.measure.drift import Drift, drift
+from autoslim.measure.energy import (
+    METERS,
+    EnergyMeter,
+    EnergyReading,
+    EstimateMeter,
+    NvmlMeter,
+    RaplMeter,
+    get_meter,
+    probe_meters,
+)
+from autoslim.measure.footprint import parameter_count, size_bytes
+from autoslim.measure.measurement import Measurement, measure
+from autoslim.measure.perplexity import PerplexityProtocol, PerplexityResult, perplexity
+from autoslim.measure.workload import Workload
+
+__all__ = [
+    "METERS",
+    "Drift",
+    "EnergyMeter",
+    "EnergyReading",
+    "EstimateMeter",
+    "Measurement",
+    "NvmlMeter",
+    "PerplexityProtocol",
+    "PerplexityResult",
+    "RaplMeter",
+    "Workload",
+    "drift",
+    "get_meter",
+    "measure",
+    "parameter_count",
+    "perplexity",
+    "probe_meters",
+    "size_bytes",
+]

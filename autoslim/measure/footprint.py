@@ -1,0 +1,101 @@
+"""How big a model is: weight bytes as stored, logical parameter count, and peak memory.
+
+``size_bytes`` is the sum of the bytes of every tensor in ``model.state_dict()``, with tensors
+that share memory (tied embeddings) counted once. For bitsandbytes models that is the packed
+storage (4-bit weights as uint8 pairs plus their absmax / quant-map tensors), which is what
+``save_pretrained`` writes, without the file format's headers.
+
+``parameters`` counts logical weights: a bitsandbytes 4-bit parameter counts as the shape it
+was quantized from, not its packed bytes.
+
+Peak memory during a window is, on a CUDA device, ``torch.cuda.max_memory_allocated`` (tensors
+on that device, reset at the start of the window). On the CPU it is the high-water mark of the
+process's resident set (Linux ``VmHWM``, reset at the start of the window through
+``/proc/self/clear_refs``): everything the process holds, including Python, torch, the corpus
+and a teacher model if one is loaded, so compare it only between runs of the same script. Where
+the reset is impossible it is ``ru_maxrss``, the high-water since the process started.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROC_STATUS = Path("/proc/self/status")
+PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def size_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the weights as stored: ``state_dict`` tensors, shared memory once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for tensor in model.state_dict().values():
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        key = (tensor.data_ptr(), tensor.nbytes)
+        if key in seen and tensor.nbytes:
+            continue
+        seen.add(key)
+        total += tensor.nbytes
+    return total
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Logical parameters; a quantized parameter counts as its original shape."""
+    total = 0
+    seen: set[int] = set()
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        quant_state = getattr(param, "quant_state", None)
+        shape = getattr(quant_state, "shape", None)
+        total += math.prod(shape) if shape is not None else param.numel()
+    return total
+
+
+def _vm_hwm_bytes() -> int | None:
+    try:
+        found = re.search(r"VmHWM:\s+(\d+) kB", PROC_STATUS.read_text())
+    except OSError:
+        return None
+    return int(found.group(1)) * 1024 if found else None
+
+
+class PeakMemory:
+    """Peak memory over a window: ``start()``, the work, then ``peak_bytes()``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.method = ""
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.method = "cuda max_memory_allocated over the workload"
+            return
+        try:
+            PROC_CLEAR_REFS.write_text("5")
+        except OSError:
+            self.method = "process ru_maxrss since start (could not reset)"
+        else:
+            self.method = "process resident-set high-water (VmHWM) over the workload"
+
+    def peak_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        if self.method.startswith("process resident-set"):
+            hwm = _vm_hwm_bytes()
+            if hwm is not None:
+                return hwm
+        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(usage if sys.platform == "darwin" else usage * 1024)
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": str(self.device), "method": self.method}

@@ -1,0 +1,233 @@
+"""One model, every figure: :func:`measure` runs the workload and returns a :class:`Measurement`.
+
+``seconds`` is the median wall time of one run of the configured :class:`Workload` (prefill +
+decode) over its ``repeats``, ``seconds_cv`` the coefficient of variation across them;
+``joules`` and ``joules_cv`` cover exactly the same windows. When a meter cannot resolve single
+runs (a run shorter than its counter's update period), ``joules`` is the energy of all repeats
+metered as one window divided by their number, ``joules_cv`` is NaN and ``energy_flags`` says
+so. Perplexity, drift and size are measured untimed, before the workload.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import statistics
+from dataclasses import dataclass, field, fields
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoslim import __version__
+from autoslim.data import Corpus, tokens
+from autoslim.errors import ConfigError
+from autoslim.measure.drift import drift
+from autoslim.measure.energy import EnergyMeter, get_meter
+from autoslim.measure.footprint import PeakMemory, parameter_count, size_bytes
+from autoslim.measure.perplexity import _model_device, perplexity
+from autoslim.measure.workload import Workload, WorkloadRunner, cv, synchronize
+
+logger = logging.getLogger(__name__)
+
+POOLED = "joules_pooled_over_repeats"
+UNRESOLVED = "joules_unresolved"
+
+
+def _jsonable(value: Any) -> Any:
+    """Strict-JSON form: non-finite floats become ``"nan"`` / ``"inf"`` / ``"-inf"``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass
+class Measurement:
+    """Every figure of one model under one workload, JSON-serialisable for ``user_attrs``."""
+
+    perplexity: float
+    seconds: float
+    joules: float
+    energy_source: str
+    seconds_cv: float
+    joules_cv: float
+    size_bytes: int
+    peak_memory_bytes: int
+    parameters: int
+    top1_agreement: float | None = None
+    teacher_kl: float | None = None
+    nll_per_token: float = float("nan")
+    scored_tokens: int = 0
+    prefill_seconds: float = float("nan")
+    decode_seconds: float = float("nan")
+    seconds_samples: list[float] = field(default_factory=list)
+    joules_samples: list[float] = field(default_factory=list)
+    energy_flags: list[str] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def objectives(self) -> tuple[float, float, float]:
+        """The search's objectives, all minimised: (perplexity, seconds, joules)."""
+        return (self.perplexity, self.seconds, self.joules)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = _jsonable({f.name: getattr(self, f.name) for f in fields(self)})
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measurement:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown measurement key(s) {', '.join(unknown)}; known: {', '.join(known)}"
+            )
+        values: dict[str, Any] = {}
+        for name, value in d.items():
+            kind = str(known[name].type)
+            if value is None or kind.startswith(("dict", "str")):
+                values[name] = value
+            elif kind.startswith("list[float]"):
+                values[name] = [float(v) for v in value]
+            elif kind.startswith("list"):
+                values[name] = list(value)
+            elif kind == "int":
+                values[name] = int(value)
+            else:
+                values[name] = float(value)
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise ConfigError(f"measurement record incomplete: {e}") from e
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict[str, str]:
+    found = {"autoslim": __version__, "python": platform.python_version()}
+    for package in ("torch", "transformers", "bitsandbytes"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "absent"
+    return found
+
+
+def measure(
+    model: Any,
+    tokenizer: Any,
+    corpus: Corpus,
+    workload: Workload | None = None,
+    *,
+    teacher: Any = None,
+    meter: str | EnergyMeter = "auto",
+    device: str | None = None,
+) -> Measurement:
+    """Perplexity, drift from ``teacher``, size, and the workload's seconds, joules and peak
+    memory for ``model`` on ``corpus``'s eval split. ``meter`` is a name for
+    :func:`get_meter` (closed afterwards) or a meter you own; ``device`` moves the model there
+    (default: where its parameters are)."""
+    workload = workload or Workload()
+    if device is not None:
+        model.to(device)
+    dev = _model_device(model)
+    energy = get_meter(meter, device=dev) if isinstance(meter, str) else meter
+    was_training = model.training
+    load_before = os.getloadavg()[0]
+    try:
+        ids = tokens(tokenizer, corpus, "eval")
+        ppl = perplexity(model, ids, workload.protocol)
+        moved = drift(model, teacher, ids, workload.protocol) if teacher is not None else None
+        model.eval()
+        runner = WorkloadRunner(model, ids, workload, dev)
+        for _ in range(workload.warmup):
+            runner.run()
+        peak = PeakMemory(dev)
+        peak.start()
+        synchronize(dev)
+        pooled_start = energy.begin()
+        runs = [runner.timed(energy) for _ in range(workload.repeats)]
+        synchronize(dev)
+        pooled = energy.end(pooled_start)
+        peak_bytes = peak.peak_bytes()
+        load_after = os.getloadavg()[0]
+    finally:
+        model.train(was_training)
+        if isinstance(meter, str):
+            energy.close()
+
+    seconds = [r.seconds for r in runs]
+    flags = sorted({flag for r in runs for flag in r.energy.flags})
+    per_run = [r.energy.joules for r in runs]
+    joules_samples = [j for j in per_run if j is not None]
+    if len(joules_samples) == len(runs):
+        joules, joules_cv = statistics.median(joules_samples), cv(joules_samples)
+    else:
+        joules_samples = []
+        joules_cv = float("nan")
+        if pooled.joules is not None:
+            joules = pooled.joules / len(runs)
+            flags.append(POOLED)
+        else:
+            joules = float("nan")
+            flags = sorted({*flags, *pooled.flags, UNRESOLVED})
+        logger.warning(
+            "%s could not resolve single runs of %.3f s: %s; lengthen the workload "
+            "(decode_tokens, prefill_windows) for per-run joules",
+            energy.source,
+            statistics.median(seconds),
+            ", ".join(flags),
+        )
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    return Measurement(
+        perplexity=ppl.perplexity,
+        seconds=statistics.median(seconds),
+        joules=joules,
+        energy_source=energy.source,
+        seconds_cv=cv(seconds),
+        joules_cv=joules_cv,
+        size_bytes=size_bytes(model),
+        peak_memory_bytes=peak_bytes,
+        parameters=parameter_count(model),
+        top1_agreement=moved.top1_agreement if moved else None,
+        teacher_kl=moved.teacher_kl if moved else None,
+        nll_per_token=ppl.nll_per_token,
+        scored_tokens=ppl.scored_tokens,
+        prefill_seconds=statistics.median(r.prefill_seconds for r in runs),
+        decode_seconds=statistics.median(r.decode_seconds for r in runs),
+        seconds_samples=seconds,
+        joules_samples=joules_samples,
+        energy_flags=flags,
+        provenance={
+            "device": str(dev),
+            "device_name": _device_name(dev),
+            "dtype": "+".join(dtypes),
+            "protocol": workload.protocol.describe(),
+            "workload": workload.to_dict(),
+            "corpus": corpus.name,
+            "corpus_fingerprint": corpus.fingerprint,
+            "meter": energy.describe(),
+            "peak_memory": peak.describe()["method"],
+            "size": "state_dict tensor bytes, shared memory once",
+            "torch_threads": torch.get_num_threads(),
+            "load_average_1min": {"before": load_before, "after": load_after},
+            "versions": _versions(),
+            "platform": platform.platform(),
+        },
+    )

@@ -1,0 +1,210 @@
+"""The timed inference workload: batched prefill over eval windows, then greedy decoding.
+
+One :class:`Workload` is fixed per study so every trial runs exactly the same work. A run is
+``prefill_windows`` windows of ``protocol.window`` tokens from the eval split (the protocol's
+evenly spaced windows, in order), forwarded ``prefill_batch`` at a time, followed by
+``decode_tokens`` tokens generated greedily at batch 1 with the KV cache from a prompt of
+``decode_prompt_tokens`` tokens (the first eval tokens). ``warmup`` untimed runs come first,
+then ``repeats`` timed ones; the accelerator is synchronised at both edges of every window.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from autoslim.errors import ConfigError, DataError
+from autoslim.measure.energy.base import EnergyMeter, EnergyReading
+from autoslim.measure.perplexity import PerplexityProtocol
+
+_MINIMUM = {
+    "prefill_batch": 1,
+    "prefill_windows": 0,
+    "decode_tokens": 0,
+    "decode_prompt_tokens": 1,
+    "warmup": 0,
+    "repeats": 1,
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What is timed and metered; ``seconds`` and ``joules`` are per run of it."""
+
+    protocol: PerplexityProtocol = field(default_factory=PerplexityProtocol)
+    prefill_batch: int = 8
+    prefill_windows: int = 16
+    decode_tokens: int = 64
+    decode_prompt_tokens: int = 32
+    warmup: int = 1
+    repeats: int = 5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.protocol, PerplexityProtocol):
+            raise ConfigError(f"workload.protocol={self.protocol!r}: must be a PerplexityProtocol")
+        for key, minimum in _MINIMUM.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"workload.{key}={value!r}: must be an integer >= {minimum}")
+        if self.prefill_windows == 0 and self.decode_tokens == 0:
+            raise ConfigError(
+                "workload.prefill_windows=0 and workload.decode_tokens=0: nothing to time; "
+                "set at least one above 0"
+            )
+
+    @property
+    def prefill_tokens(self) -> int:
+        return self.prefill_windows * self.protocol.window
+
+    def describe(self) -> str:
+        return (
+            f"prefill {self.prefill_windows}x{self.protocol.window} tokens "
+            f"(batch {self.prefill_batch}) + decode {self.decode_tokens} tokens (batch 1, "
+            f"prompt {self.decode_prompt_tokens}); {self.warmup} warm-up, "
+            f"{self.repeats} repeats"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Workload:
+        """Rebuild from :meth:`to_dict`'s shape; missing keys take defaults."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"workload={d!r}: must be a table of keys")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown workload key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        values = dict(d)
+        if "protocol" in values:
+            values["protocol"] = _protocol_from(values["protocol"])
+        return cls(**values)
+
+
+def _protocol_from(d: Any) -> PerplexityProtocol:
+    if isinstance(d, PerplexityProtocol):
+        return d
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"workload.protocol={d!r}: must be a table of keys")
+    known = {f.name for f in fields(PerplexityProtocol)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown workload.protocol key(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    for key, value in d.items():
+        if key == "max_windows" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"workload.protocol.{key}={value!r}: must be an integer")
+    return PerplexityProtocol(**d)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued accelerator work, so a clock read means the work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def context_length(model: Any) -> int | None:
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class TimedRun:
+    """One timed run: wall seconds in total and per phase, and its energy."""
+
+    seconds: float
+    prefill_seconds: float
+    decode_seconds: float
+    energy: EnergyReading
+
+
+class WorkloadRunner:
+    """The workload's inputs, prepared once on ``device``, and the code that runs them."""
+
+    def __init__(
+        self, model: Any, ids: torch.Tensor, workload: Workload, device: torch.device
+    ) -> None:
+        self.model = model
+        self.workload = workload
+        self.device = device
+        protocol = workload.protocol
+        starts = protocol.window_starts(len(ids))[: workload.prefill_windows]
+        if len(starts) < workload.prefill_windows:
+            raise DataError(
+                f"workload.prefill_windows={workload.prefill_windows}: the eval split gives "
+                f"only {len(starts)} windows of {protocol.window} tokens under the protocol; "
+                "lower prefill_windows, raise max_windows, or give more text"
+            )
+        windows = [ids[s : s + protocol.window] for s in starts]
+        self.prefill_batches = [
+            torch.stack(windows[i : i + workload.prefill_batch]).to(device)
+            for i in range(0, len(windows), workload.prefill_batch)
+        ]
+        context = context_length(model)
+        longest = max(protocol.window, workload.decode_prompt_tokens + workload.decode_tokens)
+        if context is not None and longest > context:
+            raise ConfigError(
+                f"workload: window {protocol.window} / decode_prompt_tokens "
+                f"{workload.decode_prompt_tokens} + decode_tokens {workload.decode_tokens} "
+                f"exceed the model's context of {context} tokens; lower them"
+            )
+        self.prompt = ids[: workload.decode_prompt_tokens].unsqueeze(0).to(device)
+
+    @torch.no_grad()
+    def prefill(self) -> None:
+        for batch in self.prefill_batches:
+            self.model(input_ids=batch)
+
+    @torch.no_grad()
+    def decode(self) -> None:
+        """Greedy generation of ``decode_tokens`` tokens with the KV cache, batch 1."""
+        if not self.workload.decode_tokens:
+            return
+        out = self.model(input_ids=self.prompt, use_cache=True)
+        for _ in range(self.workload.decode_tokens - 1):
+            token = out.logits[:, -1:].argmax(-1)
+            out = self.model(input_ids=token, cache=out.cache, use_cache=True)
+
+    def run(self) -> None:
+        self.prefill()
+        self.decode()
+
+    def timed(self, meter: EnergyMeter) -> TimedRun:
+        """One run, metered and timed; synchronised at both edges and between phases."""
+        synchronize(self.device)
+        start = meter.begin()
+        t0 = time.perf_counter()
+        self.prefill()
+        synchronize(self.device)
+        t1 = time.perf_counter()
+        self.decode()
+        synchronize(self.device)
+        t2 = time.perf_counter()
+        energy = meter.end(start)
+        return TimedRun(
+            seconds=t2 - t0, prefill_seconds=t1 - t0, decode_seconds=t2 - t1, energy=energy
+        )
+
+
+def cv(values: list[float]) -> float:
+    """Coefficient of variation (sample standard deviation / mean); NaN under 2 values."""
+    if len(values) < 2:
+        return float("nan")
+    mean = statistics.fmean(values)
+    return statistics.stdev(values) / mean if mean else float("nan")
