@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from autoslim.measure.perplexity import PerplexityProtocol
+from autoslim.measure.workload import Workload
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +54,53 @@ def protocol_from(args: argparse.Namespace) -> PerplexityProtocol:
         stride=args.stride,
         max_windows=args.max_windows or None,
         batch_size=args.batch_size,
+    )
+
+
+def add_workload_args(parser: argparse.ArgumentParser) -> None:
+    """The timed workload (prefill + decode, warm-up, repeats) and the energy meter."""
+    default = Workload()
+    group = parser.add_argument_group("timed workload")
+    group.add_argument(
+        "--energy",
+        choices=("auto", "nvml", "rapl", "estimate"),
+        default="auto",
+        help="energy meter; auto falls back to a labelled estimate (default auto)",
+    )
+    group.add_argument("--repeats", type=int, default=default.repeats, help="timed runs")
+    group.add_argument("--warmup", type=int, default=default.warmup, help="untimed runs first")
+    group.add_argument(
+        "--prefill-windows",
+        type=int,
+        default=default.prefill_windows,
+        help="eval windows forwarded per run (0 = no prefill)",
+    )
+    group.add_argument(
+        "--prefill-batch", type=int, default=default.prefill_batch, help="windows per forward"
+    )
+    group.add_argument(
+        "--decode-tokens",
+        type=int,
+        default=default.decode_tokens,
+        help="tokens generated greedily at batch 1 per run (0 = no decode)",
+    )
+    group.add_argument(
+        "--decode-prompt-tokens",
+        type=int,
+        default=default.decode_prompt_tokens,
+        help="prompt length for the decode",
+    )
+
+
+def workload_from(args: argparse.Namespace) -> Workload:
+    return Workload(
+        protocol=protocol_from(args),
+        prefill_batch=args.prefill_batch,
+        prefill_windows=args.prefill_windows,
+        decode_tokens=args.decode_tokens,
+        decode_prompt_tokens=args.decode_prompt_tokens,
+        warmup=args.warmup,
+        repeats=args.repeats,
     )
 
 

@@ -1,63 +1,139 @@
-"""``autoslim measure``: perplexity (and throughput) of a model under the fixed protocol."""
+"""``autoslim measure``: every figure of a model (and of a compressed copy) under the workload.
+
+Perplexity and drift under the fixed protocol; seconds, joules and peak memory of the timed
+workload; size and parameters. With recipe flags (when the command has them) the compressed
+model is measured too, against the base model as teacher, and shown alongside.
+"""
 
 from __future__ import annotations
 
 import argparse
-import time
+import math
+from dataclasses import fields
 from typing import Any
 
 from autoslim.cli._common import (
     add_data_args,
     add_model_args,
     add_protocol_args,
+    add_workload_args,
     print_json,
     print_table,
-    protocol_from,
+    workload_from,
 )
+from autoslim.measure import Measurement, Workload
+from autoslim.recipe import Recipe
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "measure", help="measure a model's perplexity on the eval split"
+        "measure",
+        help="measure a model: perplexity, seconds, joules, memory, size and drift",
     )
     add_model_args(parser)
     add_data_args(parser)
     add_protocol_args(parser)
+    add_workload_args(parser)
+    parser.add_argument("--device", help="where to run: cpu (default), cuda, cuda:1 ...")
     parser.set_defaults(func=run)
+
+
+def recipe_from(args: argparse.Namespace) -> Recipe:
+    """The recipe given by whichever recipe flags this command has (none: identity)."""
+    given = {
+        f.name: getattr(args, f.name)
+        for f in fields(Recipe)
+        if getattr(args, f.name, None) is not None
+    }
+    return Recipe.from_params(given)
+
+
+def _spread(samples: list[float], cv: float, unit: str, digits: int) -> str:
+    if not samples:
+        return ""
+    low, high = min(samples), max(samples)
+    spread = "n/a" if math.isnan(cv) else f"{cv:.1%}"
+    return f" (CV {spread}, {low:.{digits}f}-{high:.{digits}f} {unit}, n={len(samples)})"
+
+
+def _column(m: Measurement, workload: Workload) -> dict[str, str]:
+    drift = (
+        "no teacher"
+        if m.top1_agreement is None
+        else f"top-1 agreement {m.top1_agreement:.2%}, KL {m.teacher_kl:.4f} nats/token"
+    )
+    prefill_rate = workload.prefill_tokens / m.prefill_seconds if m.prefill_seconds else 0.0
+    decode_rate = workload.decode_tokens / m.decode_seconds if m.decode_seconds else 0.0
+    return {
+        "perplexity": f"{m.perplexity:.3f}",
+        "seconds": f"{m.seconds:.4f} s" + _spread(m.seconds_samples, m.seconds_cv, "s", 4),
+        "joules": f"{m.joules:.3f} J [{m.energy_source}]"
+        + _spread(m.joules_samples, m.joules_cv, "J", 3),
+        "energy flags": ", ".join(m.energy_flags) or "none",
+        "throughput": f"prefill {prefill_rate:,.0f} tokens/s, decode {decode_rate:,.1f} tokens/s",
+        "drift": drift,
+        "size": f"{m.size_bytes:,} bytes",
+        "peak memory": f"{m.peak_memory_bytes / 2**20:,.1f} MiB",
+        "parameters": f"{m.parameters:,}",
+    }
 
 
 def run(args: argparse.Namespace) -> int:
     from autoslim import data, models
-    from autoslim.measure.perplexity import perplexity
+    from autoslim.measure import get_meter, measure
 
-    protocol = protocol_from(args)
+    workload = workload_from(args)
+    recipe = recipe_from(args)
+    device = args.device or "cpu"
     corpus = data.load_corpus(text=args.text, dataset=args.dataset)
-    loaded = models.load_model(args.model, trust_remote_code=args.trust_remote_code)
-    ids = data.tokens(loaded.tokenizer, corpus, "eval")
-    started = time.perf_counter()
-    result = perplexity(loaded.model, ids, protocol)
-    seconds = time.perf_counter() - started
-    report: dict[str, Any] = {
-        "model": args.model,
-        "family": loaded.family,
-        "parameters": models.parameter_count(loaded.model),
-        **result.to_dict(),
-        "corpus": corpus.name,
-        "corpus_fingerprint": corpus.fingerprint,
-        "eval_seconds": seconds,
-        "tokens_per_second": result.windows * protocol.window / seconds,
-    }
-    if args.json:
-        print_json(report)
-    else:
-        print_table(
-            [
-                ("model", f"{args.model} ({loaded.family}, {report['parameters']:,} parameters)"),
-                ("perplexity", f"{result.perplexity:.3f}"),
-                ("scored tokens", f"{result.scored_tokens:,} in {result.windows} windows"),
-                ("protocol", result.protocol.describe()),
-                ("corpus", f"{corpus.name} (eval split), fingerprint {corpus.fingerprint}"),
-                ("throughput", f"{report['tokens_per_second']:,.0f} tokens/s ({seconds:.2f} s)"),
-            ]
+    with get_meter(args.energy, device=device) as meter:
+        loaded = models.load_model(
+            args.model, trust_remote_code=args.trust_remote_code, device=device
         )
+        results: dict[str, Measurement] = {
+            "base": measure(loaded.model, loaded.tokenizer, corpus, workload, meter=meter)
+        }
+        if not recipe.is_identity:
+            from autoslim.compress import build
+
+            built = build(loaded, recipe, corpus=corpus, device=device)
+            results["compressed"] = measure(
+                built.model, loaded.tokenizer, corpus, workload, teacher=loaded.model, meter=meter
+            )
+    base = results["base"]
+    if args.json:
+        report: dict[str, Any] = {
+            "model": args.model,
+            "family": loaded.family,
+            "corpus_fingerprint": corpus.fingerprint,
+            "tokens_per_second": workload.prefill_tokens / base.prefill_seconds
+            if base.prefill_seconds
+            else None,
+        }
+        if len(results) == 1:
+            report |= base.to_dict()
+        else:
+            report |= {"recipe": recipe.to_params()}
+            report |= {label: m.to_dict() for label, m in results.items()}
+        print_json(report)
+        return 0
+    columns = {label: _column(m, workload) for label, m in results.items()}
+    rows: list[tuple[str, Any]] = [
+        ("model", f"{args.model} ({loaded.family})"),
+    ]
+    if len(results) > 1:
+        rows.append(("recipe", recipe.describe()))
+    for key in columns["base"]:
+        values = [f"{label}: {column[key]}" for label, column in columns.items()]
+        rows.append((key, values[0] if len(values) == 1 else "  |  ".join(values)))
+    prov = base.provenance
+    rows += [
+        ("workload", workload.describe()),
+        ("protocol", f"{workload.protocol.describe()}; {base.scored_tokens:,} tokens scored"),
+        ("corpus", f"{corpus.name} (eval split), fingerprint {corpus.fingerprint}"),
+        ("device", f"{prov['device']} ({prov['device_name']}), {prov['torch_threads']} threads"),
+        ("dtype", prov["dtype"]),
+        ("peak memory is", prov["peak_memory"]),
+    ]
+    print_table(rows)
     return 0

@@ -1,11 +1,12 @@
 """The timed inference workload: batched prefill over eval windows, then greedy decoding.
 
 One :class:`Workload` is fixed per study so every trial runs exactly the same work. A run is
-``prefill_windows`` windows of ``protocol.window`` tokens from the eval split (the protocol's
-evenly spaced windows, in order), forwarded ``prefill_batch`` at a time, followed by
-``decode_tokens`` tokens generated greedily at batch 1 with the KV cache from a prompt of
-``decode_prompt_tokens`` tokens (the first eval tokens). ``warmup`` untimed runs come first,
-then ``repeats`` timed ones; the accelerator is synchronised at both edges of every window.
+``prefill_windows`` windows of ``protocol.window`` tokens at ``protocol.stride``, evenly spaced
+across the eval split (whatever the protocol's ``max_windows``), forwarded ``prefill_batch``
+at a time, followed by ``decode_tokens`` tokens generated greedily at batch 1 with the KV
+cache from a prompt of ``decode_prompt_tokens`` tokens (the first eval tokens). ``warmup``
+untimed runs come first, then ``repeats`` timed ones; the accelerator is synchronised at both
+edges of every window.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -144,12 +145,13 @@ class WorkloadRunner:
         self.workload = workload
         self.device = device
         protocol = workload.protocol
-        starts = protocol.window_starts(len(ids))[: workload.prefill_windows]
+        spread = replace(protocol, max_windows=workload.prefill_windows or None)
+        starts = spread.window_starts(len(ids))[: workload.prefill_windows]
         if len(starts) < workload.prefill_windows:
             raise DataError(
-                f"workload.prefill_windows={workload.prefill_windows}: the eval split gives "
-                f"only {len(starts)} windows of {protocol.window} tokens under the protocol; "
-                "lower prefill_windows, raise max_windows, or give more text"
+                f"workload.prefill_windows={workload.prefill_windows}: the eval split holds "
+                f"only {len(starts)} windows of {protocol.window} tokens at stride "
+                f"{protocol.stride}; lower prefill_windows or give more text"
             )
         windows = [ids[s : s + protocol.window] for s in starts]
         self.prefill_batches = [

@@ -52,8 +52,8 @@ def test_decode_must_fit_the_context() -> None:
 def test_too_few_eval_windows() -> None:
 
     protocol = PerplexityProtocol(window=64, max_windows=4)
-    workload = Workload(protocol=protocol, prefill_windows=5, decode_tokens=4)
-    with pytest.raises(DataError, match="prefill_windows=5"):
+    workload = Workload(protocol=protocol, prefill_windows=32, decode_tokens=4)
+    with pytest.raises(DataError, match="prefill_windows=32: the eval split holds only 31"):
         WorkloadRunner(tiny_model("qwen3"), torch.arange(2000), workload, torch.device("cpu"))
 
 
