@@ -1,0 +1,668 @@
+"""The study report: one self-contained HTML page that works offline.
+
+Each plot is a pure *info* builder (``get_*_info(study) -> small NamedTuple``) plus a thin plotly
+renderer (``plot_*(info) -> go.Figure``), as in Optuna's ``visualization/_pareto_front.py``:
+tests check the info, not pixels. Info holds raw values; renderers escape every string that
+reaches the page (study name, model id, recipes, fail reasons), and plotly's JSON encoder
+escapes ``<`` in figure data. plotly.js is inlined once, so the page needs no network.
+
+The Pareto front of a pair of objectives is computed among the trials within the perplexity
+budget, with Optuna's own front computation; trials over the budget are shown apart.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import optuna
+from optuna.study._multi_objective import _is_pareto_front
+from optuna.trial import FrozenTrial, TrialState
+
+from autoslim import __version__
+from autoslim.errors import ConfigError
+from autoslim.pick import (
+    METRIC_NAMES,
+    PRESETS,
+    Budget,
+    complete_trials,
+    is_base,
+    measurement_of,
+    pareto_trials,
+    rank,
+    recipe_of,
+    study_budget,
+)
+from autoslim.recipe import Recipe, format_heads
+
+logger = logging.getLogger(__name__)
+
+UNITS = {"perplexity": "", "seconds": "s", "joules": "J"}
+OBJECTIVE_PAIRS = ((0, 1), (0, 2), (1, 2))
+# PED-ANOVA needs no scikit-learn; below this many completed trials it says nothing useful.
+MIN_IMPORTANCE_TRIALS = 5
+
+
+class Point(NamedTuple):
+    number: int
+    values: tuple[float, ...]
+    label: str
+
+
+class ParetoInfo(NamedTuple):
+    axis_names: tuple[str, ...]
+    front: tuple[Point, ...]  # Pareto-optimal in these objectives, within the budget
+    dominated: tuple[Point, ...]  # within the budget, not on that front
+    over_budget: tuple[Point, ...]
+    base: Point | None
+    budget_perplexity: float | None  # the perplexity limit, marked where perplexity is an axis
+
+
+class Dimension(NamedTuple):
+    label: str
+    values: tuple[float, ...]
+    tick_values: tuple[float, ...] | None  # set for categorical knobs, with tick_text
+    tick_text: tuple[str, ...] | None
+
+
+class ParallelInfo(NamedTuple):
+    trial_numbers: tuple[int, ...]
+    dimensions: tuple[Dimension, ...]  # varying recipe knobs, then the objectives
+    color: tuple[float, ...]  # perplexity
+    constant_knobs: tuple[str, ...]  # knobs with one value in every trial, left out
+
+
+class ImportanceInfo(NamedTuple):
+    objective_names: tuple[str, ...]
+    importances: tuple[tuple[tuple[str, float], ...], ...]  # per objective, most important first
+    note: str  # why there are none, or how they were computed
+
+
+class HistoryInfo(NamedTuple):
+    objective_names: tuple[str, ...]
+    numbers: tuple[int, ...]
+    values: tuple[tuple[float, ...], ...]  # per objective, one per completed trial
+    best_so_far: tuple[tuple[float, ...], ...]  # per objective, running minimum
+    budget_perplexity: float | None
+
+
+class TableRow(NamedTuple):
+    number: int
+    state: str
+    recipe: str
+    perplexity: float | None
+    seconds: float | None
+    joules: float | None
+    energy_source: str
+    size_bytes: int | None
+    on_front: bool
+    within_budget: bool | None
+    is_base: bool
+    reason: str  # fail_reason / prune_reason
+
+
+class TableInfo(NamedTuple):
+    rows: tuple[TableRow, ...]
+
+
+class SummaryInfo(NamedTuple):
+    study_name: str
+    model: str
+    corpus_fingerprint: str
+    seed: str
+    budget: Budget | None
+    state_counts: tuple[tuple[str, int], ...]
+    n_front: int
+    energy_sources: tuple[str, ...]
+    choice: str  # the balanced pick and why, or why there is none
+
+
+def _label(trial: FrozenTrial) -> str:
+    return ("base model" if is_base(trial) else recipe_of(trial).describe()) + (
+        f" (trial {trial.number})"
+    )
+
+
+def _point(trial: FrozenTrial, objectives: Sequence[int]) -> Point:
+    return Point(trial.number, tuple(trial.values[i] for i in objectives), _label(trial))
+
+
+def _budget_limit(budget: Budget | None) -> float | None:
+    return None if budget is None else budget.max_perplexity
+
+
+def _within(budget: Budget | None, trial: FrozenTrial) -> bool:
+    return budget is None or budget.allows(trial.values[0])
+
+
+def get_pareto_info(study: optuna.Study, objectives: Sequence[int]) -> ParetoInfo:
+    """The front of ``objectives`` (2 or 3 indices into perplexity, seconds, joules)."""
+    if not 2 <= len(objectives) <= 3 or not set(objectives) <= {0, 1, 2}:
+        raise ConfigError(f"objectives={list(objectives)}: choose 2 or 3 of 0, 1, 2")
+    budget = study_budget(study)
+    complete = complete_trials(study)
+    within = [t for t in complete if _within(budget, t)]
+    if within:
+        losses = np.asarray([[t.values[i] for i in objectives] for t in within])
+        on_front = _is_pareto_front(losses, assume_unique_lexsorted=False)
+    else:
+        on_front = np.zeros(0, dtype=bool)
+    base = next((t for t in complete if is_base(t)), None)
+    return ParetoInfo(
+        axis_names=tuple(METRIC_NAMES[i] for i in objectives),
+        front=tuple(_point(t, objectives) for t, f in zip(within, on_front, strict=True) if f),
+        dominated=tuple(
+            _point(t, objectives) for t, f in zip(within, on_front, strict=True) if not f
+        ),
+        over_budget=tuple(_point(t, objectives) for t in complete if not _within(budget, t)),
+        base=None if base is None else _point(base, objectives),
+        budget_perplexity=_budget_limit(budget) if 0 in objectives else None,
+    )
+
+
+def _knob_value(recipe: Recipe, name: str) -> Any:
+    value = getattr(recipe, name)
+    return format_heads(value) if name == "drop_heads" else value
+
+
+def get_parallel_info(study: optuna.Study) -> ParallelInfo:
+    """Recipe knobs that vary across the completed trials, then the three objectives."""
+    complete = complete_trials(study)
+    recipes = [recipe_of(t) for t in complete]
+    dimensions: list[Dimension] = []
+    constant: list[str] = []
+    for knob in (f.name for f in fields(Recipe)):
+        raw = [_knob_value(r, knob) for r in recipes]
+        if len(set(raw)) <= 1:
+            constant.append(knob)
+            continue
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw):
+            dimensions.append(Dimension(knob, tuple(float(v) for v in raw), None, None))
+            continue
+        categories = sorted({str(v) for v in raw})
+        dimensions.append(
+            Dimension(
+                knob,
+                tuple(float(categories.index(str(v))) for v in raw),
+                tuple(float(i) for i in range(len(categories))),
+                tuple(c or "none" for c in categories),
+            )
+        )
+    for i, name in enumerate(METRIC_NAMES):
+        dimensions.append(Dimension(name, tuple(t.values[i] for t in complete), None, None))
+    return ParallelInfo(
+        trial_numbers=tuple(t.number for t in complete),
+        dimensions=tuple(dimensions),
+        color=tuple(t.values[0] for t in complete),
+        constant_knobs=tuple(constant),
+    )
+
+
+def _objective(index: int) -> Callable[[FrozenTrial], float]:
+    def value(trial: FrozenTrial) -> float:
+        return float(trial.values[index])
+
+    return value
+
+
+def get_importance_info(study: optuna.Study) -> ImportanceInfo:
+    """Optuna's PED-ANOVA importance of each sampled param, per objective."""
+    complete = [t for t in complete_trials(study) if t.params]
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        return ImportanceInfo(
+            METRIC_NAMES,
+            (),
+            f"parameter importances need at least {MIN_IMPORTANCE_TRIALS} completed trials "
+            f"with sampled params; this study has {len(complete)}",
+        )
+    per_objective = []
+    try:
+        with warnings.catch_warnings():
+            # PED-ANOVA warns that it rates params for low targets: all ours are minimised.
+            warnings.simplefilter("ignore", UserWarning)
+            for i in range(len(METRIC_NAMES)):
+                importances = optuna.importance.get_param_importances(
+                    study,
+                    evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
+                    target=_objective(i),
+                )
+                per_objective.append(tuple(importances.items()))
+    except (ValueError, RuntimeError) as e:
+        logger.info("parameter importances unavailable: %s", e)
+        return ImportanceInfo(METRIC_NAMES, (), f"parameter importances unavailable: {e}")
+    return ImportanceInfo(
+        METRIC_NAMES,
+        tuple(per_objective),
+        f"Optuna PED-ANOVA over {len(complete)} completed trials (rough below ~30)",
+    )
+
+
+def get_history_info(study: optuna.Study) -> HistoryInfo:
+    """Each objective of each completed trial in trial order, with the running best."""
+    complete = sorted(complete_trials(study), key=lambda t: t.number)
+    values = tuple(tuple(t.values[i] for t in complete) for i in range(len(METRIC_NAMES)))
+    best = tuple(tuple(np.minimum.accumulate(v).tolist()) if v else () for v in values)
+    return HistoryInfo(
+        objective_names=METRIC_NAMES,
+        numbers=tuple(t.number for t in complete),
+        values=values,
+        best_so_far=best,
+        budget_perplexity=_budget_limit(study_budget(study)),
+    )
+
+
+def get_table_info(study: optuna.Study) -> TableInfo:
+    """One row per trial, every state, with its recipe, figures and the reason it stopped."""
+    budget = study_budget(study)
+    complete = complete_trials(study)
+    front = {t.number for t in pareto_trials(study, [t for t in complete if _within(budget, t)])}
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        measurement = measurement_of(trial)
+        done = trial.state == TrialState.COMPLETE
+        rows.append(
+            TableRow(
+                number=trial.number,
+                state=trial.state.name,
+                recipe=recipe_of(trial).describe(),
+                perplexity=trial.values[0] if done else None,
+                seconds=trial.values[1] if done else None,
+                joules=trial.values[2] if done else None,
+                energy_source=str(measurement.get("energy_source", "")),
+                size_bytes=measurement.get("size_bytes"),
+                on_front=trial.number in front,
+                within_budget=_within(budget, trial) if done and budget else None,
+                is_base=is_base(trial),
+                reason=str(
+                    trial.user_attrs.get("fail_reason")
+                    or trial.user_attrs.get("prune_reason")
+                    or ""
+                ),
+            )
+        )
+    return TableInfo(rows=tuple(rows))
+
+
+def get_summary_info(study: optuna.Study) -> SummaryInfo:
+    attrs = study.user_attrs
+    budget = study_budget(study)
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name for t in trials)
+    sources = sorted(
+        {str(measurement_of(t).get("energy_source", "unknown")) for t in complete_trials(study)}
+    )
+    try:
+        choice = rank(study, PRESETS["balanced"]).reason
+    except ConfigError as e:
+        choice = f"no pick: {e}"
+    front = [t for t in complete_trials(study) if _within(budget, t)]
+    return SummaryInfo(
+        study_name=study.study_name,
+        model=str(attrs.get("model", "unknown")),
+        corpus_fingerprint=str(attrs.get("corpus_fingerprint", "unknown")),
+        seed=str(attrs.get("seed", "unknown")),
+        budget=budget,
+        state_counts=tuple(sorted(counts.items())),
+        n_front=len(pareto_trials(study, front)),
+        energy_sources=tuple(sources),
+        choice=choice,
+    )
+
+
+# --- renderers --------------------------------------------------------------------------------
+
+
+def _axis_title(name: str) -> str:
+    return f"{name} ({UNITS[name]})" if UNITS.get(name) else name
+
+
+def _hover(point: Point, names: Sequence[str]) -> str:
+    figures = "<br>".join(
+        f"{n} {v:.4g} {UNITS.get(n, '')}".rstrip()
+        for n, v in zip(names, point.values, strict=True)
+    )
+    return f"{html.escape(point.label)}<br>{figures}"
+
+
+def plot_pareto(info: ParetoInfo) -> Any:
+    import plotly.graph_objects as go
+
+    three_d = len(info.axis_names) == 3
+    scatter = go.Scatter3d if three_d else go.Scatter
+    groups = (
+        ("Pareto front", sorted(info.front, key=lambda p: p.values), "#1f77b4", "circle"),
+        ("dominated", info.dominated, "#aaaaaa", "circle"),
+        ("over the perplexity budget", info.over_budget, "#d62728", "x"),
+        ("base model", (info.base,) if info.base else (), "#2ca02c", "diamond"),
+    )
+    fig = go.Figure()
+    for name, points, color, symbol in groups:
+        coords = {
+            axis: [p.values[k] for p in points]
+            for k, axis in enumerate(("x", "y", "z")[: len(info.axis_names)])
+        }
+        line = name == "Pareto front" and not three_d
+        fig.add_trace(
+            scatter(
+                **coords,
+                name=name,
+                mode="lines+markers" if line else "markers",
+                text=[_hover(p, info.axis_names) for p in points],
+                hovertemplate="%{text}<extra></extra>",
+                marker={"color": color, "symbol": symbol, "size": 6 if three_d else 10},
+                line={"shape": "hv", "dash": "dot"} if line else None,
+            )
+        )
+    title = " vs ".join(info.axis_names)
+    if three_d:
+        fig.update_layout(
+            scene={
+                f"{a}axis_title": _axis_title(n)
+                for a, n in zip(("x", "y", "z"), info.axis_names, strict=True)
+            }
+        )
+        if info.budget_perplexity is not None and (info.front or info.over_budget):
+            fig.add_trace(_budget_plane(info))
+    else:
+        fig.update_layout(
+            xaxis_title=_axis_title(info.axis_names[0]),
+            yaxis_title=_axis_title(info.axis_names[1]),
+        )
+        if info.budget_perplexity is not None:
+            where = {"x": info.budget_perplexity} if info.axis_names[0] == "perplexity" else {}
+            where = where or {"y": info.budget_perplexity}
+            add = fig.add_vline if "x" in where else fig.add_hline
+            add(
+                next(iter(where.values())),
+                line_dash="dash",
+                line_color="#d62728",
+                annotation_text="perplexity budget",
+            )
+    fig.update_layout(title=f"Pareto front: {title}", height=520 if three_d else 420)
+    return fig
+
+
+def _budget_plane(info: ParetoInfo) -> Any:
+    import plotly.graph_objects as go
+
+    limit = info.budget_perplexity
+    everything = (*info.front, *info.dominated, *info.over_budget)
+    axis = info.axis_names.index("perplexity")
+    others = [k for k in range(3) if k != axis]
+    spans = [
+        (min(p.values[k] for p in everything), max(p.values[k] for p in everything))
+        for k in others
+    ]
+    corners = [(a, b) for a in spans[0] for b in spans[1]]
+    xyz: list[list[float]] = [[], [], []]
+    for a, b in corners:
+        xyz[axis].append(float(limit or 0.0))
+        xyz[others[0]].append(a)
+        xyz[others[1]].append(b)
+    return go.Mesh3d(
+        x=xyz[0],
+        y=xyz[1],
+        z=xyz[2],
+        i=[0, 1],
+        j=[1, 3],
+        k=[2, 2],
+        opacity=0.2,
+        color="#d62728",
+        name="perplexity budget",
+        hoverinfo="name",
+        showlegend=True,
+    )
+
+
+def plot_parallel(info: ParallelInfo) -> Any:
+    import plotly.graph_objects as go
+
+    dims = [
+        {
+            "label": d.label,
+            "values": list(d.values),
+            **(
+                {"tickvals": list(d.tick_values), "ticktext": list(d.tick_text or ())}
+                if d.tick_values is not None
+                else {}
+            ),
+        }
+        for d in info.dimensions
+    ]
+    fig = go.Figure(
+        go.Parcoords(
+            line={
+                "color": list(info.color),
+                "colorscale": "Viridis",
+                "showscale": True,
+                "colorbar": {"title": {"text": "perplexity"}},
+            },
+            dimensions=dims,
+        )
+    )
+    title = "Recipe knobs against objectives"
+    if info.constant_knobs:
+        title += f" (constant, not shown: {', '.join(info.constant_knobs)})"
+    fig.update_layout(title=html.escape(title), height=460)
+    return fig
+
+
+def plot_importances(info: ImportanceInfo) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, pairs in zip(info.objective_names, info.importances, strict=False):
+        fig.add_trace(
+            go.Bar(
+                name=name,
+                x=[v for _, v in pairs],
+                y=[html.escape(p) for p, _ in pairs],
+                orientation="h",
+            )
+        )
+    fig.update_layout(
+        title=f"Parameter importances: {html.escape(info.note)}",
+        barmode="group",
+        xaxis_title="importance (normalised per objective)",
+        height=420,
+    )
+    return fig
+
+
+def plot_history(info: HistoryInfo) -> Any:
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1, cols=len(info.objective_names), subplot_titles=info.objective_names
+    )
+    for col, name in enumerate(info.objective_names, start=1):
+        k = col - 1
+        fig.add_scatter(
+            x=list(info.numbers),
+            y=list(info.values[k]),
+            mode="markers",
+            name=name,
+            marker={"color": "#1f77b4"},
+            showlegend=False,
+            row=1,
+            col=col,
+        )
+        fig.add_scatter(
+            x=list(info.numbers),
+            y=list(info.best_so_far[k]),
+            mode="lines",
+            name=f"best {name} so far",
+            line={"color": "#ff7f0e", "shape": "hv"},
+            showlegend=False,
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text="trial", row=1, col=col)
+        fig.update_yaxes(title_text=_axis_title(name), row=1, col=col)
+    if info.budget_perplexity is not None:
+        fig.add_hline(
+            info.budget_perplexity,
+            line_dash="dash",
+            line_color="#d62728",
+            annotation_text="budget",
+            row=1,
+            col=1,
+        )
+    fig.update_layout(title="Objective history (orange: best so far)", height=380)
+    return fig
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return '<td data-sort=""></td>'
+    shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+    key = html.escape(str(value), quote=True)
+    return f'<td data-sort="{key}">{html.escape(shown)}</td>'
+
+
+def render_table(info: TableInfo) -> str:
+    headers = (
+        "trial",
+        "state",
+        "recipe",
+        "perplexity",
+        "seconds",
+        "joules",
+        "energy source",
+        "size (MB)",
+        "Pareto",
+        "within budget",
+        "fail / prune reason",
+    )
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = []
+    for r in info.rows:
+        size = None if r.size_bytes is None else round(r.size_bytes / 1e6, 2)
+        budget = None if r.within_budget is None else ("yes" if r.within_budget else "no")
+        cells = (
+            _cell(r.number),
+            _cell(r.state),
+            _cell(r.recipe + (" [base]" if r.is_base else "")),
+            _cell(r.perplexity),
+            _cell(r.seconds),
+            _cell(r.joules),
+            _cell(r.energy_source),
+            _cell(size),
+            _cell("yes" if r.on_front else ""),
+            _cell(budget),
+            _cell(r.reason),
+        )
+        row_class = ' class="front"' if r.on_front else ""
+        body.append(f"<tr{row_class}>{''.join(cells)}</tr>")
+    return (
+        f'<table id="trials" class="sortable"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def render_summary(info: SummaryInfo) -> str:
+    e = html.escape
+    budget = info.budget.describe() if info.budget else "unknown (no base perplexity stored)"
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in info.state_counts) or "no trials"
+    rows = (
+        ("model", info.model),
+        ("perplexity budget", budget),
+        ("trials", counts),
+        ("Pareto-optimal within budget", str(info.n_front)),
+        ("energy source(s)", ", ".join(info.energy_sources) or "none"),
+        ("corpus fingerprint", info.corpus_fingerprint),
+        ("seed", info.seed),
+        ("balanced pick", info.choice),
+    )
+    cells = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
+    return f'<table class="summary">{cells}</table>'
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.5em; }
+table { border-collapse: collapse; font-size: 0.85em; }
+td, th { border: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
+table.sortable th { cursor: pointer; background: #f3f3f3; }
+tr.front td { background: #eef5fc; }
+"""
+
+_SORT_SCRIPT = """
+document.querySelectorAll("table.sortable th").forEach(function (th, col) {
+  th.addEventListener("click", function () {
+    var body = th.closest("table").tBodies[0];
+    var asc = th.dataset.order !== "asc";
+    th.dataset.order = asc ? "asc" : "desc";
+    var key = function (row) {
+      var v = row.cells[col].dataset.sort, n = parseFloat(v);
+      return v === "" ? null : (isNaN(n) ? v : n);
+    };
+    Array.from(body.rows).sort(function (a, b) {
+      var x = key(a), y = key(b);
+      if (x === null || y === null) { return x === y ? 0 : (x === null ? 1 : -1); }
+      return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1);
+    }).forEach(function (row) { body.appendChild(row); });
+  });
+});
+"""
+
+
+def _figure_div(fig: Any, div_id: str) -> str:
+    html_div: str = fig.to_html(
+        full_html=False,
+        include_plotlyjs=False,
+        div_id=div_id,
+        config={"displaylogo": False, "responsive": True},
+    )
+    return html_div
+
+
+def render_page(study: optuna.Study) -> str:
+    """The whole report page for ``study`` as one HTML string."""
+    import plotly.offline
+
+    summary = get_summary_info(study)
+    pareto_pairs = [
+        _figure_div(plot_pareto(get_pareto_info(study, pair)), f"pareto-{pair[0]}-{pair[1]}")
+        for pair in OBJECTIVE_PAIRS
+    ]
+    sections = [
+        ("Pareto fronts", "".join(pareto_pairs)),
+        ("Pareto front in 3D", _figure_div(plot_pareto(get_pareto_info(study, (0, 1, 2))), "p3")),
+        ("Recipe knobs", _figure_div(plot_parallel(get_parallel_info(study)), "parallel")),
+        (
+            "Parameter importances",
+            _figure_div(plot_importances(get_importance_info(study)), "importances"),
+        ),
+        ("Objective history", _figure_div(plot_history(get_history_info(study)), "history")),
+        ("Trials (click a header to sort)", render_table(get_table_info(study))),
+    ]
+    title = html.escape(f"autoslim report: {summary.study_name}")
+    body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{title}</title><style>{_STYLE}</style>"
+        f"<script>{plotly.offline.get_plotlyjs()}</script></head>"
+        f"<body><h1>{title}</h1>{render_summary(summary)}{body}"
+        f"<p><small>autoslim {html.escape(__version__)}, optuna "
+        f"{html.escape(optuna.__version__)}; works offline.</small></p>"
+        f"<script>{_SORT_SCRIPT}</script></body></html>\n"
+    )
+
+
+def write_report(study: optuna.Study, path: str | Path) -> Path:
+    """Write the report page to ``path`` (its folder is created); returns the path."""
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(f"report path {str(out)!r} is a folder; give a file name ending .html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_page(study), encoding="utf-8")
+    logger.info("wrote the report of %s to %s", study.study_name, out)
+    return out

@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autoslim.cli import main
+from autoslim.errors import ConfigError
+from autoslim.recipe import Recipe
+from autoslim.report import (
+    get_history_info,
+    get_importance_info,
+    get_parallel_info,
+    get_pareto_info,
+    get_summary_info,
+    get_table_info,
+    plot_pareto,
+    render_page,
+    render_table,
+)
+from autoslim.testing.studies import base, complete, failed, make_study_file
+
+SCRIPT = "<script>alert(1)</script>"  # the fail reason of trial 7 in DEMO_TRIALS
+
+
+@pytest.fixture
+def study(tmp_path):
+    return optuna.load_study(study_name="demo", storage=make_study_file(tmp_path))
+
+
+def numbers(points):
+    return sorted(p.number for p in points)
+
+
+@pytest.mark.parametrize(
+    ("objectives", "front", "dominated"),
+    [
+        # perplexity vs seconds: 4 (118, 0.55) is dominated by 3 (110, 0.5), 5 by 2.
+        ((0, 1), [0, 1, 2, 3], [4, 5]),
+        # perplexity vs joules: 2, 3 and 5 are dominated by 1 (101, 6).
+        ((0, 2), [0, 1, 4], [2, 3, 5]),
+        # seconds vs joules: 3 is fastest, 4 leanest within the budget.
+        ((1, 2), [3, 4], [0, 1, 2, 5]),
+        # all three: Optuna's front within the budget, 5 dominated by 2.
+        ((0, 1, 2), [0, 1, 2, 3, 4], [5]),
+    ],
+)
+def test_pareto_info_per_objective_pair(study, objectives, front, dominated):
+    info = get_pareto_info(study, objectives)
+    assert numbers(info.front) == front
+    assert numbers(info.dominated) == dominated
+    assert numbers(info.over_budget) == [6]
+    assert info.base is not None and info.base.number == 0
+    assert info.base.values == tuple((100.0, 1.0, 10.0)[i] for i in objectives)
+    assert info.budget_perplexity == (pytest.approx(120.0) if 0 in objectives else None)
+
+
+def test_pareto_3d_front_is_optunas_best_trials(study):
+    # The fixture stores the budget as an Optuna constraint too, so best_trials is feasible-only.
+    assert numbers(get_pareto_info(study, (0, 1, 2)).front) == numbers(study.best_trials)
+
+
+def test_pareto_info_rejects_bad_objectives(study):
+    with pytest.raises(ConfigError, match="objectives"):
+        get_pareto_info(study, (0,))
+
+
+def test_pareto_plot_marks_budget_and_base(study):
+    fig = plot_pareto(get_pareto_info(study, (0, 1)))
+    names = [t.name for t in fig.data]
+    assert names == ["Pareto front", "dominated", "over the perplexity budget", "base model"]
+    assert list(fig.data[0].x) == [100.0, 101.0, 104.0, 110.0]
+    assert [s.x0 for s in fig.layout.shapes] == [pytest.approx(120.0)]
+    fig3 = plot_pareto(get_pareto_info(study, (0, 1, 2)))
+    assert fig3.data[-1].name == "perplexity budget"
+    assert list(fig3.data[-1].x) == [pytest.approx(120.0)] * 4
+
+
+def test_parallel_info_keeps_varying_knobs_then_objectives(study):
+    info = get_parallel_info(study)
+    labels = [d.label for d in info.dimensions]
+    assert labels == [
+        "bits",
+        "quant_type",
+        "prune_ratio",
+        "drop_heads_per_layer",
+        "kd_steps",
+        "perplexity",
+        "seconds",
+        "joules",
+    ]
+    assert "kd_temperature" in info.constant_knobs
+    quant = info.dimensions[1]
+    assert quant.tick_text == ("fp4", "nf4")
+    assert quant.values[5] == 0.0  # trial 5 is fp4
+    assert info.trial_numbers == (0, 1, 2, 3, 4, 5, 6)
+    assert info.dimensions[-1].values == (10.0, 6.0, 8.0, 9.0, 5.0, 8.5, 3.0)
+
+
+def test_importances_per_objective(study):
+    info = get_importance_info(study)
+    assert len(info.importances) == 3
+    for pairs in info.importances:
+        assert {p for p, _ in pairs} <= {
+            "bits",
+            "quant_type",
+            "prune_ratio",
+            "drop_heads_per_layer",
+            "kd_steps",
+        }
+        assert sum(v for _, v in pairs) == pytest.approx(1.0)
+
+
+def test_importances_guarded_for_too_few_trials(tmp_path):
+    url = make_study_file(tmp_path, trials=[base(100, 1, 10), complete(Recipe(bits=8), 101, 1, 6)])
+    info = get_importance_info(optuna.load_study(study_name="demo", storage=url))
+    assert info.importances == ()
+    assert "at least 5 completed trials" in info.note
+
+
+def test_history_info_running_best(study):
+    info = get_history_info(study)
+    assert info.numbers == (0, 1, 2, 3, 4, 5, 6)
+    assert info.best_so_far[1] == (1.0, 0.9, 0.6, 0.5, 0.5, 0.5, 0.3)
+    assert info.best_so_far[2] == (10.0, 6.0, 6.0, 6.0, 5.0, 5.0, 3.0)
+    assert info.budget_perplexity == pytest.approx(120.0)
+
+
+def test_table_info_every_state_with_reasons(study):
+    rows = {r.number: r for r in get_table_info(study).rows}
+    assert [rows[n].state for n in (0, 6, 7, 8, 9)] == [
+        "COMPLETE",
+        "COMPLETE",
+        "FAIL",
+        "PRUNED",
+        "RUNNING",
+    ]
+    assert rows[0].is_base and rows[0].on_front and rows[0].within_budget
+    assert rows[6].within_budget is False and not rows[6].on_front
+    assert rows[7].reason == f"RuntimeError: {SCRIPT}"
+    assert rows[8].reason == "perplexity 900 after pruning"
+    assert rows[9].perplexity is None
+    assert rows[1].energy_source == "estimate"
+    assert rows[1].recipe == "int8"
+
+
+def test_summary_info_names_the_balanced_pick(study):
+    info = get_summary_info(study)
+    assert info.study_name == "demo"
+    assert dict(info.state_counts) == {"COMPLETE": 7, "FAIL": 1, "PRUNED": 1, "RUNNING": 1}
+    assert info.n_front == 5
+    assert info.choice.startswith("trial 4 ")
+
+
+def test_summary_without_any_completed_trial(tmp_path):
+    url = make_study_file(tmp_path, trials=[failed(Recipe(), "OOM")], base_perplexity=50.0)
+    study = optuna.load_study(study_name="demo", storage=url)
+    assert get_summary_info(study).choice.startswith("no pick: ")
+    assert "<html" in render_page(study)  # empty plots, no crash
+
+
+def test_everything_typed_is_escaped(tmp_path):
+    evil = '<img src=x onerror="alert(2)">'
+    url = make_study_file(tmp_path, study_name=f"night {evil}", model=f"org/{evil}")
+    study = optuna.load_study(study_name=f"night {evil}", storage=url)
+    page = render_page(study)
+    assert SCRIPT not in page and evil not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in render_table(get_table_info(study))
+    assert "night &lt;img src=x onerror=&quot;alert(2)&quot;&gt;" in page
+    assert "org/&lt;img" in page
+    assert "<script src=" not in page and "<link" not in page  # plotly.js is inlined
+
+
+def test_cli_writes_the_page(tmp_path, capsys):
+    url = make_study_file(tmp_path)
+    out = tmp_path / "sub" / "r.html"
+    assert main(["report", url, "--out", str(out)]) == 0
+    assert out.stat().st_size > 1_000_000  # plotly.js inlined
+    assert str(out) in capsys.readouterr().out
