@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from typing import Any
 
 from autoslim.measure.perplexity import PerplexityProtocol
 from autoslim.measure.workload import Workload
+from autoslim.recipe import BITS, QUANT_TYPES, Recipe
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +104,47 @@ def workload_from(args: argparse.Namespace) -> Workload:
         warmup=args.warmup,
         repeats=args.repeats,
     )
+
+
+def add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    """Flags for every Recipe knob (dest = the Recipe field; unset flags keep its default)."""
+    group = parser.add_argument_group("recipe (compress the model before measuring)")
+    group.add_argument("--bits", type=int, choices=BITS, help="16 = no quantization")
+    group.add_argument("--quant-type", choices=QUANT_TYPES, help="4-bit data type")
+    group.add_argument(
+        "--no-double-quant",
+        dest="double_quant",
+        action="store_const",
+        const=False,
+        help="4-bit without double quantization of the scales",
+    )
+    group.add_argument(
+        "--prune-ratio", type=float, help="fraction of MLP channels to remove, in [0, 1)"
+    )
+    group.add_argument(
+        "--drop-heads", metavar="LAYER:HEAD,...", help="attention heads to remove, e.g. 0:1,2:5"
+    )
+    group.add_argument(
+        "--drop-heads-per-layer",
+        type=int,
+        metavar="N",
+        help="remove the N least important query heads of every layer",
+    )
+    group.add_argument("--kd-steps", type=int, help="distillation steps (0 = none)")
+    group.add_argument("--kd-temperature", type=float, help="distillation temperature")
+    group.add_argument("--kd-alpha", type=float, help="weight of the KD loss against CE")
+    group.add_argument("--kd-lr", type=float, help="distillation learning rate")
+    group.add_argument("--seed", type=int, default=0, help="seed of the build (default 0)")
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    """The recipe given by whichever recipe flags this command has (none: identity)."""
+    given = {
+        f.name: getattr(args, f.name)
+        for f in fields(Recipe)
+        if getattr(args, f.name, None) is not None
+    }
+    return Recipe.from_params(given)
 
 
 def print_json(obj: Any) -> None:

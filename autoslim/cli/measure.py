@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import fields
 from typing import Any
 
 from autoslim.cli._common import (
     add_data_args,
     add_model_args,
     add_protocol_args,
+    add_recipe_args,
     add_workload_args,
     print_json,
     print_table,
+    recipe_from_args,
     workload_from,
 )
 from autoslim.measure import Measurement, Workload
-from autoslim.recipe import Recipe
 
 
 def register(subparsers: Any) -> None:
@@ -34,18 +34,9 @@ def register(subparsers: Any) -> None:
     add_data_args(parser)
     add_protocol_args(parser)
     add_workload_args(parser)
+    add_recipe_args(parser)
     parser.add_argument("--device", help="where to run: cpu (default), cuda, cuda:1 ...")
     parser.set_defaults(func=run)
-
-
-def recipe_from(args: argparse.Namespace) -> Recipe:
-    """The recipe given by whichever recipe flags this command has (none: identity)."""
-    given = {
-        f.name: getattr(args, f.name)
-        for f in fields(Recipe)
-        if getattr(args, f.name, None) is not None
-    }
-    return Recipe.from_params(given)
 
 
 def _spread(samples: list[float], cv: float, unit: str, digits: int) -> str:
@@ -83,8 +74,13 @@ def run(args: argparse.Namespace) -> int:
     from autoslim.measure import get_meter, measure
 
     workload = workload_from(args)
-    recipe = recipe_from(args)
+    recipe = recipe_from_args(args)
     device = args.device or "cpu"
+    built = None
+    if not recipe.is_identity:
+        from autoslim.compress import validate
+
+        validate(recipe, models.load_config(args.model, args.trust_remote_code), device)
     corpus = data.load_corpus(text=args.text, dataset=args.dataset)
     with get_meter(args.energy, device=device) as meter:
         loaded = models.load_model(
@@ -96,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         if not recipe.is_identity:
             from autoslim.compress import build
 
-            built = build(loaded, recipe, corpus=corpus, device=device)
+            built = build(loaded, recipe, corpus=corpus, seed=args.seed, device=device)
             results["compressed"] = measure(
                 built.model, loaded.tokenizer, corpus, workload, teacher=loaded.model, meter=meter
             )
@@ -115,14 +111,17 @@ def run(args: argparse.Namespace) -> int:
         else:
             report |= {"recipe": recipe.to_params()}
             report |= {label: m.to_dict() for label, m in results.items()}
+        if built is not None:
+            report |= {"stage_seconds": built.stage_seconds, "build": built.info}
         print_json(report)
         return 0
     columns = {label: _column(m, workload) for label, m in results.items()}
     rows: list[tuple[str, Any]] = [
         ("model", f"{args.model} ({loaded.family})"),
     ]
-    if len(results) > 1:
-        rows.append(("recipe", recipe.describe()))
+    if built is not None:
+        stages = ", ".join(f"{k} {v:.2f} s" for k, v in built.stage_seconds.items())
+        rows += [("recipe", f"{recipe.describe()} (seed {args.seed})"), ("build", stages)]
     for key in columns["base"]:
         values = [f"{label}: {column[key]}" for label, column in columns.items()]
         rows.append((key, values[0] if len(values) == 1 else "  |  ".join(values)))

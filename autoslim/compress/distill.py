@@ -1,0 +1,210 @@
+"""distill: knowledge distillation from the unmodified base model on the corpus's KD split.
+
+Loss per token: ``alpha * T² * KL(teacher_T || student_T) + (1 - alpha) * CE(student)``, with
+both distributions softened by temperature ``T``, for a fixed number of AdamW steps.
+
+Speed: the teacher never runs during a trial. ``TeacherCache`` runs it once per study over the
+KD windows a trial asks for and keeps only its ``top_k`` logits per token (values and indices,
+~0.5 KB per token instead of a full vocabulary row); the KL is taken over those ``top_k`` tokens,
+the teacher renormalised over them. A distillation step then costs a plain training step plus a
+gather. ``TeacherCache(top_k=None, reuse=False)`` is the exact, slow reference: the teacher runs
+every step and the KL covers the whole vocabulary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoslim.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TeacherBatch:
+    """Inputs of one step and the teacher's logits: ``top_k`` values and their token indices,
+    or (``indices is None``) every logit."""
+
+    inputs: torch.Tensor
+    values: torch.Tensor
+    indices: torch.Tensor | None
+
+
+class TeacherCache:
+    """Teacher outputs on the KD split, computed once and reused by every trial of a study.
+
+    Step ``s`` reads windows ``s*batch_size .. (s+1)*batch_size - 1`` (wrapping), so trials with
+    the same batch size share the same data and the same cached teacher rows. The teacher must be
+    the study's unmodified base model.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        ids: torch.Tensor,
+        *,
+        window: int = 256,
+        batch_size: int = 8,
+        top_k: int | None = 64,
+        reuse: bool = True,
+    ) -> None:
+        windows = len(ids) // window
+        if windows < 1:
+            raise DataError(
+                f"the KD split holds {len(ids)} tokens, fewer than one window of {window}; "
+                "give more text or a smaller window"
+            )
+        self.teacher = teacher
+        self.window = window
+        self.batch_size = batch_size
+        self.top_k = top_k
+        self.reuse = reuse
+        self.inputs = ids[: windows * window].view(windows, window)
+        self.teacher_seconds = 0.0
+        self._rows: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    @property
+    def windows(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @torch.no_grad()
+    def _run_teacher(self, rows: list[int]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        started = time.perf_counter()
+        device = next(self.teacher.parameters()).device
+        was_training = self.teacher.training
+        self.teacher.eval()
+        logits = self.teacher(input_ids=self.inputs[rows].to(device), use_cache=False).logits
+        self.teacher.train(was_training)
+        logits = logits.float()
+        out: list[tuple[torch.Tensor, torch.Tensor | None]]
+        if self.top_k is None:
+            out = [(row, None) for row in logits]
+        else:
+            values, indices = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1)
+            out = list(zip(values.to(torch.bfloat16), indices.to(torch.int32), strict=True))
+        self.teacher_seconds += time.perf_counter() - started
+        return out
+
+    def batch(self, step: int) -> TeacherBatch:
+        rows = [(step * self.batch_size + i) % self.windows for i in range(self.batch_size)]
+        if self.reuse:
+            missing = sorted({r for r in rows if r not in self._rows})
+            if missing:
+                self._rows.update(zip(missing, self._run_teacher(missing), strict=True))
+            outputs = [self._rows[r] for r in rows]
+        else:
+            outputs = self._run_teacher(rows)
+        indices = [o[1] for o in outputs]
+        return TeacherBatch(
+            inputs=self.inputs[rows],
+            values=torch.stack([o[0] for o in outputs]),
+            indices=None if indices[0] is None else torch.stack(indices),  # type: ignore[arg-type]
+        )
+
+
+def kd_loss(
+    logits: torch.Tensor,
+    batch: TeacherBatch,
+    temperature: float,
+    alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, KL × T², CE) for student ``logits`` [B, L, V] against one teacher batch."""
+    logits = logits.float()
+    inputs = batch.inputs.to(logits.device)
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), inputs[:, 1:].reshape(-1))
+    student = F.log_softmax(logits / temperature, dim=-1)
+    if batch.indices is not None:
+        student = student.gather(-1, batch.indices.to(logits.device, torch.long))
+    teacher = F.log_softmax(batch.values.to(logits.device).float() / temperature, dim=-1)
+    kl = (teacher.exp() * (teacher - student)).sum(-1).mean() * temperature**2
+    return alpha * kl + (1 - alpha) * ce, kl, ce
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the device runs it natively (CUDA with bf16, CPUs with AVX512-BF16)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        capability = torch.backends.cpu.get_cpu_capability()
+        return torch.bfloat16 if "AVX512" in capability and _cpu_has_bf16() else None
+    return None
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def distill(
+    student: nn.Module,
+    teacher: TeacherCache,
+    *,
+    steps: int,
+    temperature: float,
+    alpha: float,
+    lr: float,
+    keep_zero: dict[str, torch.Tensor] | None = None,
+    use_autocast: bool = True,
+) -> dict[str, Any]:
+    """Train ``student`` in place for ``steps`` steps; ``keep_zero`` weights (by parameter
+    name, True = keep at zero) get no gradient, so masked heads stay masked."""
+    device = next(student.parameters()).device
+    params = dict(student.named_parameters())
+    hooks = [
+        params[name].register_hook(lambda grad, mask=mask: grad.masked_fill(mask, 0.0))
+        for name, mask in (keep_zero or {}).items()
+    ]
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
+    dtype = autocast_dtype(device) if use_autocast else None
+    autocast = (
+        torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    )
+    teacher_before = teacher.teacher_seconds
+    losses: list[float] = []
+    kl = ce = torch.zeros(())
+    student.train()
+    started = time.perf_counter()
+    try:
+        for step in range(steps):
+            batch = teacher.batch(step)
+            with autocast:
+                logits = student(input_ids=batch.inputs.to(device), use_cache=False).logits
+            loss, kl, ce = kd_loss(logits, batch, temperature, alpha)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    finally:
+        student.eval()
+        for hook in hooks:
+            hook.remove()
+    seconds = time.perf_counter() - started
+    logger.info(
+        "distilled %d steps in %.1f s, loss %.3f -> %.3f",
+        steps,
+        seconds,
+        losses[0] if losses else 0.0,
+        losses[-1] if losses else 0.0,
+    )
+    return {
+        "kd_steps": steps,
+        "kd_loss_first": losses[0] if losses else None,
+        "kd_loss_last": losses[-1] if losses else None,
+        "kd_kl_last": float(kl.detach()),
+        "kd_ce_last": float(ce.detach()),
+        "kd_seconds_per_step": seconds / steps if steps else 0.0,
+        "kd_teacher_seconds": teacher.teacher_seconds - teacher_before,
+        "kd_autocast": str(dtype).removeprefix("torch.") if dtype is not None else "none",
+    }
