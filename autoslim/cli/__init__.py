@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from autoslim import __version__
-from autoslim.cli import measure, pick, report, zoo
+from autoslim.cli import export, measure, pick, report, zoo
 from autoslim.errors import AutoslimError
 
-COMMANDS = (measure, zoo, report, pick)
+COMMANDS = (measure, zoo, report, pick, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -179,3 +179,67 @@ def _frozen(trial: FakeTrial, budget: float, fingerprint: str) -> optuna.trial.F
         user_attrs=user_attrs,
         system_attrs=system_attrs,
     )
+
+
+# A workload small enough for tests on tiny models (their context is 128 tokens).
+TINY_WORKLOAD: dict[str, Any] = {
+    "protocol": {"window": 128, "max_windows": 8, "batch_size": 8},
+    "prefill_windows": 1,
+    "decode_tokens": 4,
+    "repeats": 1,
+}
+
+
+def make_built_study(
+    storage: str,
+    model: str | Path,
+    corpus: Any,
+    recipes: Sequence[Recipe],
+    *,
+    study_name: str = "built",
+    extra_trials: Sequence[FakeTrial] = (),
+    workload: dict[str, Any] | None = None,
+    seed: int = 0,
+    **kwargs: Any,
+) -> optuna.Study:
+    """A study whose trials are real builds of ``model``: each recipe is built with
+    ``compress.build`` and its perplexity measured under the workload's protocol, as a search
+    would store it; seconds and joules are made up (falling with the trial number). The
+    identity recipe is the base-model trial. ``corpus`` is the default (stdlib) corpus."""
+    from autoslim import compress, data, models
+    from autoslim.measure import Workload
+    from autoslim.measure.perplexity import perplexity
+
+    workload = TINY_WORKLOAD if workload is None else workload
+    protocol = Workload.from_dict(workload).protocol
+    loaded = models.load_model(str(model))
+    ids = data.tokens(loaded.tokenizer, corpus, "eval")
+    trials = []
+    for i, recipe in enumerate(recipes):
+        built = compress.build(loaded, recipe, corpus=corpus, seed=seed)
+        trials.append(
+            FakeTrial(
+                recipe,
+                TrialState.COMPLETE,
+                perplexity(built.model, ids, protocol).perplexity,
+                1.0 - 0.1 * i,
+                10.0 - i,
+                is_base=recipe.is_identity,
+            )
+        )
+    config = {
+        "study": {"name": study_name, "storage": storage, "seed": seed},
+        "model": {"name": str(model), "trust_remote_code": False, "device": "cpu"},
+        "data": {"text": [], "dataset": ""},
+        "workload": workload,
+    }
+    return make_study(
+        storage,
+        study_name,
+        [*trials, *extra_trials],
+        model=str(model),
+        corpus_fingerprint=corpus.fingerprint,
+        seed=seed,
+        config=config,
+        **kwargs,
+    )

@@ -1,0 +1,289 @@
+"""Export one trial as a Hugging Face checkpoint that plain transformers loads.
+
+The trial's recipe is rebuilt from its stored record with the study's own base model, corpus
+(refused when its fingerprint differs from the one the study measured on), seed and device,
+then saved (safetensors, config with any quantization config, tokenizer) with ``autoslim.json``:
+study, trial, recipe, stored measurement, versions, corpus fingerprint and the sha256 of every
+file. The saved folder is reloaded with plain ``AutoModelForCausalLM.from_pretrained`` (no
+``trust_remote_code``) and its perplexity re-measured under the study's protocol; more than
+``tolerance`` (1 %) away from the stored value fails the export.
+
+Everything is written to a temporary folder beside the destination and renamed into place
+only after the check passed, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoslim.errors import ConfigError, DataError, ModelError
+from autoslim.pick import PRESETS, Weights, measurement_of, rank, recipe_of
+from autoslim.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "autoslim.json"
+MANIFEST_FORMAT = "autoslim-export/1"
+TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    folder: Path
+    trial: int
+    recipe: Recipe
+    stored_perplexity: float
+    measured_perplexity: float
+    files: dict[str, str]  # file name → sha256
+    reason: str  # why this trial: the pick's reason, or "--trial N"
+
+    @property
+    def relative_difference(self) -> float:
+        return self.measured_perplexity / self.stored_perplexity - 1
+
+
+def select_trial(
+    study: optuna.Study,
+    trial_number: int | None = None,
+    weights: Weights | None = None,
+    max_ppl_increase: float | None = None,
+) -> tuple[FrozenTrial, str]:
+    """The trial to export: ``trial_number``, or the pick under ``weights`` and the budget."""
+    if trial_number is None:
+        choice = rank(study, weights or PRESETS["balanced"], max_ppl_increase)
+        return study.trials[_index_of(study, choice.best.number)], choice.reason
+    if weights is not None or max_ppl_increase is not None:
+        raise ConfigError(
+            "give either --trial N or a choice (--prefer / --weights / --max-ppl-increase), "
+            "not both"
+        )
+    trial = study.trials[_index_of(study, trial_number)]
+    if trial.state != TrialState.COMPLETE:
+        why = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason")
+        fix = {
+            TrialState.RUNNING: "wait until it finishes, or pick a completed trial",
+            TrialState.WAITING: "it has not started yet; pick a completed trial",
+        }.get(trial.state, "pick a completed trial (`autoslim pick` lists them)")
+        raise ConfigError(
+            f"--trial {trial_number} is {trial.state.name}"
+            + (f" ({why})" if why else "")
+            + f", so there is nothing to export: {fix}"
+        )
+    return trial, f"--trial {trial_number}"
+
+
+def _index_of(study: optuna.Study, number: int) -> int:
+    numbers = [t.number for t in study.get_trials(deepcopy=False)]
+    if number not in numbers:
+        shown = f"0..{max(numbers)}" if numbers else "none"
+        raise ConfigError(
+            f"--trial {number}: study {study.study_name!r} has no such trial (trials: {shown})"
+        )
+    return numbers.index(number)
+
+
+def check_destination(out: Path, force: bool) -> None:
+    """Refuse a destination that is a file, or a non-empty folder unless ``force``."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a folder path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigError(
+            f"--out {str(out)!r} exists and is not empty; choose a new folder or pass --force "
+            "to replace it"
+        )
+
+
+def _study_setup(study: optuna.Study) -> dict[str, Any]:
+    config = study.user_attrs.get("config")
+    if not isinstance(config, dict) or "model" not in study.user_attrs:
+        raise ConfigError(
+            f"study {study.study_name!r} records no config/model: it was not written by "
+            "`autoslim search`, so its trials cannot be rebuilt"
+        )
+    return config
+
+
+def _versions() -> dict[str, str]:
+    from autoslim.measure.measurement import _versions as measurement_versions
+
+    found = measurement_versions()
+    for package in ("optuna", "safetensors", "accelerate"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "absent"
+    return found
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def reload_perplexity(folder: Path, corpus: Any, protocol: Any, device: str) -> float:
+    """Perplexity of ``folder`` loaded with plain ``from_pretrained`` (no remote code)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autoslim import data
+    from autoslim.measure.perplexity import perplexity
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, device_map={"": device})
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError(
+            f"the exported folder does not load with plain AutoModelForCausalLM."
+            f"from_pretrained ({type(e).__name__}: {e}); this recipe cannot be exported yet"
+        ) from e
+    model.eval()
+    return perplexity(model, data.tokens(tokenizer, corpus, "eval"), protocol).perplexity
+
+
+def export(
+    study: optuna.Study,
+    out: str | Path,
+    *,
+    trial_number: int | None = None,
+    weights: Weights | None = None,
+    max_ppl_increase: float | None = None,
+    force: bool = False,
+    tolerance: float = TOLERANCE,
+) -> ExportResult:
+    """Rebuild, save, verify and move into ``out`` one trial of ``study``."""
+    from autoslim import compress, data, models
+    from autoslim.measure import Workload
+
+    out = Path(out)
+    trial, reason = select_trial(study, trial_number, weights, max_ppl_increase)
+    check_destination(out, force)
+    config = _study_setup(study)
+    recipe = recipe_of(trial)
+    stored = measurement_of(trial)
+    stored_perplexity = float(trial.values[0])
+    model_section = config.get("model", {})
+    device = str(model_section.get("device", "cpu"))
+    data_section = config.get("data", {})
+    corpus = data.load_corpus(
+        text=list(data_section.get("text", [])) or None,
+        dataset=data_section.get("dataset") or None,
+    )
+    expected = study.user_attrs.get("corpus_fingerprint")
+    if expected is not None and corpus.fingerprint != expected:
+        raise DataError(
+            f"corpus {corpus.name!r} has fingerprint {corpus.fingerprint} here, but study "
+            f"{study.study_name!r} was measured on {expected}: the text changed (another Python "
+            "version's stdlib, edited files), so perplexities would not match; export where the "
+            "search ran, with the same data"
+        )
+    workload = Workload.from_dict(config.get("workload", {}))
+    seed = int(study.user_attrs.get("seed", 0))
+    base = models.load_model(
+        str(study.user_attrs["model"]),
+        device=device,
+        trust_remote_code=bool(model_section.get("trust_remote_code", False)),
+    )
+    logger.info("rebuilding trial %d: %s", trial.number, recipe.describe())
+    built = compress.build(base, recipe, corpus=corpus, seed=seed, device=device)
+
+    parent = out.absolute().parent
+    created = _missing_ancestor(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    try:
+        compress.save(built.model, base.tokenizer, staging)
+        del built
+        measured = reload_perplexity(staging, corpus, workload.protocol, device)
+        difference = measured / stored_perplexity - 1
+        if not abs(difference) <= tolerance:
+            raise ModelError(
+                f"trial {trial.number} re-measured at perplexity {measured:.6g} after export, "
+                f"{difference:+.2%} from the stored {stored_perplexity:.6g} (tolerance "
+                f"{tolerance:.0%}): the rebuild does not reproduce the trial; check that the "
+                "device, library versions and data match the search's"
+            )
+        files = {
+            p.relative_to(staging).as_posix(): _sha256(p)
+            for p in sorted(staging.rglob("*"))
+            if p.is_file()
+        }
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "study": study.study_name,
+            "trial": trial.number,
+            "chosen_because": reason,
+            "model": study.user_attrs["model"],
+            "seed": seed,
+            "recipe": recipe.to_dict(),
+            "recipe_summary": recipe.describe(),
+            "stored_measurement": stored,
+            "build": trial.user_attrs.get("build", {}),
+            "verification": {
+                "perplexity": measured,
+                "stored_perplexity": stored_perplexity,
+                "relative_difference": difference,
+                "tolerance": tolerance,
+                "protocol": workload.protocol.describe(),
+                "device": device,
+            },
+            "corpus": {"name": corpus.name, "fingerprint": corpus.fingerprint},
+            "versions": _versions(),
+            "files": files,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    logger.info("exported trial %d to %s (perplexity %.4g)", trial.number, out, measured)
+    return ExportResult(
+        folder=out,
+        trial=trial.number,
+        recipe=recipe,
+        stored_perplexity=stored_perplexity,
+        measured_perplexity=measured,
+        files=files,
+        reason=reason,
+    )
+
+
+def _missing_ancestor(folder: Path) -> Path | None:
+    """The outermost ancestor of ``folder`` (itself included) that does not exist yet."""
+    missing = None
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename ``staging`` to ``out``; an existing ``out`` is set aside and removed after."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.absolute().parent))
+    os.rename(out, aside / out.name)
+    try:
+        os.rename(staging, out)
+    except OSError:
+        os.rename(aside / out.name, out)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)

@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import hashlib
+import json
+
+import optuna
+import pytest
+import torch
+
+from autoslim.cli import main
+from autoslim.errors import ConfigError, DataError, ModelError
+from autoslim.export import MANIFEST, export
+from autoslim.pick import PRESETS
+from autoslim.recipe import Recipe
+from autoslim.testing import save_tiny_model
+from autoslim.testing.studies import (
+    FakeTrial,
+    failed,
+    make_built_study,
+    make_study,
+    make_study_file,
+    pruned,
+    running,
+)
+
+RECIPES = (Recipe(), Recipe(bits=8), Recipe(bits=4, quant_type="nf4", double_quant=True))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, corpus):
+    """A study of real builds of a tiny qwen3: base (0), int8 (1), NF4 (2); then FAIL (3),
+    PRUNED (4) and RUNNING (5) trials."""
+    root = tmp_path_factory.mktemp("export")
+    model = save_tiny_model("qwen3", root / "base")
+    storage = f"sqlite:///{root / 'study.db'}"
+    study = make_built_study(
+        storage,
+        model,
+        corpus,
+        RECIPES,
+        extra_trials=(
+            failed(Recipe(bits=4, prune_ratio=0.3), "RuntimeError: out of memory"),
+            pruned(Recipe(prune_ratio=0.5), "perplexity 9000 after drop_heads"),
+            running(Recipe(kd_steps=10)),
+        ),
+        max_ppl_increase=0.5,
+    )
+    return study, storage
+
+
+def variant(built, folder, name, **kwargs):
+    """A one-trial copy of the built study's base trial with some attribute changed."""
+    study, _ = built
+    storage = f"sqlite:///{folder / 'variant.db'}"
+    base = study.trials[0]
+    values = dict(zip(("perplexity", "seconds", "joules"), base.values, strict=True))
+    values["perplexity"] *= kwargs.pop("perplexity_factor", 1.0)
+    attrs = {
+        "model": study.user_attrs["model"],
+        "corpus_fingerprint": study.user_attrs["corpus_fingerprint"],
+        "config": study.user_attrs["config"],
+        **kwargs,
+    }
+    return make_study(
+        storage, name, [FakeTrial(Recipe(), is_base=True, **values)], max_ppl_increase=0.5, **attrs
+    )
+
+
+def assert_nothing_written(folder):
+    leftovers = [p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")]
+    assert not folder.exists() and not leftovers
+
+
+def test_base_trial_round_trip_with_plain_transformers(built, tmp_path, corpus):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autoslim.data import tokens
+    from autoslim.measure import perplexity
+    from autoslim.measure.perplexity import PerplexityProtocol
+
+    study, _ = built
+    out = tmp_path / "best"
+    result = export(study, out, trial_number=0)
+    assert result.trial == 0 and result.recipe.is_identity
+    assert abs(result.relative_difference) < 1e-4
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", MANIFEST} <= names
+
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["study"] == "built" and manifest["trial"] == 0
+    assert manifest["corpus"]["fingerprint"] == corpus.fingerprint
+    assert manifest["stored_measurement"]["perplexity"] == study.trials[0].values[0]
+    assert manifest["verification"]["perplexity"] == pytest.approx(result.measured_perplexity)
+    assert {"torch", "transformers", "optuna", "autoslim"} <= set(manifest["versions"])
+    assert set(manifest["files"]) == names - {MANIFEST}
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    protocol = PerplexityProtocol(window=128, max_windows=8, batch_size=8)
+    ppl = perplexity(model, tokens(tokenizer, corpus, "eval"), protocol).perplexity
+    assert ppl == pytest.approx(study.trials[0].values[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("number", [1, 2], ids=["int8", "nf4"])
+def test_quantized_trial_reloads_with_its_quantization_config(built, tmp_path, number):
+    study, _ = built
+    result = export(study, tmp_path / "q", trial_number=number)
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "bitsandbytes"
+    assert abs(result.relative_difference) <= 0.01
+    print(
+        f"trial {number}: stored {result.stored_perplexity} measured {result.measured_perplexity}"
+    )
+
+
+def test_cli_exports_the_pick(built, tmp_path, capsys):
+    _, storage = built
+    out = tmp_path / "picked"
+    assert (
+        main(
+            [
+                "export",
+                storage,
+                "--study-name",
+                "built",
+                "--prefer",
+                "time",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    stdout = capsys.readouterr().out
+    summary = json.loads(stdout[stdout.index("{") :])
+    # Made-up seconds fall with the trial number: NF4 (trial 2) is the fastest candidate.
+    assert summary["trial"] == 2
+    assert summary["chosen_because"].startswith("trial 2 ")
+    assert (out / MANIFEST).is_file()
+
+
+def test_force_replaces_a_non_empty_folder(built, tmp_path):
+    study, _ = built
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(ConfigError, match="exists and is not empty"):
+        export(study, out, trial_number=0)
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    export(study, out, trial_number=0, force=True)
+    assert not (out / "old.txt").exists() and (out / MANIFEST).is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.parametrize(
+    ("number", "needle"),
+    [
+        (3, "--trial 3 is FAIL (RuntimeError: out of memory)"),
+        (4, "--trial 4 is PRUNED (perplexity 9000 after drop_heads)"),
+        (5, "--trial 5 is RUNNING, so there is nothing to export: wait"),
+        (42, "has no such trial (trials: 0..5)"),
+    ],
+)
+def test_unexportable_trials_are_refused(built, tmp_path, number, needle):
+    study, _ = built
+    out = tmp_path / "new" / "out"
+    with pytest.raises(ConfigError) as info:
+        export(study, out, trial_number=number)
+    assert needle in str(info.value)
+    assert not (tmp_path / "new").exists()
+
+
+def test_no_trial_within_budget_names_the_closest(tmp_path):
+    study = optuna.load_study(
+        study_name="demo", storage=make_study_file(tmp_path, base_perplexity=50.0)
+    )
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="the closest is trial 0 at perplexity 100"):
+        export(study, out, weights=PRESETS["balanced"])
+    assert_nothing_written(out)
+
+
+def test_trial_and_choice_together_are_refused(built, tmp_path):
+    study, _ = built
+    with pytest.raises(ConfigError, match="not both"):
+        export(study, tmp_path / "out", trial_number=0, weights=PRESETS["time"])
+
+
+def test_other_corpus_is_refused(built, tmp_path):
+    study = variant(built, tmp_path, "other-corpus", corpus_fingerprint="0000000000000000")
+    out = tmp_path / "sub" / "out"
+    with pytest.raises(DataError, match="was measured on 0000000000000000"):
+        export(study, out, trial_number=0)
+    assert not out.parent.exists()
+
+
+def test_perplexity_mismatch_fails_and_leaves_nothing(built, tmp_path):
+    study = variant(built, tmp_path, "tampered", perplexity_factor=1.05)
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(ModelError, match=r"-4.\d\d% from the stored"):
+        export(study, out, trial_number=0)
+    assert not (tmp_path / "deep").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["variant.db"]
+
+
+def test_cli_error_is_one_line(built, tmp_path, capsys):
+    _, storage = built
+    assert (
+        main(
+            [
+                "export",
+                storage,
+                "--study-name",
+                "built",
+                "--trial",
+                "3",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("autoslim export: error: --trial 3 is FAIL")
+    assert len(err.splitlines()) == 1
+
+
+def test_exported_weights_equal_the_base(built, tmp_path):
+    from safetensors.torch import load_file
+
+    study, _ = built
+    export(study, tmp_path / "b", trial_number=0)
+    base = load_file(f"{study.user_attrs['model']}/model.safetensors")
+    exported = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert base.keys() == exported.keys()
+    assert all(torch.equal(base[k], exported[k]) for k in base)
