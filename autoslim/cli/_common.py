@@ -92,6 +92,12 @@ def add_workload_args(parser: argparse.ArgumentParser) -> None:
         default=default.decode_prompt_tokens,
         help="prompt length for the decode",
     )
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=default.threads,
+        help="torch threads while measuring (0 = torch's default)",
+    )
 
 
 def workload_from(args: argparse.Namespace) -> Workload:
@@ -103,6 +109,7 @@ def workload_from(args: argparse.Namespace) -> Workload:
         decode_prompt_tokens=args.decode_prompt_tokens,
         warmup=args.warmup,
         repeats=args.repeats,
+        threads=args.threads,
     )
 
 

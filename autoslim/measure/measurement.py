@@ -149,6 +149,10 @@ def measure(
     dev = _model_device(model)
     energy = get_meter(meter, device=dev) if isinstance(meter, str) else meter
     was_training = model.training
+    threads_before = torch.get_num_threads()
+    if workload.threads:
+        torch.set_num_threads(workload.threads)
+    threads = torch.get_num_threads()
     load_before = os.getloadavg()[0]
     try:
         ids = tokens(tokenizer, corpus, "eval")
@@ -168,6 +172,7 @@ def measure(
         peak_bytes = peak.peak_bytes()
         load_after = os.getloadavg()[0]
     finally:
+        torch.set_num_threads(threads_before)
         model.train(was_training)
         if isinstance(meter, str):
             energy.close()
@@ -225,7 +230,7 @@ def measure(
             "meter": energy.describe(),
             "peak_memory": peak.describe()["method"],
             "size": "state_dict tensor bytes, shared memory once",
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": threads,
             "load_average_1min": {"before": load_before, "after": load_after},
             "versions": _versions(),
             "platform": platform.platform(),

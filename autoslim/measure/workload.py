@@ -6,7 +6,10 @@ across the eval split (whatever the protocol's ``max_windows``), forwarded ``pre
 at a time, followed by ``decode_tokens`` tokens generated greedily at batch 1 with the KV
 cache from a prompt of ``decode_prompt_tokens`` tokens (the first eval tokens). ``warmup``
 untimed runs come first, then ``repeats`` timed ones; the accelerator is synchronised at both
-edges of every window.
+edges of every window. ``threads`` fixes torch's intra-op threads while measuring (0 leaves
+the process's setting). The default is one: on a small shared CPU, two threads ran the same
+workload ~10x slower and far noisier than one (an OpenMP barrier stalls whenever either thread
+is descheduled), and batch-1 decoding of small models gains little from more.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ _MINIMUM = {
     "decode_prompt_tokens": 1,
     "warmup": 0,
     "repeats": 1,
+    "threads": 0,
 }
 
 
@@ -44,6 +48,7 @@ class Workload:
     decode_prompt_tokens: int = 32
     warmup: int = 1
     repeats: int = 5
+    threads: int = 1  # torch intra-op threads while measuring; 0 = leave torch's setting
 
     def __post_init__(self) -> None:
         if not isinstance(self.protocol, PerplexityProtocol):
@@ -67,7 +72,7 @@ class Workload:
             f"prefill {self.prefill_windows}x{self.protocol.window} tokens "
             f"(batch {self.prefill_batch}) + decode {self.decode_tokens} tokens (batch 1, "
             f"prompt {self.decode_prompt_tokens}); {self.warmup} warm-up, "
-            f"{self.repeats} repeats"
+            f"{self.repeats} repeats" + (f", {self.threads} threads" if self.threads else "")
         )
 
     def to_dict(self) -> dict[str, Any]:

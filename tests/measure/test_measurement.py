@@ -172,3 +172,12 @@ def test_size_of_4bit_weights_is_the_packed_storage() -> None:
     assert parameter_count(quantized) == parameter_count(dense) == 256 * 128
     # Half a byte per weight, plus absmax and quant-map tensors.
     assert 256 * 128 // 2 <= size_bytes(quantized) < size_bytes(dense) // 6
+
+
+def test_threads_are_set_while_measuring_and_restored(
+    student: Any, tiny_tok: Any, corpus: Any
+) -> None:
+    before = torch.get_num_threads()
+    m = measure(student, tiny_tok, corpus, SMALL, meter=FakeMeter())
+    assert m.provenance["torch_threads"] == SMALL.threads == 1
+    assert torch.get_num_threads() == before

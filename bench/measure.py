@@ -1,0 +1,161 @@
+"""How repeatable are `seconds` and `joules`? Measure the reference model and one compressed
+recipe N times each (interleaved) with one workload, and print median, min, max and CV.
+
+    .venv/bin/python bench/measure.py                       # default workload, 5 x 2 models
+    .venv/bin/python bench/measure.py --decode-tokens 32 --repeats 7 --threads 1
+
+Uses the bundled reference model when it is there, else a random model of the same shape
+(timing depends on shapes, not on trained weights). The compressed recipe is a 50 % structured
+MLP prune through autoslim.compress; if that fails, a copy with its MLP halved by slicing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoslim import data, models
+from autoslim.measure import Measurement, PerplexityProtocol, Workload, measure
+from autoslim.measure.energy import get_meter
+
+FALLBACK_REFERENCE = Path("/tmp/zoo/reference")
+
+
+def reference() -> tuple[Any, Any, str]:
+    for name in ("reference", str(FALLBACK_REFERENCE)):
+        try:
+            loaded = models.load_model(name)
+        except Exception:
+            continue
+        return loaded.model, loaded.tokenizer, name
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from autoslim.testing import tiny_tokenizer
+    from autoslim.zoo.train import ZooConfig
+
+    zoo = ZooConfig()
+    tok = tiny_tokenizer()
+    config = Qwen3Config(
+        vocab_size=zoo.vocab_size,
+        hidden_size=zoo.hidden_size,
+        intermediate_size=zoo.intermediate_size,
+        num_hidden_layers=zoo.num_layers,
+        num_attention_heads=zoo.num_heads,
+        num_key_value_heads=zoo.num_kv_heads,
+        head_dim=zoo.head_dim,
+        max_position_embeddings=zoo.context,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    return Qwen3ForCausalLM(config).eval(), tok, "random model of the reference's shape"
+
+
+def halve_mlp(model: Any) -> Any:
+    """A copy whose MLPs keep the first half of their intermediate channels."""
+    small = copy.deepcopy(model)
+    for layer in small.model.layers:
+        mlp = layer.mlp
+        keep = mlp.gate_proj.out_features // 2
+        for name in ("gate_proj", "up_proj"):
+            old = getattr(mlp, name)
+            new = torch.nn.Linear(old.in_features, keep, bias=False)
+            new.weight.data = old.weight.data[:keep].clone()
+            setattr(mlp, name, new)
+        old = mlp.down_proj
+        new = torch.nn.Linear(keep, old.out_features, bias=False)
+        new.weight.data = old.weight.data[:, :keep].clone()
+        mlp.down_proj = new
+    small.config.intermediate_size = keep
+    return small
+
+
+def compressed(model: Any, tokenizer: Any, corpus: data.Corpus) -> tuple[Any, str]:
+    try:
+        from autoslim.compress import build
+        from autoslim.recipe import Recipe
+
+        base = models.LoadedModel(model=model, tokenizer=tokenizer, name="ref", path="")
+        built = build(base, Recipe(prune_ratio=0.5), corpus=corpus)
+        return built.model, "autoslim.compress: structured_prune 50 %"
+    except Exception as e:
+        return halve_mlp(model), f"MLP halved by slicing (compress failed: {type(e).__name__})"
+
+
+def spread(values: list[float]) -> str:
+    if any(math.isnan(v) for v in values):
+        return "unresolved"
+    mean = statistics.fmean(values)
+    cv = statistics.stdev(values) / mean if len(values) > 1 and mean else float("nan")
+    return (
+        f"median {statistics.median(values):9.4f}  min {min(values):9.4f}  "
+        f"max {max(values):9.4f}  CV {cv:6.2%}"
+    )
+
+
+def main() -> int:
+    default = Workload()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--times", type=int, default=5, help="measurements per model")
+    parser.add_argument("--energy", default="auto")
+    keys = ("prefill_batch", "prefill_windows", "decode_tokens", "warmup", "repeats", "threads")
+    for key in keys:
+        parser.add_argument("--" + key.replace("_", "-"), type=int, default=getattr(default, key))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    workload = Workload(protocol=PerplexityProtocol(), **{k: getattr(args, k) for k in keys})
+    corpus = data.stdlib_corpus()
+    model, tokenizer, source = reference()
+    small, how = compressed(model, tokenizer, corpus)
+    data.tokens(tokenizer, corpus, "eval")  # tokenize once, outside the timings
+    print(f"reference: {source}; compressed: {how}")
+    print(f"workload: {workload.describe()}")
+    print(f"CPUs {os.cpu_count()}, load average before {os.getloadavg()}")
+    results: dict[str, list[Measurement]] = {"reference": [], "compressed": []}
+    costs: list[float] = []
+    started = time.perf_counter()
+    with get_meter(args.energy) as meter:
+        for _ in range(args.times):
+            for label, m in (("reference", model), ("compressed", small)):
+                t0 = time.perf_counter()
+                results[label].append(measure(m, tokenizer, corpus, workload, meter=meter))
+                costs.append(time.perf_counter() - t0)
+                print(".", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    print(f"meter: {results['reference'][0].provenance['meter']}")
+    for label, runs in results.items():
+        first = runs[0]
+        print(
+            f"\n{label}: perplexity {first.perplexity:.2f}, {first.parameters:,} parameters, "
+            f"{first.size_bytes:,} bytes"
+        )
+        print(f"  seconds  {spread([r.seconds for r in runs])}")
+        print(f"  joules   {spread([r.joules for r in runs])}  [{first.energy_source}]")
+        within = statistics.median(r.seconds_cv for r in runs)
+        print(f"  within one measurement: median seconds CV over repeats {within:.2%}")
+    ratio = statistics.median(r.seconds for r in results["compressed"]) / statistics.median(
+        r.seconds for r in results["reference"]
+    )
+    print(f"\ncompressed / reference seconds: {ratio:.3f}")
+    print(
+        f"cost: one workload run {statistics.median(r.seconds for r in results['reference']):.3f}"
+        f" s; one measure() call {statistics.median(costs):.2f} s "
+        f"({workload.warmup} warm-up + {workload.repeats} repeats + perplexity); "
+        f"bench {time.perf_counter() - started:.0f} s"
+    )
+    print(f"load average after {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
