@@ -2,7 +2,7 @@
 recipe N times each (interleaved) with one workload, and print median, min, max and CV.
 
     .venv/bin/python bench/measure.py                       # default workload, 5 x 2 models
-    .venv/bin/python bench/measure.py --decode-tokens 32 --repeats 7 --threads 1
+    .venv/bin/python bench/measure.py --decode-tokens 64 --repeats 7 --threads 2
 
 Uses the bundled reference model when it is there, else a random model of the same shape
 (timing depends on shapes, not on trained weights). The compressed recipe is a 50 % structured

@@ -43,8 +43,8 @@ class Workload:
 
     protocol: PerplexityProtocol = field(default_factory=PerplexityProtocol)
     prefill_batch: int = 8
-    prefill_windows: int = 16
-    decode_tokens: int = 64
+    prefill_windows: int = 8
+    decode_tokens: int = 32
     decode_prompt_tokens: int = 32
     warmup: int = 1
     repeats: int = 5
