@@ -1,0 +1,68 @@
+"""``autoslim demo``: a small search on the bundled reference model, end to end, no arguments."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import autoslim
+
+# The demo's study file ships with the project (studies/demo.toml at the repository root).
+DEMO_FILE = Path(autoslim.__file__).resolve().parent.parent / "studies" / "demo.toml"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="search compression recipes for the bundled reference model (about 10 minutes)",
+        description=f"Run the small study {DEMO_FILE.name} on the bundled reference model and "
+        "show where everything is. Re-running it resumes the same study.",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("autoslim-demo"), help="folder for the demo's files"
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="delete the demo's study first and start over"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from autoslim import config as study_config
+    from autoslim import study as search
+    from autoslim.cli.search import run_search
+    from autoslim.errors import ConfigError
+
+    if not DEMO_FILE.is_file():
+        raise ConfigError(
+            f"the demo study file {DEMO_FILE} is missing; run the demo from a checkout of "
+            "autoslim (it ships studies/demo.toml)"
+        )
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    db = out / "demo.db"
+    if args.fresh:
+        db.unlink(missing_ok=True)
+    config = study_config.load(DEMO_FILE, overrides={"study": {"storage": f"sqlite:///{db}"}})
+    started = time.monotonic()
+    summary, study = run_search(config)
+    savings = search.abort_savings(study)
+    print(
+        f"early abort: {savings.abandoned} recipes abandoned after the cheap stages in "
+        f"{savings.seconds_spent:.0f} s, saving about {savings.seconds_saved:.0f} s of "
+        "distillation and measurement"
+    )
+    overhead = summary.overhead_seconds
+    if overhead:
+        print(
+            f"trial isolation: worker start {sum(summary.worker_setup_seconds):.1f} s, "
+            f"{sum(overhead) / len(overhead):.2f} s per trial"
+        )
+    print(f"demo finished in {time.monotonic() - started:.0f} s")
+    print(f"study file   {DEMO_FILE}")
+    print(f"study        {config.study.name!r} in {db}")
+    print(f"dashboard    optuna-dashboard sqlite:///{db}")
+    print(f"pick         autoslim pick {db}")
+    return 0

@@ -1,0 +1,662 @@
+"""Study files: ``studies/NAME.toml`` parsed into a validated, frozen :class:`StudyConfig`.
+
+Every check runs before any storage file or study exists. Errors name the key path
+(``search.prune_ratio.high``), the value, and the fix. Head indices are checked against the
+model's config (no weights are loaded); a storage URL holding a password is refused and never
+echoed back.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoslim.errors import ConfigError, ModelError
+from autoslim.recipe import Recipe, format_heads, parse_heads
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    try:
+        import tomli as tomllib
+    except ImportError as e:
+        raise ImportError("Python 3.10 needs the 'tomli' package: pip install tomli") from e
+
+SAMPLERS = ("tpe", "nsga2", "random", "grid")
+# Measurement fields a study may minimise.
+OBJECTIVES = ("perplexity", "seconds", "joules", "size_bytes", "peak_memory_bytes")
+DEFAULT_OBJECTIVES = ("perplexity", "seconds", "joules")
+
+# Search knobs: Recipe field → the kinds of value it accepts ("choices", "int", "float").
+KNOB_KINDS: dict[str, tuple[str, ...]] = {
+    "bits": ("choices",),
+    "quant_type": ("choices",),
+    "double_quant": ("choices",),
+    "prune_ratio": ("choices", "float"),
+    "drop_heads": ("choices",),
+    "drop_heads_per_layer": ("choices", "int"),
+    "kd_steps": ("choices", "int"),
+    "kd_temperature": ("choices", "float"),
+    "kd_alpha": ("choices", "float"),
+    "kd_lr": ("choices", "float"),
+}
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric range to sample from: ``{ low = .., high = .., step = .., log = .. }``."""
+
+    low: float
+    high: float
+    step: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    def grid(self) -> list[float | int]:
+        """Every value the range can take (needs a step, or integer bounds)."""
+        step = self.step or 1
+        count = math.floor((self.high - self.low) / step + 1e-9) + 1
+        values = [self.low + i * step for i in range(count)]
+        if self.integer:
+            return [round(v) for v in values]
+        return [round(v, 10) for v in values]
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One searched Recipe field: a list of choices (one choice = fixed) or a range."""
+
+    name: str
+    choices: tuple[Any, ...] = ()
+    range: Range | None = None
+
+    @property
+    def fixed(self) -> bool:
+        return self.range is None and len(self.choices) == 1
+
+    def values(self) -> list[Any]:
+        """All values, for grid search; a float range without a step cannot be listed."""
+        return self.range.grid() if self.range is not None else list(self.choices)
+
+    def extremes(self) -> list[Any]:
+        if self.range is not None:
+            grid_high = self.range.grid()[-1] if self.range.step else self.range.high
+            return [self.range.low, grid_high]
+        return list(self.choices)
+
+    def to_dict(self) -> Any:
+        if self.range is not None:
+            out: dict[str, Any] = {"low": self.range.low, "high": self.range.high}
+            if self.range.step is not None:
+                out["step"] = self.range.step
+            if self.range.log:
+                out["log"] = True
+            return out
+        return list(self.choices)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    knobs: dict[str, Knob]
+
+    def __getitem__(self, name: str) -> Knob:
+        return self.knobs[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: knob.to_dict() for name, knob in self.knobs.items()}
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "reference"
+    trust_remote_code: bool = False
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class DataSection:
+    text: tuple[str, ...] = ()
+    dataset: str = ""
+
+
+@dataclass(frozen=True)
+class EarlyAbort:
+    """Abandon a recipe whose perplexity after the cheap stages (structured prune, drop heads)
+    exceeds ``max_ppl_ratio`` × the base model's, measured on ``windows`` eval windows."""
+
+    enabled: bool = True
+    max_ppl_ratio: float = 4.0
+    windows: int = 8
+
+
+@dataclass(frozen=True)
+class RunSection:
+    name: str
+    storage: str
+    n_trials: int | None = 20
+    time_limit_seconds: float | None = None
+    sampler: str = "tpe"
+    seed: int = 0
+    population_size: int = 8
+    startup_trials: int = 8
+    trial_timeout_seconds: float = 1800.0
+    recycle_every: int = 25
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A validated study file. ``to_dict`` is what the study stores as its ``config`` attr."""
+
+    path: str
+    study: RunSection
+    model: ModelSection
+    data: DataSection
+    workload: dict[str, Any]
+    objectives: tuple[str, ...]
+    max_ppl_increase: float
+    early_abort: EarlyAbort
+    search: SearchSpace = field(default_factory=lambda: SearchSpace({}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": asdict(self.study),
+            "model": asdict(self.model),
+            "data": {"text": list(self.data.text), "dataset": self.data.dataset},
+            "workload": dict(self.workload),
+            "objectives": {
+                "names": list(self.objectives),
+                "max_ppl_increase": self.max_ppl_increase,
+            },
+            "early_abort": asdict(self.early_abort),
+            "search": self.search.to_dict(),
+        }
+
+
+# Defaults of the [search] table: a small space that every supported model accepts.
+DEFAULT_SEARCH: dict[str, Any] = {
+    "bits": [16, 8, 4],
+    "quant_type": ["nf4"],
+    "double_quant": [True],
+    "prune_ratio": {"low": 0.0, "high": 0.5, "step": 0.1},
+    "drop_heads": [""],
+    "drop_heads_per_layer": [0],
+    "kd_steps": [0, 50],
+    "kd_temperature": {"low": 1.0, "high": 4.0},
+    "kd_alpha": [0.5],
+    "kd_lr": [5e-4],
+}
+
+
+def _url(url: str) -> Any:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url)
+    except ArgumentError:
+        return None
+
+
+def mask_url(url: str) -> str:
+    """The URL as it may be shown: any password replaced by ``***``."""
+    parsed = _url(url)
+    if parsed is None:
+        return url.split("://", 1)[0] + "://..." if "://" in url else url
+    return str(parsed.render_as_string(hide_password=True))
+
+
+class _Table:
+    """A TOML table being read: tracks its key path and refuses keys nobody read."""
+
+    def __init__(self, data: Mapping[str, Any], path: str, where: str) -> None:
+        self.data = dict(data)
+        self.path = path
+        self.where = where
+        self.read: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.where}: {self.key(name)}: {message}")
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.read.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; TOML keeps them apart, so do we.
+        wrong = isinstance(value, bool) and bool not in kinds
+        if wrong or not isinstance(value, kinds):
+            names = " or ".join(_type_name(k) for k in kinds)
+            raise self.error(name, f"{value!r} is {_type_name(type(value))}; write {names}")
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+    def table(self, name: str) -> _Table:
+        self.read.add(name)
+        value = self.data.get(name, {})
+        if not isinstance(value, dict):
+            raise self.error(name, f"must be a table ([{self.key(name)}]), not {value!r}")
+        return _Table(value, self.key(name), self.where)
+
+    def finish(self, known: tuple[str, ...] | None = None) -> None:
+        unknown = sorted(set(self.data) - self.read)
+        if unknown:
+            allowed = ", ".join(sorted(known if known is not None else self.read))
+            raise self.error(
+                unknown[0], f"unknown key; check the spelling (known keys: {allowed})"
+            )
+
+
+def _type_name(kind: type) -> str:
+    return {
+        bool: "a boolean (true/false)",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(kind, kind.__name__)
+
+
+def load(
+    path: str | Path,
+    *,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    check_model: bool = True,
+) -> StudyConfig:
+    """Read and validate a study file; nothing is created on disk.
+
+    ``overrides`` replaces keys per table before validation, e.g.
+    ``{"study": {"n_trials": 5}}`` (how CLI flags take precedence over the file).
+    """
+    file = Path(path)
+    where = str(path)
+    if not file.is_file():
+        raise ConfigError(f"study file {where!r} does not exist; pass a studies/NAME.toml file")
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{where}: cannot read the file ({e})") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML ({e}); fix the syntax there") from e
+    for table, values in (overrides or {}).items():
+        current = raw.get(table, {})
+        raw[table] = {**(current if isinstance(current, dict) else {}), **values}
+    return parse(raw, file, check_model=check_model)
+
+
+def parse(raw: Mapping[str, Any], file: Path, *, check_model: bool = True) -> StudyConfig:
+    """Validate a study file's parsed TOML; ``file`` locates the default storage."""
+    root = _Table(raw, "", str(file))
+    run = _run_section(root.table("study"), file)
+    model = _model_section(root.table("model"))
+    data = _data_section(root.table("data"))
+    workload = _workload(root.table("workload"))
+    objectives, max_increase = _objectives(root.table("objectives"))
+    early = _early_abort(root.table("early_abort"))
+    search = _search(root.table("search"))
+    root.finish()
+    config = StudyConfig(
+        path=str(file),
+        study=run,
+        model=model,
+        data=data,
+        workload=workload,
+        objectives=objectives,
+        max_ppl_increase=max_increase,
+        early_abort=early,
+        search=search,
+    )
+    if check_model:
+        check_against_model(config)
+    return config
+
+
+def _positive(table: _Table, name: str, value: float | None, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or not value > 0 or not math.isfinite(value):
+        raise table.error(name, f"{value!r}: must be a positive number")
+
+
+def _run_section(t: _Table, file: Path) -> RunSection:
+    name = t.get("name", str, file.stem)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise t.error("name", f"{name!r}: use letters, digits, '-', '_' or '.' only")
+    storage = t.get("storage", str, "")
+    n_trials = t.get("n_trials", int, 20)
+    time_limit = t.get("time_limit_seconds", (int, float), None)
+    if n_trials < 0:
+        raise t.error("n_trials", f"{n_trials}: must be >= 0 (0 = no limit, stop on the time)")
+    _positive(t, "time_limit_seconds", time_limit)
+    if n_trials == 0:
+        if time_limit is None:
+            raise t.error("n_trials", "is 0 and no time_limit_seconds is set; set one of them")
+        n_trials = None
+    sampler = t.get("sampler", str, "tpe")
+    if sampler not in SAMPLERS:
+        raise t.error("sampler", f"{sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    seed = t.get("seed", int, 0)
+    population = t.get("population_size", int, 8)
+    if population < 2:
+        raise t.error("population_size", f"{population}: NSGA-II needs at least 2")
+    startup = t.get("startup_trials", int, 8)
+    if startup < 0:
+        raise t.error("startup_trials", f"{startup}: must be >= 0")
+    trial_timeout = t.get("trial_timeout_seconds", (int, float), 1800.0)
+    _positive(t, "trial_timeout_seconds", trial_timeout, allow_none=False)
+    recycle = t.get("recycle_every", int, 25)
+    if recycle < 0:
+        raise t.error("recycle_every", f"{recycle}: must be >= 0 (0 = never recycle)")
+    t.finish()
+    return RunSection(
+        name=name,
+        storage=_storage(t, storage, file, name),
+        n_trials=n_trials,
+        time_limit_seconds=time_limit,
+        sampler=sampler,
+        seed=seed,
+        population_size=population,
+        startup_trials=startup,
+        trial_timeout_seconds=float(trial_timeout),
+        recycle_every=recycle,
+    )
+
+
+def _storage(t: _Table, url: str, file: Path, name: str) -> str:
+    """The storage URL, checked without creating anything (SQLite beside the study file)."""
+    if not url:
+        url = "sqlite:///" + str((file.parent / f"{name}.db").absolute())
+    parsed = _url(url)
+    if parsed is None:
+        raise t.error(
+            "storage",
+            f"{mask_url(url)!r} is not a database URL; write sqlite:///FILE.db or "
+            "postgresql://USER@HOST/DB",
+        )
+    if parsed.password is not None:
+        raise t.error(
+            "storage",
+            f"{mask_url(url)!r} holds a password; study files get shared, so remove it from "
+            "the URL and give it to the database client instead (PGPASSWORD or ~/.pgpass for "
+            "PostgreSQL)",
+        )
+    scheme = url.split(":", 1)[0]
+    if scheme == "sqlite":
+        db = url.removeprefix("sqlite:///")
+        if not url.startswith("sqlite:///") or not db or db == ":memory:":
+            raise t.error(
+                "storage",
+                f"{url!r}: write sqlite:///PATH/TO/FILE.db (a file, so the study survives)",
+            )
+        target = Path(db)
+        parent = target.parent
+        if target.is_dir():
+            raise t.error("storage", f"{db!r} is a folder; name a database file inside it")
+        if target.exists():
+            if not os.access(target, os.R_OK | os.W_OK):
+                raise t.error("storage", f"{db!r} exists but is not writable; fix permissions")
+        elif not parent.is_dir():
+            raise t.error(
+                "storage", f"folder {str(parent)!r} does not exist; create it or change the path"
+            )
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            raise t.error(
+                "storage",
+                f"folder {str(parent)!r} is not writable; choose a writable folder",
+            )
+    elif scheme.split("+")[0] not in ("postgresql", "mysql"):
+        raise t.error(
+            "storage",
+            f"{mask_url(url)!r}: use sqlite:///FILE.db (one machine) or "
+            "postgresql://USER@HOST/DB (many machines)",
+        )
+    return url
+
+
+def _model_section(t: _Table) -> ModelSection:
+    section = ModelSection(
+        name=t.get("name", str, "reference"),
+        trust_remote_code=t.get("trust_remote_code", bool, False),
+        device=t.get("device", str, "cpu"),
+    )
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", section.device):
+        raise t.error("device", f"{section.device!r}: write cpu, cuda, cuda:N or mps")
+    t.finish()
+    return section
+
+
+def _data_section(t: _Table) -> DataSection:
+    text = t.get("text", list, [])
+    if not all(isinstance(p, str) for p in text):
+        raise t.error("text", "must be a list of file paths (strings)")
+    dataset = t.get("dataset", str, "")
+    if text and dataset:
+        raise t.error("dataset", "give either data.text or data.dataset, not both")
+    t.finish()
+    base = Path(t.where).parent
+    resolved = tuple(str(p if Path(p).is_absolute() else base / p) for p in text)
+    for given, path in zip(text, resolved, strict=True):
+        if not Path(path).is_file():
+            raise t.error("text", f"{given!r} is not a file (paths are relative to the study)")
+    return DataSection(text=resolved, dataset=dataset)
+
+
+def _workload(t: _Table) -> dict[str, Any]:
+    """The [workload] table, checked by the measurement module's own ``Workload``."""
+    t.read.update(t.data)
+    workload = dict(t.data)
+    if workload:
+        from autoslim.measure import Workload
+
+        try:
+            Workload.from_dict(workload)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{t.where}: workload: {e}") from e
+    return workload
+
+
+def _objectives(t: _Table) -> tuple[tuple[str, ...], float]:
+    names = t.get("names", list, list(DEFAULT_OBJECTIVES))
+    if not names:
+        raise t.error("names", "is empty; list at least one of " + ", ".join(OBJECTIVES))
+    for name in names:
+        if name not in OBJECTIVES:
+            raise t.error("names", f"{name!r}: choose from {', '.join(OBJECTIVES)}")
+    if len(set(names)) != len(names):
+        raise t.error("names", f"{names!r} repeats an objective")
+    if "perplexity" not in names:
+        raise t.error("names", "must include 'perplexity' (the constraint is on it)")
+    increase = t.get("max_ppl_increase", float, 0.2)
+    if not (math.isfinite(increase) and increase >= 0):
+        raise t.error(
+            "max_ppl_increase",
+            f"{increase!r}: the allowed relative increase over the base model, e.g. 0.2 = +20%",
+        )
+    t.finish()
+    return tuple(names), increase
+
+
+def _early_abort(t: _Table) -> EarlyAbort:
+    section = EarlyAbort(
+        enabled=t.get("enabled", bool, True),
+        max_ppl_ratio=t.get("max_ppl_ratio", float, 4.0),
+        windows=t.get("windows", int, 8),
+    )
+    if not (math.isfinite(section.max_ppl_ratio) and section.max_ppl_ratio > 1):
+        raise t.error(
+            "max_ppl_ratio",
+            f"{section.max_ppl_ratio!r}: must be > 1 (times the base perplexity, e.g. 4)",
+        )
+    if section.windows < 1:
+        raise t.error("windows", f"{section.windows}: must be at least 1")
+    t.finish()
+    return section
+
+
+def _search(t: _Table) -> SearchSpace:
+    knobs: dict[str, Knob] = {}
+    for name in KNOB_KINDS:
+        knobs[name] = _knob(t, name, DEFAULT_SEARCH[name])
+    t.finish(tuple(KNOB_KINDS))
+    heads = [v for v in knobs["drop_heads"].values() if v]
+    per_layer = [v for v in knobs["drop_heads_per_layer"].extremes() if v]
+    if heads and per_layer:
+        raise t.error(
+            "drop_heads",
+            "search.drop_heads and search.drop_heads_per_layer both drop heads; use one "
+            '(set the other to [""] or [0])',
+        )
+    return SearchSpace(knobs)
+
+
+def _knob(t: _Table, name: str, default: Any) -> Knob:
+    value = t.data.get(name, default)
+    t.read.add(name)
+    kinds = KNOB_KINDS[name]
+    key = t.key(name)
+    if isinstance(value, dict):
+        if "choices" in kinds and len(kinds) == 1:
+            raise t.error(name, f"takes a list of choices, e.g. {name} = {default!r}")
+        return Knob(name, range=_range(_Table(value, key, t.where), name, kinds[-1] == "int"))
+    choices = value if isinstance(value, list) else [value]
+    if not choices:
+        raise t.error(name, f"is an empty list; give at least one value, e.g. {default!r}")
+    checked = []
+    for i, choice in enumerate(choices):
+        if name == "drop_heads":
+            if not isinstance(choice, str):
+                raise t.error(name, f'[{i}] {choice!r}: write heads as "LAYER:HEAD,..."')
+            choice = format_heads(parse_heads(choice))
+        _check_value(t, name, f"{key}[{i}]", choice)
+        checked.append(choice)
+    if len(set(checked)) != len(checked):
+        raise t.error(name, f"{choices!r} repeats a choice")
+    return Knob(name, choices=tuple(checked))
+
+
+def _range(t: _Table, name: str, integer: bool) -> Range:
+    number: tuple[type, ...] = (int,) if integer else (int, float)
+    low = t.get("low", number, None)
+    high = t.get("high", number, None)
+    step = t.get("step", number, None)
+    log = t.get("log", bool, False)
+    t.finish(("low", "high", "step", "log"))
+    for bound, value in (("low", low), ("high", high)):
+        if value is None:
+            raise t.error(bound, "is missing; a range needs low and high")
+        _check_value(t, bound, t.key(bound), value, field_name=name)
+    assert low is not None and high is not None
+    if low > high:
+        raise t.error("high", f"{high} is below low={low}; swap them")
+    if low == high:
+        raise t.error("high", f"equals low={low}: the range is empty; write {name} = [{low}]")
+    if step is not None:
+        if not step > 0:
+            raise t.error("step", f"{step}: must be > 0")
+        if step > high - low:
+            raise t.error(
+                "step", f"{step} is wider than the range {low}..{high}; use a smaller step"
+            )
+        if log:
+            raise t.error("log", "a range cannot have both a step and log = true; drop one")
+    if log and low <= 0:
+        raise t.error("low", f"{low}: a log range needs low > 0")
+    return Range(low=low, high=high, step=step, log=log, integer=integer)
+
+
+def _check_value(t: _Table, name: str, key: str, value: Any, field_name: str = "") -> None:
+    """Check one value through Recipe's own validation, reported at ``key``."""
+    knob = field_name or name
+    expected = type(getattr(Recipe(), knob))
+    ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if expected is tuple:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{t.where}: {key}: {value!r} is not {_type_name(expected)}")
+    try:
+        Recipe.from_params({knob: value})
+    except ConfigError as e:
+        raise ConfigError(f"{t.where}: {key}: {e}") from e
+
+
+def check_against_model(config: StudyConfig) -> None:
+    """Check the head-drop space against the model's config (no weights are loaded)."""
+    from autoslim import models
+
+    try:
+        model_config = models.load_config(
+            config.model.name, trust_remote_code=config.model.trust_remote_code
+        )
+    except ModelError as e:
+        raise ConfigError(f"{config.path}: model.name: {e}") from e
+    text = getattr(model_config, "get_text_config", lambda: model_config)()
+    layers = int(getattr(text, "num_hidden_layers", 0) or 0)
+    heads = int(getattr(text, "num_attention_heads", 0) or 0)
+    kv_heads = int(getattr(text, "num_key_value_heads", heads) or heads)
+    where = f"{config.path}: search"
+    if not layers or not heads:
+        return
+    shape = f"{config.model.name} has {layers} layers of {heads} query / {kv_heads} kv heads"
+    group = heads // kv_heads if kv_heads else heads
+    for i, value in enumerate(config.search["drop_heads"].values()):
+        per_layer: dict[int, list[int]] = {}
+        for layer, head in parse_heads(value):
+            if layer >= layers or head >= heads:
+                raise ConfigError(
+                    f"{where}.drop_heads[{i}]: {layer}:{head} does not exist; {shape} "
+                    f"(layers 0-{layers - 1}, heads 0-{heads - 1})"
+                )
+            per_layer.setdefault(layer, []).append(head)
+        for layer, dropped in per_layer.items():
+            counts = [sum(1 for h in dropped if h // group == g) for g in range(kv_heads)]
+            if len(dropped) >= heads or len(set(counts)) != 1:
+                raise ConfigError(
+                    f"{where}.drop_heads[{i}]: layer {layer} drops heads {sorted(dropped)}; "
+                    f"{shape}, so drop the same number from each group of {group} heads "
+                    "sharing a kv head, and keep at least one per group"
+                )
+    for value in config.search["drop_heads_per_layer"].extremes():
+        count = int(value)
+        if count and (count >= heads or count % kv_heads):
+            raise ConfigError(
+                f"{where}.drop_heads_per_layer: {count} heads per layer is impossible; {shape}, "
+                f"so drop a multiple of {kv_heads} below {heads}"
+            )
+    _check_recipes(config, model_config)
+
+
+def _check_recipes(config: StudyConfig, model_config: Any) -> None:
+    """Ask the compressor whether the space's extreme recipes can be built here."""
+    from autoslim import compress
+    from autoslim.errors import UnsupportedError
+
+    space = config.search
+    prune = max(space["prune_ratio"].extremes())
+    head_options: list[dict[str, Any]] = [{"drop_heads": h} for h in space["drop_heads"].values()]
+    head_options += [{"drop_heads_per_layer": n} for n in space["drop_heads_per_layer"].extremes()]
+    for bits in space["bits"].values():
+        for quant_type in space["quant_type"].values() if bits == 4 else ["nf4"]:
+            for heads in head_options:
+                recipe = Recipe.from_params(
+                    {"bits": bits, "quant_type": quant_type, "prune_ratio": prune, **heads}
+                )
+                try:
+                    compress.validate(recipe, model_config, config.model.device)
+                except (ConfigError, UnsupportedError) as e:
+                    raise ConfigError(
+                        f"{config.path}: search: the recipe '{recipe.describe()}' cannot be "
+                        f"built for {config.model.name} on {config.model.device}: {e}"
+                    ) from e

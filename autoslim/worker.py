@@ -1,0 +1,359 @@
+"""Trial isolation: every trial runs in a reused child process, recycled after any failure.
+
+The study process never imports a model. A worker process (``multiprocessing`` spawn, so no
+CUDA state or threads are inherited) builds its objective once (base model, corpus, teacher
+cache), then serves recipes one at a time over a pipe. A trial that raises, produces a
+non-finite value, crashes the process (segfault, the kernel's OOM killer) or hangs past the
+per-trial timeout is recorded as a failure and the worker is replaced; the study goes on.
+Workers are also recycled every ``recycle_every`` trials so memory cannot creep, and a worker
+whose study process dies (``kill -9``) exits on its own.
+
+The objective is named by ``"module:attribute"``: a callable taking the StudyConfig and
+returning an :class:`Objective`. The product uses :class:`BuildAndMeasure`; tests inject fakes
+from :mod:`tests.study.fakes` to exercise the failure paths with real processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+from autoslim import errors
+from autoslim.config import StudyConfig
+from autoslim.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OBJECTIVE = "autoslim.worker:BuildAndMeasure"
+
+
+class Objective(Protocol):
+    """What a worker runs: ``info`` describes the setup, a call evaluates one recipe.
+
+    A call returns ``{"measurement": {...}, "build": {...}}`` (JSON only) or raises
+    :class:`TrialAbandoned` to give a recipe up early.
+    """
+
+    info: dict[str, Any]
+
+    def __call__(self, recipe: Recipe) -> dict[str, Any]: ...
+
+
+class TrialAbandoned(Exception):
+    """Raised by an objective to give a recipe up early (recorded as a pruned trial)."""
+
+    def __init__(self, reason: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.details = details or {}
+
+
+@dataclass
+class TrialResult:
+    """The outcome of one recipe in a worker.
+
+    ``status`` is ``done``, ``abandoned``, ``error`` (the objective raised), ``crashed`` (the
+    worker process died) or ``timeout``. ``seconds`` is the objective's own time in the worker;
+    ``wall_seconds`` the time seen by the study process (the difference is the isolation
+    overhead).
+    """
+
+    status: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    seconds: float = 0.0
+    wall_seconds: float = 0.0
+    worker: dict[str, Any] = field(default_factory=dict)
+
+
+def _resolve(path: str) -> Any:
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(3)
+        time.sleep(1.0)
+
+
+def _describe(e: BaseException) -> str:
+    message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pid: int) -> None:
+    """The worker process's main loop."""
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    started = time.perf_counter()
+    try:
+        objective = _resolve(objective_path)(config)
+    except BaseException as e:
+        conn.send(("setup_error", type(e).__name__, _describe(e), traceback.format_exc()))
+        return
+    info = dict(objective.info)
+    info["setup_seconds"] = time.perf_counter() - started
+    conn.send(("ready", info))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message[0] == "stop":
+            return
+        recipe = Recipe.from_params(message[1])
+        started = time.perf_counter()
+        try:
+            payload = objective(recipe)
+            reply: tuple[Any, ...] = ("done", payload, "")
+        except TrialAbandoned as e:
+            reply = ("abandoned", e.details, e.reason)
+        except BaseException as e:
+            logger.debug("trial raised\n%s", traceback.format_exc())
+            reply = ("error", {}, _describe(e))
+        seconds = time.perf_counter() - started
+        gc.collect()
+        conn.send((*reply, seconds, {"pid": os.getpid(), "rss_bytes": _rss_bytes()}))
+        if reply[0] == "error":
+            return
+
+
+class Worker:
+    """A recyclable worker process evaluating recipes for one study configuration."""
+
+    def __init__(
+        self, config: StudyConfig, objective: str = DEFAULT_OBJECTIVE, *, start_timeout: float
+    ) -> None:
+        self.config = config
+        self.objective = objective
+        self.start_timeout = start_timeout
+        self.info: dict[str, Any] = {}
+        self.starts = 0
+        self.trials_served = 0
+        self._process: Any = None
+        self._conn: Connection | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def start(self) -> dict[str, Any]:
+        """Start the process and wait for its objective to be ready; returns its info."""
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        process = context.Process(
+            target=_serve,
+            args=(child, self.config, self.objective, os.getpid()),
+            name="autoslim-worker",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        self._process, self._conn = process, parent
+        self.starts += 1
+        self.trials_served = 0
+        message = self._receive(self.start_timeout)
+        if message is None or message[0] != "ready":
+            death = self._death()
+            self.close()
+            if message is not None and message[0] == "setup_error":
+                kind = getattr(errors, message[1], None)
+                cls = (
+                    kind
+                    if isinstance(kind, type) and issubclass(kind, errors.AutoslimError)
+                    else None
+                )
+                text = f"the trial worker could not set up the objective: {message[2]}"
+                if cls is not None:
+                    raise cls(text)
+                raise errors.AutoslimError(f"{text}\n{message[3]}")
+            raise errors.AutoslimError(
+                f"the trial worker did not start within {self.start_timeout:.0f} s; it {death}"
+            )
+        self.info = message[1]
+        logger.info("worker %d ready in %.1f s", process.pid, self.info["setup_seconds"])
+        return self.info
+
+    def _receive(self, timeout: float) -> tuple[Any, ...] | None:
+        """The next message, or None if the process died or ``timeout`` passed."""
+        assert self._conn is not None and self._process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                if self._conn.poll(min(left, 0.5)):
+                    message: tuple[Any, ...] = self._conn.recv()
+                    return message
+            except (EOFError, OSError):
+                return None
+            if not self._process.is_alive() and not self._conn.poll(0):
+                return None
+
+    def _death(self) -> str:
+        if self._process is not None:
+            self._process.join(2)  # the pipe closes a moment before the exit status exists
+        if self._process is None or self._process.exitcode is None:
+            return "did not answer"
+        code = self._process.exitcode
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (often the kernel's out-of-memory killer)" if name == "SIGKILL" else ""
+            return f"died from {name}{hint}"
+        return f"exited with status {code}"
+
+    def run(self, recipe: Recipe, timeout: float) -> TrialResult:
+        """Evaluate one recipe; never raises for a trial's own failure."""
+        if not self.alive:
+            self.start()
+        assert self._conn is not None
+        started = time.perf_counter()
+        self._conn.send(("run", recipe.to_params()))
+        message = self._receive(timeout)
+        wall = time.perf_counter() - started
+        if message is None:
+            death = self._death()
+            self.close()
+            if wall >= timeout:
+                return TrialResult(
+                    "timeout",
+                    reason=f"TrialTimeout: no result after {timeout:.0f} s "
+                    "(study.trial_timeout_seconds); the worker process was killed",
+                    wall_seconds=wall,
+                )
+            return TrialResult(
+                "crashed",
+                reason=f"WorkerCrashed: the trial process {death}",
+                wall_seconds=wall,
+            )
+        status, payload, reason, seconds, worker = message
+        self.trials_served += 1
+        result = TrialResult(status, payload, reason, seconds, wall, worker)
+        recycle = self.config.study.recycle_every
+        if status == "error" or (recycle and self.trials_served >= recycle):
+            self.close()
+        return result
+
+    def close(self) -> None:
+        """Stop the process (politely, then by force)."""
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if process is None:
+            return
+        if process.is_alive() and conn is not None:
+            with contextlib.suppress(OSError):
+                conn.send(("stop",))
+            process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+        if conn is not None:
+            conn.close()
+
+
+class BuildAndMeasure:
+    """The product objective: ``compress.build`` the recipe, then ``measure`` the result.
+
+    Loaded once per worker: the base model, the corpus, the teacher cache, and the base
+    model's quick perplexity on ``early_abort.windows`` eval windows, which the early abort
+    compares against after the cheap stages.
+    """
+
+    def __init__(self, config: StudyConfig) -> None:
+        from autoslim import compress, data, models
+        from autoslim.measure import Workload
+        from autoslim.measure.perplexity import perplexity
+
+        self.config = config
+        self.device = config.model.device
+        self.base = models.load_model(
+            config.model.name,
+            device=self.device,
+            trust_remote_code=config.model.trust_remote_code,
+        )
+        self.corpus = data.load_corpus(
+            text=list(config.data.text) or None, dataset=config.data.dataset or None
+        )
+        self.workload = Workload.from_dict(config.workload)
+        model_config = self.base.model.config
+        window = min(256, int(getattr(model_config, "max_position_embeddings", 256)))
+        self.teacher_cache = compress.TeacherCache(
+            self.base.model, data.tokens(self.base.tokenizer, self.corpus, "kd"), window=window
+        )
+        self.quick_ids = data.tokens(self.base.tokenizer, self.corpus, "eval")
+        self.quick_protocol = replace(
+            self.workload.protocol, max_windows=config.early_abort.windows
+        )
+        self._perplexity = perplexity
+        self.base_quick_perplexity = perplexity(
+            self.base.model, self.quick_ids, self.quick_protocol
+        ).perplexity
+        self.info: dict[str, Any] = {
+            "corpus_fingerprint": self.corpus.fingerprint,
+            "model": config.model.name,
+            "base_quick_perplexity": self.base_quick_perplexity,
+        }
+
+    def _check(self, stage: str, model: Any) -> None:
+        early = self.config.early_abort
+        if not early.enabled:
+            return
+        quick = self._perplexity(model, self.quick_ids, self.quick_protocol).perplexity
+        ratio = quick / self.base_quick_perplexity
+        if not math.isfinite(quick) or ratio > early.max_ppl_ratio:
+            raise TrialAbandoned(
+                f"perplexity {quick:.4g} after {stage} is {ratio:.3g}x the base model's "
+                f"{self.base_quick_perplexity:.4g} on {early.windows} windows, above "
+                f"early_abort.max_ppl_ratio={early.max_ppl_ratio:g}: distillation is unlikely "
+                "to recover it",
+                {"stage": stage, "quick_perplexity": quick, "ratio": ratio},
+            )
+
+    def __call__(self, recipe: Recipe) -> dict[str, Any]:
+        from autoslim import compress
+        from autoslim.measure import measure
+
+        cheap_stages = recipe.prune_ratio or recipe.drop_heads or recipe.drop_heads_per_layer
+        built = compress.build(
+            self.base,
+            recipe,
+            corpus=self.corpus,
+            seed=self.config.study.seed,
+            teacher_cache=self.teacher_cache,
+            check=self._check if cheap_stages else None,
+            device=self.device,
+        )
+        measurement = measure(
+            built.model,
+            self.base.tokenizer,
+            self.corpus,
+            self.workload,
+            teacher=self.base.model,
+            device=self.device,
+        )
+        return {
+            "measurement": measurement.to_dict(),
+            "build": {"stage_seconds": built.stage_seconds, "info": built.info},
+        }

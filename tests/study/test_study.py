@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autoslim import config, study
+from autoslim.recipe import Recipe
+from autoslim.study import trial_recipe
+from tests.study.conftest import FAKE, run_fake_study
+
+pytestmark = pytest.mark.slow
+
+
+def run(path: Path, **overrides) -> tuple[study.RunSummary, optuna.Study]:
+    c = config.load(path, overrides={"study": overrides} if overrides else None)
+    summary = study.run_study(c, objective=FAKE)
+    return summary, optuna.load_study(study_name=c.study.name, storage=c.study.storage)
+
+
+def counted(s: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in s.trials if study.counts_toward_total(t)]
+
+
+def test_three_trials_complete_and_reload(study_file) -> None:
+    path = study_file()
+    summary, s = run(path)
+    assert summary.trials_run == 3
+    assert [t.state for t in s.trials] == [TrialState.COMPLETE] * 3
+    base, int8, nf4 = s.trials
+    assert base.user_attrs["is_base"] is True and base.params == {}
+    assert int8.user_attrs["known"] == "int8" and nf4.user_attrs["known"] == "nf4"
+    assert s.metric_names == ["perplexity", "seconds", "joules"]
+    assert s.directions == [optuna.study.StudyDirection.MINIMIZE] * 3
+    attrs = s.user_attrs
+    assert attrs["base_perplexity"] == base.values[0]
+    assert attrs["max_ppl_increase"] == 0.2
+    assert attrs["corpus_fingerprint"] == "fake-corpus"
+    assert attrs["config"]["study"]["n_trials"] == 3
+    assert attrs["seed"] == 0 and attrs["model"]
+    for t in s.trials:
+        json.dumps(t.user_attrs)  # JSON only
+        assert Recipe.from_params(t.params) == Recipe.from_params(t.user_attrs["recipe"])
+        assert t.values == [t.user_attrs["measurement"][k] for k in s.metric_names]
+        (violation,) = t.user_attrs["constraint"]
+        assert violation == pytest.approx(t.values[0] / base.values[0] - 1 - 0.2)
+    assert s.best_trials
+
+
+def test_resume_continues_without_repeating(study_file) -> None:
+    path = study_file(search={"kd_steps": [0]}, study={"n_trials": 4})
+    run(path)
+    summary, s = run(path, n_trials=9)
+    assert len(counted(s)) == 9
+    assert summary.trials_run == 5
+    recipes = [trial_recipe(t) for t in counted(s)]
+    assert len(set(recipes)) == len(recipes)
+    assert [t.user_attrs.get("known") for t in s.trials[:4]] == [None, "int8", "nf4", "minitron"]
+    summary, s = run(path, n_trials=9)  # already done: nothing runs
+    assert summary.trials_run == 0
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(study_file, monkeypatch) -> None:
+    monkeypatch.setenv("AUTOSLIM_FAKE_FAULTS", "8:raise")
+    summary, s = run(study_file(study={"n_trials": 6}))
+    assert len(counted(s)) == 6
+    failed = [t for t in s.trials if t.state == TrialState.FAIL]
+    assert failed and failed[0].user_attrs["known"] == "int8"
+    assert failed[0].user_attrs["fail_reason"].startswith("RuntimeError: injected failure")
+    assert summary.states["FAIL"] == len(failed)
+    assert len(summary.worker_setup_seconds) == 1 + len(failed) - (
+        s.trials[-1].state == TrialState.FAIL
+    )
+
+
+@pytest.mark.parametrize(
+    ("faults", "reasons"),
+    [
+        (
+            "8:segfault,4:hang",
+            {8: "WorkerCrashed: the trial process died from SIGSEGV", 4: "TrialTimeout"},
+        ),
+        ("8:nan,4:oom", {8: "NonFiniteObjective: perplexity=nan", 4: "MemoryError"}),
+    ],
+)
+def test_crashes_hangs_and_nan_never_stop_the_study(
+    study_file, monkeypatch, faults, reasons
+) -> None:
+    monkeypatch.setenv("AUTOSLIM_FAKE_FAULTS", faults)
+    path = study_file(
+        study={"n_trials": 5, "trial_timeout_seconds": 4}, search={"bits": [16, 8, 4]}
+    )
+    _, s = run(path)
+    assert len(counted(s)) == 5
+    failed = {
+        trial_recipe(t).bits: t.user_attrs["fail_reason"]
+        for t in s.trials
+        if t.state == TrialState.FAIL
+    }
+    for bits, reason in reasons.items():
+        assert failed[bits].startswith(reason), failed
+    assert any(t.state == TrialState.COMPLETE for t in s.trials[3:])
+
+
+def test_early_abort_records_a_pruned_trial(study_file) -> None:
+    path = study_file(
+        study={"n_trials": 4},
+        search={
+            "prune_ratio": {"low": 0.3, "high": 0.5, "step": 0.1},
+            "drop_heads_per_layer": [2],
+        },
+        early_abort={"max_ppl_ratio": 1.5},
+    )
+    _, s = run(path)
+    pruned = [t for t in s.trials if t.state == TrialState.PRUNED]
+    assert pruned and "cheap stages" in pruned[0].user_attrs["prune_reason"]
+    assert study.abort_savings(s).abandoned == len(pruned)
+
+
+def test_changed_search_space_is_refused_on_resume(study_file) -> None:
+    path = study_file()
+    run(path, n_trials=1)
+    changed = study_file(search={"kd_steps": [0, 50]})
+    with pytest.raises(Exception, match="different search"):
+        run(changed)
+
+
+def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+def test_kill_minus_9_mid_trial_then_resume(study_file) -> None:
+    path = study_file(study={"n_trials": 6})
+    c = config.load(path)
+    env = {"AUTOSLIM_FAKE_SLEEP": "1.5"}
+    proc = run_fake_study(path, env)
+    deadline = time.monotonic() + 150
+    victim = None
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        if not Path(c.study.storage.removeprefix("sqlite:///")).exists():
+            continue
+        try:
+            trials = _trials(c.study.storage, c.study.name)
+        except Exception:
+            continue
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING and "recipe" in t.user_attrs]
+        if len(done) >= 2 and running:
+            victim = running[0]
+            break
+    assert victim is not None, "the study never reached a running third trial"
+    worker_pid = None
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    worker_pid = int(children.stdout.split()[0]) if children.stdout.split() else None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    if worker_pid is not None:  # the orphaned worker exits by itself
+        for _ in range(50):
+            if not Path(f"/proc/{worker_pid}").exists():
+                break
+            time.sleep(0.1)
+        assert not Path(f"/proc/{worker_pid}").exists()
+    before = {
+        t.number: t.values
+        for t in _trials(c.study.storage, c.study.name)
+        if t.state == TrialState.COMPLETE
+    }
+
+    resumed = run_fake_study(path, env)
+    assert resumed.wait(120) == 0
+    trials = _trials(c.study.storage, c.study.name)
+    by_number = {t.number: t for t in trials}
+    killed = by_number[victim.number]
+    assert killed.state == TrialState.FAIL
+    assert killed.user_attrs["interrupted"] is True
+    assert killed.user_attrs["fail_reason"].startswith("Interrupted:")
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert trial_recipe(retries[0]) == trial_recipe(killed)
+    for number, values in before.items():
+        assert by_number[number].values == values
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    complete = [trial_recipe(t) for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == len(set(complete)) == 6
+
+
+def _postgres_url() -> str | None:
+    try:
+        import psycopg2
+    except ImportError:
+        return None
+    for user in ("postgres", "root"):
+        try:
+            psycopg2.connect(
+                host="127.0.0.1", port=5432, user=user, dbname="test", connect_timeout=3
+            ).close()
+        except psycopg2.OperationalError:
+            continue
+        return f"postgresql://{user}@127.0.0.1:5432/test"
+    return None
+
+
+def test_postgresql_workers_share_one_study(study_file) -> None:
+    url = _postgres_url()
+    if url is None:
+        pytest.skip(
+            "PostgreSQL at 127.0.0.1:5432 (database 'test') is unreachable or psycopg2 is missing"
+        )
+    name = f"pg-{os.getpid()}-{int(time.time())}"
+    path = study_file(name=name, study={"n_trials": 10, "storage": url})
+    env = {"AUTOSLIM_FAKE_SLEEP": "0.5"}
+    workers = [run_fake_study(path, env) for _ in range(2)]
+    try:
+        assert [w.wait(180) for w in workers] == [0, 0]
+        trials = _trials(url, name)
+        measured = [t for t in trials if study.counts_toward_total(t)]
+        assert 10 <= len(measured) <= 11  # each worker stops once the count is reached
+        hosts = {t.user_attrs["worker"]["study_pid"] for t in measured}
+        assert len(hosts) == 2
+        complete = [trial_recipe(t) for t in trials if t.state == TrialState.COMPLETE]
+        assert len(complete) == len(set(complete))
+        assert sum(bool(t.user_attrs.get("is_base")) for t in trials) == 1
+    finally:
+        optuna.delete_study(study_name=name, storage=url)
