@@ -23,13 +23,18 @@ from autoslim.testing.studies import (
     running,
 )
 
-RECIPES = (Recipe(), Recipe(bits=8), Recipe(bits=4, quant_type="nf4", double_quant=True))
+RECIPES = (
+    Recipe(),
+    Recipe(bits=8),
+    Recipe(bits=4, quant_type="nf4", double_quant=True),
+    Recipe(prune_ratio=0.5, drop_heads_per_layer=2),
+)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, corpus):
-    """A study of real builds of a tiny qwen3: base (0), int8 (1), NF4 (2); then FAIL (3),
-    PRUNED (4) and RUNNING (5) trials."""
+    """A study of real builds of a tiny qwen3: base (0), int8 (1), NF4 (2), MLP pruned with
+    heads dropped (3); then FAIL (4), PRUNED (5) and RUNNING (6) trials."""
     root = tmp_path_factory.mktemp("export")
     model = save_tiny_model("qwen3", root / "base")
     storage = f"sqlite:///{root / 'study.db'}"
@@ -110,9 +115,6 @@ def test_quantized_trial_reloads_with_its_quantization_config(built, tmp_path, n
     config = json.loads((tmp_path / "q" / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "bitsandbytes"
     assert abs(result.relative_difference) <= 0.01
-    print(
-        f"trial {number}: stored {result.stored_perplexity} measured {result.measured_perplexity}"
-    )
 
 
 def test_cli_exports_the_pick(built, tmp_path, capsys):
@@ -136,10 +138,23 @@ def test_cli_exports_the_pick(built, tmp_path, capsys):
     )
     stdout = capsys.readouterr().out
     summary = json.loads(stdout[stdout.index("{") :])
-    # Made-up seconds fall with the trial number: NF4 (trial 2) is the fastest candidate.
-    assert summary["trial"] == 2
-    assert summary["chosen_because"].startswith("trial 2 ")
+    # Made-up seconds fall with the trial number: the last candidate within the budget wins.
+    study, _ = built
+    budget = study.user_attrs["base_perplexity"] * 1.5
+    fastest = max(t.number for t in study.trials[:4] if t.values[0] <= budget)
+    assert summary["trial"] == fastest
+    assert summary["chosen_because"].startswith(f"trial {fastest} ")
     assert (out / MANIFEST).is_file()
+
+
+def test_pruned_trial_reloads_with_its_smaller_shapes(built, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    study, _ = built
+    result = export(study, tmp_path / "p", trial_number=3)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "p")
+    assert model.config.intermediate_size < 256 and model.config.num_attention_heads == 2
+    assert abs(result.relative_difference) <= 1e-4
 
 
 def test_force_replaces_a_non_empty_folder(built, tmp_path):
@@ -158,10 +173,10 @@ def test_force_replaces_a_non_empty_folder(built, tmp_path):
 @pytest.mark.parametrize(
     ("number", "needle"),
     [
-        (3, "--trial 3 is FAIL (RuntimeError: out of memory)"),
-        (4, "--trial 4 is PRUNED (perplexity 9000 after drop_heads)"),
-        (5, "--trial 5 is RUNNING, so there is nothing to export: wait"),
-        (42, "has no such trial (trials: 0..5)"),
+        (4, "--trial 4 is FAIL (RuntimeError: out of memory)"),
+        (5, "--trial 5 is PRUNED (perplexity 9000 after drop_heads)"),
+        (6, "--trial 6 is RUNNING, so there is nothing to export: wait"),
+        (42, "has no such trial (trials: 0..6)"),
     ],
 )
 def test_unexportable_trials_are_refused(built, tmp_path, number, needle):
@@ -208,23 +223,12 @@ def test_perplexity_mismatch_fails_and_leaves_nothing(built, tmp_path):
 
 def test_cli_error_is_one_line(built, tmp_path, capsys):
     _, storage = built
+    out = tmp_path / "x"
     assert (
-        main(
-            [
-                "export",
-                storage,
-                "--study-name",
-                "built",
-                "--trial",
-                "3",
-                "--out",
-                str(tmp_path / "x"),
-            ]
-        )
-        == 2
+        main(["export", storage, "--study-name", "built", "--trial", "4", "--out", str(out)]) == 2
     )
     err = capsys.readouterr().err.strip()
-    assert err.startswith("autoslim export: error: --trial 3 is FAIL")
+    assert err.startswith("autoslim export: error: --trial 4 is FAIL")
     assert len(err.splitlines()) == 1
 
 

@@ -127,7 +127,7 @@ def test_cli_json_and_table(tmp_path, capsys):
     ("args", "needle"),
     [
         (["--prefer", "time", "--weights", "time=1"], "not both"),
-        (["--study-name", "nope"], "'nope' is not in"),
+        (["--study-name", "nope"], "study 'nope' is not in"),
         (["--max-ppl-increase", "0.01"], "closest is trial 0"),
     ],
 )
@@ -135,6 +135,14 @@ def test_cli_errors_exit_2(tmp_path, capsys, args, needle):
     url = make_study_file(tmp_path, base_perplexity=90.0)
     assert main(["pick", url, *args]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_cli_reads_the_study_file(tmp_path, capsys):
+    url = make_study_file(tmp_path)
+    toml = tmp_path / "night.toml"
+    toml.write_text(f'[study]\nname = "demo"\nstorage = "{url}"\n')
+    assert main(["pick", str(toml), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["study"] == "demo"
 
 
 def test_cli_missing_sqlite_file_creates_nothing(tmp_path, capsys):

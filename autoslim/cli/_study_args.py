@@ -1,7 +1,8 @@
 """The STUDY argument of ``report``, ``pick`` and ``export``: which stored study to open.
 
-STUDY is a storage URL (``sqlite:///studies/demo.db``, ``postgresql://...``) or the path of a
-SQLite file; ``--study-name`` names the study when the storage holds more than one.
+STUDY is the study file the search ran (``studies/demo.toml``: its storage and name are used),
+a storage URL (``sqlite:///studies/demo.db``, ``postgresql://...``) or the path of a SQLite
+file; ``--study-name`` names the study when a storage holds more than one.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from autoslim.config import mask_url
 from autoslim.errors import ConfigError
 
 
@@ -17,72 +19,65 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "study",
         metavar="STUDY",
-        help="the study's storage: a URL (sqlite:///studies/demo.db) or a SQLite file path",
+        help="the study file (studies/demo.toml), its storage URL "
+        "(sqlite:///studies/demo.db) or its SQLite file",
     )
     parser.add_argument(
-        "--study-name", help="which study in STUDY (needed when it holds more than one)"
+        "--study-name", help="which study in STUDY (needed when its storage holds several)"
     )
 
 
 def open_study(args: argparse.Namespace) -> Any:
     """Load the study named by ``args.study`` / ``args.study_name``; never creates one."""
     import optuna
-
-    url = _storage_url(args.study)
     from sqlalchemy.exc import SQLAlchemyError
 
+    url, name = _storage_of(args.study)
+    name = args.study_name or name
+    shown = mask_url(url)
     try:
         names = optuna.study.get_all_study_names(storage=url)
     except (ValueError, ImportError, SQLAlchemyError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
-            f"STUDY {_shown(args.study)!r}: cannot open the storage ({first_line}); give a "
-            "SQLite file or a storage URL such as sqlite:///studies/demo.db"
+            f"STUDY {shown!r}: cannot open the storage ({first_line}); give a study file, "
+            "a SQLite file or a storage URL such as sqlite:///studies/demo.db"
         ) from e
-    if args.study_name is None:
+    if name is None:
         if len(names) != 1:
             raise ConfigError(
-                f"STUDY {_shown(args.study)!r} holds {len(names)} studies "
-                f"({', '.join(names) or 'none'}); name one with --study-name"
+                f"STUDY {shown!r} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                "name one with --study-name"
             )
         name = names[0]
-    elif args.study_name not in names:
+    elif name not in names:
         raise ConfigError(
-            f"--study-name {args.study_name!r} is not in {_shown(args.study)!r}; it holds "
-            f"{', '.join(names) or 'no study'}"
+            f"study {name!r} is not in {shown!r}, which holds {', '.join(names) or 'no study'}; "
+            "run `autoslim search` first, or give the right --study-name"
         )
-    else:
-        name = args.study_name
     return optuna.load_study(study_name=name, storage=url)
 
 
-def _storage_url(study: str) -> str:
-    if "://" not in study:
+def _storage_of(study: str) -> tuple[str, str | None]:
+    """(storage URL, study name if STUDY says it); a missing SQLite file is an error."""
+    if study.endswith(".toml"):
+        from autoslim import config
+
+        run = config.load(study, check_model=False).study
+        url, name = run.storage, run.name
+    elif "://" in study:
+        url, name = study, None
+    else:
         path = Path(study).expanduser()
         if not path.is_file():
             raise ConfigError(
-                f"STUDY {study!r}: no such file; give the study's SQLite file or its storage "
-                "URL (sqlite:///path.db, postgresql://...)"
+                f"STUDY {study!r}: no such file; give the study file (studies/NAME.toml), "
+                "its SQLite file or its storage URL (sqlite:///path.db, postgresql://...)"
             )
-        return f"sqlite:///{path.resolve()}"
-    if study.startswith("sqlite:///"):
-        path = Path(study.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise ConfigError(
-                f"STUDY {study!r}: the SQLite file {str(path)!r} does not exist; run "
-                "`autoslim search` first or check the path"
-            )
-    return study
-
-
-def _shown(study: str) -> str:
-    """STUDY as it may be printed: a URL's password is masked."""
-    if "://" not in study:
-        return study
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(study).render_as_string(hide_password=True)
-    except ArgumentError:
-        return study.split("://", 1)[0] + "://..."
+        url, name = f"sqlite:///{path.resolve()}", None
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(
+            f"STUDY {study!r}: the SQLite file {url.removeprefix('sqlite:///')!r} does not "
+            "exist; run `autoslim search` first or check the path"
+        )
+    return url, name
