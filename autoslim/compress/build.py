@@ -41,7 +41,7 @@ class BuildResult:
 
 
 def _final_shapes(
-    config: Any, family: Family, recipe: Recipe, heads: int
+    config: Any, family: Family, recipe: Recipe, heads: tuple[int, int]
 ) -> dict[str, tuple[int, int]]:
     """(in, out) features of every linear layer bitsandbytes will quantize, after the cheap
     stages; head counts are the physical ones."""
@@ -49,18 +49,10 @@ def _final_shapes(
     hidden = int(getattr(config, "hidden_size", None) or config.n_embd)
     shapes = {"MLP input projection": (hidden, width), "MLP output projection": (width, hidden)}
     if family.attention is not None:
-        shape = heads_mod.HeadShape.of(config)
-        q = heads * shape.head_dim
-        kv = q // (heads // shape.kv_heads) if heads else 0
+        head_dim = heads_mod.HeadShape.of(config).head_dim
+        q, kv = heads[0] * head_dim, heads[1] * head_dim
         shapes |= {"q_proj": (hidden, q), "k_proj/v_proj": (hidden, kv), "o_proj": (q, hidden)}
     return shapes
-
-
-def _physical_heads(config: Any, recipe: Recipe) -> int:
-    shape = heads_mod.HeadShape.of(config)
-    if recipe.drop_heads:
-        return heads_mod.plan(heads_mod.requested_drops(recipe, shape), shape).heads
-    return shape.heads - recipe.drop_heads_per_layer
 
 
 def validate(recipe: Recipe, config: Any, device: str = "cpu") -> None:
@@ -69,16 +61,16 @@ def validate(recipe: Recipe, config: Any, device: str = "cpu") -> None:
     if recipe.prune_ratio:
         require(family, "structured_prune")
     wants_heads = bool(recipe.drop_heads or recipe.drop_heads_per_layer)
-    heads = 0
+    heads = (0, 0)
+    if family.attention is not None:
+        shape = heads_mod.HeadShape.of(config)
+        heads = (shape.heads, shape.kv_heads)
     if wants_heads:
         require(family, "drop_heads")
-        shape = heads_mod.HeadShape.of(config)
         if recipe.drop_heads_per_layer:
             heads_mod.check_per_layer(recipe.drop_heads_per_layer, shape)
-        heads = _physical_heads(config, recipe)
-        heads_mod.check_reloadable(family, config, heads)
-    elif family.attention is not None:
-        heads = heads_mod.HeadShape.of(config).heads
+        heads = heads_mod.physical_heads(recipe, shape)
+        heads_mod.check_reloadable(family, config, heads[0])
     if recipe.kd_steps:
         require(family, "distill")
     if recipe.bits != 16:

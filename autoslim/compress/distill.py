@@ -4,16 +4,21 @@ Loss per token: ``alpha * T² * KL(teacher_T || student_T) + (1 - alpha) * CE(st
 both distributions softened by temperature ``T``, for a fixed number of AdamW steps.
 
 Speed: the teacher never runs during a trial. ``TeacherCache`` runs it once per study over the
-KD windows a trial asks for and keeps only its ``top_k`` logits per token (values and indices,
-~0.5 KB per token instead of a full vocabulary row); the KL is taken over those ``top_k`` tokens,
-the teacher renormalised over them. A distillation step then costs a plain training step plus a
-gather. ``TeacherCache(top_k=None, reuse=False)`` is the exact, slow reference: the teacher runs
-every step and the KL covers the whole vocabulary.
+KD windows a trial asks for and keeps, per token, its ``top_k`` logits (fp16 values and int32
+indices) plus its full-vocabulary log-normaliser at a grid of temperatures (``TEMPERATURES``):
+~0.5 KB per token instead of a full vocabulary row. The KL is then taken over the top-k tokens
+plus one "rest of the vocabulary" bucket, with the teacher's true probabilities (its normaliser
+at T interpolated in 1/T between grid points, exact on them), so it equals the full-vocabulary
+KL when ``top_k`` covers the vocabulary and stays close otherwise (the tail is only collapsed,
+not dropped). A distillation step then costs a plain training step plus a gather.
+``TeacherCache(top_k=None, reuse=False)`` is the exact, slow reference: the teacher runs every
+step and the KL covers the whole vocabulary.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -23,19 +28,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoslim.errors import DataError
+from autoslim.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
+
+# Temperatures at which the cache keeps the teacher's full log-normaliser.
+TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 @dataclass(frozen=True)
 class TeacherBatch:
-    """Inputs of one step and the teacher's logits: ``top_k`` values and their token indices,
-    or (``indices is None``) every logit."""
+    """Inputs of one step and the teacher's logits: ``top_k`` values, their token indices and
+    the full log-normaliser at each of ``TEMPERATURES``; or (``indices is None``) every logit."""
 
     inputs: torch.Tensor
     values: torch.Tensor
-    indices: torch.Tensor | None
+    indices: torch.Tensor | None = None
+    log_normalizers: torch.Tensor | None = None
 
 
 class TeacherCache:
@@ -69,14 +78,14 @@ class TeacherCache:
         self.reuse = reuse
         self.inputs = ids[: windows * window].view(windows, window)
         self.teacher_seconds = 0.0
-        self._rows: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._rows: dict[int, tuple[torch.Tensor, ...]] = {}
 
     @property
     def windows(self) -> int:
         return int(self.inputs.shape[0])
 
     @torch.no_grad()
-    def _run_teacher(self, rows: list[int]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    def _run_teacher(self, rows: list[int]) -> list[tuple[torch.Tensor, ...]]:
         started = time.perf_counter()
         device = next(self.teacher.parameters()).device
         was_training = self.teacher.training
@@ -84,12 +93,14 @@ class TeacherCache:
         logits = self.teacher(input_ids=self.inputs[rows].to(device), use_cache=False).logits
         self.teacher.train(was_training)
         logits = logits.float()
-        out: list[tuple[torch.Tensor, torch.Tensor | None]]
+        out: list[tuple[torch.Tensor, ...]]
         if self.top_k is None:
-            out = [(row, None) for row in logits]
+            out = [(row,) for row in logits]
         else:
             values, indices = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1)
-            out = list(zip(values.to(torch.bfloat16), indices.to(torch.int32), strict=True))
+            normalizers = torch.stack([logits.div(t).logsumexp(-1) for t in TEMPERATURES], -1)
+            parts = (values.half(), indices.to(torch.int32), normalizers)
+            out = list(zip(*parts, strict=True))
         self.teacher_seconds += time.perf_counter() - started
         return out
 
@@ -102,12 +113,8 @@ class TeacherCache:
             outputs = [self._rows[r] for r in rows]
         else:
             outputs = self._run_teacher(rows)
-        indices = [o[1] for o in outputs]
-        return TeacherBatch(
-            inputs=self.inputs[rows],
-            values=torch.stack([o[0] for o in outputs]),
-            indices=None if indices[0] is None else torch.stack(indices),  # type: ignore[arg-type]
-        )
+        stacked = [torch.stack(part) for part in zip(*outputs, strict=True)]
+        return TeacherBatch(self.inputs[rows], *stacked)
 
 
 def kd_loss(
@@ -118,14 +125,47 @@ def kd_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, KL × T², CE) for student ``logits`` [B, L, V] against one teacher batch."""
     logits = logits.float()
-    inputs = batch.inputs.to(logits.device)
+    device = logits.device
+    inputs = batch.inputs.to(device)
     ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), inputs[:, 1:].reshape(-1))
     student = F.log_softmax(logits / temperature, dim=-1)
-    if batch.indices is not None:
-        student = student.gather(-1, batch.indices.to(logits.device, torch.long))
-    teacher = F.log_softmax(batch.values.to(logits.device).float() / temperature, dim=-1)
-    kl = (teacher.exp() * (teacher - student)).sum(-1).mean() * temperature**2
+    values = batch.values.to(device).float() / temperature
+    if batch.indices is None or batch.log_normalizers is None:
+        teacher = F.log_softmax(values, dim=-1)
+        kl = (teacher.exp() * (teacher - student)).sum(-1)
+    else:
+        student = student.gather(-1, batch.indices.to(device, torch.long))
+        normalizer = _interpolate(batch.log_normalizers.to(device), temperature)
+        teacher = (values - normalizer.unsqueeze(-1)).clamp(max=0.0)
+        teacher_rest = _log_rest(teacher)
+        student_rest = _log_rest(student)
+        kl = (
+            (teacher.exp() * (teacher - student)).sum(-1)
+            + torch.xlogy(teacher_rest.exp(), teacher_rest.exp())
+            - teacher_rest.exp() * student_rest
+        )
+    kl = kl.mean() * temperature**2
     return alpha * kl + (1 - alpha) * ce, kl, ce
+
+
+def _log_rest(logprobs: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum(exp(logprobs))) over the last dim: the log-mass outside the top-k tokens."""
+    covered = logprobs.logsumexp(-1).clamp(max=-1e-6)
+    return torch.log(-torch.expm1(covered))
+
+
+def _interpolate(normalizers: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The log-normaliser at ``temperature``, linear in 1/T between the cached temperatures."""
+    if not TEMPERATURES[0] <= temperature <= TEMPERATURES[-1]:
+        raise ConfigError(
+            f"kd_temperature={temperature:g}: the teacher cache covers "
+            f"{TEMPERATURES[0]:g}..{TEMPERATURES[-1]:g}; choose a temperature in that range"
+        )
+    for i, (cold, hot) in enumerate(itertools.pairwise(TEMPERATURES)):
+        if cold <= temperature <= hot:
+            w = (1 / cold - 1 / temperature) / (1 / cold - 1 / hot)
+            return (1 - w) * normalizers[..., i] + w * normalizers[..., i + 1]
+    raise AssertionError("unreachable: temperature is within the grid")
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -151,6 +151,19 @@ def plan(drops: list[set[int]], shape: HeadShape) -> HeadPlan:
     return HeadPlan(tuple(remove_groups), tuple(remove_heads), tuple(mask_heads), shape)
 
 
+def physical_heads(recipe: Recipe, shape: HeadShape) -> tuple[int, int]:
+    """(query heads, key-value heads) per layer once ``recipe``'s heads are dropped."""
+    if recipe.drop_heads:
+        head_plan = plan(requested_drops(recipe, shape), shape)
+        return head_plan.heads, head_plan.kv_heads
+    count = recipe.drop_heads_per_layer
+    if shape.group == 1:
+        return shape.heads - count, shape.kv_heads - count
+    if count % shape.kv_heads == 0:
+        return shape.heads - count, shape.kv_heads
+    return shape.heads - count, shape.kv_heads - count // shape.group
+
+
 def least_important(model: Any, family: Family, count: int) -> list[set[int]]:
     """The ``count`` heads to drop in every layer, by ``|W_q[h]| * |W_o[:, h]|``, kept even."""
     config: Any = model.config

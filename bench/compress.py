@@ -1,0 +1,133 @@
+"""Compression on the reference model: seconds and perplexity after each stage for a handful of
+recipes, and the cost of one distillation step before / after the teacher cache, side by side.
+
+    .venv/bin/python bench/compress.py [--model reference] [--kd-steps 20] [--steps 6]
+
+KD step costs are interleaved (plain, cached KD, live KD, in turn, several rounds) and reported
+as medians, so load from other processes hits all three alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import statistics
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from autoslim import data, models
+from autoslim.compress import build
+from autoslim.compress.distill import TeacherCache, distill
+from autoslim.measure.perplexity import PerplexityProtocol, perplexity
+from autoslim.recipe import Recipe
+
+RECIPES = (
+    Recipe(prune_ratio=0.3),
+    Recipe(drop_heads_per_layer=2),
+    Recipe(bits=4, quant_type="nf4", double_quant=False),
+    Recipe(bits=8),
+    Recipe(prune_ratio=0.3, drop_heads=((0, 1), (2, 5)), bits=4),
+    Recipe(prune_ratio=0.3, drop_heads_per_layer=2, kd_steps=20, kd_temperature=2.0, bits=4),
+)
+
+
+def plain_step(student: Any, batch: torch.Tensor, optimizer: Any, autocast: bool) -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = student(input_ids=batch, use_cache=False).logits
+    loss = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def kd_step_seconds(base: models.LoadedModel, ids: torch.Tensor, rounds: int) -> None:
+    """Median seconds per step: plain training, KD with the cache, KD with a live teacher."""
+    window = min(256, base.model.config.max_position_embeddings)
+    cached = TeacherCache(base.model, ids, window=window)
+    live = TeacherCache(base.model, ids, window=window, top_k=None, reuse=False)
+    for step in range(rounds):
+        cached.batch(step)  # the study pays this once; every trial after reads the cache
+    print(f"\nKD step (batch {cached.batch_size}x{window}), median of {rounds} interleaved steps")
+    for autocast in (False, True):
+        student = copy.deepcopy(base.model)
+        optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.0)
+        times: dict[str, list[float]] = {"plain": [], "cached": [], "live": []}
+        for step in range(rounds + 1):
+            batch = cached.batch(step).inputs
+            started = time.perf_counter()
+            plain_step(student, batch, optimizer, autocast)
+            plain = time.perf_counter() - started
+            runs = {
+                name: distill(
+                    student,
+                    teacher,
+                    steps=1,
+                    temperature=2.0,
+                    alpha=0.5,
+                    lr=1e-5,
+                    use_autocast=autocast,
+                )["kd_seconds_per_step"]
+                for name, teacher in (("cached", cached), ("live", live))
+            }
+            if step:  # the first round warms up kernels
+                times["plain"].append(plain)
+                times["cached"].append(runs["cached"])
+                times["live"].append(runs["live"])
+        plain_s = statistics.median(times["plain"])
+        label = "bf16 autocast" if autocast else "fp32"
+        print(
+            f"  {label:<13}  plain step {plain_s:.3f} s | KD before (live teacher, full vocab) "
+            f"{statistics.median(times['live']):.3f} s = "
+            f"{statistics.median(times['live']) / plain_s:.2f}x | KD after (cached top-64) "
+            f"{statistics.median(times['cached']):.3f} s = "
+            f"{statistics.median(times['cached']) / plain_s:.2f}x"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="reference")
+    parser.add_argument("--steps", type=int, default=6, help="interleaved KD timing rounds")
+    parser.add_argument("--max-windows", type=int, default=32)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    corpus = data.stdlib_corpus()
+    base = models.load_model(args.model)
+    ids = data.tokens(base.tokenizer, corpus, "eval")
+    protocol = PerplexityProtocol(max_windows=args.max_windows)
+    print(
+        f"{args.model}: {models.parameter_count(base.model):,} parameters, "
+        f"{torch.get_num_threads()} threads, eval {protocol.describe()}"
+    )
+    print(f"base perplexity {perplexity(base.model, ids, protocol).perplexity:.2f}")
+    kd_ids = data.tokens(base.tokenizer, corpus, "kd")
+    cache = TeacherCache(
+        base.model, kd_ids, window=min(256, base.model.config.max_position_embeddings)
+    )
+    header = f"{'recipe':<44} {'prune':>6} {'heads':>6} {'distill':>8} {'quant':>6}  perplexity"
+    print("\n" + header)
+    for recipe in RECIPES:
+        seen: dict[str, float] = {}
+
+        def check(stage: str, model: Any, seen: dict[str, float] = seen) -> None:
+            seen[stage] = perplexity(model, ids, protocol).perplexity
+
+        result = build(base, recipe, corpus=corpus, teacher_cache=cache, check=check)
+        final = perplexity(result.model, ids, protocol).perplexity
+        s = result.stage_seconds
+        print(
+            f"{recipe.describe():<44} {s['structured_prune']:>5.2f}s {s['drop_heads']:>5.2f}s "
+            f"{s['distill']:>7.2f}s {s['quantize']:>5.2f}s  after prune+heads "
+            f"{seen['drop_heads']:.2f} -> final {final:.2f}"
+        )
+    kd_step_seconds(base, kd_ids, args.steps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from autoslim.compress.families import FAMILIES, get_path, intermediate_size, layers
+from autoslim.compress.prune import pruned_width, structured_prune
+
+
+@pytest.mark.parametrize(
+    ("width", "ratio", "kept"),
+    [(768, 0.0, 768), (768, 0.1, 704), (768, 0.3, 512), (768, 0.5, 384), (768, 0.99, 64)],
+)
+def test_pruned_width_rounds_to_64(width: int, ratio: float, kept: int) -> None:
+    assert pruned_width(width, ratio) == kept
+
+
+@pytest.mark.parametrize("family", ["qwen3", "opt", "gpt2"])
+def test_dead_channels_go_first_and_outputs_do_not_change(
+    family: str, base: Callable[..., Any]
+) -> None:
+    """Zero half of every block's channels (in and out): the dependency graph must remove
+    exactly those, across gate/up/down (or GPT-2's Conv1D), leaving the function unchanged."""
+    model = base(family).model
+    fam = FAMILIES[family]
+    width = intermediate_size(model.config, fam)
+    dead = torch.arange(0, width, 2)
+    with torch.no_grad():
+        for block in layers(model, fam):
+            for path in fam.mlp_in:
+                module = get_path(block, path)
+                if family == "gpt2":  # Conv1D: weight is (in, out)
+                    module.weight[:, dead] = 0
+                else:
+                    module.weight[dead] = 0
+                if module.bias is not None:
+                    module.bias[dead] = 0
+            out = get_path(block, fam.mlp_out)
+            if family == "gpt2":
+                out.weight[dead] = 0
+            else:
+                out.weight[:, dead] = 0
+    ids = torch.randint(0, 500, (2, 32))
+    before = model(input_ids=ids).logits
+    info = structured_prune(model, fam, 0.5)
+    after = model(input_ids=ids).logits
+    assert info["intermediate_size"] == width // 2
+    assert info["mlp_fraction_removed"] == 0.5
+    assert torch.allclose(before, after, atol=1e-5)
+    for block in layers(model, fam):
+        assert get_path(block, fam.mlp_out).weight.numel() == width // 2 * model.config.hidden_size
+
+
+def test_real_fraction_is_reported(base: Callable[..., Any]) -> None:
+    model = base("qwen3", intermediate_size=768).model
+    info = structured_prune(model, FAMILIES["qwen3"], 0.3)
+    assert info == {
+        "intermediate_size_before": 768,
+        "intermediate_size": 512,
+        "mlp_fraction_removed": pytest.approx(1 / 3),
+    }
+    assert model.config.intermediate_size == 512
