@@ -201,7 +201,9 @@ def tokens(tokenizer: Any, corpus: Corpus, split: str) -> torch.Tensor:
             )
         eos = tokenizer.eos_token_id
         ids: list[int] = []
-        encoded = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
+        encoded = tokenizer([d.text for d in docs], add_special_tokens=False, verbose=False)[
+            "input_ids"
+        ]
         for doc_ids in encoded:
             ids.extend(doc_ids)
             if eos is not None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from autoslim import data, models
@@ -14,9 +16,16 @@ def test_reference_loads_offline_and_is_a_good_teacher(corpus):
     config = loaded.model.config
     assert config.num_key_value_heads < config.num_attention_heads  # GQA
     assert config.head_dim * config.num_attention_heads == config.hidden_size
+    card = json.loads((models.REFERENCE_DIR / "training.json").read_text())
+    assert card["corpus"]["fingerprint"] == corpus.fingerprint
     ids = data.tokens(loaded.tokenizer, corpus, "eval")
-    result = perplexity(loaded.model, ids, PerplexityProtocol(max_windows=16))
-    assert result.perplexity < 80
+    result = perplexity(loaded.model, ids, PerplexityProtocol())
+    # the held-out figure on the model card reproduces from the stored fp16 weights
+    assert result.perplexity == pytest.approx(card["eval_perplexity"], rel=1e-3)
+    assert result.perplexity <= 55
+    assert card["embedding_fraction"] < 0.36
+    size = sum(f.stat().st_size for f in models.REFERENCE_DIR.iterdir())
+    assert size <= 12 * 2**20
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
