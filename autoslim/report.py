@@ -467,6 +467,12 @@ def plot_importances(info: ImportanceInfo) -> Any:
                 orientation="h",
             )
         )
+    if not info.importances:
+        fig.add_annotation(text=html.escape(info.note), showarrow=False, font={"size": 14})
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        fig.update_layout(title="Parameter importances", height=200)
+        return fig
     fig.update_layout(
         title=f"Parameter importances: {html.escape(info.note)}",
         barmode="group",

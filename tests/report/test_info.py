@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import html
+
 import optuna
 import pytest
 
@@ -13,6 +15,7 @@ from autoslim.report import (
     get_pareto_info,
     get_summary_info,
     get_table_info,
+    plot_importances,
     plot_pareto,
     render_page,
     render_table,
@@ -115,6 +118,7 @@ def test_importances_guarded_for_too_few_trials(tmp_path):
     info = get_importance_info(optuna.load_study(study_name="demo", storage=url))
     assert info.importances == ()
     assert "at least 5 completed trials" in info.note
+    assert plot_importances(info).layout.annotations[0].text == html.escape(info.note)
 
 
 def test_history_info_running_best(study):
