@@ -141,6 +141,7 @@ def main() -> int:
         )
         print(f"  seconds  {spread([r.seconds for r in runs])}")
         print(f"  joules   {spread([r.joules for r in runs])}  [{first.energy_source}]")
+        print(f"  fastest  {spread([min(r.seconds_samples) for r in runs])}  (min of repeats)")
         within = statistics.median(r.seconds_cv for r in runs)
         print(f"  within one measurement: median seconds CV over repeats {within:.2%}")
     ratio = statistics.median(r.seconds for r in results["compressed"]) / statistics.median(
