@@ -18,7 +18,7 @@ import torch
 
 from autoslim import data
 from autoslim.compress import heads as heads_mod
-from autoslim.compress.distill import TeacherCache, distill
+from autoslim.compress.distill import TeacherCache, check_temperature, distill
 from autoslim.compress.families import Family, family_of, intermediate_size, require
 from autoslim.compress.prune import pruned_width, structured_prune
 from autoslim.compress.quantize import check_backend, check_shapes, quantize
@@ -73,6 +73,7 @@ def validate(recipe: Recipe, config: Any, device: str = "cpu") -> None:
         heads_mod.check_reloadable(family, config, heads[0])
     if recipe.kd_steps:
         require(family, "distill")
+        check_temperature(recipe.kd_temperature)
     if recipe.bits != 16:
         require(family, "quantize")
         check_backend(recipe, device)

@@ -154,13 +154,17 @@ def _log_rest(logprobs: torch.Tensor) -> torch.Tensor:
     return torch.log(-torch.expm1(covered))
 
 
-def _interpolate(normalizers: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The log-normaliser at ``temperature``, linear in 1/T between the cached temperatures."""
+def check_temperature(temperature: float) -> None:
     if not TEMPERATURES[0] <= temperature <= TEMPERATURES[-1]:
         raise ConfigError(
             f"kd_temperature={temperature:g}: the teacher cache covers "
             f"{TEMPERATURES[0]:g}..{TEMPERATURES[-1]:g}; choose a temperature in that range"
         )
+
+
+def _interpolate(normalizers: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The log-normaliser at ``temperature``, linear in 1/T between the cached temperatures."""
+    check_temperature(temperature)
     for i, (cold, hot) in enumerate(itertools.pairwise(TEMPERATURES)):
         if cold <= temperature <= hot:
             w = (1 / cold - 1 / temperature) / (1 / cold - 1 / hot)

@@ -71,6 +71,7 @@ def gpt2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["--drop-heads", "0:x"], "drop-heads entry '0:x'"),
         (["--drop-heads", "0:9"], "drop_heads is not supported for gpt2"),
         (["--kd-steps", "-1"], "kd_steps=-1"),
+        (["--kd-steps", "1", "--kd-temperature", "20"], "kd_temperature=20: the teacher cache"),
     ],
 )
 def test_bad_values_exit_2_with_one_line_before_any_work(
