@@ -204,6 +204,9 @@ def export(
     created = _missing_ancestor(parent)
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
     try:
         compress.save(built.model, base.tokenizer, staging)
         del built

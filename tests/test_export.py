@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import optuna
 import pytest
@@ -90,6 +91,9 @@ def test_base_trial_round_trip_with_plain_transformers(built, tmp_path, corpus):
     assert abs(result.relative_difference) < 1e-4
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", MANIFEST} <= names
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
 
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["study"] == "built" and manifest["trial"] == 0
@@ -136,8 +140,7 @@ def test_cli_exports_the_pick(built, tmp_path, capsys):
         )
         == 0
     )
-    stdout = capsys.readouterr().out
-    summary = json.loads(stdout[stdout.index("{") :])
+    summary = json.loads(capsys.readouterr().out)
     # Made-up seconds fall with the trial number: the last candidate within the budget wins.
     study, _ = built
     budget = study.user_attrs["base_perplexity"] * 1.5

@@ -33,7 +33,6 @@ def run(args: argparse.Namespace) -> int:
 
     study = open_study(args)
     weights = weights_from(args.prefer, args.weights) if args.prefer or args.weights else None
-    print(f"rebuilding from study {study.study_name} (this loads the base model and the data)")
     result = export(
         study,
         args.out,
