@@ -17,6 +17,11 @@ setup() {
 }
 
 test_deps() {
+  # The report's browser test opens the page in Debian's headless Chromium.
+  if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+      || echo "run.sh: chromium could not be installed; the browser test will be skipped" >&2
+  fi
   # Multi-worker tests use the local PostgreSQL (trust auth, database `test`) when it runs.
   if command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 2>/dev/null; then
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start \
