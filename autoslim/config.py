@@ -144,7 +144,7 @@ class RunSection:
     sampler: str = "tpe"
     seed: int = 0
     population_size: int = 8
-    startup_trials: int = 8
+    startup_trials: int = 4
     trial_timeout_seconds: float = 1800.0
     recycle_every: int = 25
 
@@ -350,7 +350,7 @@ def _run_section(t: _Table, file: Path) -> RunSection:
     population = t.get("population_size", int, 8)
     if population < 2:
         raise t.error("population_size", f"{population}: NSGA-II needs at least 2")
-    startup = t.get("startup_trials", int, 8)
+    startup = t.get("startup_trials", int, 4)
     if startup < 0:
         raise t.error("startup_trials", f"{startup}: must be >= 0")
     trial_timeout = t.get("trial_timeout_seconds", (int, float), 1800.0)

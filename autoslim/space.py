@@ -92,6 +92,11 @@ def snap(recipe: Recipe, space: SearchSpace) -> Recipe:
     return Recipe.from_params({name: nearest(space[name], v) for name, v in params.items()})
 
 
+def contains(space: SearchSpace, recipe: Recipe) -> bool:
+    """Whether ``suggest_recipe`` can return ``recipe``."""
+    return snap(recipe, space) == recipe
+
+
 def known_recipes(space: SearchSpace) -> list[tuple[str, Recipe]]:
     """Known good starting points, snapped into the space, without duplicates.
 

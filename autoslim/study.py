@@ -25,6 +25,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,7 @@ class RunSummary:
 def make_storage(url: str) -> optuna.storages.RDBStorage:
     """The RDB storage behind ``url`` (SQLite gets a lock timeout for several processes)."""
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    url = _with_installed_driver(url)
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}}
     try:
@@ -93,6 +95,18 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite"):
         _write_ahead_log(storage.engine)
     return storage
+
+
+def _with_installed_driver(url: str) -> str:
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is
+    installed (the ``autoslim[postgres]`` extra)."""
+    import importlib.util
+
+    if not url.startswith("postgresql://"):
+        return url
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def _write_ahead_log(engine: Any) -> None:
@@ -125,11 +139,18 @@ def _constraints_func() -> Callable[[FrozenTrial], list[float]] | None:
 
 
 def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():  # multivariate TPE is "experimental" since Optuna 2.2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _sampler(config, seed)
+
+
+def _sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
     run = config.study
     if run.sampler == "tpe":
         return optuna.samplers.TPESampler(
             n_startup_trials=run.startup_trials,
             multivariate=True,
+            group=True,
             constraints_func=_constraints_func(),
             seed=seed,
         )
@@ -176,7 +197,9 @@ def open_study(config: StudyConfig, storage: optuna.storages.BaseStorage) -> opt
             f"{config.path}: study {name!r} has {len(study.directions)} objectives, the file "
             f"{len(config.objectives)}; set a new [study].name"
         )
-    study.set_metric_names(list(config.objectives))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(config.objectives))
     study.set_user_attr("config", current)
     study.set_user_attr("max_ppl_increase", config.max_ppl_increase)
     study.set_user_attr("model", config.model.name)
@@ -240,8 +263,7 @@ def _fail_and_retry(study: optuna.Study, trial: FrozenTrial, why: str) -> bool:
         for key in ("is_base", "known"):
             if key in trial.user_attrs:
                 attrs[key] = trial.user_attrs[key]
-        params = {} if trial.user_attrs.get("is_base") else dict(trial.params)
-        study.enqueue_trial(params, user_attrs=attrs)
+        study.enqueue_trial(dict(trial.params), user_attrs=attrs)
     return True
 
 
@@ -274,7 +296,16 @@ def enqueue_starting_points(study: optuna.Study, config: StudyConfig) -> list[st
     live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
     added = []
     if not any(t.user_attrs.get("is_base") and t.state in live for t in trials):
-        study.enqueue_trial({}, user_attrs={"is_base": True})
+        # With its params recorded, the base trial stays inside the samplers' intersection
+        # search space (a trial without params would empty it: NSGA-II and multivariate TPE
+        # would fall back to independent sampling).
+        identity = Recipe()
+        params = (
+            search_space.params_of(identity, config.search)
+            if search_space.contains(config.search, identity)
+            else {}
+        )
+        study.enqueue_trial(params, user_attrs={"is_base": True})
         added.append("base")
         room -= 1
     present = {trial_recipe(t) for t in trials if not t.user_attrs.get("is_base")}
@@ -287,6 +318,13 @@ def enqueue_starting_points(study: optuna.Study, config: StudyConfig) -> list[st
             added.append(label)
             room -= 1
     return added
+
+
+def recipe_for(trial: optuna.Trial, config: StudyConfig) -> Recipe:
+    """The recipe a new trial evaluates: the base model for the base trial, else sampled."""
+    if trial.user_attrs.get("is_base") and not search_space.contains(config.search, Recipe()):
+        return Recipe()
+    return search_space.suggest_recipe(trial, config.search)
 
 
 class _Heartbeat:
@@ -441,11 +479,14 @@ def run_study(
                 _check_corpus(study, config, info)
             trial = study.ask()
             is_base = bool(trial.user_attrs.get("is_base"))
-            recipe = Recipe() if is_base else search_space.suggest_recipe(trial, config.search)
+            recipe = recipe_for(trial, config)
             trial.set_user_attr("recipe", recipe.to_dict())
             trial.set_user_attr("worker", host)
             trial.set_user_attr("heartbeat", time.time())
-            earlier = _find_evaluated(trials, recipe, trial.number)
+            # Read the trials again after writing our recipe: of two workers that drew the
+            # same recipe at once, the later-numbered trial then always sees the other.
+            latest = study.get_trials(deepcopy=False)
+            earlier = _find_evaluated(latest, recipe, trial.number)
             if earlier is not None:
                 duplicates_in_a_row += 1
                 trial.set_user_attr("duplicate_of", earlier)
@@ -499,11 +540,14 @@ def _check_corpus(study: optuna.Study, config: StudyConfig, info: dict[str, Any]
 
 
 def _find_evaluated(trials: list[FrozenTrial], recipe: Recipe, number: int) -> int | None:
-    """The number of a trial that already evaluated (or is evaluating) ``recipe``."""
+    """The number of a trial that evaluated ``recipe``, or is evaluating it and started
+    first (a lower number)."""
     for t in trials:
         if t.number == number or "duplicate_of" in t.user_attrs:
             continue
         if t.state == TrialState.WAITING or t.user_attrs.get("interrupted"):
+            continue
+        if t.state == TrialState.RUNNING and t.number > number:
             continue
         if "recipe" in t.user_attrs and trial_recipe(t) == recipe:
             return t.number

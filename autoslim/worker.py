@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
@@ -106,6 +107,10 @@ def _describe(e: BaseException) -> str:
 def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pid: int) -> None:
     """The worker process's main loop."""
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    # The worker's stderr is the user's terminal: keep per-call library chatter off it.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", message=r"MatMul8bitLt: inputs will be cast")
     started = time.perf_counter()
     try:
         objective = _resolve(objective_path)(config)
@@ -282,10 +287,13 @@ class BuildAndMeasure:
     """
 
     def __init__(self, config: StudyConfig) -> None:
+        from transformers.utils import logging as transformers_logging
+
         from autoslim import compress, data, models
         from autoslim.measure import Workload
         from autoslim.measure.perplexity import perplexity
 
+        transformers_logging.disable_progress_bar()
         self.config = config
         self.device = config.model.device
         self.base = models.load_model(

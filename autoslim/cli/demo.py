@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,8 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="search compression recipes for the bundled reference model (about 10 minutes)",
-        description=f"Run the small study {DEMO_FILE.name} on the bundled reference model and "
-        "show where everything is. Re-running it resumes the same study.",
+        description=f"Copy the small study {DEMO_FILE.name} into --out, run it on the bundled "
+        "reference model and show where everything is. Re-running it resumes the study.",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("autoslim-demo"), help="folder for the demo's files"
@@ -42,10 +44,13 @@ def run(args: argparse.Namespace) -> int:
         )
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    db = out / "demo.db"
+    study_file = out / DEMO_FILE.name
+    db = out / f"{DEMO_FILE.stem}.db"
     if args.fresh:
         db.unlink(missing_ok=True)
-    config = study_config.load(DEMO_FILE, overrides={"study": {"storage": f"sqlite:///{db}"}})
+    if args.fresh or not study_file.exists():
+        shutil.copyfile(DEMO_FILE, study_file)
+    config = study_config.load(study_file)
     started = time.monotonic()
     summary, study = run_search(config)
     savings = search.abort_savings(study)
@@ -61,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
             f"{sum(overhead) / len(overhead):.2f} s per trial"
         )
     print(f"demo finished in {time.monotonic() - started:.0f} s")
-    print(f"study file   {DEMO_FILE}")
+    shown = os.path.relpath(study_file)
+    print(f"study file   {shown} (a copy of {DEMO_FILE}; edit it and re-run to continue)")
     print(f"study        {config.study.name!r} in {db}")
     print(f"dashboard    optuna-dashboard sqlite:///{db}")
-    print(f"pick         autoslim pick {db}")
+    print(f"report       autoslim report {shown}")
+    print(f"pick         autoslim pick {shown}")
     return 0

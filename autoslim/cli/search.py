@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ def run_search(config: Any, *, quiet: bool = False) -> tuple[Any, Any]:
     from autoslim import study as search
     from autoslim.config import mask_url
 
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = config.study
     limits = [f"{run.n_trials} trials"] if run.n_trials else []
     if run.time_limit_seconds:

@@ -1,0 +1,52 @@
+"""The product objective (compress.build + measure) in a worker process, on a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autoslim import config, study
+from autoslim.measure import Measurement
+from tests.study.conftest import write_study
+
+pytestmark = pytest.mark.slow
+
+
+def test_three_real_trials_on_a_tiny_model(tmp_path: Path) -> None:
+    from autoslim.testing import save_tiny_model
+
+    model = save_tiny_model("qwen3", tmp_path / "tiny")
+    path = write_study(
+        tmp_path,
+        {
+            "study": {"n_trials": 3, "trial_timeout_seconds": 300},
+            "model": {"name": str(model)},
+            "workload": {
+                "prefill_windows": 1,
+                "prefill_batch": 1,
+                "decode_tokens": 2,
+                "decode_prompt_tokens": 8,
+                "warmup": 0,
+                "repeats": 1,
+                "protocol": {"window": 64, "max_windows": 4},
+            },
+            "early_abort": {"windows": 2},
+            "search": {"kd_steps": [0]},
+        },
+        name="real",
+    )
+    c = config.load(path)
+    summary = study.run_study(c)
+    assert summary.states == {"COMPLETE": 3}
+    s = optuna.load_study(study_name="real", storage=f"sqlite:///{tmp_path / 'real.db'}")
+    assert [t.user_attrs.get("known") for t in s.trials] == [None, "int8", "nf4"]
+    for t in s.trials:
+        assert t.state == TrialState.COMPLETE
+        m = Measurement.from_dict(t.user_attrs["measurement"])
+        assert tuple(t.values) == m.objectives()
+        assert t.user_attrs["build"]["stage_seconds"]
+    assert s.user_attrs["base_perplexity"] == s.trials[0].values[0]
+    assert len(s.user_attrs["corpus_fingerprint"]) == 16
