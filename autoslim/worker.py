@@ -26,7 +26,6 @@ import signal
 import threading
 import time
 import traceback
-import warnings
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
@@ -110,7 +109,8 @@ def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pi
     # The worker's stderr is the user's terminal: keep per-call library chatter off it.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    warnings.filterwarnings("ignore", message=r"MatMul8bitLt: inputs will be cast")
+    # bitsandbytes logs a cast warning on every int8 matmul on CPU.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     started = time.perf_counter()
     try:
         objective = _resolve(objective_path)(config)
