@@ -30,19 +30,14 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
 def open_study(args: argparse.Namespace) -> Any:
     """Load the study named by ``args.study`` / ``args.study_name``; never creates one."""
     import optuna
-    from sqlalchemy.exc import SQLAlchemyError
+
+    from autoslim.study import make_storage
 
     url, name = _storage_of(args.study)
     name = args.study_name or name
     shown = mask_url(url)
-    try:
-        names = optuna.study.get_all_study_names(storage=url)
-    except (ValueError, ImportError, SQLAlchemyError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(
-            f"STUDY {shown!r}: cannot open the storage ({first_line}); give a study file, "
-            "a SQLite file or a storage URL such as sqlite:///studies/demo.db"
-        ) from e
+    storage = make_storage(url)
+    names = optuna.study.get_all_study_names(storage=storage)
     if name is None:
         if len(names) != 1:
             raise ConfigError(
@@ -55,7 +50,7 @@ def open_study(args: argparse.Namespace) -> Any:
             f"study {name!r} is not in {shown!r}, which holds {', '.join(names) or 'no study'}; "
             "run `autoslim search` first, or give the right --study-name"
         )
-    return optuna.load_study(study_name=name, storage=url)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def _storage_of(study: str) -> tuple[str, str | None]:
