@@ -41,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    # bitsandbytes warns on every process that an optional faster CPU kernel is not installed.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         status: int = args.func(args)
     except AutoslimError as e:
