@@ -20,11 +20,12 @@ from autoslim.testing.studies import base, complete, make_study_file
 #   4      118   0.55   5    yes
 #   5      106   0.70   8.5  no: dominated by 2
 #   6      150   0.30   3    no: over budget (though on the unconstrained front)
-# With --max-ppl-increase 0.15 (limit 115) the candidates are 0-3:
-#   seconds norm over [0.5, 1.0]: 1, 0.8, 0.2, 0      joules norm over [6, 10]: 1, 0, 0.5, 0.75
-#   time 0.8/0.2:     1, 0.64, 0.26, 0.15   → 3
-#   energy 0.2/0.8:   1, 0.16, 0.44, 0.60   → 1
-#   balanced 0.5/0.5: 1, 0.40, 0.35, 0.375  → 2
+# With --max-ppl-increase 0.15 (limit 115) the candidates are 0-3, normalised as the relative
+# excess over the best candidate:
+#   seconds / 0.5 - 1: 1, 0.8, 0.2, 0       joules / 6 - 1: 2/3, 0, 1/3, 1/2
+#   time 0.8/0.2:     0.9333, 0.64, 0.2267, 0.1   → 3
+#   energy 0.2/0.8:   0.7333, 0.16, 0.3067, 0.4   → 1
+#   balanced 0.5/0.5: 0.8333, 0.40, 0.2667, 0.25  → 3
 
 
 @pytest.fixture
@@ -36,9 +37,9 @@ def study(tmp_path):
 @pytest.mark.parametrize(
     ("prefer", "order", "scores"),
     [
-        ("time", [3, 2, 1, 0], [0.15, 0.26, 0.64, 1.0]),
-        ("energy", [1, 2, 3, 0], [0.16, 0.44, 0.60, 1.0]),
-        ("balanced", [2, 3, 1, 0], [0.35, 0.375, 0.40, 1.0]),
+        ("time", [3, 2, 1, 0], [0.1, 0.68 / 3, 0.64, 2.8 / 3]),
+        ("energy", [1, 2, 3, 0], [0.16, 0.92 / 3, 0.4, 2.2 / 3]),
+        ("balanced", [3, 2, 1, 0], [0.25, 0.8 / 3, 0.4, 2.5 / 3]),
     ],
 )
 def test_presets_rank_by_hand_computed_scores(study, prefer, order, scores):
@@ -52,7 +53,7 @@ def test_presets_rank_by_hand_computed_scores(study, prefer, order, scores):
 def test_study_budget_excludes_dominated_and_over_budget_trials(study):
     choice = rank(study, PRESETS["balanced"])
     assert sorted(c.number for c in choice.ranking) == [0, 1, 2, 3, 4]
-    # seconds norm over [0.5, 1.0] and joules norm over [5, 10]: trial 4 = 0.5*0.1 + 0.5*0.
+    # relative excess: seconds 0.55 / 0.5 - 1 = 0.1, joules 5 / 5 - 1 = 0: 0.5*0.1 + 0.5*0
     assert choice.best.number == 4
     assert choice.best.score == pytest.approx(0.05)
     assert choice.best.seconds_norm == pytest.approx(0.1)
