@@ -189,7 +189,7 @@ DEFAULT_SEARCH: dict[str, Any] = {
     "kd_steps": [0, 50],
     "kd_temperature": {"low": 1.0, "high": 4.0},
     "kd_alpha": [0.5],
-    "kd_lr": [5e-4],
+    "kd_lr": [1e-4],
 }
 
 

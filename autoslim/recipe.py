@@ -36,7 +36,7 @@ class Recipe:
     kd_steps: int = 0
     kd_temperature: float = 2.0
     kd_alpha: float = 0.5
-    kd_lr: float = 5e-4
+    kd_lr: float = 1e-4
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
