@@ -4,92 +4,31 @@ recipe N times each (interleaved) with one workload, and print median, min, max 
     .venv/bin/python bench/measure.py                       # default workload, 5 x 2 models
     .venv/bin/python bench/measure.py --decode-tokens 64 --repeats 7 --threads 2
 
-Uses the bundled reference model when it is there, else a random model of the same shape
-(timing depends on shapes, not on trained weights). The compressed recipe is a 50 % structured
-MLP prune through autoslim.compress; if that fails, a copy with its MLP halved by slicing.
+The compressed recipe is a 50 % structured MLP prune through autoslim.compress.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import math
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from autoslim import data, models
 from autoslim.measure import Measurement, PerplexityProtocol, Workload, measure
 from autoslim.measure.energy import get_meter
 
-FALLBACK_REFERENCE = Path("/tmp/zoo/reference")
 
+def compressed(base: models.LoadedModel, corpus: data.Corpus) -> tuple[Any, str]:
+    from autoslim.compress import build
+    from autoslim.recipe import Recipe
 
-def reference() -> tuple[Any, Any, str]:
-    for name in ("reference", str(FALLBACK_REFERENCE)):
-        try:
-            loaded = models.load_model(name)
-        except Exception:
-            continue
-        return loaded.model, loaded.tokenizer, name
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from autoslim.testing import tiny_tokenizer
-    from autoslim.zoo.train import ZooConfig
-
-    zoo = ZooConfig()
-    tok = tiny_tokenizer()
-    config = Qwen3Config(
-        vocab_size=zoo.vocab_size,
-        hidden_size=zoo.hidden_size,
-        intermediate_size=zoo.intermediate_size,
-        num_hidden_layers=zoo.num_layers,
-        num_attention_heads=zoo.num_heads,
-        num_key_value_heads=zoo.num_kv_heads,
-        head_dim=zoo.head_dim,
-        max_position_embeddings=zoo.context,
-        tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    return Qwen3ForCausalLM(config).eval(), tok, "random model of the reference's shape"
-
-
-def halve_mlp(model: Any) -> Any:
-    """A copy whose MLPs keep the first half of their intermediate channels."""
-    small = copy.deepcopy(model)
-    for layer in small.model.layers:
-        mlp = layer.mlp
-        keep = mlp.gate_proj.out_features // 2
-        for name in ("gate_proj", "up_proj"):
-            old = getattr(mlp, name)
-            new = torch.nn.Linear(old.in_features, keep, bias=False)
-            new.weight.data = old.weight.data[:keep].clone()
-            setattr(mlp, name, new)
-        old = mlp.down_proj
-        new = torch.nn.Linear(keep, old.out_features, bias=False)
-        new.weight.data = old.weight.data[:, :keep].clone()
-        mlp.down_proj = new
-    small.config.intermediate_size = keep
-    return small
-
-
-def compressed(model: Any, tokenizer: Any, corpus: data.Corpus) -> tuple[Any, str]:
-    try:
-        from autoslim.compress import build
-        from autoslim.recipe import Recipe
-
-        base = models.LoadedModel(model=model, tokenizer=tokenizer, name="ref", path="")
-        built = build(base, Recipe(prune_ratio=0.5), corpus=corpus)
-        return built.model, "autoslim.compress: structured_prune 50 %"
-    except Exception as e:
-        return halve_mlp(model), f"MLP halved by slicing (compress failed: {type(e).__name__})"
+    built = build(base, Recipe(prune_ratio=0.5), corpus=corpus)
+    return built.model, "autoslim.compress: structured_prune 50 %"
 
 
 def spread(values: list[float]) -> str:
@@ -115,8 +54,9 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     workload = Workload(protocol=PerplexityProtocol(), **{k: getattr(args, k) for k in keys})
     corpus = data.stdlib_corpus()
-    model, tokenizer, source = reference()
-    small, how = compressed(model, tokenizer, corpus)
+    base = models.load_model("reference")
+    model, tokenizer, source = base.model, base.tokenizer, "reference"
+    small, how = compressed(base, corpus)
     data.tokens(tokenizer, corpus, "eval")  # tokenize once, outside the timings
     print(f"reference: {source}; compressed: {how}")
     print(f"workload: {workload.describe()}")
