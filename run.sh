@@ -34,7 +34,7 @@ cmd=${1:-}
 case "$cmd" in
   demo)
     setup
-    exec "$venv/bin/autoslim" measure --model reference "$@"
+    exec "$venv/bin/autoslim" demo "$@"
     ;;
   test)
     setup

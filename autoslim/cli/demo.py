@@ -36,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from autoslim import study as search
     from autoslim.cli.search import run_search
     from autoslim.errors import ConfigError
+    from autoslim.export import export
+    from autoslim.pick import PRESETS
+    from autoslim.report import write_report
 
     if not DEMO_FILE.is_file():
         raise ConfigError(
@@ -65,11 +68,19 @@ def run(args: argparse.Namespace) -> int:
             f"trial isolation: worker start {sum(summary.worker_setup_seconds):.1f} s, "
             f"{sum(overhead) / len(overhead):.2f} s per trial"
         )
+    page = write_report(study, out / "report.html")
+    exported = export(study, out / "balanced", weights=PRESETS["balanced"], force=True)
     print(f"demo finished in {time.monotonic() - started:.0f} s")
     shown = os.path.relpath(study_file)
     print(f"study file   {shown} (a copy of {DEMO_FILE}; edit it and re-run to continue)")
     print(f"study        {config.study.name!r} in {db}")
     print(f"dashboard    optuna-dashboard sqlite:///{db}")
-    print(f"report       autoslim report {shown}")
-    print(f"pick         autoslim pick {shown}")
+    print(f"report       {os.path.relpath(page)} (open it in a browser; works offline)")
+    print(
+        f"export       {os.path.relpath(exported.folder)}: trial {exported.trial} "
+        f"({exported.recipe.describe()}), the balanced pick; perplexity "
+        f"{exported.measured_perplexity:.3f} re-measured, {exported.stored_perplexity:.3f} stored"
+    )
+    print(f"             {exported.reason}")
+    print(f"pick         autoslim pick {shown} --prefer time|energy|balanced")
     return 0
