@@ -68,6 +68,15 @@ def test_resume_continues_without_repeating(study_file) -> None:
     assert summary.trials_run == 0
 
 
+def test_workers_are_recycled_so_memory_cannot_creep(study_file) -> None:
+    path = study_file(search={"kd_steps": [0]}, study={"n_trials": 4, "recycle_every": 2})
+    summary, s = run(path)
+    pids = [t.user_attrs["worker"]["pid"] for t in s.trials]
+    assert pids[0] == pids[1] != pids[2] == pids[3]  # a fresh process every 2 trials
+    assert all(t.user_attrs["worker"]["rss_bytes"] > 0 for t in s.trials)
+    assert len(summary.worker_setup_seconds) == 2
+
+
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(study_file, monkeypatch) -> None:
     monkeypatch.setenv("AUTOSLIM_FAKE_FAULTS", "8:raise")
     summary, s = run(study_file(study={"n_trials": 6}))
