@@ -6,6 +6,8 @@ message on one line and exits with status 2.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class AutoslimError(Exception):
     """Base class of every error autoslim raises on purpose."""
@@ -25,3 +27,13 @@ class DataError(AutoslimError):
 
 class UnsupportedError(AutoslimError):
     """An operator, backend or meter is not available for this model or machine."""
+
+
+def reject_unknown(given: Iterable[str], known: Iterable[str], what: str) -> None:
+    """Raise ConfigError naming every key of ``given`` that is not ``known``."""
+    allowed = sorted(known)
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown {what} key(s) {', '.join(unknown)}; known: {', '.join(allowed)}"
+        )

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from autoslim.errors import ConfigError
+from autoslim.errors import ConfigError, reject_unknown
 
 BITS = (16, 8, 4)
 QUANT_TYPES = ("nf4", "fp4")
@@ -90,12 +90,7 @@ class Recipe:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Recipe:
         """Rebuild a Recipe from flat params; missing knobs take their defaults."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown recipe key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        reject_unknown(params, (f.name for f in fields(cls)), "recipe")
         values = dict(params)
         if "drop_heads" in values and isinstance(values["drop_heads"], str):
             values["drop_heads"] = parse_heads(values["drop_heads"])

@@ -24,7 +24,7 @@ import torch
 
 from autoslim import __version__
 from autoslim.data import Corpus, tokens
-from autoslim.errors import ConfigError
+from autoslim.errors import ConfigError, reject_unknown
 from autoslim.measure.drift import drift
 from autoslim.measure.energy import EnergyMeter, get_meter
 from autoslim.measure.footprint import PeakMemory, parameter_count, size_bytes
@@ -83,11 +83,7 @@ class Measurement:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Measurement:
         known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"unknown measurement key(s) {', '.join(unknown)}; known: {', '.join(known)}"
-            )
+        reject_unknown(d, known, "measurement")
         values: dict[str, Any] = {}
         for name, value in d.items():
             kind = str(known[name].type)

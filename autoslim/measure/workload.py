@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from autoslim.errors import ConfigError, DataError
+from autoslim.errors import ConfigError, DataError, reject_unknown
 from autoslim.measure.energy.base import EnergyMeter, EnergyReading
 from autoslim.measure.perplexity import PerplexityProtocol
 
@@ -85,12 +85,7 @@ class Workload:
         """Rebuild from :meth:`to_dict`'s shape; missing keys take defaults."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"workload={d!r}: must be a table of keys")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown workload key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        reject_unknown(d, (f.name for f in fields(cls)), "workload")
         values = dict(d)
         if "protocol" in values:
             values["protocol"] = _protocol_from(values["protocol"])
@@ -102,13 +97,7 @@ def _protocol_from(d: Any) -> PerplexityProtocol:
         return d
     if not isinstance(d, Mapping):
         raise ConfigError(f"workload.protocol={d!r}: must be a table of keys")
-    known = {f.name for f in fields(PerplexityProtocol)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown workload.protocol key(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known))}"
-        )
+    reject_unknown(d, (f.name for f in fields(PerplexityProtocol)), "workload.protocol")
     for key, value in d.items():
         if key == "max_windows" and value is None:
             continue
