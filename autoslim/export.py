@@ -21,7 +21,6 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoslim.errors import ConfigError, DataError, ModelError
+from autoslim.measure.measurement import versions
 from autoslim.pick import PRESETS, Weights, measurement_of, rank, recipe_of
 from autoslim.recipe import Recipe
 
@@ -113,18 +113,6 @@ def _study_setup(study: optuna.Study) -> dict[str, Any]:
             "`autoslim search`, so its trials cannot be rebuilt"
         )
     return config
-
-
-def _versions() -> dict[str, str]:
-    from autoslim.measure.measurement import _versions as measurement_versions
-
-    found = measurement_versions()
-    for package in ("optuna", "safetensors", "accelerate"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "absent"
-    return found
 
 
 def _sha256(path: Path) -> str:
@@ -244,7 +232,7 @@ def export(
                 "device": device,
             },
             "corpus": {"name": corpus.name, "fingerprint": corpus.fingerprint},
-            "versions": _versions(),
+            "versions": versions("optuna", "safetensors", "accelerate"),
             "files": files,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -115,9 +115,10 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def _versions() -> dict[str, str]:
+def versions(*extra: str) -> dict[str, str]:
+    """Versions of autoslim, Python and the packages behind a figure (plus ``extra`` ones)."""
     found = {"autoslim": __version__, "python": platform.python_version()}
-    for package in ("torch", "transformers", "bitsandbytes"):
+    for package in ("torch", "transformers", "bitsandbytes", *extra):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -228,7 +229,7 @@ def measure(
             "size": "state_dict tensor bytes, shared memory once",
             "torch_threads": threads,
             "load_average_1min": {"before": load_before, "after": load_after},
-            "versions": _versions(),
+            "versions": versions(),
             "platform": platform.platform(),
         },
     )
