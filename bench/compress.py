@@ -1,10 +1,10 @@
 """Compression on the reference model: seconds and perplexity after each stage for a handful of
-recipes, and the cost of one distillation step before / after the teacher cache, side by side.
+recipes, and the cost of one distillation step before / after the speed-up, side by side.
 
-    .venv/bin/python bench/compress.py [--model reference] [--kd-steps 20] [--steps 6]
+    .venv/bin/python bench/compress.py [--model reference] [--steps 6] [--max-windows 32]
 
-KD step costs are interleaved (plain, cached KD, live KD, in turn, several rounds) and reported
-as medians, so load from other processes hits all three alike.
+KD step costs are interleaved (plain step, then each KD variant, in turn, several rounds) and
+reported as medians, so load from other processes hits them all alike.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from autoslim import data, models
 from autoslim.compress import build
 from autoslim.compress.distill import TeacherCache, distill
 from autoslim.measure.perplexity import PerplexityProtocol, perplexity
 from autoslim.recipe import Recipe
+from autoslim.testing import textbook_kd_loss
 
 RECIPES = (
     Recipe(prune_ratio=0.3),
@@ -36,35 +36,52 @@ RECIPES = (
 
 
 def plain_step(student: Any, batch: torch.Tensor, optimizer: Any, autocast: bool) -> None:
+    """One ordinary training step: transformers' own next-token loss, AdamW."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = student(input_ids=batch, labels=batch, use_cache=False).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def textbook_kd_step(
+    student: Any, teacher: Any, batch: torch.Tensor, optimizer: Any, autocast: bool
+) -> None:
+    """KD before the speed-up: the teacher runs every step, autograd over the full vocabulary."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=batch, use_cache=False).logits
         logits = student(input_ids=batch, use_cache=False).logits
-    loss = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
-    )
+    loss = textbook_kd_loss(logits, teacher_logits, batch, temperature=2.0, alpha=0.5)[0]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
 
 
 def kd_step_seconds(base: models.LoadedModel, ids: torch.Tensor, rounds: int) -> None:
-    """Median seconds per step: plain training, KD with the cache, KD with a live teacher."""
+    """Median seconds per step: plain training, KD before the speed-up (live teacher, autograd
+    KL), KD with the fused loss but a live teacher, KD after (fused loss, cached teacher)."""
     window = min(256, base.model.config.max_position_embeddings)
     cached = TeacherCache(base.model, ids, window=window)
     live = TeacherCache(base.model, ids, window=window, top_k=None, reuse=False)
-    for step in range(rounds):
+    for step in range(rounds + 1):
         cached.batch(step)  # the study pays this once; every trial after reads the cache
     print(f"\nKD step (batch {cached.batch_size}x{window}), median of {rounds} interleaved steps")
+    names = ("plain", "textbook", "fused, live teacher", "fused, cached top-64")
     for autocast in (False, True):
         student = copy.deepcopy(base.model)
         optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.0)
-        times: dict[str, list[float]] = {"plain": [], "cached": [], "live": []}
+        times: dict[str, list[float]] = {name: [] for name in names}
         for step in range(rounds + 1):
             batch = cached.batch(step).inputs
             started = time.perf_counter()
             plain_step(student, batch, optimizer, autocast)
             plain = time.perf_counter() - started
-            runs = {
-                name: distill(
+            started = time.perf_counter()
+            textbook_kd_step(student, base.model, batch, optimizer, autocast)
+            textbook = time.perf_counter() - started
+            fused = [
+                distill(
                     student,
                     teacher,
                     steps=1,
@@ -73,20 +90,19 @@ def kd_step_seconds(base: models.LoadedModel, ids: torch.Tensor, rounds: int) ->
                     lr=1e-5,
                     use_autocast=autocast,
                 )["kd_seconds_per_step"]
-                for name, teacher in (("cached", cached), ("live", live))
-            }
+                for teacher in (live, cached)
+            ]
             if step:  # the first round warms up kernels
-                times["plain"].append(plain)
-                times["cached"].append(runs["cached"])
-                times["live"].append(runs["live"])
-        plain_s = statistics.median(times["plain"])
+                for name, seconds in zip(names, (plain, textbook, *fused), strict=True):
+                    times[name].append(seconds)
+        medians = {name: statistics.median(values) for name, values in times.items()}
         label = "bf16 autocast" if autocast else "fp32"
         print(
-            f"  {label:<13}  plain step {plain_s:.3f} s | KD before (live teacher, full vocab) "
-            f"{statistics.median(times['live']):.3f} s = "
-            f"{statistics.median(times['live']) / plain_s:.2f}x | KD after (cached top-64) "
-            f"{statistics.median(times['cached']):.3f} s = "
-            f"{statistics.median(times['cached']) / plain_s:.2f}x"
+            f"  {label:<13}  plain step {medians['plain']:.3f} s"
+            + "".join(
+                f" | {name} {medians[name]:.3f} s = {medians[name] / medians['plain']:.2f}x"
+                for name in names[1:]
+            )
         )
 
 
@@ -97,6 +113,7 @@ def main() -> None:
     parser.add_argument("--max-windows", type=int, default=32)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # one cast warning per matmul
     corpus = data.stdlib_corpus()
     base = models.load_model(args.model)
     ids = data.tokens(base.tokenizer, corpus, "eval")

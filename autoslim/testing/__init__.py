@@ -76,3 +76,22 @@ def save_tiny_model(family: str, folder: str | Path, seed: int = 0, **overrides:
     tiny_model(family, seed=seed, **overrides).save_pretrained(out)
     tiny_tokenizer().save_pretrained(out)
     return out
+
+
+def textbook_kd_loss(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    inputs: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, KL × T², CE) written the plain autograd way over the whole vocabulary: what
+    ``compress.distill.kd_loss`` must equal, and the KD step it speeds up."""
+    import torch.nn.functional as F
+
+    vocab = logits.shape[-1]
+    ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, vocab), inputs[:, 1:].reshape(-1))
+    student = F.log_softmax(logits.float() / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = (teacher.exp() * (teacher - student)).sum(-1).mean() * temperature**2
+    return alpha * kl + (1 - alpha) * ce, kl, ce

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from autoslim import data
-from autoslim.compress.distill import TeacherCache, distill, kd_loss
+from autoslim.compress.distill import TEMPERATURES, TeacherBatch, TeacherCache, distill, kd_loss
+from autoslim.testing import textbook_kd_loss
 
 
 @pytest.fixture
@@ -36,6 +37,43 @@ def test_top_k_over_the_whole_vocabulary_is_exact_kd(
         exact_kl = float(kd_loss(logits, exact.batch(0), temperature, 1.0)[1])
         top_kl = float(kd_loss(logits, approx.batch(0), temperature, 1.0)[1])
         assert 0 < top_kl <= exact_kl * 1.001
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_loss_and_gradient_equal_the_textbook_formula(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    batch, length, vocab = 3, 300, 97  # 900 rows: several chunks, the last one partial
+    student = torch.randn(batch, length, vocab) * 3
+    teacher = student + torch.randn(batch, length, vocab)
+    inputs = torch.randint(0, vocab, (batch, length))
+    results = []
+    for loss_fn in (
+        lambda z: textbook_kd_loss(z, teacher, inputs, 2.5, 0.3),
+        lambda z: kd_loss(z, TeacherBatch(inputs, teacher), 2.5, 0.3),
+    ):
+        logits = student.clone().to(dtype).requires_grad_()
+        losses = loss_fn(logits)
+        losses[0].backward()
+        assert logits.grad is not None and logits.grad.dtype == dtype
+        results.append(([float(x.detach()) for x in losses], logits.grad.float()))
+    (expected, expected_grad), (got, got_grad) = results
+    assert got == pytest.approx(expected, rel=1e-5)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2  # bf16: the gradient's own rounding
+    torch.testing.assert_close(got_grad, expected_grad, rtol=tolerance, atol=tolerance * 1e-3)
+
+
+def test_fused_top_k_gradient_is_the_derivative_of_the_loss() -> None:
+    torch.manual_seed(0)
+    vocab, top_k = 16, 4
+    teacher = torch.randn(2, 5, vocab, dtype=torch.float64) * 2
+    values, indices = teacher.topk(top_k, dim=-1)
+    normalizers = torch.stack([teacher.div(t).logsumexp(-1) for t in TEMPERATURES], -1)
+    batch = TeacherBatch(torch.randint(0, vocab, (2, 5)), values, indices, normalizers)
+    logits = torch.randn(2, 5, vocab, dtype=torch.float64, requires_grad=True)
+    for temperature, alpha in ((1.0, 0.5), (3.0, 0.9), (0.7, 1.0)):
+        assert torch.autograd.gradcheck(
+            lambda z, t=temperature, a=alpha: kd_loss(z, batch, t, a)[0], (logits,)
+        )
 
 
 def test_teacher_runs_once_per_window_and_is_reused(
