@@ -61,6 +61,10 @@ def _column(m: Measurement, workload: Workload) -> dict[str, str]:
         "joules": f"{m.joules:.3f} J [{m.energy_source}]"
         + _spread(m.joules_samples, m.joules_cv, "J", 3),
         "energy flags": ", ".join(m.energy_flags) or "none",
+        "waited for a CPU": "unknown"
+        if m.cpu_wait_fraction is None
+        else f"{m.cpu_wait_fraction:.1%} of the timed runs"
+        + (f" ({', '.join(m.timing_flags)})" if m.timing_flags else ""),
         "throughput": f"prefill {prefill_rate:,.0f} tokens/s, decode {decode_rate:,.1f} tokens/s",
         "drift": drift,
         "size": f"{m.size_bytes:,} bytes",

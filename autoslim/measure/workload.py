@@ -14,6 +14,7 @@ is descheduled), and batch-1 decoding of small models gains little from more.
 
 from __future__ import annotations
 
+import glob
 import statistics
 import time
 from collections.abc import Mapping
@@ -121,14 +122,31 @@ def context_length(model: Any) -> int | None:
     return None
 
 
+def run_delay_seconds() -> float | None:
+    """Seconds this process's threads have spent runnable but waiting for a CPU (Linux
+    schedstat, summed over threads); None where the kernel does not expose it."""
+    total = 0
+    found = False
+    for path in glob.glob("/proc/self/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                total += int(f.read().split()[1])
+            found = True
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that exited between the listing and the read
+    return total / 1e9 if found else None
+
+
 @dataclass(frozen=True)
 class TimedRun:
-    """One timed run: wall seconds in total and per phase, and its energy."""
+    """One timed run: wall seconds in total and per phase, its energy, and how long the
+    process waited for a CPU during it (None where unknown)."""
 
     seconds: float
     prefill_seconds: float
     decode_seconds: float
     energy: EnergyReading
+    waited_seconds: float | None = None
 
 
 class WorkloadRunner:
@@ -186,6 +204,7 @@ class WorkloadRunner:
     def timed(self, meter: EnergyMeter) -> TimedRun:
         """One run, metered and timed; synchronised at both edges and between phases."""
         synchronize(self.device)
+        delay_before = run_delay_seconds()
         start = meter.begin()
         t0 = time.perf_counter()
         self.prefill()
@@ -195,8 +214,18 @@ class WorkloadRunner:
         synchronize(self.device)
         t2 = time.perf_counter()
         energy = meter.end(start)
+        delay_after = run_delay_seconds()
+        waited = (
+            delay_after - delay_before
+            if delay_before is not None and delay_after is not None
+            else None
+        )
         return TimedRun(
-            seconds=t2 - t0, prefill_seconds=t1 - t0, decode_seconds=t2 - t1, energy=energy
+            seconds=t2 - t0,
+            prefill_seconds=t1 - t0,
+            decode_seconds=t2 - t1,
+            energy=energy,
+            waited_seconds=waited,
         )
 
 

@@ -2,6 +2,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,7 +23,8 @@ from autoslim.measure import (
     size_bytes,
 )
 from autoslim.measure.energy.base import SHORT_WINDOW, EnergyReading, WindowStart
-from autoslim.measure.measurement import POOLED, UNRESOLVED
+from autoslim.measure.measurement import CONTENDED, CONTENDED_FRACTION, POOLED, UNRESOLVED
+from autoslim.measure.workload import run_delay_seconds
 from autoslim.testing import tiny_model
 from autoslim.testing.energy import FakeMeter
 
@@ -181,3 +187,34 @@ def test_threads_are_set_while_measuring_and_restored(
     m = measure(student, tiny_tok, corpus, SMALL, meter=FakeMeter())
     assert m.provenance["torch_threads"] == SMALL.threads == 1
     assert torch.get_num_threads() == before
+
+
+def test_waiting_for_a_cpu_is_measured_and_flagged(
+    student: Any, tiny_tok: Any, corpus: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    if run_delay_seconds() is None:
+        pytest.skip("no schedstat on this kernel")
+    # One busy process per CPU beside the measuring thread: it gets about n/(n+1) of a CPU.
+    spin = "import time\nend = time.time() + 60\nwhile time.time() < end: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.2)
+        busy = replace(SMALL, decode_tokens=64, repeats=10)  # ~0.4 s timed
+        m = measure(student, tiny_tok, corpus, busy, meter=FakeMeter())
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert m.cpu_wait_fraction is not None and m.cpu_wait_fraction > CONTENDED_FRACTION
+    assert m.timing_flags == [CONTENDED]
+    assert "waited for a CPU" in caplog.text
+    assert Measurement.from_dict(json.loads(json.dumps(m.to_dict()))).timing_flags == [CONTENDED]
+
+
+def test_cpu_wait_unknown_where_the_kernel_does_not_say(
+    student: Any, tiny_tok: Any, corpus: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("autoslim.measure.workload.run_delay_seconds", lambda: None)
+    m = measure(student, tiny_tok, corpus, SMALL, meter=FakeMeter())
+    assert m.cpu_wait_fraction is None and m.timing_flags == []
+    assert m.provenance["cpu_wait"] == "unavailable"
