@@ -101,6 +101,7 @@ class TableRow(NamedTuple):
     seconds: float | None
     joules: float | None
     energy_source: str
+    flags: str  # the measurement's energy and timing flags
     size_bytes: int | None
     on_front: bool
     within_budget: bool | None
@@ -121,6 +122,9 @@ class SummaryInfo(NamedTuple):
     state_counts: tuple[tuple[str, int], ...]
     n_front: int
     energy_sources: tuple[str, ...]
+    # Completed trials whose timing is flagged (cpu_contended: measured on a busy CPU), and
+    # the flags seen.
+    timing_flagged: tuple[int, tuple[str, ...]]
     choice: str  # the balanced pick and why, or why there is none
 
 
@@ -276,6 +280,11 @@ def get_table_info(study: optuna.Study) -> TableInfo:
                 seconds=trial.values[1] if done else None,
                 joules=trial.values[2] if done else None,
                 energy_source=str(measurement.get("energy_source", "")),
+                flags=", ".join(
+                    str(flag)
+                    for key in ("energy_flags", "timing_flags")
+                    for flag in measurement.get(key, [])
+                ),
                 size_bytes=measurement.get("size_bytes"),
                 on_front=trial.number in front,
                 within_budget=_within(budget, trial) if done and budget else None,
@@ -303,6 +312,10 @@ def get_summary_info(study: optuna.Study) -> SummaryInfo:
     except ConfigError as e:
         choice = f"no pick: {e}"
     front = [t for t in complete_trials(study) if _within(budget, t)]
+    flagged = [
+        [str(f) for f in measurement_of(t).get("timing_flags", [])] for t in complete_trials(study)
+    ]
+    flagged = [flags for flags in flagged if flags]
     return SummaryInfo(
         study_name=study.study_name,
         model=str(attrs.get("model", "unknown")),
@@ -312,6 +325,7 @@ def get_summary_info(study: optuna.Study) -> SummaryInfo:
         state_counts=tuple(sorted(counts.items())),
         n_front=len(pareto_trials(study, front)),
         energy_sources=tuple(sources),
+        timing_flagged=(len(flagged), tuple(sorted({f for t in flagged for f in t}))),
         choice=choice,
     )
 
@@ -542,6 +556,7 @@ def render_table(info: TableInfo) -> str:
         "seconds",
         "joules",
         "energy source",
+        "measurement flags",
         "size (MB)",
         "Pareto",
         "within budget",
@@ -560,6 +575,7 @@ def render_table(info: TableInfo) -> str:
             _cell(r.seconds),
             _cell(r.joules),
             _cell(r.energy_source),
+            _cell(r.flags),
             _cell(size),
             _cell("yes" if r.on_front else ""),
             _cell(budget),
@@ -583,6 +599,13 @@ def render_summary(info: SummaryInfo) -> str:
         ("trials", counts),
         ("Pareto-optimal within budget", str(info.n_front)),
         ("energy source(s)", ", ".join(info.energy_sources) or "none"),
+        (
+            "timing flags",
+            f"{info.timing_flagged[0]} trial(s): {', '.join(info.timing_flagged[1])} (measured "
+            "while waiting for a CPU: seconds and joules inflated; re-measure on a quiet machine)"
+            if info.timing_flagged[0]
+            else "none",
+        ),
         ("corpus fingerprint", info.corpus_fingerprint),
         ("seed", info.seed),
         ("balanced pick", info.choice),

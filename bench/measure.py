@@ -84,6 +84,13 @@ def main() -> int:
         print(f"  fastest  {spread([min(r.seconds_samples) for r in runs])}  (min of repeats)")
         within = statistics.median(r.seconds_cv for r in runs)
         print(f"  within one measurement: median seconds CV over repeats {within:.2%}")
+        waits = [r.cpu_wait_fraction for r in runs if r.cpu_wait_fraction is not None]
+        if waits:
+            contended = sum(bool(r.timing_flags) for r in runs)
+            print(
+                f"  waited for a CPU: median {statistics.median(waits):.1%} of the timed runs, "
+                f"max {max(waits):.1%}; {contended} of {len(runs)} measurements flagged"
+            )
     ratio = statistics.median(r.seconds for r in results["compressed"]) / statistics.median(
         r.seconds for r in results["reference"]
     )

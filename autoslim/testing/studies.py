@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from autoslim.measure.measurement import CONTENDED
 from autoslim.recipe import BITS, QUANT_TYPES, Recipe
 
 METRIC_NAMES = ("perplexity", "seconds", "joules")
@@ -48,6 +49,7 @@ class FakeTrial:
     reason: str = ""
     is_base: bool = False
     energy_source: str = "estimate"
+    timing_flags: tuple[str, ...] = ()
     extra_attrs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,15 +74,17 @@ def running(recipe: Recipe) -> FakeTrial:
 
 
 # A small night of search: base 100, budget +20 % (120). Trials 1-4 are the Pareto set within
-# the budget (with the base), 5 is dominated by 2, 6 is over the budget; then one of each
-# unfinished state.
+# the budget (with the base), 5 is dominated by 2 (and was measured on a busy CPU), 6 is over
+# the budget; then one of each unfinished state.
 DEMO_TRIALS: tuple[FakeTrial, ...] = (
     base(100.0, 1.00, 10.0),
     complete(Recipe(bits=8), 101.0, 0.90, 6.0),
     complete(Recipe(bits=4), 104.0, 0.60, 8.0),
     complete(Recipe(prune_ratio=0.3, kd_steps=20), 110.0, 0.50, 9.0),
     complete(Recipe(bits=4, prune_ratio=0.2), 118.0, 0.55, 5.0),
-    complete(Recipe(bits=4, quant_type="fp4"), 106.0, 0.70, 8.5),
+    replace(
+        complete(Recipe(bits=4, quant_type="fp4"), 106.0, 0.70, 8.5), timing_flags=(CONTENDED,)
+    ),
     complete(Recipe(prune_ratio=0.5, drop_heads_per_layer=1), 150.0, 0.30, 3.0),
     failed(Recipe(bits=4, drop_heads_per_layer=2), "RuntimeError: <script>alert(1)</script>"),
     pruned(Recipe(prune_ratio=0.5, drop_heads_per_layer=2), "perplexity 900 after pruning"),
@@ -102,6 +106,7 @@ def measurement_dict(trial: FakeTrial, corpus_fingerprint: str) -> dict[str, Any
         "parameters": int(4_900_000 * (1 - trial.recipe.prune_ratio)),
         "top1_agreement": 1.0 if trial.is_base else 0.9,
         "teacher_kl": 0.0 if trial.is_base else 0.05,
+        "timing_flags": list(trial.timing_flags),
         "provenance": {"device": "cpu", "corpus_fingerprint": corpus_fingerprint},
     }
 

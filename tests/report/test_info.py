@@ -18,6 +18,7 @@ from autoslim.report import (
     plot_importances,
     plot_pareto,
     render_page,
+    render_summary,
     render_table,
 )
 from autoslim.testing.studies import base, complete, failed, make_study_file
@@ -145,6 +146,7 @@ def test_table_info_every_state_with_reasons(study):
     assert rows[9].perplexity is None
     assert rows[1].energy_source == "estimate"
     assert rows[1].recipe == "int8"
+    assert rows[5].flags == "cpu_contended" and rows[1].flags == ""
 
 
 def test_summary_info_names_the_balanced_pick(study):
@@ -153,6 +155,8 @@ def test_summary_info_names_the_balanced_pick(study):
     assert dict(info.state_counts) == {"COMPLETE": 7, "FAIL": 1, "PRUNED": 1, "RUNNING": 1}
     assert info.n_front == 5
     assert info.choice.startswith("trial 4 ")
+    assert info.timing_flagged == (1, ("cpu_contended",))
+    assert "1 trial(s): cpu_contended" in render_summary(info)
 
 
 def test_summary_without_any_completed_trial(tmp_path):
