@@ -44,7 +44,7 @@ class Workload:
 
     protocol: PerplexityProtocol = field(default_factory=PerplexityProtocol)
     prefill_batch: int = 8
-    # 32 windows + 16 decode tokens: seconds CV 1.4-2.7 % over 5 measurements on 2 CPU cores
+    # 32 windows + 16 decode tokens: seconds CV 0.3-1.7 % over 5 measurements on 2 quiet cores
     # (8 + 32 gave 2.5-6 %: batch-1 decode is the noisy phase); bench/measure.py
     prefill_windows: int = 32
     decode_tokens: int = 16
