@@ -47,6 +47,8 @@ STALE_SECONDS = 60.0
 # Consecutive duplicate proposals after which the space counts as exhausted.
 MAX_DUPLICATES_IN_A_ROW = 30
 SQLITE_LOCK_TIMEOUT_SECONDS = 60
+# Attempts to open a database whose tables another worker is creating at the same moment.
+SCHEMA_RACE_RETRIES = 5
 # Loading a large base model in a fresh worker can take minutes.
 WORKER_START_SECONDS = 900.0
 
@@ -85,7 +87,7 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}}
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        storage = _open_rdb(url, kwargs)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(
@@ -95,6 +97,23 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite"):
         _write_ahead_log(storage.engine)
     return storage
+
+
+def _open_rdb(url: str, engine_kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """Open (and on first use create) Optuna's tables. Workers that start together on an empty
+    database race to create them; the losers see the winner's tables half-made (a duplicate
+    type or table) and simply open them again once it is done."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(SCHEMA_RACE_RETRIES):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (IntegrityError, ProgrammingError) as e:
+            if attempt == SCHEMA_RACE_RETRIES - 1:
+                raise
+            logger.info("storage schema being created by another worker (%s); retrying", e.orig)
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _with_installed_driver(url: str) -> str:

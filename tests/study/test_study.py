@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -242,3 +243,34 @@ def test_postgresql_workers_share_one_study(study_file) -> None:
         assert sum(bool(t.user_attrs.get("is_base")) for t in measured) == 1
     finally:
         optuna.delete_study(study_name=name, storage=study.make_storage(url))
+
+
+def test_workers_starting_together_on_an_empty_postgresql_database(tmp_path) -> None:
+    url = _postgres_url()
+    if url is None:
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable or psycopg2 is missing")
+    import psycopg2
+
+    database = f"autoslim_race_{os.getpid()}"
+    admin = psycopg2.connect(url)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {database}")
+    fresh = url.rsplit("/", 1)[0] + "/" + database
+    start_at = time.time() + 4  # every process opens the storage at the same moment
+    code = (
+        "import sys, time\nfrom autoslim.study import make_storage\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\nmake_storage(sys.argv[1])"
+    )
+    try:
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, fresh, str(start_at)], stderr=subprocess.PIPE
+            )
+            for _ in range(4)
+        ]
+        errors = [w.communicate(timeout=120)[1].decode() for w in workers]
+        assert [w.returncode for w in workers] == [0] * 4, "\n".join(errors)
+        assert study.make_storage(fresh).get_all_studies() == []
+    finally:
+        admin.cursor().execute(f"DROP DATABASE {database} WITH (FORCE)")
+        admin.close()
