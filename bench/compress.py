@@ -20,7 +20,7 @@ import torch
 
 from autoslim import data, models
 from autoslim.compress import build
-from autoslim.compress.distill import TeacherCache, distill
+from autoslim.compress.distill import TeacherCache, distill, kd_loss
 from autoslim.measure.perplexity import PerplexityProtocol, perplexity
 from autoslim.recipe import Recipe
 from autoslim.testing import textbook_kd_loss
@@ -56,6 +56,39 @@ def textbook_kd_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+
+
+def loss_saved_bytes(base: models.LoadedModel, ids: torch.Tensor) -> None:
+    """Bytes the loss alone keeps for its backward pass (on top of the model's activations),
+    counted by autograd's saved-tensor hook with shared storage once: textbook vs fused."""
+    window = min(256, base.model.config.max_position_embeddings)
+    cached = TeacherCache(base.model, ids, window=window)
+    batch = cached.batch(0)
+    with torch.no_grad():
+        teacher_logits = base.model(input_ids=batch.inputs, use_cache=False).logits
+        student_logits = base.model(input_ids=batch.inputs, use_cache=False).logits
+
+    def saved(loss_of_logits: Any) -> int:
+        storages: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() != logits.untyped_storage().data_ptr():  # not the input
+                storages[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        logits = student_logits.clone().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss_of_logits(logits)[0].backward()
+        return sum(storages.values())
+
+    textbook = saved(lambda z: textbook_kd_loss(z, teacher_logits, batch.inputs, 2.0, 0.5))
+    fused = saved(lambda z: kd_loss(z, batch, 2.0, 0.5))
+    logits_mb = student_logits.nbytes / 2**20
+    print(
+        f"\nKD loss memory kept for backward (logits {logits_mb:.0f} MiB fp32): textbook "
+        f"{textbook / 2**20:.0f} MiB, fused {fused / 2**20:.0f} MiB"
+    )
 
 
 def kd_step_seconds(base: models.LoadedModel, ids: torch.Tensor, rounds: int) -> None:
@@ -143,6 +176,7 @@ def main() -> None:
             f"{s['distill']:>7.2f}s {s['quantize']:>5.2f}s  after prune+heads "
             f"{seen['drop_heads']:.2f} -> final {final:.2f}"
         )
+    loss_saved_bytes(base, kd_ids)
     kd_step_seconds(base, kd_ids, args.steps)
 
 
