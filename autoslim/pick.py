@@ -8,10 +8,15 @@ dominates it has a perplexity no higher.
 
 Each candidate's seconds and joules are normalised as the relative excess over the best
 candidate (``value / best - 1``: 0 for the best, 0.25 for 25 % slower or hungrier) and scored
-``w_time * seconds_norm + w_energy * joules_norm`` with weights that sum to 1; the lowest
-score wins, ties going to the lower perplexity, then the lower trial number. Relative excess
+``w_time * seconds_norm + w_energy * joules_norm`` with weights that sum to 1. Relative excess
 keeps a 0.04 % difference a 0.04 % difference (min-max scaling would stretch any gap, however
 small, to the full 0..1 range), so the weights trade real percentages of time against energy.
+
+The lowest score wins unless another candidate is within measurement noise of it: a score gap
+no larger than ``w_time * seconds CV + w_energy * joules CV`` (the larger CV of the two trials,
+over the repeats of their measurements) is a tie, and ties go to the lower perplexity, then the
+lower score, then the lower trial number. A user who gives up perplexity for speed should get
+speed, not timing noise.
 """
 
 from __future__ import annotations
@@ -177,6 +182,14 @@ class Candidate:
     recipe: Recipe
     energy_source: str
     is_base: bool
+    seconds_cv: float = 0.0
+    joules_cv: float = 0.0
+
+    def noise(self, other: Candidate, weights: Weights) -> float:
+        """The score gap to ``other`` that measurement noise alone can explain."""
+        return weights.time * max(self.seconds_cv, other.seconds_cv) + weights.energy * max(
+            self.joules_cv, other.joules_cv
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -189,6 +202,8 @@ class Candidate:
             "joules_norm": self.joules_norm,
             "energy_source": self.energy_source,
             "is_base": self.is_base,
+            "seconds_cv": self.seconds_cv,
+            "joules_cv": self.joules_cv,
             "recipe": self.recipe.to_dict(),
             "recipe_summary": self.recipe.describe(),
         }
@@ -257,12 +272,27 @@ def rank(study: optuna.Study, weights: Weights, max_ppl_increase: float | None =
             recipe=recipe_of(t),
             energy_source=str(measurement_of(t).get("energy_source", "unknown")),
             is_base=is_base(t),
+            seconds_cv=_cv(measurement_of(t).get("seconds_cv")),
+            joules_cv=_cv(measurement_of(t).get("joules_cv")),
         )
         for t, s, j in zip(front, seconds, joules, strict=True)
     ]
-    ranking = tuple(sorted(candidates, key=lambda c: (c.score, c.perplexity, c.number)))
+    by_score = sorted(candidates, key=lambda c: (c.score, c.perplexity, c.number))
+    lowest = by_score[0]
+    tied = [c for c in by_score if c.score - lowest.score <= c.noise(lowest, weights)]
+    winner = min(tied, key=lambda c: (c.perplexity, c.score, c.number))
+    ranking = (winner, *(c for c in by_score if c is not winner))
     logger.info("ranked %d candidates under %s", len(ranking), budget.describe())
-    return Choice(weights, budget, ranking, _reason(ranking, weights, budget))
+    return Choice(weights, budget, ranking, _reason(ranking, lowest, weights, budget))
+
+
+def _cv(value: Any) -> float:
+    """A stored coefficient of variation; 0 (no noise allowance) when missing or not finite."""
+    try:
+        cv = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return cv if math.isfinite(cv) and cv > 0 else 0.0
 
 
 def _nothing_meets(study: optuna.Study, budget: Budget, complete: list[FrozenTrial]) -> str:
@@ -279,18 +309,31 @@ def _nothing_meets(study: optuna.Study, budget: Budget, complete: list[FrozenTri
     )
 
 
-def _reason(ranking: tuple[Candidate, ...], weights: Weights, budget: Budget) -> str:
+def _reason(
+    ranking: tuple[Candidate, ...], lowest: Candidate, weights: Weights, budget: Budget
+) -> str:
     best = ranking[0]
     fastest = min(c.seconds for c in ranking)
     leanest = min(c.joules for c in ranking)
+    if best is lowest:
+        how = f"has the lowest weighted score {best.score:.3f} of"
+    else:
+        how = (
+            f"has the lowest perplexity of the trials whose weighted score is within measurement "
+            f"noise of the lowest (its {best.score:.3f} against trial {lowest.number}'s "
+            f"{lowest.score:.3f}, noise {best.noise(lowest, weights):.3f}), among"
+        )
     text = (
-        f"trial {best.number} ({best.recipe.describe()}) has the lowest weighted score "
-        f"{best.score:.3f} of {len(ranking)} Pareto-optimal trial(s) within the budget "
+        f"trial {best.number} ({best.recipe.describe()}) {how} {len(ranking)} Pareto-optimal "
+        "trial(s) within the budget "
         f"({weights.describe()}): {best.seconds:.4g} s (fastest candidate {fastest:.4g} s), "
         f"{best.joules:.4g} J (least {leanest:.4g} J, {best.energy_source}), perplexity "
         f"{best.perplexity:.4g} ({budget.increase(best.perplexity):+.1%} over base, "
         f"limit {budget.max_perplexity:.4g})"
     )
     if len(ranking) > 1:
-        text += f"; runner-up trial {ranking[1].number} scores {ranking[1].score:.3f}"
+        runner_up = ranking[1]
+        text += f"; runner-up trial {runner_up.number} scores {runner_up.score:.3f}"
+        if best is lowest and runner_up.score - best.score <= runner_up.noise(best, weights):
+            text += " (within measurement noise, no lower perplexity)"
     return text

@@ -93,6 +93,37 @@ def test_equal_values_normalise_to_zero_and_ties_go_to_lower_perplexity(tmp_path
     assert choice.best.is_base
 
 
+@pytest.mark.parametrize(
+    ("slower", "winner"),
+    [
+        # 1 % slower and hungrier: a score gap of 0.01, inside the noise allowance of
+        # 0.5 x 1 % (seconds CV) + 0.5 x 2 % (joules CV) = 0.015, so lower perplexity wins.
+        (1.01, 2),
+        # 5 % worse: a real difference, the lower score wins.
+        (1.05, 1),
+    ],
+)
+def test_scores_within_measurement_noise_go_to_the_lower_perplexity(tmp_path, slower, winner):
+    url = make_study_file(
+        tmp_path,
+        trials=[
+            base(100.0, 1.0, 10.0),
+            complete(Recipe(bits=4), 115.0, 0.5, 5.0),
+            complete(Recipe(bits=8), 105.0, 0.5 * slower, 5.0 * slower),
+        ],
+    )
+    choice = rank(optuna.load_study(study_name="demo", storage=url), PRESETS["balanced"])
+    assert choice.best.number == winner
+    assert [c.number for c in choice.ranking] == [winner, 3 - winner, 0]
+    assert choice.best.seconds_cv == 0.01 and choice.best.joules_cv == 0.02
+    if winner == 2:
+        assert "within measurement noise of the lowest" in choice.reason
+        assert "trial 1's 0.000, noise 0.015" in choice.reason
+    else:
+        assert "has the lowest weighted score 0.000" in choice.reason
+        assert "within measurement noise" not in choice.reason
+
+
 def test_no_trial_within_budget_names_the_closest(tmp_path):
     url = make_study_file(
         tmp_path,
