@@ -261,21 +261,7 @@ def rank(study: optuna.Study, weights: Weights, max_ppl_increase: float | None =
     seconds = _normalise([t.values[1] for t in front])
     joules = _normalise([t.values[2] for t in front])
     candidates = [
-        Candidate(
-            number=t.number,
-            perplexity=t.values[0],
-            seconds=t.values[1],
-            joules=t.values[2],
-            seconds_norm=s,
-            joules_norm=j,
-            score=weights.time * s + weights.energy * j,
-            recipe=recipe_of(t),
-            energy_source=str(measurement_of(t).get("energy_source", "unknown")),
-            is_base=is_base(t),
-            seconds_cv=_cv(measurement_of(t).get("seconds_cv")),
-            joules_cv=_cv(measurement_of(t).get("joules_cv")),
-        )
-        for t, s, j in zip(front, seconds, joules, strict=True)
+        _candidate(t, s, j, weights) for t, s, j in zip(front, seconds, joules, strict=True)
     ]
     by_score = sorted(candidates, key=lambda c: (c.score, c.perplexity, c.number))
     lowest = by_score[0]
@@ -284,6 +270,26 @@ def rank(study: optuna.Study, weights: Weights, max_ppl_increase: float | None =
     ranking = (winner, *(c for c in by_score if c is not winner))
     logger.info("ranked %d candidates under %s", len(ranking), budget.describe())
     return Choice(weights, budget, ranking, _reason(ranking, lowest, weights, budget))
+
+
+def _candidate(
+    trial: FrozenTrial, seconds_norm: float, joules_norm: float, weights: Weights
+) -> Candidate:
+    measurement = measurement_of(trial)
+    return Candidate(
+        number=trial.number,
+        perplexity=trial.values[0],
+        seconds=trial.values[1],
+        joules=trial.values[2],
+        seconds_norm=seconds_norm,
+        joules_norm=joules_norm,
+        score=weights.time * seconds_norm + weights.energy * joules_norm,
+        recipe=recipe_of(trial),
+        energy_source=str(measurement.get("energy_source", "unknown")),
+        is_base=is_base(trial),
+        seconds_cv=_cv(measurement.get("seconds_cv")),
+        joules_cv=_cv(measurement.get("joules_cv")),
+    )
 
 
 def _cv(value: Any) -> float:
