@@ -12,7 +12,7 @@ timed wall time the process spent runnable but waiting for a CPU (Linux schedsta
 ``CONTENDED_FRACTION`` the measurement carries the ``cpu_contended`` timing flag and a warning
 is logged. Measured on 2 cores: quiet or with one busy process beside it, the reference's
 seconds vary by 0.3-1.7 % (CV over 5 measurements) and the process waits ~0 %; with two busy
-processes (3 runnable threads on 2 cores) they vary by 18-22 %, ~1.5x slower, and it waits
+processes (3 runnable threads on 2 cores) they vary by 3-22 %, ~1.5x slower, and it waits
 32-35 % of the time.
 """
 
