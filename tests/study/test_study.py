@@ -254,7 +254,11 @@ def test_workers_starting_together_on_an_empty_postgresql_database(tmp_path) -> 
     database = f"autoslim_race_{os.getpid()}"
     admin = psycopg2.connect(url)
     admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {database}")
+    try:
+        admin.cursor().execute(f"CREATE DATABASE {database}")
+    except psycopg2.errors.InsufficientPrivilege:
+        admin.close()
+        pytest.skip(f"{url} may not create databases")
     fresh = url.rsplit("/", 1)[0] + "/" + database
     start_at = time.time() + 4  # every process opens the storage at the same moment
     code = (
