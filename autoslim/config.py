@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from autoslim.errors import ConfigError, ModelError
-from autoslim.recipe import Recipe, format_heads, parse_heads
+from autoslim.operators import KNOBS
+from autoslim.operators.precision import PRECISIONS
+from autoslim.recipe import Recipe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,20 +34,6 @@ SAMPLERS = ("tpe", "nsga2", "random", "grid")
 # Measurement fields a study may minimise.
 OBJECTIVES = ("perplexity", "seconds", "joules", "size_bytes", "peak_memory_bytes")
 DEFAULT_OBJECTIVES = ("perplexity", "seconds", "joules")
-
-# Search knobs: Recipe field → the kinds of value it accepts ("choices", "int", "float").
-KNOB_KINDS: dict[str, tuple[str, ...]] = {
-    "bits": ("choices",),
-    "quant_type": ("choices",),
-    "double_quant": ("choices",),
-    "prune_ratio": ("choices", "float"),
-    "drop_heads": ("choices",),
-    "drop_heads_per_layer": ("choices", "int"),
-    "kd_steps": ("choices", "int"),
-    "kd_temperature": ("choices", "float"),
-    "kd_alpha": ("choices", "float"),
-    "kd_lr": ("choices", "float"),
-}
 
 
 @dataclass(frozen=True)
@@ -114,9 +102,13 @@ class SearchSpace:
 
 @dataclass(frozen=True)
 class ModelSection:
+    """``dtype``: what the base model is loaded and measured in (``auto``: a 16-bit model in
+    the 16-bit type the device computes natively, an fp32 model in fp32)."""
+
     name: str = "reference"
     trust_remote_code: bool = False
     device: str = "cpu"
+    dtype: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -176,21 +168,6 @@ class StudyConfig:
             "early_abort": asdict(self.early_abort),
             "search": self.search.to_dict(),
         }
-
-
-# Defaults of the [search] table: a small space that every supported model accepts.
-DEFAULT_SEARCH: dict[str, Any] = {
-    "bits": [16, 8, 4],
-    "quant_type": ["nf4"],
-    "double_quant": [True],
-    "prune_ratio": {"low": 0.0, "high": 0.5, "step": 0.1},
-    "drop_heads": [""],
-    "drop_heads_per_layer": [0],
-    "kd_steps": [0, 50],
-    "kd_temperature": {"low": 1.0, "high": 4.0},
-    "kd_alpha": [0.5],
-    "kd_lr": [1e-4],
-}
 
 
 def _url(url: str) -> Any:
@@ -304,7 +281,7 @@ def parse(raw: Mapping[str, Any], file: Path, *, check_model: bool = True) -> St
     workload = _workload(root.table("workload"))
     objectives, max_increase = _objectives(root.table("objectives"))
     early = _early_abort(root.table("early_abort"))
-    search = _search(root.table("search"))
+    search = _search(root.table("search"), model.device)
     root.finish()
     config = StudyConfig(
         path=str(file),
@@ -429,9 +406,12 @@ def _model_section(t: _Table) -> ModelSection:
         name=t.get("name", str, "reference"),
         trust_remote_code=t.get("trust_remote_code", bool, False),
         device=t.get("device", str, "cpu"),
+        dtype=t.get("dtype", str, "auto"),
     )
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", section.device):
         raise t.error("device", f"{section.device!r}: write cpu, cuda, cuda:N or mps")
+    if section.dtype not in ("auto", *PRECISIONS):
+        raise t.error("dtype", f"{section.dtype!r}: choose auto, {', '.join(PRECISIONS)}")
     t.finish()
     return section
 
@@ -504,11 +484,15 @@ def _early_abort(t: _Table) -> EarlyAbort:
     return section
 
 
-def _search(t: _Table) -> SearchSpace:
-    knobs: dict[str, Knob] = {}
-    for name in KNOB_KINDS:
-        knobs[name] = _knob(t, name, DEFAULT_SEARCH[name])
-    t.finish(tuple(KNOB_KINDS))
+def default_search(device: str = "cpu") -> dict[str, Any]:
+    """The ``[search]`` table a study gets for keys it leaves out (from the declarations)."""
+    return {name: knob.default_search(device) for name, knob in KNOBS.items()}
+
+
+def _search(t: _Table, device: str) -> SearchSpace:
+    defaults = default_search(device)
+    knobs = {name: _knob(t, name, defaults[name]) for name in KNOBS}
+    t.finish(tuple(KNOBS))
     heads = [v for v in knobs["drop_heads"].values() if v]
     per_layer = [v for v in knobs["drop_heads_per_layer"].extremes() if v]
     if heads and per_layer:
@@ -523,23 +507,17 @@ def _search(t: _Table) -> SearchSpace:
 def _knob(t: _Table, name: str, default: Any) -> Knob:
     value = t.data.get(name, default)
     t.read.add(name)
-    kinds = KNOB_KINDS[name]
+    declared = KNOBS[name]
     key = t.key(name)
     if isinstance(value, dict):
-        if "choices" in kinds and len(kinds) == 1:
-            raise t.error(name, f"takes a list of choices, e.g. {name} = {default!r}")
-        return Knob(name, range=_range(_Table(value, key, t.where), name, kinds[-1] == "int"))
+        if not declared.rangeable:
+            raise t.error(name, f"takes a list of choices ({declared.allowed()}), not a range")
+        table = _Table(value, key, t.where)
+        return Knob(name, range=_range(table, name, declared.type is int))
     choices = value if isinstance(value, list) else [value]
     if not choices:
         raise t.error(name, f"is an empty list; give at least one value, e.g. {default!r}")
-    checked = []
-    for i, choice in enumerate(choices):
-        if name == "drop_heads":
-            if not isinstance(choice, str):
-                raise t.error(name, f'[{i}] {choice!r}: write heads as "LAYER:HEAD,..."')
-            choice = format_heads(parse_heads(choice))
-        _check_value(t, name, f"{key}[{i}]", choice)
-        checked.append(choice)
+    checked = [_check_value(t, name, f"{key}[{i}]", c) for i, c in enumerate(choices)]
     if len(set(checked)) != len(checked):
         raise t.error(name, f"{choices!r} repeats a choice")
     return Knob(name, choices=tuple(checked))
@@ -575,25 +553,19 @@ def _range(t: _Table, name: str, integer: bool) -> Range:
     return Range(low=low, high=high, step=step, log=log, integer=integer)
 
 
-def _check_value(t: _Table, name: str, key: str, value: Any, field_name: str = "") -> None:
-    """Check one value through Recipe's own validation, reported at ``key``."""
-    knob = field_name or name
-    expected = type(getattr(Recipe(), knob))
-    ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        ok = True
-    if expected is tuple:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError(f"{t.where}: {key}: {value!r} is not {_type_name(expected)}")
+def _check_value(t: _Table, name: str, key: str, value: Any, field_name: str = "") -> Any:
+    """Check one value through the declared knob's own validation, reported at ``key``;
+    return it as the flat param the study stores."""
+    knob = KNOBS[field_name or name]
     try:
-        Recipe.from_params({knob: value})
+        return knob.to_param(knob.check(value))
     except ConfigError as e:
         raise ConfigError(f"{t.where}: {key}: {e}") from e
 
 
 def check_against_model(config: StudyConfig) -> None:
-    """Check the head-drop space against the model's config (no weights are loaded)."""
+    """Ask every operator whether the space's extreme recipes can be built for this model on
+    this device (its config only; no weights are loaded)."""
     from autoslim import models
 
     try:
@@ -602,61 +574,44 @@ def check_against_model(config: StudyConfig) -> None:
         )
     except ModelError as e:
         raise ConfigError(f"{config.path}: model.name: {e}") from e
-    text = getattr(model_config, "get_text_config", lambda: model_config)()
-    layers = int(getattr(text, "num_hidden_layers", 0) or 0)
-    heads = int(getattr(text, "num_attention_heads", 0) or 0)
-    kv_heads = int(getattr(text, "num_key_value_heads", heads) or heads)
-    where = f"{config.path}: search"
-    if not layers or not heads:
-        return
-    shape = f"{config.model.name} has {layers} layers of {heads} query / {kv_heads} kv heads"
-    group = heads // kv_heads if kv_heads else heads
-    for i, value in enumerate(config.search["drop_heads"].values()):
-        per_layer: dict[int, list[int]] = {}
-        for layer, head in parse_heads(value):
-            if layer >= layers or head >= heads:
-                raise ConfigError(
-                    f"{where}.drop_heads[{i}]: {layer}:{head} does not exist; {shape} "
-                    f"(layers 0-{layers - 1}, heads 0-{heads - 1})"
-                )
-            per_layer.setdefault(layer, []).append(head)
-        for layer, dropped in per_layer.items():
-            counts = [sum(1 for h in dropped if h // group == g) for g in range(kv_heads)]
-            if len(dropped) >= heads or len(set(counts)) != 1:
-                raise ConfigError(
-                    f"{where}.drop_heads[{i}]: layer {layer} drops heads {sorted(dropped)}; "
-                    f"{shape}, so drop the same number from each group of {group} heads "
-                    "sharing a kv head, and keep at least one per group"
-                )
-    for value in config.search["drop_heads_per_layer"].extremes():
-        count = int(value)
-        if count and (count >= heads or count % kv_heads):
-            raise ConfigError(
-                f"{where}.drop_heads_per_layer: {count} heads per layer is impossible; {shape}, "
-                f"so drop a multiple of {kv_heads} below {heads}"
-            )
     _check_recipes(config, model_config)
 
 
+def extreme_recipes(space: SearchSpace) -> list[Recipe]:
+    """The recipes at the corners of ``space`` that decide whether all of it can be built:
+    every categorical combination at the largest prune and layer drop (the narrowest
+    shapes), and every explicit head list."""
+    import itertools
+
+    categorical = [n for n, k in space.knobs.items() if k.range is None and n != "drop_heads"]
+    heads: list[dict[str, Any]] = [{"drop_heads": h} for h in space["drop_heads"].values()]
+    largest = {
+        n: max(space[n].extremes())
+        for n in ("prune_ratio", "drop_layers", "drop_heads_per_layer", "kd_steps")
+    }
+    out: list[Recipe] = []
+    for combo in itertools.product(*(space[n].values() for n in categorical)):
+        chosen = dict(zip(categorical, combo, strict=True))
+        for head in heads:
+            params = {**chosen, **largest, **head}
+            if params["drop_heads"]:
+                params["drop_heads_per_layer"] = 0
+            raw = Recipe.from_params(params)
+            recipe = Recipe.from_params(raw.active_params())
+            if recipe not in out:
+                out.append(recipe)
+    return out
+
+
 def _check_recipes(config: StudyConfig, model_config: Any) -> None:
-    """Ask the compressor whether the space's extreme recipes can be built here."""
     from autoslim import compress
     from autoslim.errors import UnsupportedError
 
-    space = config.search
-    prune = max(space["prune_ratio"].extremes())
-    head_options: list[dict[str, Any]] = [{"drop_heads": h} for h in space["drop_heads"].values()]
-    head_options += [{"drop_heads_per_layer": n} for n in space["drop_heads_per_layer"].extremes()]
-    for bits in space["bits"].values():
-        for quant_type in space["quant_type"].values() if bits == 4 else ["nf4"]:
-            for heads in head_options:
-                recipe = Recipe.from_params(
-                    {"bits": bits, "quant_type": quant_type, "prune_ratio": prune, **heads}
-                )
-                try:
-                    compress.validate(recipe, model_config, config.model.device)
-                except (ConfigError, UnsupportedError) as e:
-                    raise ConfigError(
-                        f"{config.path}: search: the recipe '{recipe.describe()}' cannot be "
-                        f"built for {config.model.name} on {config.model.device}: {e}"
-                    ) from e
+    for recipe in extreme_recipes(config.search):
+        try:
+            compress.validate(recipe, model_config, config.model.device)
+        except (ConfigError, UnsupportedError) as e:
+            raise ConfigError(
+                f"{config.path}: search: the recipe '{recipe.describe()}' cannot be "
+                f"built for {config.model.name} on {config.model.device}: {e}"
+            ) from e

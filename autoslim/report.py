@@ -17,7 +17,6 @@ import logging
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoslim import __version__
 from autoslim.errors import ConfigError
+from autoslim.operators import KNOBS
 from autoslim.pick import (
     METRIC_NAMES,
     PRESETS,
@@ -182,7 +182,7 @@ def get_parallel_info(study: optuna.Study) -> ParallelInfo:
     recipes = [recipe_of(t) for t in complete]
     dimensions: list[Dimension] = []
     constant: list[str] = []
-    for knob in (f.name for f in fields(Recipe)):
+    for knob in KNOBS:
         raw = [_knob_value(r, knob) for r in recipes]
         if len(set(raw)) <= 1:
             constant.append(knob)

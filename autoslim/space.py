@@ -1,44 +1,24 @@
 """The search space: the only module that calls ``trial.suggest_*``.
 
-Params are named after Recipe fields, so ``Recipe.from_params(trial.params)`` rebuilds the
-recipe. Knobs that only matter for some recipes are suggested only then: the 4-bit type and
-double quantization only at 4 bits, the distillation settings only with ``kd_steps > 0``.
-A knob fixed in the study file is a one-choice categorical, so it still appears in the params.
+Params are named after the operators' knobs, suggested in declaration order, and only when
+they matter (``Knob.active``): the 4-bit type only for bitsandbytes 4-bit, the distillation
+settings only with ``kd_steps > 0``. A knob the study file fixes to one value is not an
+Optuna param at all (it would fill importance charts with zeros); it is part of every
+trial's stored recipe and of the study's stored config.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import optuna
 
 from autoslim.config import Knob, SearchSpace
 from autoslim.errors import ConfigError
+from autoslim.operators import KNOBS
 from autoslim.recipe import Recipe
 
-# Suggestion order; the conditional knobs come after the knob they depend on.
-ORDER = (
-    "bits",
-    "quant_type",
-    "double_quant",
-    "prune_ratio",
-    "drop_heads",
-    "drop_heads_per_layer",
-    "kd_steps",
-    "kd_temperature",
-    "kd_alpha",
-    "kd_lr",
-)
-
-
-def _active(name: str, chosen: dict[str, Any]) -> bool:
-    """Whether knob ``name`` matters given the knobs already chosen."""
-    if name in ("quant_type", "double_quant"):
-        return bool(chosen.get("bits") == 4)
-    if name in ("kd_temperature", "kd_alpha", "kd_lr"):
-        return int(chosen.get("kd_steps", 0)) > 0
-    return True
+ORDER = tuple(KNOBS)
 
 
 def _suggest(trial: optuna.Trial, knob: Knob) -> Any:
@@ -54,19 +34,15 @@ def suggest_recipe(trial: optuna.Trial, space: SearchSpace) -> Recipe:
     """Sample one Recipe from ``space`` through ``trial``."""
     chosen: dict[str, Any] = {}
     for name in ORDER:
-        if _active(name, chosen):
-            chosen[name] = _suggest(trial, space[name])
+        if KNOBS[name].active(chosen):
+            knob = space[name]
+            chosen[name] = knob.choices[0] if knob.fixed else _suggest(trial, knob)
     return Recipe.from_params(chosen)
 
 
 def params_of(recipe: Recipe, space: SearchSpace) -> dict[str, Any]:
-    """The params ``suggest_recipe`` would produce for ``recipe``."""
-    full = recipe.to_params()
-    chosen: dict[str, Any] = {}
-    for name in ORDER:
-        if _active(name, chosen):
-            chosen[name] = full[name]
-    return chosen
+    """The Optuna params ``suggest_recipe`` would produce for ``recipe`` (fixed knobs left out)."""
+    return {k: v for k, v in recipe.active_params().items() if not space[k].fixed}
 
 
 def nearest(knob: Knob, wanted: Any) -> Any:
@@ -87,9 +63,14 @@ def nearest(knob: Knob, wanted: Any) -> Any:
 
 
 def snap(recipe: Recipe, space: SearchSpace) -> Recipe:
-    """The recipe of ``space`` nearest to ``recipe``, knob by knob."""
-    params = params_of(recipe, space)
-    return Recipe.from_params({name: nearest(space[name], v) for name, v in params.items()})
+    """The recipe of ``space`` nearest to ``recipe``, knob by knob (in declaration order, so a
+    knob that becomes inactive once an earlier one moves keeps its default)."""
+    wanted = recipe.to_params()
+    chosen: dict[str, Any] = {}
+    for name in ORDER:
+        if KNOBS[name].active(chosen):
+            chosen[name] = nearest(space[name], wanted[name])
+    return Recipe.from_params(chosen)
 
 
 def contains(space: SearchSpace, recipe: Recipe) -> bool:
@@ -97,31 +78,33 @@ def contains(space: SearchSpace, recipe: Recipe) -> bool:
     return snap(recipe, space) == recipe
 
 
-def known_recipes(space: SearchSpace) -> list[tuple[str, Recipe]]:
+def known_recipes(space: SearchSpace, base: Recipe) -> list[tuple[str, Recipe]]:
     """Known good starting points, snapped into the space, without duplicates.
 
-    int8 and NF4 weight quantization of the unchanged model, and a Minitron-style recipe
+    The base model at every other precision the space offers (what a dtype cast alone buys),
+    8-bit and 4-bit weight quantization of the unchanged model, and a Minitron-style recipe
     (width pruning of about 30 %, the smallest head drop the space offers, the longest
     distillation it offers at temperature 2).
     """
     heads = [h for h in space["drop_heads"].values() if h]
     per_layer = sorted(v for v in space["drop_heads_per_layer"].extremes() if v)
-    minitron = Recipe(
+    minitron = base.replace(
         prune_ratio=0.3,
+        prune_importance="activation",
+        drop_heads=heads[0] if heads else (),
         drop_heads_per_layer=int(per_layer[0]) if per_layer and not heads else 0,
         kd_steps=int(max(space["kd_steps"].extremes())),
         kd_temperature=2.0,
     )
-    if heads:
-        explicit = Recipe.from_params({"drop_heads": heads[0]}).drop_heads
-        minitron = replace(minitron, drop_heads=explicit)
-    wanted = [
-        ("int8", Recipe(bits=8)),
-        ("nf4", Recipe(bits=4, quant_type="nf4", double_quant=True)),
-        ("minitron", minitron),
-    ]
+    wanted = [(p, base.replace(precision=p)) for p in space["precision"].values()]
+    for backend in space["quant_backend"].values():
+        wanted += [
+            (f"{backend} int8", base.replace(bits=8, quant_backend=backend)),
+            (f"{backend} 4-bit", base.replace(bits=4, quant_backend=backend)),
+        ]
+    wanted.append(("minitron", minitron))
     out: list[tuple[str, Recipe]] = []
-    seen = {Recipe()}
+    seen = {base}
     for label, recipe in wanted:
         snapped = snap(recipe, space)
         if snapped not in seen:
@@ -134,6 +117,8 @@ def grid_space(space: SearchSpace) -> dict[str, list[Any]]:
     """The full grid for ``GridSampler``; every range needs a step (or integer bounds)."""
     grid: dict[str, list[Any]] = {}
     for name, knob in space.knobs.items():
+        if knob.fixed:
+            continue
         if knob.range is not None and not (knob.range.integer or knob.range.step):
             raise ConfigError(
                 f"search.{name}: the grid sampler needs a step on every float range; "

@@ -121,7 +121,7 @@ def kd_step_seconds(base: models.LoadedModel, ids: torch.Tensor, rounds: int) ->
                     temperature=2.0,
                     alpha=0.5,
                     lr=1e-5,
-                    use_autocast=autocast,
+                    autocast=torch.bfloat16 if autocast else None,
                 )["kd_seconds_per_step"]
                 for teacher in (live, cached)
             ]

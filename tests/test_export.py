@@ -87,7 +87,7 @@ def test_base_trial_round_trip_with_plain_transformers(built, tmp_path, corpus):
     study, _ = built
     out = tmp_path / "best"
     result = export(study, out, trial_number=0)
-    assert result.trial == 0 and result.recipe.is_identity
+    assert result.trial == 0 and result.recipe.is_identity()
     assert abs(result.relative_difference) < 1e-4
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", MANIFEST} <= names

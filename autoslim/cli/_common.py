@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 from typing import Any
 
 from autoslim.measure.perplexity import PerplexityProtocol
 from autoslim.measure.workload import Workload
-from autoslim.recipe import BITS, QUANT_TYPES, Recipe
+from autoslim.operators import OPERATORS
+from autoslim.recipe import Recipe
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -114,44 +114,40 @@ def workload_from(args: argparse.Namespace) -> Workload:
 
 
 def add_recipe_args(parser: argparse.ArgumentParser) -> None:
-    """Flags for every Recipe knob (dest = the Recipe field; unset flags keep its default)."""
-    group = parser.add_argument_group("recipe (compress the model before measuring)")
-    group.add_argument("--bits", type=int, choices=BITS, help="16 = no quantization")
-    group.add_argument("--quant-type", choices=QUANT_TYPES, help="4-bit data type")
-    group.add_argument(
-        "--no-double-quant",
-        dest="double_quant",
-        action="store_const",
-        const=False,
-        help="4-bit without double quantization of the scales",
-    )
-    group.add_argument(
-        "--prune-ratio", type=float, help="fraction of MLP channels to remove, in [0, 1)"
-    )
-    group.add_argument(
-        "--drop-heads", metavar="LAYER:HEAD,...", help="attention heads to remove, e.g. 0:1,2:5"
-    )
-    group.add_argument(
-        "--drop-heads-per-layer",
-        type=int,
-        metavar="N",
-        help="remove the N least important query heads of every layer",
-    )
-    group.add_argument("--kd-steps", type=int, help="distillation steps (0 = none)")
-    group.add_argument("--kd-temperature", type=float, help="distillation temperature")
-    group.add_argument("--kd-alpha", type=float, help="weight of the KD loss against CE")
-    group.add_argument("--kd-lr", type=float, help="distillation learning rate")
-    group.add_argument("--seed", type=int, default=0, help="seed of the build (default 0)")
+    """One flag per declared knob (dest = the knob; unset flags keep its default)."""
+    for op in OPERATORS:
+        group = parser.add_argument_group(f"recipe: {op.name}", op.doc)
+        for knob in op.knobs:
+            help_text = f"{knob.doc} (default {knob.to_param(knob.default)!r})"
+            if knob.type is bool:
+                group.add_argument(
+                    knob.flag,
+                    dest=knob.name,
+                    action=argparse.BooleanOptionalAction,
+                    default=None,
+                    help=help_text,
+                )
+                continue
+            group.add_argument(
+                knob.flag,
+                dest=knob.name,
+                type=str if knob.type is tuple else knob.type,
+                choices=knob.choices or None,
+                metavar=knob.metavar,
+                help=help_text,
+            )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the build (default 0)")
 
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    """The recipe given by whichever recipe flags this command has (none: identity)."""
+def recipe_from_args(args: argparse.Namespace, **defaults: Any) -> Recipe:
+    """The recipe given by the recipe flags (``defaults`` for knobs not given)."""
     given = {
-        f.name: getattr(args, f.name)
-        for f in fields(Recipe)
-        if getattr(args, f.name, None) is not None
+        knob.name: getattr(args, knob.name)
+        for op in OPERATORS
+        for knob in op.knobs
+        if getattr(args, knob.name, None) is not None
     }
-    return Recipe.from_params(given)
+    return Recipe.from_params({**defaults, **given})
 
 
 def print_json(obj: Any) -> None:

@@ -31,11 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoslim.errors import ConfigError, DataError
+from autoslim.operators.distill import TEMPERATURES
 
 logger = logging.getLogger(__name__)
 
-# Temperatures at which the cache keeps the teacher's full log-normaliser.
-TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 # Rows of logits the fused loss handles at a time (256 x vocabulary 4096 = 4 MB in fp32).
 CHUNK_ROWS = 256
 
@@ -271,21 +270,6 @@ def _interpolate(normalizers: torch.Tensor, temperature: float) -> torch.Tensor:
     raise AssertionError("unreachable: temperature is within the grid")
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the device computes bf16 natively: CUDA with bf16, or a CPU with
-    AVX512-BF16 / AMX (measured on an AVX512-BF16 EPYC: a step 1.6x faster than fp32)."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        try:
-            with open("/proc/cpuinfo") as f:
-                flags = f.read()
-        except OSError:
-            return None
-        return torch.bfloat16 if "avx512_bf16" in flags or "amx_bf16" in flags else None
-    return None
-
-
 def distill(
     student: nn.Module,
     teacher: TeacherCache,
@@ -295,10 +279,13 @@ def distill(
     alpha: float,
     lr: float,
     keep_zero: dict[str, torch.Tensor] | None = None,
-    use_autocast: bool = True,
+    autocast: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` in place for ``steps`` steps; ``keep_zero`` weights (by parameter
-    name, True = keep at zero) get no gradient, so masked heads stay masked."""
+    name, True = keep at zero) get no gradient, so masked heads stay masked.
+
+    ``autocast`` is the dtype the forward pass computes in (the recipe's precision; None or
+    float32: none); the weights and optimizer state stay in the student's own dtype."""
     device = next(student.parameters()).device
     params = dict(student.named_parameters())
     hooks = [
@@ -306,8 +293,8 @@ def distill(
         for name, mask in (keep_zero or {}).items()
     ]
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
-    dtype = autocast_dtype(device) if use_autocast else None
-    autocast = (
+    dtype = None if autocast in (None, torch.float32) else autocast
+    context = (
         torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     )
     teacher_before = teacher.teacher_seconds
@@ -318,7 +305,7 @@ def distill(
     try:
         for step in range(steps):
             batch = teacher.batch(step)
-            with autocast:
+            with context:
                 logits = student(input_ids=batch.inputs.to(device), use_cache=False).logits
             loss, kl, ce = kd_loss(logits, batch, temperature, alpha)
             optimizer.zero_grad(set_to_none=True)

@@ -1,9 +1,7 @@
-"""What each model family allows: where its MLP and attention live, and which operators work.
+"""Where each model family keeps its blocks: decoder layers, MLP projections, attention.
 
-The support matrix is data (``SUPPORT``), so ``validate`` and the README tell the same story.
-Head dropping needs a config that carries ``head_dim`` explicitly (Qwen2, Qwen3, Mistral, Llama);
-GPT-2 and OPT derive the head size from ``hidden_size / heads``, so a model with dropped heads
-would not reload under their stock configs.
+Which operators a family supports is declared by each operator (``Operator.unsupported``
+in ``autoslim/operators/``), so ``validate`` and README's support matrix tell one story.
 """
 
 from __future__ import annotations
@@ -14,8 +12,6 @@ from typing import Any
 from torch import nn
 
 from autoslim.errors import UnsupportedError
-
-OPERATORS = ("structured_prune", "drop_heads", "distill", "quantize")
 
 
 @dataclass(frozen=True)
@@ -28,7 +24,6 @@ class Family:
     mlp_out: str  # path from a block to the MLP's output projection
     intermediate_key: str  # config key of the MLP width
     attention: str | None  # path from a block to its attention (with q/k/v/o_proj), if droppable
-    operators: frozenset[str]
 
 
 _LLAMA_LIKE = {
@@ -37,7 +32,6 @@ _LLAMA_LIKE = {
     "mlp_out": "mlp.down_proj",
     "intermediate_key": "intermediate_size",
     "attention": "self_attn",
-    "operators": frozenset(OPERATORS),
 }
 
 FAMILIES: dict[str, Family] = {
@@ -51,7 +45,6 @@ FAMILIES["opt"] = Family(
     mlp_out="fc2",
     intermediate_key="ffn_dim",
     attention=None,
-    operators=frozenset({"structured_prune", "distill", "quantize"}),
 )
 FAMILIES["gpt2"] = Family(
     name="gpt2",
@@ -60,19 +53,7 @@ FAMILIES["gpt2"] = Family(
     mlp_out="mlp.c_proj",
     intermediate_key="n_inner",
     attention=None,
-    operators=frozenset({"structured_prune", "distill", "quantize"}),
 )
-
-WHY_NOT = {
-    ("gpt2", "drop_heads"): (
-        "GPT-2 derives its head size from n_embd / n_head, so a model with dropped heads cannot "
-        "reload under its config"
-    ),
-    ("opt", "drop_heads"): (
-        "OPT derives its head size from hidden_size / num_attention_heads, so a model with "
-        "dropped heads cannot reload under its config"
-    ),
-}
 
 
 def family_of(config: Any) -> Family:
@@ -83,15 +64,6 @@ def family_of(config: Any) -> Family:
             f"supported: {', '.join(sorted(FAMILIES))}"
         )
     return FAMILIES[name]
-
-
-def require(family: Family, operator: str) -> None:
-    if operator not in family.operators:
-        why = WHY_NOT.get((family.name, operator), "not implemented")
-        raise UnsupportedError(
-            f"{operator} is not supported for {family.name} models ({why}); "
-            f"{family.name} supports: {', '.join(o for o in OPERATORS if o in family.operators)}"
-        )
 
 
 def get_path(root: Any, path: str) -> Any:

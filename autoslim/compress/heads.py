@@ -92,20 +92,31 @@ class HeadPlan:
         }
 
 
-def requested_drops(recipe: Recipe, shape: HeadShape) -> list[set[int]]:
-    """The explicit ``drop_heads`` of a recipe per layer, checked against the model's shape."""
-    per_layer: list[set[int]] = [set() for _ in range(shape.layers)]
+def requested_drops(
+    recipe: Recipe, shape: HeadShape, kept_layers: list[int] | None = None
+) -> list[set[int]]:
+    """The explicit ``drop_heads`` of a recipe per layer, checked against the model's shape.
+
+    Layers in ``drop_heads`` are the base model's; ``kept_layers`` (the base index of each
+    current layer, after whole layers were dropped) maps them onto the current model, and a
+    drop on a removed layer is gone with its layer.
+    """
+    kept = list(range(shape.layers)) if kept_layers is None else kept_layers
+    base_layers = shape.layers if kept_layers is None else max(kept, default=-1) + 1
+    current = {base: i for i, base in enumerate(kept)}
+    per_layer: list[set[int]] = [set() for _ in kept]
     for layer, head in recipe.drop_heads:
-        if layer >= shape.layers or head >= shape.heads:
+        if (kept_layers is None and layer >= base_layers) or head >= shape.heads:
             raise ConfigError(
                 f"drop_heads entry {layer}:{head} does not exist: the model has layers "
                 f"0..{shape.layers - 1} and heads 0..{shape.heads - 1} per layer"
             )
-        per_layer[layer].add(head)
-    for layer, heads in enumerate(per_layer):
+        if layer in current:
+            per_layer[current[layer]].add(head)
+    for i, heads in enumerate(per_layer):
         if len(heads) == shape.heads:
             raise ConfigError(
-                f"drop_heads removes all {shape.heads} heads of layer {layer}; keep at least one"
+                f"drop_heads removes all {shape.heads} heads of layer {kept[i]}; keep at least one"
             )
     return per_layer
 

@@ -229,7 +229,7 @@ def make_built_study(
                 perplexity(built.model, ids, protocol).perplexity,
                 1.0 - 0.1 * i,
                 10.0 - i,
-                is_base=recipe.is_identity,
+                is_base=recipe.is_identity(),
             )
         )
     config = {

@@ -1,0 +1,53 @@
+"""drop_layers: remove whole decoder layers, the least influential on a calibration sample."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoslim.operators import BuildContext, Knob, Operator
+
+
+def _active(recipe: Any) -> bool:
+    return bool(recipe.drop_layers)
+
+
+def _validate(recipe: Any, config: Any, device: str) -> None:
+    from autoslim.compress import depth
+    from autoslim.compress.families import family_of
+
+    OPERATOR.require_family(str(config.model_type))
+    depth.check(config, family_of(config), recipe.drop_layers)
+
+
+def _apply(ctx: BuildContext) -> None:
+    from autoslim.compress import depth
+
+    info = depth.drop_layers(ctx.model, ctx.family, ctx.recipe.drop_layers, ctx.calibration)
+    ctx.kept_layers = list(info["kept_layers"])
+    ctx.info |= info
+
+
+def _describe(recipe: Any) -> str:
+    return f"drop {recipe.drop_layers} layers" if recipe.drop_layers else ""
+
+
+OPERATOR = Operator(
+    name="drop_layers",
+    doc="remove whole decoder layers chosen by block influence (ShortGPT) on a calibration sample",
+    knobs=(
+        Knob(
+            "drop_layers",
+            int,
+            0,
+            "number of whole decoder layers to remove (0 = none)",
+            minimum=0,
+            search=[0],
+            metavar="N",
+        ),
+    ),
+    active=_active,
+    validate=_validate,
+    apply=_apply,
+    describe=_describe,
+    cheap=True,
+)

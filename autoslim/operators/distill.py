@@ -1,0 +1,103 @@
+"""distill: knowledge distillation from the base model on the KD split (cached teacher)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from autoslim.operators import BuildContext, Knob, Operator
+
+# The teacher cache keeps log-normalisers at these temperatures; KD temperatures must lie
+# within the grid (the loss interpolates between grid points).
+TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def _distilling(chosen: Mapping[str, Any]) -> bool:
+    return int(chosen.get("kd_steps", 0)) > 0
+
+
+def _active(recipe: Any) -> bool:
+    return bool(recipe.kd_steps)
+
+
+def _validate(recipe: Any, config: Any, device: str) -> None:
+    OPERATOR.require_family(str(config.model_type))
+
+
+def _apply(ctx: BuildContext) -> None:
+    from autoslim import data
+    from autoslim.compress.distill import TeacherCache, distill
+    from autoslim.operators.precision import torch_dtype
+
+    cache = ctx.teacher_cache
+    if cache is None:
+        base = ctx.base
+        ids = data.tokens(base.tokenizer, ctx.corpus, "kd")
+        window = min(256, int(getattr(base.model.config, "max_position_embeddings", 256)))
+        cache = TeacherCache(base.model, ids, window=window)
+    recipe = ctx.recipe
+    ctx.info |= distill(
+        ctx.model,
+        cache,
+        steps=recipe.kd_steps,
+        temperature=recipe.kd_temperature,
+        alpha=recipe.kd_alpha,
+        lr=recipe.kd_lr,
+        keep_zero=ctx.keep_zero,
+        autocast=torch_dtype(recipe.precision),
+    )
+
+
+def _describe(recipe: Any) -> str:
+    return f"KD {recipe.kd_steps} steps T={recipe.kd_temperature:g}" if recipe.kd_steps else ""
+
+
+OPERATOR = Operator(
+    name="distill",
+    doc="alpha·T²·KL(teacher‖student) + (1−alpha)·CE on the KD split, teacher outputs cached",
+    knobs=(
+        Knob(
+            "kd_steps",
+            int,
+            0,
+            "distillation steps (0 = no distillation)",
+            minimum=0,
+            search=[0, 50],
+            metavar="N",
+        ),
+        Knob(
+            "kd_temperature",
+            float,
+            2.0,
+            "distillation temperature",
+            minimum=TEMPERATURES[0],
+            maximum=TEMPERATURES[-1],
+            search={"low": 1.0, "high": 4.0},
+            active=_distilling,
+        ),
+        Knob(
+            "kd_alpha",
+            float,
+            0.5,
+            "weight of the KD loss against cross-entropy",
+            minimum=0.0,
+            maximum=1.0,
+            search=[0.5],
+            active=_distilling,
+        ),
+        Knob(
+            "kd_lr",
+            float,
+            1e-4,
+            "distillation learning rate (AdamW)",
+            minimum=1e-8,
+            maximum=1.0,
+            search=[1e-4],
+            active=_distilling,
+        ),
+    ),
+    active=_active,
+    validate=_validate,
+    apply=_apply,
+    describe=_describe,
+)

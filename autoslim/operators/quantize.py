@@ -1,0 +1,157 @@
+"""quantize: weight quantization through a backend (bitsandbytes, torchao), applied last.
+
+The backends live in ``autoslim/compress/backends/`` behind one protocol (check → quantize
+→ save → plain ``from_pretrained``); this operator only maps the recipe's knobs to a
+``QuantSpec`` and asks the chosen backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from autoslim.operators import BuildContext, Knob, Operator
+
+BITS = (16, 8, 4)
+BACKENDS = ("bitsandbytes", "torchao")
+QUANT_TYPES = ("nf4", "fp4")
+
+
+def spec_of(recipe: Any) -> Any:
+    from autoslim.compress.backends import QuantSpec
+
+    return QuantSpec(
+        bits=recipe.bits,
+        quant_type=recipe.quant_type,
+        double_quant=recipe.double_quant,
+        activations=recipe.quant_activations,
+    )
+
+
+def final_shapes(recipe: Any, config: Any) -> dict[str, tuple[int, int]]:
+    """(in, out) features of every linear layer the quantizer sees, after the cheap stages."""
+    from autoslim.compress import heads
+    from autoslim.compress.families import family_of, intermediate_size
+    from autoslim.compress.prune import pruned_width
+    from autoslim.operators.heads import check_drops
+
+    family = family_of(config)
+    width = pruned_width(intermediate_size(config, family), recipe.prune_ratio)
+    hidden = int(getattr(config, "hidden_size", None) or config.n_embd)
+    shapes = {"MLP input projection": (hidden, width), "MLP output projection": (width, hidden)}
+    if family.attention is not None:
+        head_dim = heads.HeadShape.of(config).head_dim
+        kept = check_drops(recipe, config, family.name)
+        q, kv = kept[0] * head_dim, kept[1] * head_dim
+        shapes |= {"q_proj": (hidden, q), "k_proj/v_proj": (hidden, kv), "o_proj": (q, hidden)}
+    return shapes
+
+
+def _active(recipe: Any) -> bool:
+    return bool(recipe.bits != 16)
+
+
+def _validate(recipe: Any, config: Any, device: str) -> None:
+    from autoslim.compress.backends import get_backend
+    from autoslim.errors import UnsupportedError
+    from autoslim.operators.precision import torch_dtype
+
+    OPERATOR.require_family(str(config.model_type))
+    backend = get_backend(recipe.quant_backend)
+    missing = backend.available()
+    if missing:
+        raise UnsupportedError(f"quant_backend={recipe.quant_backend!r}: {missing}")
+    kind = device.split(":", 1)[0]
+    if kind not in backend.devices():
+        raise UnsupportedError(
+            f"quant_backend={recipe.quant_backend!r} does not run on {device!r}; it runs on "
+            f"{', '.join(backend.devices())}"
+        )
+    spec = spec_of(recipe)
+    reason = backend.supports(spec)
+    if reason:
+        raise UnsupportedError(
+            f"quant_backend={recipe.quant_backend!r} bits={recipe.bits}: {reason}"
+        )
+    backend.check(spec, device, final_shapes(recipe, config), torch_dtype(recipe.precision))
+
+
+def _apply(ctx: BuildContext) -> None:
+    from autoslim.compress.backends import get_backend
+    from autoslim.operators.precision import torch_dtype
+
+    recipe = ctx.recipe
+    backend = get_backend(recipe.quant_backend)
+    ctx.model = backend.quantize(
+        ctx.model, spec_of(recipe), ctx.device, torch_dtype(recipe.precision)
+    )
+    ctx.info["quantization"] = f"{recipe.quant_backend} {_describe(recipe)}"
+
+
+def _describe(recipe: Any) -> str:
+    if recipe.bits == 16:
+        return ""
+    if recipe.quant_backend == "torchao":
+        return "int8 dynamic" if recipe.quant_activations else f"int{recipe.bits} weight-only"
+    if recipe.bits == 8:
+        return "int8"
+    return str(recipe.quant_type) + ("+dq" if recipe.double_quant else "")
+
+
+def _quantizing(chosen: Mapping[str, Any]) -> bool:
+    return int(chosen.get("bits", 16)) != 16
+
+
+def _bnb_4bit(chosen: Mapping[str, Any]) -> bool:
+    return int(chosen.get("bits", 16)) == 4 and chosen.get("quant_backend") == "bitsandbytes"
+
+
+def _torchao_8bit(chosen: Mapping[str, Any]) -> bool:
+    return int(chosen.get("bits", 16)) == 8 and chosen.get("quant_backend") == "torchao"
+
+
+OPERATOR = Operator(
+    name="quantize",
+    doc="weight quantization by a backend, the last stage",
+    knobs=(
+        Knob("bits", int, 16, "weight bits (16 = no quantization)", choices=BITS, search=[16, 8]),
+        Knob(
+            "quant_backend",
+            str,
+            "bitsandbytes",
+            "the quantization library",
+            choices=BACKENDS,
+            search=["torchao"],
+            active=_quantizing,
+        ),
+        Knob(
+            "quant_type",
+            str,
+            "nf4",
+            "bitsandbytes 4-bit data type",
+            choices=QUANT_TYPES,
+            search=["nf4"],
+            active=_bnb_4bit,
+        ),
+        Knob(
+            "double_quant",
+            bool,
+            True,
+            "bitsandbytes 4-bit: quantize the scales too",
+            search=[True],
+            active=_bnb_4bit,
+        ),
+        Knob(
+            "quant_activations",
+            bool,
+            False,
+            "torchao 8-bit: also quantize activations dynamically (int8 x int8 matmuls)",
+            search=[False],
+            active=_torchao_8bit,
+        ),
+    ),
+    active=_active,
+    validate=_validate,
+    apply=_apply,
+    describe=_describe,
+)

@@ -1,0 +1,74 @@
+"""structured_prune: remove MLP intermediate channels with torch-pruning's dependency graph."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from autoslim.operators import BuildContext, Knob, Operator
+
+IMPORTANCES = ("magnitude", "activation", "wanda")
+
+
+def _active(recipe: Any) -> bool:
+    return bool(recipe.prune_ratio)
+
+
+def _validate(recipe: Any, config: Any, device: str) -> None:
+    OPERATOR.require_family(str(config.model_type))
+
+
+def _apply(ctx: BuildContext) -> None:
+    from autoslim.compress.prune import structured_prune
+
+    ctx.info |= structured_prune(
+        ctx.model,
+        ctx.family,
+        ctx.recipe.prune_ratio,
+        importance=ctx.recipe.prune_importance,
+        calibration=ctx.calibration,
+    )
+
+
+def _describe(recipe: Any) -> str:
+    if not recipe.prune_ratio:
+        return ""
+    how = "" if recipe.prune_importance == "magnitude" else f" by {recipe.prune_importance}"
+    return f"prune {recipe.prune_ratio:.0%}{how}"
+
+
+def _scores_something(chosen: Mapping[str, Any]) -> bool:
+    return bool(chosen.get("prune_ratio") or chosen.get("drop_heads_per_layer"))
+
+
+OPERATOR = Operator(
+    name="structured_prune",
+    doc="remove the same share of MLP channels in every layer, rounded to multiples of 64",
+    knobs=(
+        Knob(
+            "prune_ratio",
+            float,
+            0.0,
+            "fraction of MLP channels to remove (0 = none)",
+            minimum=0.0,
+            maximum=1.0,
+            maximum_exclusive=True,
+            search={"low": 0.0, "high": 0.5, "step": 0.1},
+        ),
+        Knob(
+            "prune_importance",
+            str,
+            "magnitude",
+            "how channels and heads are ranked: weight magnitude, or activations on a "
+            "calibration sample of the KD split",
+            choices=IMPORTANCES,
+            search=["activation"],
+            active=_scores_something,
+        ),
+    ),
+    active=_active,
+    validate=_validate,
+    apply=_apply,
+    describe=_describe,
+    cheap=True,
+)
