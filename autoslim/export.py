@@ -155,6 +155,7 @@ def export(
     """Rebuild, save, verify and move into ``out`` one trial of ``study``."""
     from autoslim import compress, data, models
     from autoslim.measure import Workload
+    from autoslim.operators.precision import torch_dtype
 
     out = Path(out)
     trial, reason = select_trial(study, trial_number, weights, max_ppl_increase)
@@ -183,6 +184,7 @@ def export(
     base = models.load_model(
         str(study.user_attrs["model"]),
         device=device,
+        dtype=torch_dtype(str(study.user_attrs.get("base_precision", "fp32"))),
         trust_remote_code=bool(model_section.get("trust_remote_code", False)),
     )
     logger.info("rebuilding trial %d: %s", trial.number, recipe.describe())

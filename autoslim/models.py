@@ -118,5 +118,21 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=where)
 
 
+def stored_precision(config: Any) -> str:
+    """The precision a model's weights are stored in, from its config (fp32 if unstated)."""
+    from autoslim.operators.precision import precision_of
+
+    return precision_of(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
+
+
+def base_precision(name: str, setting: str, device: str, trust_remote_code: bool = False) -> str:
+    """The precision the base model ``name`` is loaded and measured in for ``[model] dtype``
+    ``setting`` (see :func:`autoslim.operators.precision.resolve`)."""
+    from autoslim.operators import precision
+
+    stored = stored_precision(load_config(name, trust_remote_code=trust_remote_code))
+    return precision.resolve(setting, stored, device)
+
+
 def parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

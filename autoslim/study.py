@@ -219,11 +219,31 @@ def open_study(config: StudyConfig, storage: optuna.storages.BaseStorage) -> opt
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(config.objectives))
+    precision = base_recipe(config).precision
+    if study.user_attrs.get("base_precision", precision) != precision:
+        raise ConfigError(
+            f"{config.path}: study {name!r} measured its base model in "
+            f"{study.user_attrs['base_precision']}, this machine would use {precision} "
+            "(model.dtype / device differ); set model.dtype explicitly or a new [study].name"
+        )
+    study.set_user_attr("base_precision", precision)
     study.set_user_attr("config", current)
     study.set_user_attr("max_ppl_increase", config.max_ppl_increase)
     study.set_user_attr("model", config.model.name)
     study.set_user_attr("seed", config.study.seed)
     return study
+
+
+def base_recipe(config: StudyConfig) -> Recipe:
+    """The recipe that is the base model as the study loads it (its precision, nothing else)."""
+    from autoslim import models
+
+    model = config.model
+    return Recipe(
+        precision=models.base_precision(
+            model.name, model.dtype, model.device, trust_remote_code=model.trust_remote_code
+        )
+    )
 
 
 def trial_recipe(trial: FrozenTrial) -> Recipe:
@@ -318,7 +338,7 @@ def enqueue_starting_points(study: optuna.Study, config: StudyConfig) -> list[st
         # With its params recorded, the base trial stays inside the samplers' intersection
         # search space (a trial without params would empty it: NSGA-II and multivariate TPE
         # would fall back to independent sampling).
-        identity = Recipe()
+        identity = base_recipe(config)
         params = (
             search_space.params_of(identity, config.search)
             if search_space.contains(config.search, identity)
@@ -328,7 +348,7 @@ def enqueue_starting_points(study: optuna.Study, config: StudyConfig) -> list[st
         added.append("base")
         room -= 1
     present = {trial_recipe(t) for t in trials if not t.user_attrs.get("is_base")}
-    for label, recipe in search_space.known_recipes(config.search):
+    for label, recipe in search_space.known_recipes(config.search, base_recipe(config)):
         if room <= 0:
             break
         if recipe not in present:
@@ -341,8 +361,9 @@ def enqueue_starting_points(study: optuna.Study, config: StudyConfig) -> list[st
 
 def recipe_for(trial: optuna.Trial, config: StudyConfig) -> Recipe:
     """The recipe a new trial evaluates: the base model for the base trial, else sampled."""
-    if trial.user_attrs.get("is_base") and not search_space.contains(config.search, Recipe()):
-        return Recipe()
+    base = base_recipe(config)
+    if trial.user_attrs.get("is_base") and not search_space.contains(config.search, base):
+        return base
     return search_space.suggest_recipe(trial, config.search)
 
 

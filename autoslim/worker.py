@@ -290,15 +290,20 @@ class BuildAndMeasure:
         from transformers.utils import logging as transformers_logging
 
         from autoslim import compress, data, models
+        from autoslim.compress.calibration import calibration_batch, context_window
         from autoslim.measure import Workload
         from autoslim.measure.perplexity import perplexity
+        from autoslim.operators.precision import torch_dtype
+        from autoslim.study import base_recipe
 
         transformers_logging.disable_progress_bar()
         self.config = config
         self.device = config.model.device
+        self.base_recipe = base_recipe(config)
         self.base = models.load_model(
             config.model.name,
             device=self.device,
+            dtype=torch_dtype(self.base_recipe.precision),
             trust_remote_code=config.model.trust_remote_code,
         )
         self.corpus = data.load_corpus(
@@ -309,6 +314,12 @@ class BuildAndMeasure:
         window = min(256, int(getattr(model_config, "max_position_embeddings", 256)))
         self.teacher_cache = compress.TeacherCache(
             self.base.model, data.tokens(self.base.tokenizer, self.corpus, "kd"), window=window
+        )
+        self.calibration = calibration_batch(
+            self.base.tokenizer,
+            self.corpus,
+            window=context_window(model_config),
+            seed=config.study.seed,
         )
         self.quick_ids = data.tokens(self.base.tokenizer, self.corpus, "eval")
         self.quick_protocol = replace(
@@ -322,6 +333,7 @@ class BuildAndMeasure:
             "corpus_fingerprint": self.corpus.fingerprint,
             "model": config.model.name,
             "base_quick_perplexity": self.base_quick_perplexity,
+            "base_precision": self.base_recipe.precision,
         }
 
     def _check(self, stage: str, model: Any) -> None:
@@ -343,14 +355,14 @@ class BuildAndMeasure:
         from autoslim import compress
         from autoslim.measure import measure
 
-        cheap_stages = recipe.prune_ratio or recipe.drop_heads or recipe.drop_heads_per_layer
         built = compress.build(
             self.base,
             recipe,
             corpus=self.corpus,
             seed=self.config.study.seed,
             teacher_cache=self.teacher_cache,
-            check=self._check if cheap_stages else None,
+            calibration=self.calibration,
+            check=self._check,
             device=self.device,
         )
         measurement = measure(

@@ -36,6 +36,14 @@ def register(subparsers: Any) -> None:
     add_workload_args(parser)
     add_recipe_args(parser)
     parser.add_argument("--device", help="where to run: cpu (default), cuda, cuda:1 ...")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="precision the base model is loaded in (auto: a 16-bit model in the 16-bit type "
+        "this device computes natively, an fp32 model in fp32); a recipe's --precision "
+        "defaults to it",
+    )
     parser.set_defaults(func=run)
 
 
@@ -76,24 +84,32 @@ def _column(m: Measurement, workload: Workload) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from autoslim import data, models
     from autoslim.measure import get_meter, measure
+    from autoslim.operators.precision import torch_dtype
 
     workload = workload_from(args)
-    recipe = recipe_from_args(args)
     device = args.device or "cpu"
+    base_precision = models.base_precision(
+        args.model, args.dtype, device, trust_remote_code=args.trust_remote_code
+    )
+    recipe = recipe_from_args(args, precision=base_precision)
+    compress = not recipe.is_identity(base_precision)
     built = None
-    if not recipe.is_identity:
+    if compress:
         from autoslim.compress import validate
 
         validate(recipe, models.load_config(args.model, args.trust_remote_code), device)
     corpus = data.load_corpus(text=args.text, dataset=args.dataset)
     with get_meter(args.energy, device=device) as meter:
         loaded = models.load_model(
-            args.model, trust_remote_code=args.trust_remote_code, device=device
+            args.model,
+            trust_remote_code=args.trust_remote_code,
+            device=device,
+            dtype=torch_dtype(base_precision),
         )
         results: dict[str, Measurement] = {
             "base": measure(loaded.model, loaded.tokenizer, corpus, workload, meter=meter)
         }
-        if not recipe.is_identity:
+        if compress:
             from autoslim.compress import build
 
             built = build(loaded, recipe, corpus=corpus, seed=args.seed, device=device)

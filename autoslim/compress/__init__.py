@@ -1,16 +1,15 @@
-"""Compression operators and their composition: structured_prune → drop_heads → distill →
-quantize, built from one Recipe."""
+"""Compression operators and their composition, built from one Recipe in the operators'
+declared order (``autoslim.operators.OPERATORS``)."""
 
 from __future__ import annotations
 
+from autoslim.compress.backends import save
 from autoslim.compress.build import STAGES, BuildResult, build, validate
 from autoslim.compress.distill import TeacherCache
-from autoslim.compress.families import FAMILIES, OPERATORS
-from autoslim.compress.quantize import save
+from autoslim.compress.families import FAMILIES
 
 __all__ = [
     "FAMILIES",
-    "OPERATORS",
     "STAGES",
     "BuildResult",
     "TeacherCache",

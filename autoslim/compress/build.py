@@ -1,8 +1,10 @@
 """validate and build: one compressed model from one Recipe.
 
-Order: structured_prune → drop_heads → distill → quantize. The base model is never modified: the
-cheap stages work on a deep copy, distillation trains that copy against the base model's cached
-outputs, and quantization reloads it through bitsandbytes.
+The operators (``autoslim/operators/``) run in their declared order: drop layers → drop heads
+→ structured prune → distil → precision → quantize. The base model is never modified: the
+stages work on an fp32 deep copy (lossless from any stored dtype), distillation computes in
+the recipe's precision against the base model's cached outputs, the precision stage casts,
+and quantization hands the result to the recipe's backend.
 """
 
 from __future__ import annotations
@@ -16,19 +18,16 @@ from typing import Any
 
 import torch
 
-from autoslim import data
-from autoslim.compress import heads as heads_mod
-from autoslim.compress.distill import TeacherCache, check_temperature, distill
-from autoslim.compress.families import Family, family_of, intermediate_size, require
-from autoslim.compress.prune import pruned_width, structured_prune
-from autoslim.compress.quantize import check_backend, check_shapes, quantize
+from autoslim.compress.distill import TeacherCache
+from autoslim.compress.families import family_of
 from autoslim.data import Corpus
 from autoslim.models import LoadedModel, parameter_count
+from autoslim.operators import OPERATORS, BuildContext
 from autoslim.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("structured_prune", "drop_heads", "distill", "quantize")
+STAGES = tuple(op.name for op in OPERATORS)
 
 
 @dataclass
@@ -40,48 +39,18 @@ class BuildResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _final_shapes(
-    config: Any, family: Family, recipe: Recipe, heads: tuple[int, int]
-) -> dict[str, tuple[int, int]]:
-    """(in, out) features of every linear layer bitsandbytes will quantize, after the cheap
-    stages; head counts are the physical ones."""
-    width = pruned_width(intermediate_size(config, family), recipe.prune_ratio)
-    hidden = int(getattr(config, "hidden_size", None) or config.n_embd)
-    shapes = {"MLP input projection": (hidden, width), "MLP output projection": (width, hidden)}
-    if family.attention is not None:
-        head_dim = heads_mod.HeadShape.of(config).head_dim
-        q, kv = heads[0] * head_dim, heads[1] * head_dim
-        shapes |= {"q_proj": (hidden, q), "k_proj/v_proj": (hidden, kv), "o_proj": (q, hidden)}
-    return shapes
-
-
 def validate(recipe: Recipe, config: Any, device: str = "cpu") -> None:
     """Raise ConfigError / UnsupportedError for a recipe this model or machine cannot build."""
-    family = family_of(config)
-    if recipe.prune_ratio:
-        require(family, "structured_prune")
-    wants_heads = bool(recipe.drop_heads or recipe.drop_heads_per_layer)
-    heads = (0, 0)
-    if family.attention is not None:
-        shape = heads_mod.HeadShape.of(config)
-        heads = (shape.heads, shape.kv_heads)
-    if wants_heads:
-        require(family, "drop_heads")
-        if recipe.drop_heads_per_layer:
-            heads_mod.check_per_layer(recipe.drop_heads_per_layer, shape)
-        heads = heads_mod.physical_heads(recipe, shape)
-        heads_mod.check_reloadable(family, config, heads[0])
-    if recipe.kd_steps:
-        require(family, "distill")
-        check_temperature(recipe.kd_temperature)
-    if recipe.bits != 16:
-        require(family, "quantize")
-        check_backend(recipe, device)
-        check_shapes(_final_shapes(config, family, recipe, heads), recipe, device)
+    family_of(config)
+    for op in OPERATORS:
+        if op.active(recipe):
+            op.validate(recipe, config, device)
 
 
-def _timed(stage_seconds: dict[str, float], stage: str, started: float) -> None:
-    stage_seconds[stage] = time.perf_counter() - started
+def needs_calibration(recipe: Recipe) -> bool:
+    """Whether a stage of ``recipe`` scores channels, heads or layers on activations."""
+    scored = recipe.prune_ratio or recipe.drop_heads_per_layer
+    return bool(recipe.drop_layers or (scored and recipe.prune_importance != "magnitude"))
 
 
 def build(
@@ -91,73 +60,55 @@ def build(
     corpus: Corpus,
     seed: int = 0,
     teacher_cache: TeacherCache | None = None,
+    calibration: torch.Tensor | None = None,
     check: Callable[[str, Any], None] | None = None,
     device: str | None = None,
 ) -> BuildResult:
     """Build ``recipe`` from ``base`` (left unmodified).
 
-    ``check(stage, model)`` runs after the cheap stages, before distillation, and may raise to
-    abandon the recipe. ``teacher_cache`` (built from ``base.model`` on the KD split) lets
-    trials share teacher outputs; without one a private cache is made.
+    ``check(stages, model)`` runs after the cheap stages (those that only cut), before
+    distillation, and may raise to abandon the recipe; ``stages`` names the ones applied.
+    ``teacher_cache`` (built from ``base.model`` on the KD split) and ``calibration`` (token
+    windows of the KD split) let trials share them; without them private ones are made.
     """
     device = device or str(next(base.model.parameters()).device)
     validate(recipe, base.model.config, device)
     family = family_of(base.model.config)
     torch.manual_seed(seed)
-    model: Any = copy.deepcopy(base.model).to(device)
+    model: Any = copy.deepcopy(base.model).to(device=device, dtype=torch.float32)
     model.eval()
+    if calibration is None and needs_calibration(recipe):
+        from autoslim.compress.calibration import calibration_batch, context_window
+
+        window = context_window(base.model.config)
+        calibration = calibration_batch(base.tokenizer, corpus, window=window, seed=seed)
+    ctx = BuildContext(
+        model=model,
+        recipe=recipe,
+        family=family,
+        device=device,
+        base=base,
+        corpus=corpus,
+        teacher_cache=teacher_cache,
+        calibration=calibration,
+        info={
+            "recipe": recipe.to_params(),
+            "family": family.name,
+            "seed": seed,
+            "parameters_before": parameter_count(base.model),
+        },
+    )
     stage_seconds = dict.fromkeys(STAGES, 0.0)
-    info: dict[str, Any] = {
-        "recipe": recipe.to_params(),
-        "family": family.name,
-        "seed": seed,
-        "parameters_before": parameter_count(base.model),
-    }
-
-    started = time.perf_counter()
-    if recipe.prune_ratio:
-        info |= structured_prune(model, family, recipe.prune_ratio)
-    _timed(stage_seconds, "structured_prune", started)
-
-    started = time.perf_counter()
-    keep_zero: dict[str, torch.Tensor] = {}
-    if recipe.drop_heads or recipe.drop_heads_per_layer:
-        shape = heads_mod.HeadShape.of(model.config)
-        drops = (
-            heads_mod.requested_drops(recipe, shape)
-            if recipe.drop_heads
-            else heads_mod.least_important(model, family, recipe.drop_heads_per_layer)
-        )
-        head_plan = heads_mod.plan(drops, shape)
-        keep_zero = heads_mod.drop_heads(model, family, head_plan)
-        info |= head_plan.info()
-    _timed(stage_seconds, "drop_heads", started)
-    info["parameters_after"] = parameter_count(model)
-
-    if check is not None:
-        check("drop_heads", model)
-
-    started = time.perf_counter()
-    if recipe.kd_steps:
-        if teacher_cache is None:
-            ids = data.tokens(base.tokenizer, corpus, "kd")
-            window = min(256, int(getattr(base.model.config, "max_position_embeddings", 256)))
-            teacher_cache = TeacherCache(base.model, ids, window=window)
-        info |= distill(
-            model,
-            teacher_cache,
-            steps=recipe.kd_steps,
-            temperature=recipe.kd_temperature,
-            alpha=recipe.kd_alpha,
-            lr=recipe.kd_lr,
-            keep_zero=keep_zero,
-        )
-    _timed(stage_seconds, "distill", started)
-
-    started = time.perf_counter()
-    if recipe.bits != 16:
-        model = quantize(model, recipe, device)
-        info["quantization"] = recipe.describe().rsplit(", ", 1)[-1]
-    _timed(stage_seconds, "quantize", started)
-    info["stage_seconds"] = dict(stage_seconds)
-    return BuildResult(model=model, stage_seconds=stage_seconds, info=info)
+    cheap = [op for op in OPERATORS if op.cheap]
+    for op in OPERATORS:
+        started = time.perf_counter()
+        if op.active(recipe):
+            op.apply(ctx)
+        stage_seconds[op.name] = time.perf_counter() - started
+        if op is cheap[-1]:
+            ctx.info["parameters_after"] = parameter_count(ctx.model)
+            applied = [c.name for c in cheap if c.active(recipe)]
+            if check is not None and applied:
+                check(", ".join(applied), ctx.model)
+    ctx.info["stage_seconds"] = dict(stage_seconds)
+    return BuildResult(model=ctx.model, stage_seconds=stage_seconds, info=ctx.info)

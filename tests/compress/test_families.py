@@ -1,5 +1,6 @@
-"""The support matrix: every "yes" cell builds on a tiny model of that family and saves →
-reloads in plain transformers at the same perplexity; every "no" cell is refused up front."""
+"""The support matrix, derived from the operators' declarations: every "yes" cell builds on a
+tiny model of that family and saves → reloads in plain transformers at the same perplexity;
+every "no" cell is refused up front with the declared reason."""
 
 from __future__ import annotations
 
@@ -10,25 +11,28 @@ from typing import Any
 import pytest
 from transformers import AutoModelForCausalLM
 
-from autoslim.compress import FAMILIES, OPERATORS, build, save, validate
+from autoslim.compress import FAMILIES, build, save, validate
 from autoslim.errors import UnsupportedError
+from autoslim.operators import OPERATORS
+from autoslim.operators.precision import supported
 from autoslim.recipe import Recipe
 
 RECIPES = {
-    "structured_prune": Recipe(prune_ratio=0.5),
+    "drop_layers": Recipe(drop_layers=1),
     "drop_heads": Recipe(drop_heads_per_layer=2),
+    "structured_prune": Recipe(prune_ratio=0.5),
     "distill": Recipe(kd_steps=1),
+    "precision": Recipe(precision=supported("cpu")[-1]),
     "quantize": Recipe(bits=4, double_quant=False),
 }
-YES = [
-    (f, op) for f, family in sorted(FAMILIES.items()) for op in OPERATORS if op in family.operators
-]
-NO = [
-    (f, op)
-    for f, family in sorted(FAMILIES.items())
-    for op in OPERATORS
-    if op not in family.operators
-]
+YES = [(f, op.name) for f in sorted(FAMILIES) for op in OPERATORS if f not in op.unsupported]
+NO = [(f, op.name) for f in sorted(FAMILIES) for op in OPERATORS if f in op.unsupported]
+
+
+def test_every_operator_has_a_cell_recipe() -> None:
+    assert set(RECIPES) == {op.name for op in OPERATORS}
+    for op in OPERATORS:
+        assert op.active(RECIPES[op.name]), op.name
 
 
 @pytest.mark.parametrize(("family", "operator"), YES)
@@ -46,13 +50,27 @@ def test_supported_cell_builds_saves_and_reloads(
     save(result.model, loaded.tokenizer, tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert ppl(reloaded) == pytest.approx(built, rel=1e-5)
-    shapes = ("intermediate_size", "ffn_dim", "n_inner", "num_attention_heads", "head_dim")
+    shapes = (
+        "intermediate_size",
+        "ffn_dim",
+        "n_inner",
+        "num_attention_heads",
+        "head_dim",
+        "num_hidden_layers",
+        "n_layer",
+    )
     for key in shapes:
         assert getattr(reloaded.config, key, None) == getattr(result.model.config, key, None)
     if operator == "structured_prune":
         assert result.info["intermediate_size"] == result.info["intermediate_size_before"] // 2
     if operator == "drop_heads":
         assert reloaded.config.num_attention_heads == 2
+    if operator == "drop_layers":
+        assert len(result.info["dropped_layers"]) == 1
+        layers = getattr(loaded.model.config, "num_hidden_layers", None)
+        assert reloaded.config.num_hidden_layers == layers - 1
+    if operator == "precision":
+        assert reloaded.dtype == result.model.dtype != next(loaded.model.parameters()).dtype
     if operator == "quantize":
         assert any(type(m).__name__ == "Linear4bit" for m in reloaded.modules())
 
