@@ -3,10 +3,10 @@ quantize, built from one Recipe."""
 
 from __future__ import annotations
 
+from autoslim.compress.backends import save
 from autoslim.compress.build import STAGES, BuildResult, build, validate
 from autoslim.compress.distill import TeacherCache
 from autoslim.compress.families import FAMILIES, OPERATORS
-from autoslim.compress.quantize import save
 
 __all__ = [
     "FAMILIES",

@@ -2,7 +2,7 @@
 
 Order: structured_prune → drop_heads → distill → quantize. The base model is never modified: the
 cheap stages work on a deep copy, distillation trains that copy against the base model's cached
-outputs, and quantization reloads it through bitsandbytes.
+outputs, and quantization reloads it through a quantization backend.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import torch
 
 from autoslim import data
 from autoslim.compress import heads as heads_mod
+from autoslim.compress.backends import QuantBackend, QuantSpec, get_backend
 from autoslim.compress.distill import TeacherCache, check_temperature, distill
 from autoslim.compress.families import Family, family_of, intermediate_size, require
 from autoslim.compress.prune import pruned_width, structured_prune
-from autoslim.compress.quantize import check_backend, check_shapes, quantize
 from autoslim.data import Corpus
+from autoslim.errors import UnsupportedError
 from autoslim.models import LoadedModel, parameter_count
 from autoslim.recipe import Recipe
 
@@ -43,7 +44,7 @@ class BuildResult:
 def _final_shapes(
     config: Any, family: Family, recipe: Recipe, heads: tuple[int, int]
 ) -> dict[str, tuple[int, int]]:
-    """(in, out) features of every linear layer bitsandbytes will quantize, after the cheap
+    """(in, out) features of every linear layer the quantizer will see, after the cheap
     stages; head counts are the physical ones."""
     width = pruned_width(intermediate_size(config, family), recipe.prune_ratio)
     hidden = int(getattr(config, "hidden_size", None) or config.n_embd)
@@ -53,6 +54,14 @@ def _final_shapes(
         q, kv = heads[0] * head_dim, heads[1] * head_dim
         shapes |= {"q_proj": (hidden, q), "k_proj/v_proj": (hidden, kv), "o_proj": (q, hidden)}
     return shapes
+
+
+def _quantization(recipe: Recipe, device: str) -> tuple[QuantBackend, QuantSpec, torch.dtype]:
+    """Today's Recipe bits/quant_type/double_quant as a bitsandbytes QuantSpec, and the compute
+    dtype of the unquantized layers (fp32 on CPU, bf16 on CUDA)."""
+    spec = QuantSpec(recipe.bits, recipe.quant_type, recipe.double_quant)
+    dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+    return get_backend("bitsandbytes"), spec, dtype
 
 
 def validate(recipe: Recipe, config: Any, device: str = "cpu") -> None:
@@ -76,8 +85,11 @@ def validate(recipe: Recipe, config: Any, device: str = "cpu") -> None:
         check_temperature(recipe.kd_temperature)
     if recipe.bits != 16:
         require(family, "quantize")
-        check_backend(recipe, device)
-        check_shapes(_final_shapes(config, family, recipe, heads), recipe, device)
+        backend, spec, dtype = _quantization(recipe, device)
+        why = backend.supports_family(family.name)
+        if why is not None:
+            raise UnsupportedError(f"quant_backend={backend.name!r} for {family.name}: {why}")
+        backend.check(spec, device, _final_shapes(config, family, recipe, heads), dtype)
 
 
 def _timed(stage_seconds: dict[str, float], stage: str, started: float) -> None:
@@ -156,7 +168,8 @@ def build(
 
     started = time.perf_counter()
     if recipe.bits != 16:
-        model = quantize(model, recipe, device)
+        backend, spec, dtype = _quantization(recipe, device)
+        model = backend.quantize(model, spec, device, dtype)
         info["quantization"] = recipe.describe().rsplit(", ", 1)[-1]
     _timed(stage_seconds, "quantize", started)
     info["stage_seconds"] = dict(stage_seconds)
