@@ -2,11 +2,15 @@
 
 ``size_bytes`` is the sum of the bytes of every tensor in ``model.state_dict()``, with tensors
 that share memory (tied embeddings) counted once. For bitsandbytes models that is the packed
-storage (4-bit weights as uint8 pairs plus their absmax / quant-map tensors), which is what
-``save_pretrained`` writes, without the file format's headers.
+storage (4-bit weights as uint8 pairs plus their absmax / quant-map tensors); a torchao weight
+is a tensor subclass whose own ``nbytes`` is that of its logical shape in the compute dtype, so
+it counts as the tensors it stores (``__tensor_flatten__``: int8 data, scales, zero points).
+Either way it is what ``save_pretrained`` writes, without the file format's headers (the
+contract tests check it equals the safetensors payload).
 
 ``parameters`` counts logical weights: a bitsandbytes 4-bit parameter counts as the shape it
-was quantized from, not its packed bytes.
+was quantized from, not its packed bytes; a torchao parameter's ``numel`` is already its
+logical shape.
 
 Peak memory during a window is, on a CUDA device, ``torch.cuda.max_memory_allocated`` (tensors
 on that device, reset at the start of the window). On the CPU it is the high-water mark of the
@@ -22,6 +26,7 @@ import math
 import re
 import resource
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +36,37 @@ PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
+def _stored(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The plain tensors that hold ``tensor``'s data: itself, or a wrapper subclass's inner
+    tensors (torchao's quantized weights), recursively."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is None:
+        yield tensor
+        return
+    names, _ = flatten()
+    for name in names:
+        yield from _stored(getattr(tensor, name))
+
+
 def size_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the weights as stored: ``state_dict`` tensors, shared memory once."""
+    """Bytes of the weights as stored: ``state_dict`` tensors, shared memory once, read after
+    the model's quantization backend (if any) restored the state it saves."""
+    from autoslim.compress.backends import backend_of
+
+    backend = backend_of(model)
+    if backend is not None:
+        backend.restore(model)
     seen: set[tuple[int, int]] = set()
     total = 0
-    for tensor in model.state_dict().values():
-        if not isinstance(tensor, torch.Tensor):
+    for value in model.state_dict().values():
+        if not isinstance(value, torch.Tensor):
             continue
-        key = (tensor.data_ptr(), tensor.nbytes)
-        if key in seen and tensor.nbytes:
-            continue
-        seen.add(key)
-        total += tensor.nbytes
+        for tensor in _stored(value):
+            key = (tensor.data_ptr(), tensor.nbytes)
+            if key in seen and tensor.nbytes:
+                continue
+            seen.add(key)
+            total += tensor.nbytes
     return total
 
 
