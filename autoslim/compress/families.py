@@ -29,6 +29,8 @@ class Family:
     intermediate_key: str  # config key of the MLP width
     attention: str | None  # path from a block to its attention (with q/k/v/o_proj), if droppable
     operators: frozenset[str]
+    # config keys holding one entry per decoder layer (sliced when whole layers are dropped)
+    per_layer_keys: tuple[str, ...] = ("layer_types",)
 
 
 _LLAMA_LIKE = {
