@@ -92,3 +92,10 @@ def test_recipe_is_immutable_hashable_and_round_trips() -> None:
     assert Recipe(precision="bf16").is_identity("bf16")
     with pytest.raises(AttributeError, match="immutable"):
         recipe.bits = 4  # type: ignore[misc]
+
+
+def test_backend_choices_are_the_registered_backends() -> None:
+    from autoslim.compress.backends import BACKENDS
+    from autoslim.operators.quantize import BACKENDS as CHOICES
+
+    assert set(CHOICES) == set(BACKENDS) == set(KNOBS["quant_backend"].choices)

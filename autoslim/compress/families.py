@@ -24,6 +24,8 @@ class Family:
     mlp_out: str  # path from a block to the MLP's output projection
     intermediate_key: str  # config key of the MLP width
     attention: str | None  # path from a block to its attention (with q/k/v/o_proj), if droppable
+    # config keys holding one entry per decoder layer (sliced when whole layers are dropped)
+    per_layer_keys: tuple[str, ...] = ("layer_types",)
 
 
 _LLAMA_LIKE = {

@@ -13,7 +13,11 @@ between layers or groups is therefore applied in two parts:
 
 So the model always computes exactly what the recipe asked for, saves with a stock config, and
 shrinks as far as a stock config can express. ``drop_heads_per_layer=N`` drops the N least
-important heads (by weight magnitude) of each layer evenly, so it is always fully physical.
+important heads of each layer evenly, so it is always fully physical. Importance is one of
+``prune.IMPORTANCES``: ``magnitude`` (``|W_q[h]| * |W_o[:, h]|``, no data), ``activation``
+(Minitron: the mean L2 norm of the head's output, the input of ``o_proj``, per calibration
+token) or ``wanda`` (``|W_o| * ||x||`` summed over the head's ``o_proj`` columns, ``||x||`` the
+root mean square of each column's input on the calibration batch).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoslim.compress.calibration import input_sums, require_calibration
 from autoslim.compress.families import Family, get_path, layers
+from autoslim.compress.prune import activation_norms, check_importance
 from autoslim.errors import ConfigError, UnsupportedError
 from autoslim.recipe import Recipe, format_heads
 
@@ -101,22 +107,23 @@ def requested_drops(
     current layer, after whole layers were dropped) maps them onto the current model, and a
     drop on a removed layer is gone with its layer.
     """
-    kept = list(range(shape.layers)) if kept_layers is None else kept_layers
-    base_layers = shape.layers if kept_layers is None else max(kept, default=-1) + 1
-    current = {base: i for i, base in enumerate(kept)}
-    per_layer: list[set[int]] = [set() for _ in kept]
-    for layer, head in recipe.drop_heads:
-        if (kept_layers is None and layer >= base_layers) or head >= shape.heads:
+    from autoslim.compress.depth import remap_heads
+
+    pairs = (
+        recipe.drop_heads if kept_layers is None else remap_heads(recipe.drop_heads, kept_layers)
+    )
+    per_layer: list[set[int]] = [set() for _ in range(shape.layers)]
+    for layer, head in pairs:
+        if layer >= shape.layers or head >= shape.heads:
             raise ConfigError(
                 f"drop_heads entry {layer}:{head} does not exist: the model has layers "
                 f"0..{shape.layers - 1} and heads 0..{shape.heads - 1} per layer"
             )
-        if layer in current:
-            per_layer[current[layer]].add(head)
-    for i, heads in enumerate(per_layer):
+        per_layer[layer].add(head)
+    for layer, heads in enumerate(per_layer):
         if len(heads) == shape.heads:
             raise ConfigError(
-                f"drop_heads removes all {shape.heads} heads of layer {kept[i]}; keep at least one"
+                f"drop_heads removes all {shape.heads} heads of layer {layer}; keep at least one"
             )
     return per_layer
 
@@ -175,20 +182,59 @@ def physical_heads(recipe: Recipe, shape: HeadShape) -> tuple[int, int]:
     return shape.heads - count, shape.kv_heads - count // shape.group
 
 
-def least_important(model: Any, family: Family, count: int) -> list[set[int]]:
-    """The ``count`` heads to drop in every layer, by ``|W_q[h]| * |W_o[:, h]|``, kept even."""
-    config: Any = model.config
-    shape = HeadShape.of(config)
-    d, g = shape.head_dim, shape.group
+def head_scores(
+    model: Any,
+    family: Family,
+    importance: str = "magnitude",
+    calibration: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """Per layer, the importance of each query head (higher is more important)."""
+    check_importance(importance)
+    shape = HeadShape.of(model.config)
+    d = shape.head_dim
+    attentions = [get_path(block, str(family.attention)) for block in layers(model, family)]
+    if importance == "magnitude":
+        scores = []
+        for attn in attentions:
+            q = attn.q_proj.weight.detach().float().view(shape.heads, d, -1)
+            o = attn.o_proj.weight.detach().float().view(-1, shape.heads, d)
+            scores.append(q.norm(dim=(1, 2)) * o.norm(dim=(0, 2)))
+        return scores
+    calibration = require_calibration(
+        f"prune_importance={importance!r}", calibration, ", or use 'magnitude'"
+    )
+    outs = {str(i): attn.o_proj for i, attn in enumerate(attentions)}
+    if importance == "activation":
+        norms = input_sums(
+            model, outs, calibration, lambda x: x.view(len(x), shape.heads, d).norm(dim=-1)
+        )
+        return [norms[str(i)] for i in range(len(attentions))]
+    rms = activation_norms(model, outs, importance, calibration)
+    scores = []
+    for i, attn in enumerate(attentions):
+        column = attn.o_proj.weight.detach().float().abs().sum(dim=0) * rms[str(i)]
+        scores.append(column.view(shape.heads, d).sum(dim=1))
+    return scores
+
+
+def least_important(
+    model: Any,
+    family: Family,
+    per_layer: int,
+    *,
+    importance: str = "magnitude",
+    calibration: torch.Tensor | None = None,
+) -> list[set[int]]:
+    """The ``per_layer`` heads to drop in every layer, lowest ``importance`` first, kept even
+    across key-value groups (whole groups when ``per_layer`` is a multiple of the group size
+    but not of the group count)."""
+    shape = HeadShape.of(model.config)
+    g = shape.group
     drops: list[set[int]] = []
-    for block in layers(model, family):
-        attn = get_path(block, str(family.attention))
-        q = attn.q_proj.weight.detach().float().view(shape.heads, d, -1)
-        o = attn.o_proj.weight.detach().float().view(-1, shape.heads, d)
-        score = q.norm(dim=(1, 2)) * o.norm(dim=(0, 2))
-        if g == 1 or count % shape.kv_heads == 0:
+    for score in head_scores(model, family, importance, calibration):
+        if g == 1 or per_layer % shape.kv_heads == 0:
             chosen: list[int] = []
-            per_group = count // shape.kv_heads if g > 1 else count
+            per_group = per_layer // shape.kv_heads if g > 1 else per_layer
             for k in range(shape.kv_heads if g > 1 else 1):
                 members = range(k * g, (k + 1) * g) if g > 1 else range(shape.heads)
                 ranked = sorted(members, key=lambda h: (float(score[h]), h))
@@ -197,7 +243,7 @@ def least_important(model: Any, family: Family, count: int) -> list[set[int]]:
         else:
             group_score = score.view(shape.kv_heads, g).sum(dim=1)
             ranked = sorted(range(shape.kv_heads), key=lambda k: (float(group_score[k]), k))
-            drops.append({h for k in ranked[: count // g] for h in range(k * g, (k + 1) * g)})
+            drops.append({h for k in ranked[: per_layer // g] for h in range(k * g, (k + 1) * g)})
     return drops
 
 

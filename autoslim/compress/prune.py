@@ -2,7 +2,16 @@
 
 Every block keeps the same width (stock configs carry one ``intermediate_size``), rounded to a
 multiple of ``WIDTH_MULTIPLE`` so bitsandbytes' 4-bit kernels accept the shapes. Inside each block
-the channels with the smallest group magnitude (gate, up and down projections together) go.
+the channels with the lowest importance go; ``importance`` is one of ``IMPORTANCES``:
+
+* ``magnitude``: torch-pruning's group L2 magnitude (gate, up and down projections together);
+  needs no data, but on a trained model it is no better than chance (see DESIGN.md);
+* ``activation`` (Minitron): the mean absolute value of the channel's activation (the input of
+  the down projection) on a calibration batch;
+* ``wanda``: Wanda's ``|W| * ||x||`` summed over the channel's column of the down projection,
+  with ``||x||`` the root mean square of the channel's activation on the calibration batch.
+
+Whatever the score, torch-pruning's dependency graph does the cutting.
 """
 
 from __future__ import annotations
@@ -13,11 +22,32 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoslim.compress.calibration import input_sums, require_calibration
 from autoslim.compress.families import Family, get_path, intermediate_size, layers, set_path
+from autoslim.errors import ConfigError
+from autoslim.operators.width import IMPORTANCES
 
 logger = logging.getLogger(__name__)
 
 WIDTH_MULTIPLE = 64
+
+
+def check_importance(importance: str) -> None:
+    if importance not in IMPORTANCES:
+        raise ConfigError(
+            f"prune_importance={importance!r} is not known; use one of {', '.join(IMPORTANCES)}"
+        )
+
+
+def activation_norms(
+    model: Any, modules: dict[str, nn.Module], importance: str, calibration: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per module, per input feature: the mean ``|x|`` (``activation``) or the root mean square
+    of ``x`` (``wanda``) over the calibration tokens."""
+    if importance == "activation":
+        return input_sums(model, modules, calibration, torch.abs)
+    squares = input_sums(model, modules, calibration, torch.square)
+    return {name: value.sqrt() for name, value in squares.items()}
 
 
 def pruned_width(width: int, ratio: float) -> int:
@@ -49,8 +79,41 @@ def _linear_to_conv1d(linear: nn.Linear) -> nn.Module:
     return conv
 
 
-def structured_prune(model: Any, family: Family, ratio: float) -> dict[str, Any]:
-    """Prune every block's MLP to the same width in place; returns what was removed."""
+class _ChannelScores:
+    """A torch-pruning importance that hands back precomputed scores of the root layer's input
+    channels (torch-pruning's own ``ActivationImportance`` keeps only the last batch)."""
+
+    def __init__(self, scores: dict[nn.Module, torch.Tensor]) -> None:
+        self.scores = scores
+
+    def __call__(self, group: Any) -> torch.Tensor:
+        import torch_pruning as tp
+
+        for item in group.items:
+            module = item.dep.target.module
+            if module in self.scores and item.dep.handler == tp.prune_linear_in_channels:
+                return self.scores[module][torch.as_tensor(item.root_idxs)]
+        raise ValueError("the pruning group holds no layer with calibration scores")
+
+
+def structured_prune(
+    model: Any,
+    family: Family,
+    ratio: float,
+    *,
+    importance: str = "magnitude",
+    calibration: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Prune every block's MLP to the same width in place; returns what was removed.
+
+    ``importance`` other than ``magnitude`` needs ``calibration`` (a [windows, tokens] batch,
+    ``calibration.calibration_batch``).
+    """
+    check_importance(importance)
+    if importance != "magnitude":
+        calibration = require_calibration(
+            f"prune_importance={importance!r}", calibration, ", or use 'magnitude'"
+        )
     try:
         import torch_pruning as tp
     except ImportError as e:  # pragma: no cover - a declared dependency
@@ -69,6 +132,11 @@ def structured_prune(model: Any, family: Family, ratio: float) -> dict[str, Any]
     if kept == width:
         return info
     blocks = layers(model, family)
+    norms: list[torch.Tensor] = []
+    if calibration is not None and importance != "magnitude":
+        outs = {str(i): get_path(block, family.mlp_out) for i, block in enumerate(blocks)}
+        by_name = activation_norms(model, outs, importance, calibration)
+        norms = [by_name[str(i)] for i in range(len(blocks))]
     conv1d = family.name == "gpt2"
     if conv1d:
         for block in blocks:
@@ -82,11 +150,15 @@ def structured_prune(model: Any, family: Family, ratio: float) -> dict[str, Any]
         output_transform=lambda out: out.logits,
         verbose=False,
     )
-    importance = tp.importance.GroupMagnitudeImportance(p=2)
-    for block in blocks:
+    magnitude = tp.importance.GroupMagnitudeImportance(p=2)
+    for index, block in enumerate(blocks):
         down = get_path(block, family.mlp_out)
+        scorer: Any = magnitude
+        if norms:
+            weight = down.weight.detach().float().abs().sum(dim=0) if importance == "wanda" else 1
+            scorer = _ChannelScores({down: norms[index].to(down.weight.device) * weight})
         group = graph.get_pruning_group(down, tp.prune_linear_in_channels, list(range(width)))
-        scores = importance(group)
+        scores = scorer(group)
         # Stable order: lowest score first, ties by channel index, so the choice is reproducible.
         order = sorted(range(width), key=lambda i: (float(scores[i]), i))
         drop = sorted(order[: width - kept])
@@ -96,5 +168,5 @@ def structured_prune(model: Any, family: Family, ratio: float) -> dict[str, Any]
             for path in (*family.mlp_in, family.mlp_out):
                 set_path(block, path, _linear_to_conv1d(get_path(block, path)))
     setattr(config, family.intermediate_key, kept)
-    logger.info("MLP width %d -> %d in %d blocks", width, kept, len(blocks))
+    logger.info("MLP width %d -> %d in %d blocks by %s", width, kept, len(blocks), importance)
     return info

@@ -13,6 +13,8 @@ from typing import Any
 from autoslim.operators import BuildContext, Knob, Operator
 
 BITS = (16, 8, 4)
+# The names of autoslim.compress.backends.BACKENDS (which imports torch; a test keeps the two
+# equal).
 BACKENDS = ("bitsandbytes", "torchao")
 QUANT_TYPES = ("nf4", "fp4")
 
@@ -56,24 +58,14 @@ def _validate(recipe: Any, config: Any, device: str) -> None:
     from autoslim.errors import UnsupportedError
     from autoslim.operators.precision import torch_dtype
 
-    OPERATOR.require_family(str(config.model_type))
+    family = str(config.model_type)
+    OPERATOR.require_family(family)
     backend = get_backend(recipe.quant_backend)
-    missing = backend.available()
-    if missing:
-        raise UnsupportedError(f"quant_backend={recipe.quant_backend!r}: {missing}")
-    kind = device.split(":", 1)[0]
-    if kind not in backend.devices():
-        raise UnsupportedError(
-            f"quant_backend={recipe.quant_backend!r} does not run on {device!r}; it runs on "
-            f"{', '.join(backend.devices())}"
-        )
-    spec = spec_of(recipe)
-    reason = backend.supports(spec)
-    if reason:
-        raise UnsupportedError(
-            f"quant_backend={recipe.quant_backend!r} bits={recipe.bits}: {reason}"
-        )
-    backend.check(spec, device, final_shapes(recipe, config), torch_dtype(recipe.precision))
+    why = backend.supports_family(family)
+    if why is not None:
+        raise UnsupportedError(f"quant_backend={recipe.quant_backend!r} on {family}: {why}")
+    shapes = final_shapes(recipe, config)
+    backend.check(spec_of(recipe), device, shapes, torch_dtype(recipe.precision))
 
 
 def _apply(ctx: BuildContext) -> None:

@@ -35,7 +35,7 @@ def test_composed_recipe_is_deterministic_and_leaves_the_base_alone(
     assert info["intermediate_size"] == 128
     assert info["heads_kept_per_layer"] == [3, 2]
     assert info["parameters_after"] < info["parameters_before"]
-    assert info["quantization"] == "nf4"
+    assert info["quantization"] == "bitsandbytes nf4"
 
 
 def test_check_runs_before_distillation_and_can_abandon(
@@ -53,7 +53,7 @@ def test_check_runs_before_distillation_and_can_abandon(
     cache = TeacherCache(base("qwen3").model, torch.arange(4096) % 500, window=64)
     with pytest.raises(Abandon):
         build(base("qwen3"), COMPOSED, corpus=corpus, check=check, teacher_cache=cache)
-    assert seen == [("drop_heads", 128)]
+    assert seen == [("drop_heads, structured_prune", 128)]
     assert cache.teacher_seconds == 0.0
 
 

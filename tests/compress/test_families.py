@@ -49,7 +49,9 @@ def test_supported_cell_builds_saves_and_reloads(
     built = ppl(result.model)
     save(result.model, loaded.tokenizer, tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
-    assert ppl(reloaded) == pytest.approx(built, rel=1e-5)
+    # 16-bit: the reload may pick another attention kernel, whose rounding differs
+    sixteen = operator == "precision"
+    assert ppl(reloaded) == pytest.approx(built, rel=2e-3 if sixteen else 1e-5)
     shapes = (
         "intermediate_size",
         "ffn_dim",

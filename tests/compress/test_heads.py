@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from autoslim.compress import build, validate
-from autoslim.compress.heads import HeadShape, plan
+from autoslim.compress.calibration import calibration_batch
+from autoslim.compress.families import FAMILIES
+from autoslim.compress.heads import HeadShape, least_important, plan
 from autoslim.errors import ConfigError, UnsupportedError
 from autoslim.recipe import Recipe
 
@@ -123,3 +125,42 @@ def test_llama_refuses_head_counts_that_do_not_divide_hidden(base: Callable[...,
     with pytest.raises(UnsupportedError, match="3 query heads.*hidden_size=128.*Llama"):
         validate(Recipe(drop_heads_per_layer=1), config)
     validate(Recipe(drop_heads_per_layer=2), config)
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_tok: Any, corpus: Any) -> torch.Tensor:
+    return calibration_batch(tiny_tok, corpus, windows=4, window=32)
+
+
+def test_activation_importance_finds_the_quiet_head(
+    base: Callable[..., Any], calibration: torch.Tensor
+) -> None:
+    """Head 3's values are x 1e-3 and its o_proj columns x 1e3: the same function, a quiet
+    head output read by large weights. Magnitude keeps it; the mean head output drops it."""
+    model = base("llama", num_key_value_heads=4).model
+    with torch.no_grad():
+        for block in model.model.layers:
+            block.self_attn.v_proj.weight[96:128] *= 1e-3
+            block.self_attn.o_proj.weight[:, 96:128] *= 1e3
+    family = FAMILIES["llama"]
+    chosen = least_important(model, family, 1, importance="activation", calibration=calibration)
+    assert chosen == [{3}, {3}]
+    assert all(3 not in layer for layer in least_important(model, family, 1))
+
+
+def test_wanda_importance_weighs_output_weights_by_their_inputs(
+    base: Callable[..., Any], calibration: torch.Tensor
+) -> None:
+    model = base("llama", num_key_value_heads=4).model
+    with torch.no_grad():
+        for block in model.model.layers:
+            block.self_attn.o_proj.weight[:, 64:96] *= 1e-3
+    chosen = least_important(
+        model, FAMILIES["llama"], 1, importance="wanda", calibration=calibration
+    )
+    assert chosen == [{2}, {2}]
+
+
+def test_head_activation_importance_needs_calibration(base: Callable[..., Any]) -> None:
+    with pytest.raises(ConfigError, match="prune_importance='activation'.*or use 'magnitude'"):
+        least_important(base("qwen3").model, FAMILIES["qwen3"], 2, importance="activation")

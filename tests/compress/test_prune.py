@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 
+from autoslim.compress.calibration import calibration_batch
 from autoslim.compress.families import FAMILIES, get_path, intermediate_size, layers
 from autoslim.compress.prune import pruned_width, structured_prune
+from autoslim.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -63,3 +66,53 @@ def test_real_fraction_is_reported(base: Callable[..., Any]) -> None:
         "mlp_fraction_removed": pytest.approx(1 / 3),
     }
     assert model.config.intermediate_size == 512
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_tok: Any, corpus: Any) -> torch.Tensor:
+    return calibration_batch(tiny_tok, corpus, windows=4, window=32)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "opt", "gpt2"])
+@pytest.mark.parametrize("importance", ["activation", "wanda"])
+def test_quiet_channels_go_first_though_their_weights_are_large(
+    family: str, importance: str, base: Callable[..., Any], calibration: torch.Tensor
+) -> None:
+    """Half the channels barely activate (input projection x 1e-6) but read out through large
+    weights (output projection x 10): magnitude keeps them, activation-aware importance removes
+    exactly them, so the result equals the model with those channels zeroed."""
+    fam = FAMILIES[family]
+    model = base(family).model
+    width = intermediate_size(model.config, fam)
+    quiet = torch.arange(1, width, 2)
+    with torch.no_grad():
+        for block in layers(model, fam):
+            up, down = get_path(block, fam.mlp_in[-1]), get_path(block, fam.mlp_out)
+            if family == "gpt2":  # Conv1D: weight is (in, out)
+                up.weight[:, quiet] *= 1e-6
+                down.weight[quiet] *= 10
+            else:
+                up.weight[quiet] *= 1e-6
+                down.weight[:, quiet] *= 10
+            if up.bias is not None:
+                up.bias[quiet] *= 1e-6
+    magnitude = copy.deepcopy(model)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for block in layers(reference, fam):
+            down = get_path(block, fam.mlp_out)
+            (down.weight[quiet] if family == "gpt2" else down.weight[:, quiet]).zero_()
+    structured_prune(model, fam, 0.5, importance=importance, calibration=calibration)
+    structured_prune(magnitude, fam, 0.5)
+    ids = torch.randint(0, 500, (2, 32))
+    expected = reference(input_ids=ids).logits
+    assert torch.allclose(model(input_ids=ids).logits, expected, atol=1e-4)
+    assert not torch.allclose(magnitude(input_ids=ids).logits, expected, atol=1e-4)
+
+
+def test_activation_importance_needs_calibration(base: Callable[..., Any]) -> None:
+    model = base("qwen3").model
+    with pytest.raises(ConfigError, match="prune_importance='wanda'.*calibration_batch"):
+        structured_prune(model, FAMILIES["qwen3"], 0.5, importance="wanda")
+    with pytest.raises(ConfigError, match="prune_importance='random'.*magnitude, activation"):
+        structured_prune(model, FAMILIES["qwen3"], 0.5, importance="random")

@@ -82,7 +82,6 @@ def gpt2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["--kd-steps", "-1"], "kd_steps=-1"),
         (["--kd-steps", "1", "--kd-temperature", "20"], "kd_temperature=20.0: must be a number"),
         (["--drop-layers", "2"], "drop_layers=2"),
-        (["--bits", "8", "--quant-backend", "nope"], "invalid choice: 'nope'"),
     ],
 )
 def test_bad_values_exit_2_with_one_line_before_any_work(
