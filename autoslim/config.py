@@ -177,6 +177,40 @@ class StudyConfig:
             "search": self.search.to_dict(),
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: str = "") -> StudyConfig:
+        """The config a study stored (its ``config`` attr, written by :meth:`to_dict`).
+
+        It was validated when the study was created, so files and the model are not checked
+        again (they may live on another machine); a record that is not such a dict is refused.
+        """
+        try:
+            objectives = data["objectives"]
+            search = {
+                name: Knob(name, range=Range(**value, integer=KNOB_KINDS[name][-1] == "int"))
+                if isinstance(value, dict)
+                else Knob(name, choices=tuple(value))
+                for name, value in data["search"].items()
+            }
+            return cls(
+                path=path,
+                study=RunSection(**data["study"]),
+                model=ModelSection(**data["model"]),
+                data=DataSection(
+                    text=tuple(data["data"]["text"]), dataset=data["data"]["dataset"]
+                ),
+                workload=dict(data["workload"]),
+                objectives=tuple(objectives["names"]),
+                max_ppl_increase=float(objectives["max_ppl_increase"]),
+                early_abort=EarlyAbort(**data["early_abort"]),
+                search=SearchSpace(search),
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(
+                f"the stored study config is not one `autoslim search` wrote "
+                f"({type(e).__name__}: {e}); open the study with the autoslim that created it"
+            ) from e
+
 
 # Defaults of the [search] table: a small space that every supported model accepts.
 DEFAULT_SEARCH: dict[str, Any] = {

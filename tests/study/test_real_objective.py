@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from autoslim import config, study
 from autoslim.measure import Measurement
+from autoslim.trials import measurement_of
 from tests.study.conftest import write_study
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ def test_three_real_trials_on_a_tiny_model(tmp_path: Path) -> None:
     assert [t.user_attrs.get("known") for t in s.trials] == [None, "int8", "nf4"]
     for t in s.trials:
         assert t.state == TrialState.COMPLETE
-        m = Measurement.from_dict(t.user_attrs["measurement"])
+        m = Measurement.from_dict(measurement_of(t))
         assert tuple(t.values) == m.objectives()
         assert t.user_attrs["build"]["stage_seconds"]
     assert s.user_attrs["base_perplexity"] == s.trials[0].values[0]
