@@ -160,6 +160,15 @@ def best_numbers(study: optuna.Study) -> set[int]:
     return {t.number for t in study.best_trials}
 
 
+def best_records(study: optuna.Study) -> list[TrialRecord]:
+    """Optuna's best trials (the feasible Pareto set) as records, by perplexity then number."""
+    best = best_numbers(study)
+    return sorted(
+        (r for r in read_trials(study, (TrialState.COMPLETE,)) if r.number in best),
+        key=lambda r: (r.values.get("perplexity", 0.0), r.number),
+    )
+
+
 def pareto_mask(points: Sequence[Sequence[float]]) -> list[bool]:
     """For each point (all coordinates minimised): whether no other point dominates it.
 

@@ -64,7 +64,7 @@ def variant(built, folder, name, **kwargs):
     attrs = {
         "model": study.user_attrs["model"],
         "corpus_fingerprint": study.user_attrs["corpus_fingerprint"],
-        "config": study.user_attrs["config"],
+        "workload": study.user_attrs["config"]["workload"],
         **kwargs,
     }
     return make_study(
@@ -141,6 +141,9 @@ def test_cli_exports_the_pick(built, tmp_path, capsys):
         == 0
     )
     summary = json.loads(capsys.readouterr().out)
+    assert summary["schema_version"] == 1 and summary["command"] == "export"
+    assert summary["study"] == "built"
+    assert Recipe.from_params(summary["recipe"]) == RECIPES[summary["trial"]]
     # Made-up seconds fall with the trial number: the last candidate within the budget wins.
     study, _ = built
     budget = study.user_attrs["base_perplexity"] * 1.5

@@ -117,22 +117,11 @@ def describe_record(trial: Any) -> str:
     return f"#{trial.number} {trial.label()}: {trial.state.name} {trial.reason}{seconds}"
 
 
-def pareto_records(study: Any) -> list[Any]:
-    """Optuna's best trials (the feasible Pareto set) as records, by perplexity."""
-    from autoslim.trials import best_numbers, read_trials
-
-    best = best_numbers(study)
-    return sorted(
-        (r for r in read_trials(study) if r.number in best),
-        key=lambda r: (r.values.get("perplexity", 0.0), r.number),
-    )
-
-
 def print_pareto(study: Any) -> None:
     """The feasible Pareto set as a table, sorted by perplexity."""
-    from autoslim.trials import objective_names
+    from autoslim.trials import best_records, objective_names
 
-    best = pareto_records(study)
+    best = best_records(study)
     base = study.user_attrs.get("base_perplexity")
     names = objective_names(study)
     print(f"Pareto set ({len(best)} trials):")
@@ -152,7 +141,7 @@ def summary_dict(summary: Any, study: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
     from autoslim.study import abort_savings
-    from autoslim.trials import objective_names
+    from autoslim.trials import best_records, objective_names
 
     run = asdict(summary)
     return {
@@ -160,7 +149,7 @@ def summary_dict(summary: Any, study: Any) -> dict[str, Any]:
         "storage": run.pop("storage"),
         "objectives": list(objective_names(study)),
         "run": run,
-        "pareto": [r.to_dict() for r in pareto_records(study)],
+        "pareto": [r.to_dict() for r in best_records(study)],
         "early_abort": asdict(abort_savings(study)),
     }
 

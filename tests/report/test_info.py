@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 
@@ -209,3 +211,18 @@ def test_cli_writes_the_page(tmp_path, capsys):
     assert main(["report", url, "--out", str(out)]) == 0
     assert out.stat().st_size > 1_000_000  # plotly.js inlined
     assert str(out) in capsys.readouterr().out
+
+
+def test_cli_json(tmp_path, capsys):
+    url = make_study_file(tmp_path, objectives=["perplexity", "joules"])
+    out = tmp_path / "r.html"
+    assert main(["report", url, "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema_version"] == 1 and doc["command"] == "report"
+    assert doc["path"] == str(out) and doc["size_bytes"] == out.stat().st_size
+    assert doc["objectives"] == ["perplexity", "joules"]
+    assert doc["max_perplexity"] == pytest.approx(120.0)
+    assert [t["number"] for t in doc["pareto"]] == [0, 1, 4]
+    assert doc["pareto"][1]["values"] == {"perplexity": 101.0, "joules": 6.0}
+    assert Recipe.from_params(doc["pareto"][1]["recipe"]) == Recipe(bits=8)
+    assert doc["balanced_pick"].startswith("trial 4 ")
