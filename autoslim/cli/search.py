@@ -100,7 +100,10 @@ def run_search(config: Any, *, quiet: bool = False) -> tuple[Any, Any]:
             f"({states or 'none'}) in {_clock(summary.wall_seconds)}"
         )
         print_pareto(study)
-        print(f"browse it: optuna-dashboard {mask_url(run.storage)}")
+        print(
+            f"browse it: optuna-dashboard {mask_url(run.storage)} (its best-trials list "
+            "ignores the perplexity budget; `autoslim pick` ranks the feasible ones)"
+        )
     return summary, study
 
 
