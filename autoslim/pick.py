@@ -364,6 +364,7 @@ def _reason(
     if len(ranking) > 1:
         runner_up = ranking[1]
         text += f"; runner-up trial {runner_up.number} scores {runner_up.score:.3f}"
-        if best is lowest and runner_up.score - best.score <= runner_up.noise(best, weights):
+        within_noise = runner_up.score - best.score <= runner_up.noise(best, weights)
+        if weights and best is lowest and within_noise:
             text += " (within measurement noise, no lower perplexity)"
     return text
