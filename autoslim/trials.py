@@ -187,8 +187,9 @@ def pareto_mask(points: Sequence[Sequence[float]]) -> list[bool]:
 def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
     """The volume dominated by ``points`` and bounded by ``reference`` (all minimised).
 
-    Exact: the box below ``reference`` is cut into cells at every point's coordinates and
-    the cells some point dominates are summed (fine for the few hundred points of a study).
+    Exact: the box below ``reference`` is cut into cells at every front point's coordinates
+    and the cells some point dominates are summed. The cells grow as n^d: fine for the tens
+    of points of a benchmark study, not for thousands in 3D.
     """
     ref = np.asarray(reference, dtype=float)
     a = np.asarray(points, dtype=float).reshape(-1, len(ref))
