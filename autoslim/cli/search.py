@@ -111,13 +111,16 @@ def describe_record(trial: Any) -> str:
     """One line for a finished trial: its recipe, its figures by name, its duration."""
     seconds = "" if trial.duration_seconds is None else f" ({trial.duration_seconds:.1f} s)"
     if trial.complete:
-        m = trial.measurement
         figures = ", ".join(
-            f"{name} {m.get(name, trial.values.get(name, float('nan'))):.4g}"
+            f"{name} {_figure(trial.values.get(name, trial.measurement.get(name)))}"
             for name in dict.fromkeys(("perplexity", "seconds", "joules", *trial.values))
         )
         return f"#{trial.number} {trial.label()}: {figures}{seconds}"
     return f"#{trial.number} {trial.label()}: {trial.state.name} {trial.reason}{seconds}"
+
+
+def _figure(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
 
 
 def print_pareto(study: Any) -> None:
