@@ -169,6 +169,43 @@ class StudyConfig:
             "search": self.search.to_dict(),
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: str = "") -> StudyConfig:
+        """The config a study stored (its ``config`` attr, written by :meth:`to_dict`).
+
+        It was validated when the study was created, so files and the model are not checked
+        again (they may live on another machine); a record that is not such a dict is refused.
+        """
+        try:
+            objectives = data["objectives"]
+            stored = data["search"]
+            # A knob declared after the study was made was fixed at its default then.
+            search = {
+                name: Knob(name, range=Range(**value, integer=declared.type is int))
+                if isinstance(value, dict)
+                else Knob(name, choices=tuple(value))
+                for name, declared in KNOBS.items()
+                for value in [stored.get(name, [declared.to_param(declared.default)])]
+            }
+            return cls(
+                path=path,
+                study=RunSection(**data["study"]),
+                model=ModelSection(**data["model"]),
+                data=DataSection(
+                    text=tuple(data["data"]["text"]), dataset=data["data"]["dataset"]
+                ),
+                workload=dict(data["workload"]),
+                objectives=tuple(objectives["names"]),
+                max_ppl_increase=float(objectives["max_ppl_increase"]),
+                early_abort=EarlyAbort(**data["early_abort"]),
+                search=SearchSpace(search),
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(
+                f"the stored study config is not one `autoslim search` wrote "
+                f"({type(e).__name__}: {e}); open the study with the autoslim that created it"
+            ) from e
+
 
 def _url(url: str) -> Any:
     from sqlalchemy.engine import make_url

@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
+from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError, DataError, ModelError
 from autoslim.measure.measurement import versions
-from autoslim.pick import PRESETS, Weights, measurement_of, rank, recipe_of
+from autoslim.pick import PRESETS, Weights, rank
 from autoslim.recipe import Recipe
+from autoslim.trials import TrialRecord, read_trials, stored_config
 
 logger = logging.getLogger(__name__)
 
@@ -59,19 +61,19 @@ def select_trial(
     trial_number: int | None = None,
     weights: Weights | None = None,
     max_ppl_increase: float | None = None,
-) -> tuple[FrozenTrial, str]:
+) -> tuple[TrialRecord, str]:
     """The trial to export: ``trial_number``, or the pick under ``weights`` and the budget."""
     if trial_number is None:
         choice = rank(study, weights or PRESETS["balanced"], max_ppl_increase)
-        return study.trials[_index_of(study, choice.best.number)], choice.reason
+        return _trial(study, choice.best.number), choice.reason
     if weights is not None or max_ppl_increase is not None:
         raise ConfigError(
             "give either --trial N or a choice (--prefer / --weights / --max-ppl-increase), "
             "not both"
         )
-    trial = study.trials[_index_of(study, trial_number)]
+    trial = _trial(study, trial_number)
     if trial.state != TrialState.COMPLETE:
-        why = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason")
+        why = trial.reason
         fix = {
             TrialState.RUNNING: "wait until it finishes, or pick a completed trial",
             TrialState.WAITING: "it has not started yet; pick a completed trial",
@@ -84,14 +86,14 @@ def select_trial(
     return trial, f"--trial {trial_number}"
 
 
-def _index_of(study: optuna.Study, number: int) -> int:
-    numbers = [t.number for t in study.get_trials(deepcopy=False)]
-    if number not in numbers:
-        shown = f"0..{max(numbers)}" if numbers else "none"
+def _trial(study: optuna.Study, number: int) -> TrialRecord:
+    records = {r.number: r for r in read_trials(study)}
+    if number not in records:
+        shown = f"0..{max(records)}" if records else "none"
         raise ConfigError(
             f"--trial {number}: study {study.study_name!r} has no such trial (trials: {shown})"
         )
-    return numbers.index(number)
+    return records[number]
 
 
 def check_destination(out: Path, force: bool) -> None:
@@ -105,14 +107,13 @@ def check_destination(out: Path, force: bool) -> None:
         )
 
 
-def _study_setup(study: optuna.Study) -> dict[str, Any]:
-    config = study.user_attrs.get("config")
-    if not isinstance(config, dict) or "model" not in study.user_attrs:
+def _study_setup(study: optuna.Study) -> StudyConfig:
+    if "model" not in study.user_attrs:
         raise ConfigError(
-            f"study {study.study_name!r} records no config/model: it was not written by "
+            f"study {study.study_name!r} records no model: it was not written by "
             "`autoslim search`, so its trials cannot be rebuilt"
         )
-    return config
+    return stored_config(study)
 
 
 def _sha256(path: Path) -> str:
@@ -161,15 +162,12 @@ def export(
     trial, reason = select_trial(study, trial_number, weights, max_ppl_increase)
     check_destination(out, force)
     config = _study_setup(study)
-    recipe = recipe_of(trial)
-    stored = measurement_of(trial)
-    stored_perplexity = float(trial.values[0])
-    model_section = config.get("model", {})
-    device = str(model_section.get("device", "cpu"))
-    data_section = config.get("data", {})
+    recipe = trial.recipe
+    stored = trial.measurement
+    stored_perplexity = trial.perplexity
+    device = config.model.device
     corpus = data.load_corpus(
-        text=list(data_section.get("text", [])) or None,
-        dataset=data_section.get("dataset") or None,
+        text=list(config.data.text) or None, dataset=config.data.dataset or None
     )
     expected = study.user_attrs.get("corpus_fingerprint")
     if expected is not None and corpus.fingerprint != expected:
@@ -179,13 +177,13 @@ def export(
             "version's stdlib, edited files), so perplexities would not match; export where the "
             "search ran, with the same data"
         )
-    workload = Workload.from_dict(config.get("workload", {}))
+    workload = Workload.from_dict(config.workload)
     seed = int(study.user_attrs.get("seed", 0))
     base = models.load_model(
         str(study.user_attrs["model"]),
         device=device,
         dtype=torch_dtype(str(study.user_attrs.get("base_precision", "fp32"))),
-        trust_remote_code=bool(model_section.get("trust_remote_code", False)),
+        trust_remote_code=config.model.trust_remote_code,
     )
     logger.info("rebuilding trial %d: %s", trial.number, recipe.describe())
     built = compress.build(base, recipe, corpus=corpus, seed=seed, device=device)
@@ -224,7 +222,7 @@ def export(
             "recipe": recipe.to_dict(),
             "recipe_summary": recipe.describe(),
             "stored_measurement": stored,
-            "build": trial.user_attrs.get("build", {}),
+            "build": trial.build,
             "verification": {
                 "perplexity": measured,
                 "stored_perplexity": stored_perplexity,

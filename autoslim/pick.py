@@ -2,15 +2,18 @@
 
 The candidates are the COMPLETE trials that meet the perplexity budget
 (``perplexity <= base_perplexity * (1 + max_ppl_increase)``) and lie on the Pareto front of
-(perplexity, seconds, joules), as Optuna computes it. Within the budget a trial is Pareto-optimal
-among the feasible trials exactly when it is Pareto-optimal among all trials, because whatever
-dominates it has a perplexity no higher.
+the study's objectives (whichever its study file named, read by name), as Optuna computes it
+(``Study.best_trials``). Within the budget a trial is Pareto-optimal among the feasible trials
+exactly when it is Pareto-optimal among all trials, because whatever dominates it has a
+perplexity no higher.
 
-Each candidate's seconds and joules are normalised as the relative excess over the best
-candidate (``value / best - 1``: 0 for the best, 0.25 for 25 % slower or hungrier) and scored
-``w_time * seconds_norm + w_energy * joules_norm`` with weights that sum to 1. Relative excess
-keeps a 0.04 % difference a 0.04 % difference (min-max scaling would stretch any gap, however
-small, to the full 0..1 range), so the weights trade real percentages of time against energy.
+Each candidate's seconds and joules, where the study minimises them, are normalised as the
+relative excess over the best candidate (``value / best - 1``: 0 for the best, 0.25 for 25 %
+slower or hungrier) and scored ``w_time * seconds_norm + w_energy * joules_norm``, the weights
+renormalised to sum to 1 over the objectives the study has (a study of perplexity and joules
+weighs energy only; one with neither ranks by perplexity). Relative excess keeps a 0.04 %
+difference a 0.04 % difference (min-max scaling would stretch any gap, however small, to the
+full 0..1 range), so the weights trade real percentages of time against energy.
 
 The lowest score wins unless another candidate is within measurement noise of it: a score gap
 no larger than ``w_time * seconds CV + w_energy * joules CV`` (the larger CV of the two trials,
@@ -23,19 +26,18 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from autoslim.errors import ConfigError
 from autoslim.recipe import Recipe
+from autoslim.trials import TrialRecord, best_numbers, objective_names, read_trials
 
 logger = logging.getLogger(__name__)
-
-METRIC_NAMES = ("perplexity", "seconds", "joules")
 
 
 @dataclass(frozen=True)
@@ -146,64 +148,55 @@ def study_budget(study: optuna.Study, max_ppl_increase: float | None = None) -> 
     return Budget(base_perplexity=float(base), max_ppl_increase=float(stored))
 
 
-def recipe_of(trial: FrozenTrial) -> Recipe:
-    """The trial's recipe, rebuilt from its stored ``recipe`` record (or its params)."""
-    return Recipe.from_params(trial.user_attrs.get("recipe", trial.params))
+# The objectives a weight applies to.
+WEIGHTED = {"seconds": "time", "joules": "energy"}
 
 
-def measurement_of(trial: FrozenTrial) -> dict[str, Any]:
-    """The trial's stored Measurement record (empty when it has none)."""
-    record = trial.user_attrs.get("measurement")
-    return dict(record) if isinstance(record, dict) else {}
-
-
-def is_base(trial: FrozenTrial) -> bool:
-    return bool(trial.user_attrs.get("is_base", False))
-
-
-def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-
-
-def pareto_trials(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The Pareto-optimal ones among ``trials`` (Optuna's own front computation)."""
-    return _get_pareto_front_trials_by_trials(trials, study.directions)
+def objective_weights(weights: Weights, names: Sequence[str]) -> dict[str, float]:
+    """The weight of each of the study's weighted objectives (``seconds``, ``joules``),
+    normalised over those the study minimises; empty when it minimises neither."""
+    present = {name: getattr(weights, WEIGHTED[name]) for name in names if name in WEIGHTED}
+    if not present:
+        return {}
+    total = sum(present.values())
+    if total <= 0:
+        missing = [n for n in WEIGHTED if n not in present]
+        raise ConfigError(
+            f"weights {weights.describe()} weigh only {', '.join(missing)}, which this study "
+            f"does not minimise (its objectives: {', '.join(names)}); weigh "
+            + " or ".join(WEIGHTED[n] for n in present)
+        )
+    return {name: w / total for name, w in present.items()}
 
 
 @dataclass(frozen=True)
 class Candidate:
     number: int
-    perplexity: float
-    seconds: float
-    joules: float
-    seconds_norm: float
-    joules_norm: float
+    values: dict[str, float]  # every objective of the study, by name
+    normalised: dict[str, float]  # each weighted objective's relative excess over the best
     score: float
     recipe: Recipe
     energy_source: str
     is_base: bool
-    seconds_cv: float = 0.0
-    joules_cv: float = 0.0
+    cv: dict[str, float]  # each weighted objective's coefficient of variation over repeats
 
-    def noise(self, other: Candidate, weights: Weights) -> float:
+    @property
+    def perplexity(self) -> float:
+        return self.values["perplexity"]
+
+    def noise(self, other: Candidate, weights: dict[str, float]) -> float:
         """The score gap to ``other`` that measurement noise alone can explain."""
-        return weights.time * max(self.seconds_cv, other.seconds_cv) + weights.energy * max(
-            self.joules_cv, other.joules_cv
-        )
+        return sum(w * max(self.cv[n], other.cv[n]) for n, w in weights.items())
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "trial": self.number,
             "score": self.score,
-            "perplexity": self.perplexity,
-            "seconds": self.seconds,
-            "joules": self.joules,
-            "seconds_norm": self.seconds_norm,
-            "joules_norm": self.joules_norm,
+            "values": dict(self.values),
+            "normalised": dict(self.normalised),
+            "cv": dict(self.cv),
             "energy_source": self.energy_source,
             "is_base": self.is_base,
-            "seconds_cv": self.seconds_cv,
-            "joules_cv": self.joules_cv,
             "recipe": self.recipe.to_dict(),
             "recipe_summary": self.recipe.describe(),
         }
@@ -214,6 +207,8 @@ class Choice:
     """The ranking of the candidates (best first) and why the first one won."""
 
     weights: Weights
+    objective_weights: dict[str, float]  # what the score weighs, by objective name
+    objectives: tuple[str, ...]
     budget: Budget
     ranking: tuple[Candidate, ...]
     reason: str
@@ -224,7 +219,9 @@ class Choice:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "objectives": list(self.objectives),
             "weights": {"time": self.weights.time, "energy": self.weights.energy},
+            "objective_weights": dict(self.objective_weights),
             "budget": {
                 "base_perplexity": self.budget.base_perplexity,
                 "max_ppl_increase": self.budget.max_ppl_increase,
@@ -244,6 +241,21 @@ def _normalise(values: list[float]) -> list[float]:
     return [v / best - 1 for v in values]
 
 
+def candidates(study: optuna.Study, budget: Budget) -> list[TrialRecord]:
+    """The Pareto-optimal trials within ``budget``, by number.
+
+    ``Study.best_trials`` is the front among the feasible trials; a trial within a budget at
+    most as loose as the study's is on it exactly when it is on the front of the trials
+    within that budget (whatever dominates it has a perplexity no higher).
+    """
+    best = best_numbers(study)
+    return [
+        r
+        for r in read_trials(study, (TrialState.COMPLETE,))
+        if r.number in best and budget.allows(r.perplexity)
+    ]
+
+
 def rank(study: optuna.Study, weights: Weights, max_ppl_increase: float | None = None) -> Choice:
     """Rank the Pareto-optimal trials within the budget by weighted time and energy."""
     budget = study_budget(study, max_ppl_increase)
@@ -253,42 +265,42 @@ def rank(study: optuna.Study, weights: Weights, max_ppl_increase: float | None =
             "has no perplexity budget; it was not written by `autoslim search`, or its base "
             "model trial never finished: run the search again"
         )
-    complete = complete_trials(study)
-    within = [t for t in complete if budget.allows(t.values[0])]
-    front = sorted(pareto_trials(study, within), key=lambda t: t.number)
+    names = objective_names(study)
+    if "perplexity" not in names:
+        raise ConfigError(
+            f"study {study.study_name!r} minimises {', '.join(names)}, not perplexity: pick "
+            "ranks within a perplexity budget, so it needs a study that minimises perplexity"
+        )
+    weighted = objective_weights(weights, names)
+    front = candidates(study, budget)
     if not front:
-        raise ConfigError(_nothing_meets(study, budget, complete))
-    seconds = _normalise([t.values[1] for t in front])
-    joules = _normalise([t.values[2] for t in front])
-    candidates = [
-        _candidate(t, s, j, weights) for t, s, j in zip(front, seconds, joules, strict=True)
+        raise ConfigError(_nothing_meets(study, budget))
+    norms = {n: _normalise([r.values[n] for r in front]) for n in weighted}
+    ranked = [
+        _candidate(r, {n: norms[n][i] for n in weighted}, weighted) for i, r in enumerate(front)
     ]
-    by_score = sorted(candidates, key=lambda c: (c.score, c.perplexity, c.number))
+    by_score = sorted(ranked, key=lambda c: (c.score, c.perplexity, c.number))
     lowest = by_score[0]
-    tied = [c for c in by_score if c.score - lowest.score <= c.noise(lowest, weights)]
+    tied = [c for c in by_score if c.score - lowest.score <= c.noise(lowest, weighted)]
     winner = min(tied, key=lambda c: (c.perplexity, c.score, c.number))
     ranking = (winner, *(c for c in by_score if c is not winner))
     logger.info("ranked %d candidates under %s", len(ranking), budget.describe())
-    return Choice(weights, budget, ranking, _reason(ranking, lowest, weights, budget))
+    reason = _reason(ranking, lowest, weighted, budget)
+    return Choice(weights, weighted, names, budget, ranking, reason)
 
 
 def _candidate(
-    trial: FrozenTrial, seconds_norm: float, joules_norm: float, weights: Weights
+    trial: TrialRecord, normalised: dict[str, float], weights: dict[str, float]
 ) -> Candidate:
-    measurement = measurement_of(trial)
     return Candidate(
         number=trial.number,
-        perplexity=trial.values[0],
-        seconds=trial.values[1],
-        joules=trial.values[2],
-        seconds_norm=seconds_norm,
-        joules_norm=joules_norm,
-        score=weights.time * seconds_norm + weights.energy * joules_norm,
-        recipe=recipe_of(trial),
-        energy_source=str(measurement.get("energy_source", "unknown")),
-        is_base=is_base(trial),
-        seconds_cv=_cv(measurement.get("seconds_cv")),
-        joules_cv=_cv(measurement.get("joules_cv")),
+        values=dict(trial.values),
+        normalised=normalised,
+        score=sum(w * normalised[n] for n, w in weights.items()),
+        recipe=trial.recipe,
+        energy_source=str(trial.measurement.get("energy_source", "unknown")),
+        is_base=trial.is_base,
+        cv={n: _cv(trial.measurement.get(f"{n}_cv")) for n in weights},
     )
 
 
@@ -301,27 +313,35 @@ def _cv(value: Any) -> float:
     return cv if math.isfinite(cv) and cv > 0 else 0.0
 
 
-def _nothing_meets(study: optuna.Study, budget: Budget, complete: list[FrozenTrial]) -> str:
+def _nothing_meets(study: optuna.Study, budget: Budget) -> str:
     message = f"no completed trial of study {study.study_name!r} meets {budget.describe()}"
+    complete = read_trials(study, (TrialState.COMPLETE,))
     if not complete:
         return message + "; the study has no completed trial yet: run the search first"
-    closest = min(complete, key=lambda t: (t.values[0], t.number))
-    increase = budget.increase(closest.values[0])
+    closest = min(complete, key=lambda r: (r.perplexity, r.number))
+    increase = budget.increase(closest.perplexity)
     return (
         f"{message}; the closest is trial {closest.number} at perplexity "
-        f"{closest.values[0]:.4g} ({increase:+.1%}, {recipe_of(closest).describe()}), which "
+        f"{closest.perplexity:.4g} ({increase:+.1%}, {closest.recipe.describe()}), which "
         f"needs a max_ppl_increase of {math.ceil(increase * 1000) / 1000:g}: loosen "
         "--max-ppl-increase (up to the study's own), or search again with a looser budget"
     )
 
 
+UNITS = {"seconds": "s", "joules": "J"}
+
+
 def _reason(
-    ranking: tuple[Candidate, ...], lowest: Candidate, weights: Weights, budget: Budget
+    ranking: tuple[Candidate, ...],
+    lowest: Candidate,
+    weights: dict[str, float],
+    budget: Budget,
 ) -> str:
     best = ranking[0]
-    fastest = min(c.seconds for c in ranking)
-    leanest = min(c.joules for c in ranking)
-    if best is lowest:
+    shown = ", ".join(f"{n}={w:g}" for n, w in weights.items())
+    if not weights:
+        how = "has the lowest perplexity (the study minimises neither seconds nor joules) of"
+    elif best is lowest:
         how = f"has the lowest weighted score {best.score:.3f} of"
     else:
         how = (
@@ -329,17 +349,22 @@ def _reason(
             f"noise of the lowest (its {best.score:.3f} against trial {lowest.number}'s "
             f"{lowest.score:.3f}, noise {best.noise(lowest, weights):.3f}), among"
         )
+    figures = [
+        f"{best.values[n]:.4g} {UNITS[n]} (best candidate {min(c.values[n] for c in ranking):.4g}"
+        + (f", {best.energy_source})" if n == "joules" else ")")
+        for n in weights
+    ]
     text = (
         f"trial {best.number} ({best.recipe.describe()}) {how} {len(ranking)} Pareto-optimal "
-        "trial(s) within the budget "
-        f"({weights.describe()}): {best.seconds:.4g} s (fastest candidate {fastest:.4g} s), "
-        f"{best.joules:.4g} J (least {leanest:.4g} J, {best.energy_source}), perplexity "
-        f"{best.perplexity:.4g} ({budget.increase(best.perplexity):+.1%} over base, "
-        f"limit {budget.max_perplexity:.4g})"
+        f"trial(s) within the budget ({shown or 'no weights'}): "
+        + "".join(f"{f}, " for f in figures)
+        + f"perplexity {best.perplexity:.4g} ({budget.increase(best.perplexity):+.1%} over "
+        f"base, limit {budget.max_perplexity:.4g})"
     )
     if len(ranking) > 1:
         runner_up = ranking[1]
         text += f"; runner-up trial {runner_up.number} scores {runner_up.score:.3f}"
-        if best is lowest and runner_up.score - best.score <= runner_up.noise(best, weights):
+        within_noise = runner_up.score - best.score <= runner_up.noise(best, weights)
+        if weights and best is lowest and within_noise:
             text += " (within measurement noise, no lower perplexity)"
     return text

@@ -1,51 +1,48 @@
 """The study report: one self-contained HTML page that works offline.
 
-Each plot is a pure *info* builder (``get_*_info(study) -> small NamedTuple``) plus a thin plotly
-renderer (``plot_*(info) -> go.Figure``), as in Optuna's ``visualization/_pareto_front.py``:
-tests check the info, not pixels. Info holds raw values; renderers escape every string that
-reaches the page (study name, model id, recipes, fail reasons), and plotly's JSON encoder
-escapes ``<`` in figure data. plotly.js is inlined once, so the page needs no network.
+Objectives are read by name (:mod:`autoslim.trials`): a study may minimise any subset of
+perplexity, seconds, joules, size_bytes and peak_memory_bytes, in any order.
 
-The Pareto front of a pair of objectives is computed among the trials within the perplexity
-budget, with Optuna's own front computation; trials over the budget are shown apart.
+Optuna's ``plot_param_importances`` (PED-ANOVA, every objective) and
+``plot_optimization_history`` (one per objective) draw those sections; autoslim only adds the
+budget line. Autoslim draws by hand only what ``optuna.visualization`` cannot: the Pareto
+front of each *pair* of objectives among the trials within the perplexity budget, with the
+budget line (2D) or plane (3D) and the base model marked (``plot_pareto_front`` draws one set
+of objectives with feasible/infeasible colours and a hover that dumps every attr); and the
+parallel coordinates of the recipe knobs against *every* objective at once, read from each
+trial's recipe record (``plot_parallel_coordinate`` colours one objective and leaves out
+trials, like the base model's, that lack a sampled param). Those are pure *info* builders
+(``get_*_info(study) -> small NamedTuple``) plus thin plotly renderers, as in Optuna's
+``visualization/_pareto_front.py``: tests check the info, not pixels. Renderers escape every
+string that reaches the page (study name, model id, recipes, fail reasons), and plotly's JSON
+encoder escapes ``<`` in figure data. plotly.js is inlined once, so the page needs no network.
 """
 
 from __future__ import annotations
 
 import html
+import itertools
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import optuna
-from optuna.study._multi_objective import _is_pareto_front
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from autoslim import __version__
 from autoslim.errors import ConfigError
 from autoslim.operators import KNOBS
-from autoslim.pick import (
-    METRIC_NAMES,
-    PRESETS,
-    Budget,
-    complete_trials,
-    is_base,
-    measurement_of,
-    pareto_trials,
-    rank,
-    recipe_of,
-    study_budget,
-)
+from autoslim.pick import PRESETS, Budget, rank, study_budget
 from autoslim.recipe import Recipe, format_heads
+from autoslim.trials import TrialRecord, best_numbers, objective_names, pareto_mask, read_trials
 
 logger = logging.getLogger(__name__)
 
-UNITS = {"perplexity": "", "seconds": "s", "joules": "J"}
-OBJECTIVE_PAIRS = ((0, 1), (0, 2), (1, 2))
+UNITS = {"perplexity": "", "seconds": "s", "joules": "J", "size_bytes": "B"}
+UNITS["peak_memory_bytes"] = "B"
 # PED-ANOVA needs no scikit-learn; below this many completed trials it says nothing useful.
 MIN_IMPORTANCE_TRIALS = 5
 
@@ -79,27 +76,11 @@ class ParallelInfo(NamedTuple):
     constant_knobs: tuple[str, ...]  # knobs with one value in every trial, left out
 
 
-class ImportanceInfo(NamedTuple):
-    objective_names: tuple[str, ...]
-    importances: tuple[tuple[tuple[str, float], ...], ...]  # per objective, most important first
-    note: str  # why there are none, or how they were computed
-
-
-class HistoryInfo(NamedTuple):
-    objective_names: tuple[str, ...]
-    numbers: tuple[int, ...]
-    values: tuple[tuple[float, ...], ...]  # per objective, one per completed trial
-    best_so_far: tuple[tuple[float, ...], ...]  # per objective, running minimum
-    budget_perplexity: float | None
-
-
 class TableRow(NamedTuple):
     number: int
     state: str
     recipe: str
-    perplexity: float | None
-    seconds: float | None
-    joules: float | None
+    values: dict[str, float]  # objective name → value; empty unless COMPLETE
     energy_source: str
     flags: str  # the measurement's energy and timing flags
     size_bytes: int | None
@@ -110,6 +91,7 @@ class TableRow(NamedTuple):
 
 
 class TableInfo(NamedTuple):
+    objective_names: tuple[str, ...]
     rows: tuple[TableRow, ...]
 
 
@@ -118,6 +100,7 @@ class SummaryInfo(NamedTuple):
     model: str
     corpus_fingerprint: str
     seed: str
+    objective_names: tuple[str, ...]
     budget: Budget | None
     state_counts: tuple[tuple[str, int], ...]
     n_front: int
@@ -128,46 +111,54 @@ class SummaryInfo(NamedTuple):
     choice: str  # the balanced pick and why, or why there is none
 
 
-def _label(trial: FrozenTrial) -> str:
-    return ("base model" if is_base(trial) else recipe_of(trial).describe()) + (
-        f" (trial {trial.number})"
-    )
+def _label(trial: TrialRecord) -> str:
+    return f"{trial.label()} (trial {trial.number})"
 
 
-def _point(trial: FrozenTrial, objectives: Sequence[int]) -> Point:
-    return Point(trial.number, tuple(trial.values[i] for i in objectives), _label(trial))
+def _point(trial: TrialRecord, objectives: Sequence[str]) -> Point:
+    return Point(trial.number, tuple(trial.values[n] for n in objectives), _label(trial))
 
 
 def _budget_limit(budget: Budget | None) -> float | None:
     return None if budget is None else budget.max_perplexity
 
 
-def _within(budget: Budget | None, trial: FrozenTrial) -> bool:
-    return budget is None or budget.allows(trial.values[0])
+def _within(budget: Budget | None, trial: TrialRecord) -> bool:
+    return budget is None or budget.allows(trial.perplexity)
 
 
-def get_pareto_info(study: optuna.Study, objectives: Sequence[int]) -> ParetoInfo:
-    """The front of ``objectives`` (2 or 3 indices into perplexity, seconds, joules)."""
-    if not 2 <= len(objectives) <= 3 or not set(objectives) <= {0, 1, 2}:
-        raise ConfigError(f"objectives={list(objectives)}: choose 2 or 3 of 0, 1, 2")
+def _complete(study: optuna.Study) -> list[TrialRecord]:
+    return read_trials(study, (TrialState.COMPLETE,))
+
+
+def objective_sets(study: optuna.Study) -> list[tuple[str, ...]]:
+    """The objective sets the report draws fronts of: every pair, then all three when the
+    study has exactly three."""
+    names = objective_names(study)
+    sets: list[tuple[str, ...]] = list(itertools.combinations(names, 2))
+    return [*sets, names] if len(names) == 3 else sets
+
+
+def get_pareto_info(study: optuna.Study, objectives: Sequence[str]) -> ParetoInfo:
+    """The front of ``objectives`` (2 or 3 of the study's objective names)."""
+    names = objective_names(study)
+    if not 2 <= len(objectives) <= 3 or not set(objectives) <= set(names):
+        raise ConfigError(
+            f"objectives={list(objectives)}: choose 2 or 3 of the study's {', '.join(names)}"
+        )
     budget = study_budget(study)
-    complete = complete_trials(study)
+    complete = _complete(study)
     within = [t for t in complete if _within(budget, t)]
-    if within:
-        losses = np.asarray([[t.values[i] for i in objectives] for t in within])
-        on_front = _is_pareto_front(losses, assume_unique_lexsorted=False)
-    else:
-        on_front = np.zeros(0, dtype=bool)
-    base = next((t for t in complete if is_base(t)), None)
+    on_front = pareto_mask([[t.values[n] for n in objectives] for t in within])
+    base = next((t for t in complete if t.is_base), None)
+    pairs = list(zip(within, on_front, strict=True))
     return ParetoInfo(
-        axis_names=tuple(METRIC_NAMES[i] for i in objectives),
-        front=tuple(_point(t, objectives) for t, f in zip(within, on_front, strict=True) if f),
-        dominated=tuple(
-            _point(t, objectives) for t, f in zip(within, on_front, strict=True) if not f
-        ),
+        axis_names=tuple(objectives),
+        front=tuple(_point(t, objectives) for t, f in pairs if f),
+        dominated=tuple(_point(t, objectives) for t, f in pairs if not f),
         over_budget=tuple(_point(t, objectives) for t in complete if not _within(budget, t)),
         base=None if base is None else _point(base, objectives),
-        budget_perplexity=_budget_limit(budget) if 0 in objectives else None,
+        budget_perplexity=_budget_limit(budget) if "perplexity" in objectives else None,
     )
 
 
@@ -177,9 +168,9 @@ def _knob_value(recipe: Recipe, name: str) -> Any:
 
 
 def get_parallel_info(study: optuna.Study) -> ParallelInfo:
-    """Recipe knobs that vary across the completed trials, then the three objectives."""
-    complete = complete_trials(study)
-    recipes = [recipe_of(t) for t in complete]
+    """Recipe knobs that vary across the completed trials, then the study's objectives."""
+    complete = _complete(study)
+    recipes = [t.recipe for t in complete]
     dimensions: list[Dimension] = []
     constant: list[str] = []
     for knob in KNOBS:
@@ -199,86 +190,29 @@ def get_parallel_info(study: optuna.Study) -> ParallelInfo:
                 tuple(c or "none" for c in categories),
             )
         )
-    for i, name in enumerate(METRIC_NAMES):
-        dimensions.append(Dimension(name, tuple(t.values[i] for t in complete), None, None))
+    for name in objective_names(study):
+        dimensions.append(Dimension(name, tuple(t.values[name] for t in complete), None, None))
     return ParallelInfo(
         trial_numbers=tuple(t.number for t in complete),
         dimensions=tuple(dimensions),
-        color=tuple(t.values[0] for t in complete),
+        color=tuple(t.perplexity for t in complete),
         constant_knobs=tuple(constant),
-    )
-
-
-def _objective(index: int) -> Callable[[FrozenTrial], float]:
-    def value(trial: FrozenTrial) -> float:
-        return float(trial.values[index])
-
-    return value
-
-
-def get_importance_info(study: optuna.Study) -> ImportanceInfo:
-    """Optuna's PED-ANOVA importance of each sampled param, per objective."""
-    complete = [t for t in complete_trials(study) if t.params]
-    if len(complete) < MIN_IMPORTANCE_TRIALS:
-        return ImportanceInfo(
-            METRIC_NAMES,
-            (),
-            f"parameter importances need at least {MIN_IMPORTANCE_TRIALS} completed trials "
-            f"with sampled params; this study has {len(complete)}",
-        )
-    per_objective = []
-    try:
-        with warnings.catch_warnings():
-            # PED-ANOVA warns that it rates params for low targets: all ours are minimised.
-            warnings.simplefilter("ignore", UserWarning)
-            for i in range(len(METRIC_NAMES)):
-                importances = optuna.importance.get_param_importances(
-                    study,
-                    evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
-                    target=_objective(i),
-                )
-                per_objective.append(tuple(importances.items()))
-    except (ValueError, RuntimeError) as e:
-        logger.info("parameter importances unavailable: %s", e)
-        return ImportanceInfo(METRIC_NAMES, (), f"parameter importances unavailable: {e}")
-    return ImportanceInfo(
-        METRIC_NAMES,
-        tuple(per_objective),
-        f"Optuna PED-ANOVA over {len(complete)} completed trials (rough below ~30)",
-    )
-
-
-def get_history_info(study: optuna.Study) -> HistoryInfo:
-    """Each objective of each completed trial in trial order, with the running best."""
-    complete = sorted(complete_trials(study), key=lambda t: t.number)
-    values = tuple(tuple(t.values[i] for t in complete) for i in range(len(METRIC_NAMES)))
-    best = tuple(tuple(np.minimum.accumulate(v).tolist()) if v else () for v in values)
-    return HistoryInfo(
-        objective_names=METRIC_NAMES,
-        numbers=tuple(t.number for t in complete),
-        values=values,
-        best_so_far=best,
-        budget_perplexity=_budget_limit(study_budget(study)),
     )
 
 
 def get_table_info(study: optuna.Study) -> TableInfo:
     """One row per trial, every state, with its recipe, figures and the reason it stopped."""
     budget = study_budget(study)
-    complete = complete_trials(study)
-    front = {t.number for t in pareto_trials(study, [t for t in complete if _within(budget, t)])}
+    front = best_numbers(study)
     rows = []
-    for trial in study.get_trials(deepcopy=False):
-        measurement = measurement_of(trial)
-        done = trial.state == TrialState.COMPLETE
+    for trial in read_trials(study):
+        measurement = trial.measurement
         rows.append(
             TableRow(
                 number=trial.number,
                 state=trial.state.name,
-                recipe=recipe_of(trial).describe(),
-                perplexity=trial.values[0] if done else None,
-                seconds=trial.values[1] if done else None,
-                joules=trial.values[2] if done else None,
+                recipe=trial.recipe.describe(),
+                values=dict(trial.values),
                 energy_source=str(measurement.get("energy_source", "")),
                 flags=", ".join(
                     str(flag)
@@ -286,44 +220,38 @@ def get_table_info(study: optuna.Study) -> TableInfo:
                     for flag in measurement.get(key, [])
                 ),
                 size_bytes=measurement.get("size_bytes"),
-                on_front=trial.number in front,
-                within_budget=_within(budget, trial) if done and budget else None,
-                is_base=is_base(trial),
-                reason=str(
-                    trial.user_attrs.get("fail_reason")
-                    or trial.user_attrs.get("prune_reason")
-                    or ""
-                ),
+                on_front=trial.number in front and _within(budget, trial),
+                within_budget=_within(budget, trial) if trial.complete and budget else None,
+                is_base=trial.is_base,
+                reason=trial.reason,
             )
         )
-    return TableInfo(rows=tuple(rows))
+    return TableInfo(objective_names=objective_names(study), rows=tuple(rows))
 
 
 def get_summary_info(study: optuna.Study) -> SummaryInfo:
     attrs = study.user_attrs
     budget = study_budget(study)
-    trials = study.get_trials(deepcopy=False)
+    trials = read_trials(study)
+    complete = [t for t in trials if t.complete]
     counts = Counter(t.state.name for t in trials)
-    sources = sorted(
-        {str(measurement_of(t).get("energy_source", "unknown")) for t in complete_trials(study)}
-    )
+    sources = sorted({str(t.measurement.get("energy_source", "unknown")) for t in complete})
     try:
         choice = rank(study, PRESETS["balanced"]).reason
     except ConfigError as e:
         choice = f"no pick: {e}"
-    front = [t for t in complete_trials(study) if _within(budget, t)]
-    flagged = [
-        [str(f) for f in measurement_of(t).get("timing_flags", [])] for t in complete_trials(study)
-    ]
+    front = best_numbers(study)
+    flagged = [[str(f) for f in t.measurement.get("timing_flags", [])] for t in complete]
     flagged = [flags for flags in flagged if flags]
     return SummaryInfo(
         study_name=study.study_name,
         model=str(attrs.get("model", "unknown")),
         corpus_fingerprint=str(attrs.get("corpus_fingerprint", "unknown")),
         seed=str(attrs.get("seed", "unknown")),
+        objective_names=objective_names(study),
         budget=budget,
         state_counts=tuple(sorted(counts.items())),
-        n_front=len(pareto_trials(study, front)),
+        n_front=sum(t.number in front and _within(budget, t) for t in complete),
         energy_sources=tuple(sources),
         timing_flagged=(len(flagged), tuple(sorted({f for t in flagged for f in t}))),
         choice=choice,
@@ -468,74 +396,59 @@ def plot_parallel(info: ParallelInfo) -> Any:
     return fig
 
 
-def plot_importances(info: ImportanceInfo) -> Any:
+def _note_figure(title: str, note: str) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for name, pairs in zip(info.objective_names, info.importances, strict=False):
-        fig.add_trace(
-            go.Bar(
-                name=name,
-                x=[v for _, v in pairs],
-                y=[html.escape(p) for p, _ in pairs],
-                orientation="h",
-            )
+    fig.add_annotation(text=html.escape(note), showarrow=False, font={"size": 14})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(title=title, height=200)
+    return fig
+
+
+def plot_importances(study: optuna.Study) -> Any:
+    """Optuna's PED-ANOVA importance of each sampled param, one bar group per objective."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    sampled = [t for t in complete if t.params]
+    if len(sampled) < MIN_IMPORTANCE_TRIALS:
+        return _note_figure(
+            "Parameter importances",
+            f"parameter importances need at least {MIN_IMPORTANCE_TRIALS} completed trials "
+            f"with sampled params; this study has {len(sampled)}",
         )
-    if not info.importances:
-        fig.add_annotation(text=html.escape(info.note), showarrow=False, font={"size": 14})
-        fig.update_xaxes(visible=False)
-        fig.update_yaxes(visible=False)
-        fig.update_layout(title="Parameter importances", height=200)
-        return fig
+    try:
+        with warnings.catch_warnings():
+            # PED-ANOVA warns that it rates params for low targets: all ours are minimised.
+            warnings.simplefilter("ignore", UserWarning)
+            fig = optuna.visualization.plot_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+            )
+    except (ValueError, RuntimeError) as e:
+        logger.info("parameter importances unavailable: %s", e)
+        return _note_figure("Parameter importances", f"parameter importances unavailable: {e}")
     fig.update_layout(
-        title=f"Parameter importances: {html.escape(info.note)}",
-        barmode="group",
-        xaxis_title="importance (normalised per objective)",
+        title=f"Parameter importances: Optuna PED-ANOVA over {len(sampled)} completed trials "
+        "(rough below ~30)",
         height=420,
     )
     return fig
 
 
-def plot_history(info: HistoryInfo) -> Any:
-    from plotly.subplots import make_subplots
+def plot_history(study: optuna.Study, name: str) -> Any:
+    """Optuna's optimization history of the objective ``name``, with the perplexity budget."""
+    index = objective_names(study).index(name)
 
-    fig = make_subplots(
-        rows=1, cols=len(info.objective_names), subplot_titles=info.objective_names
+    def target(trial: optuna.trial.FrozenTrial) -> float:
+        return float(trial.values[index])
+
+    fig = optuna.visualization.plot_optimization_history(
+        study, target=target, target_name=_axis_title(name)
     )
-    for col, name in enumerate(info.objective_names, start=1):
-        k = col - 1
-        fig.add_scatter(
-            x=list(info.numbers),
-            y=list(info.values[k]),
-            mode="markers",
-            name=name,
-            marker={"color": "#1f77b4"},
-            showlegend=False,
-            row=1,
-            col=col,
-        )
-        fig.add_scatter(
-            x=list(info.numbers),
-            y=list(info.best_so_far[k]),
-            mode="lines",
-            name=f"best {name} so far",
-            line={"color": "#ff7f0e", "shape": "hv"},
-            showlegend=False,
-            row=1,
-            col=col,
-        )
-        fig.update_xaxes(title_text="trial", row=1, col=col)
-        fig.update_yaxes(title_text=_axis_title(name), row=1, col=col)
-    if info.budget_perplexity is not None:
-        fig.add_hline(
-            info.budget_perplexity,
-            line_dash="dash",
-            line_color="#d62728",
-            annotation_text="budget",
-            row=1,
-            col=1,
-        )
-    fig.update_layout(title="Objective history (orange: best so far)", height=380)
+    limit = _budget_limit(study_budget(study))
+    if name == "perplexity" and limit is not None:
+        fig.add_hline(limit, line_dash="dash", line_color="#d62728", annotation_text="budget")
+    fig.update_layout(title=f"History of {name}", height=360)
     return fig
 
 
@@ -552,9 +465,7 @@ def render_table(info: TableInfo) -> str:
         "trial",
         "state",
         "recipe",
-        "perplexity",
-        "seconds",
-        "joules",
+        *info.objective_names,
         "energy source",
         "measurement flags",
         "size (MB)",
@@ -571,9 +482,7 @@ def render_table(info: TableInfo) -> str:
             _cell(r.number),
             _cell(r.state),
             _cell(r.recipe + (" [base]" if r.is_base else "")),
-            _cell(r.perplexity),
-            _cell(r.seconds),
-            _cell(r.joules),
+            *(_cell(r.values.get(n)) for n in info.objective_names),
             _cell(r.energy_source),
             _cell(r.flags),
             _cell(size),
@@ -595,6 +504,7 @@ def render_summary(info: SummaryInfo) -> str:
     counts = ", ".join(f"{n} {state.lower()}" for state, n in info.state_counts) or "no trials"
     rows = (
         ("model", info.model),
+        ("objectives", ", ".join(info.objective_names)),
         ("perplexity budget", budget),
         ("trials", counts),
         ("Pareto-optimal within budget", str(info.n_front)),
@@ -658,19 +568,19 @@ def render_page(study: optuna.Study) -> str:
     import plotly.offline
 
     summary = get_summary_info(study)
-    pareto_pairs = [
-        _figure_div(plot_pareto(get_pareto_info(study, pair)), f"pareto-{pair[0]}-{pair[1]}")
-        for pair in OBJECTIVE_PAIRS
+    fronts = [
+        _figure_div(plot_pareto(get_pareto_info(study, names)), "pareto-" + "-".join(names))
+        for names in objective_sets(study)
+    ]
+    histories = [
+        _figure_div(plot_history(study, name), f"history-{name}")
+        for name in summary.objective_names
     ]
     sections = [
-        ("Pareto fronts", "".join(pareto_pairs)),
-        ("Pareto front in 3D", _figure_div(plot_pareto(get_pareto_info(study, (0, 1, 2))), "p3")),
+        ("Pareto fronts", "".join(fronts)),
         ("Recipe knobs", _figure_div(plot_parallel(get_parallel_info(study)), "parallel")),
-        (
-            "Parameter importances",
-            _figure_div(plot_importances(get_importance_info(study)), "importances"),
-        ),
-        ("Objective history", _figure_div(plot_history(get_history_info(study)), "history")),
+        ("Parameter importances", _figure_div(plot_importances(study), "importances")),
+        ("Objective history", "".join(histories)),
         ("Trials (click a header to sort)", render_table(get_table_info(study))),
     ]
     title = html.escape(f"autoslim report: {summary.study_name}")

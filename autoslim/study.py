@@ -6,11 +6,18 @@ or the time limit is reached. What a stored study holds (other commands read it)
 
 - study user_attrs: ``config`` (the validated study file), ``base_perplexity``,
   ``max_ppl_increase``, ``corpus_fingerprint``, ``model``, ``seed``; metric names set.
-- trial user_attrs (JSON only): ``recipe`` (full Recipe), ``measurement``, ``build``,
+- trial user_attrs (JSON only): ``recipe`` (full Recipe), every numeric figure of the
+  measurement flat under its own name (``perplexity``, ``size_bytes``, ``peak_memory_bytes``,
+  ``top1_agreement``, ``teacher_kl``, ``cpu_wait_fraction``, ``seconds_cv``…: sortable in
+  dashboards) and ``energy_source``, ``build``,
   ``constraint`` (``[ppl / base − 1 − max_ppl_increase]``, ≤ 0 feasible), ``fail_reason``
   on FAIL, ``prune_reason`` on PRUNED, ``is_base`` on the base-model trial, plus
   ``known`` (label of an enqueued known recipe), ``retry_of``, ``duplicate_of``,
   ``interrupted``, ``worker`` and ``heartbeat`` bookkeeping.
+- trial system attrs: ``autoslim:measurement`` (the full Measurement record, out of plot
+  hovers and the dashboard's 1,024-character attr cut), the constraint as Optuna 5's
+  ``constraints:perplexity_increase`` and as the older ``constraints`` list, the only one
+  optuna-dashboard 0.21 reads. Read all of it back with :func:`autoslim.trials.read_trials`.
 
 The base model and known recipes are enqueued first. A recipe already evaluated is not run
 again (the duplicate is recorded as PRUNED). A trial left RUNNING by a process that died is
@@ -37,6 +44,13 @@ from autoslim import space as search_space
 from autoslim.config import StudyConfig, mask_url
 from autoslim.errors import AutoslimError, ConfigError
 from autoslim.recipe import Recipe
+from autoslim.trials import (
+    CONSTRAINT,
+    MEASUREMENT_ATTR,
+    constraint_system_attrs,
+    measurement_user_attrs,
+    recipe_of,
+)
 from autoslim.worker import DEFAULT_OBJECTIVE, TrialResult, Worker
 
 logger = logging.getLogger(__name__)
@@ -246,13 +260,6 @@ def base_recipe(config: StudyConfig) -> Recipe:
     )
 
 
-def trial_recipe(trial: FrozenTrial) -> Recipe:
-    """The recipe a stored trial evaluated."""
-    if "recipe" in trial.user_attrs:
-        return Recipe.from_params(trial.user_attrs["recipe"])
-    return Recipe.from_params(trial.params)
-
-
 def counts_toward_total(trial: FrozenTrial) -> bool:
     """Finished trials that evaluated a recipe (not duplicates, not interrupted ones)."""
     attrs = trial.user_attrs
@@ -347,7 +354,7 @@ def enqueue_starting_points(study: optuna.Study, config: StudyConfig) -> list[st
         study.enqueue_trial(params, user_attrs={"is_base": True})
         added.append("base")
         room -= 1
-    present = {trial_recipe(t) for t in trials if not t.user_attrs.get("is_base")}
+    present = {recipe_of(t) for t in trials if not t.user_attrs.get("is_base")}
     for label, recipe in search_space.known_recipes(config.search, base_recipe(config)):
         if room <= 0:
             break
@@ -423,7 +430,9 @@ def _record(
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
     measurement = result.payload["measurement"]
-    trial.set_user_attr("measurement", measurement)
+    _set_system_attrs(study, trial, {MEASUREMENT_ATTR: measurement})
+    for key, value in measurement_user_attrs(measurement).items():
+        trial.set_user_attr(key, value)
     trial.set_user_attr("build", result.payload.get("build", {}))
     try:
         values = [float(measurement[name]) for name in config.objectives]
@@ -452,10 +461,22 @@ def _record(
         return TrialState.FAIL
     violation = ppl / base - 1.0 - config.max_ppl_increase
     trial.set_user_attr("constraint", [violation])
+    attrs = constraint_system_attrs(violation)
     if NATIVE_CONSTRAINTS:
-        trial.set_constraint("perplexity_increase", violation)
+        trial.set_constraint(CONSTRAINT, violation)
+        attrs.pop(f"constraints:{CONSTRAINT}")
+    _set_system_attrs(study, trial, attrs)
     study.tell(trial, values)
     return TrialState.COMPLETE
+
+
+def _set_system_attrs(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Trial system attrs through the storage's public API (Trial has no setter for them)."""
+    storage = trial.storage
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    for key, value in attrs.items():
+        storage.set_trial_system_attr(trial_id, key, value)
 
 
 def run_study(
@@ -589,7 +610,7 @@ def _find_evaluated(trials: list[FrozenTrial], recipe: Recipe, number: int) -> i
             continue
         if t.state == TrialState.RUNNING and t.number > number:
             continue
-        if "recipe" in t.user_attrs and trial_recipe(t) == recipe:
+        if "recipe" in t.user_attrs and recipe_of(t) == recipe:
             return t.number
     return None
 
@@ -616,14 +637,14 @@ def abort_savings(study: optuna.Study) -> AbortSavings:
     full: dict[int, list[float]] = {}
     for t in trials:
         if t.state == TrialState.COMPLETE and not t.user_attrs.get("is_base"):
-            full.setdefault(trial_recipe(t).kd_steps, []).append(_duration(t))
+            full.setdefault(recipe_of(t).kd_steps, []).append(_duration(t))
     abandoned = [
         t for t in trials if t.state == TrialState.PRUNED and "duplicate_of" not in t.user_attrs
     ]
     spent = sum(_duration(t) for t in abandoned)
     saved = 0.0
     for t in abandoned:
-        durations = sorted(full.get(trial_recipe(t).kd_steps, []))
+        durations = sorted(full.get(recipe_of(t).kd_steps, []))
         if durations:
             saved += max(0.0, durations[len(durations) // 2] - _duration(t))
     return AbortSavings(len(abandoned), spent, saved)

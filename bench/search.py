@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna._hypervolume import compute_hypervolume
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autoslim.config import parse
 from autoslim.recipe import Recipe
 from autoslim.study import enqueue_starting_points, recipe_for
+from autoslim.trials import hypervolume as dominated_volume
 from tests.study.fakes import synthetic_measurement
 
 MAX_INCREASE = 0.25
@@ -86,7 +86,7 @@ def hypervolume(points: list[tuple[float, ...]]) -> float:
         return 0.0
     normalised = np.array(points) / scale
     inside = normalised[(normalised < reference).all(axis=1)]
-    return float(compute_hypervolume(inside, reference)) if len(inside) else 0.0
+    return dominated_volume(inside.tolist(), reference.tolist())
 
 
 def main() -> None:

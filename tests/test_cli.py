@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from autoslim.cli import main
+from autoslim.recipe import Recipe
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -18,10 +19,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_measure_reference_json(capsys):
     assert main(["measure", "--model", "reference", "--max-windows", "8", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["schema_version"] == 1 and report["command"] == "measure"
     assert report["family"] == "qwen3"
-    assert report["scored_tokens"] == 8 * 255
+    assert report["recipe"] == Recipe().to_dict()
+    assert list(report["measurements"]) == ["base"]
+    base = report["measurements"]["base"]
+    assert base["scored_tokens"] == 8 * 255
     assert len(report["corpus_fingerprint"]) == 16
-    assert report["perplexity"] > 1
+    assert base["perplexity"] > 1
     assert report["tokens_per_second"] > 0
 
 

@@ -10,11 +10,12 @@ import torch
 
 from autoslim.cli import main
 from autoslim.errors import ConfigError, DataError, ModelError
-from autoslim.export import MANIFEST, export
+from autoslim.export import MANIFEST, export, select_trial
 from autoslim.pick import PRESETS
 from autoslim.recipe import Recipe
 from autoslim.testing import save_tiny_model
 from autoslim.testing.studies import (
+    DEMO_TRIALS,
     FakeTrial,
     failed,
     make_built_study,
@@ -64,7 +65,7 @@ def variant(built, folder, name, **kwargs):
     attrs = {
         "model": study.user_attrs["model"],
         "corpus_fingerprint": study.user_attrs["corpus_fingerprint"],
-        "config": study.user_attrs["config"],
+        "workload": study.user_attrs["config"]["workload"],
         **kwargs,
     }
     return make_study(
@@ -141,6 +142,9 @@ def test_cli_exports_the_pick(built, tmp_path, capsys):
         == 0
     )
     summary = json.loads(capsys.readouterr().out)
+    assert summary["schema_version"] == 1 and summary["command"] == "export"
+    assert summary["study"] == "built"
+    assert Recipe.from_params(summary["recipe"]) == RECIPES[summary["trial"]]
     # Made-up seconds fall with the trial number: the last candidate within the budget wins.
     study, _ = built
     budget = study.user_attrs["base_perplexity"] * 1.5
@@ -199,6 +203,19 @@ def test_no_trial_within_budget_names_the_closest(tmp_path):
     with pytest.raises(ConfigError, match="the closest is trial 0 at perplexity 100"):
         export(study, out, weights=PRESETS["balanced"])
     assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("objectives", [["seconds", "perplexity"], ["perplexity", "joules"]])
+def test_the_trial_to_export_is_read_by_objective_name(tmp_path, objectives):
+    study = optuna.load_study(
+        study_name="demo", storage=make_study_file(tmp_path, objectives=objectives)
+    )
+    picked, reason = select_trial(study)
+    winner = 3 if "seconds" in objectives else 4  # see tests/test_pick.py
+    assert picked.number == winner and reason.startswith(f"trial {winner} ")
+    assert picked.perplexity == DEMO_TRIALS[winner].perplexity
+    chosen, reason = select_trial(study, trial_number=1)
+    assert chosen.values["perplexity"] == 101.0 and reason == "--trial 1"
 
 
 def test_trial_and_choice_together_are_refused(built, tmp_path):

@@ -9,7 +9,7 @@ from autoslim.cli import main
 from autoslim.errors import ConfigError
 from autoslim.pick import PRESETS, Weights, parse_weights, rank, weights_from
 from autoslim.recipe import Recipe
-from autoslim.testing.studies import base, complete, make_study_file
+from autoslim.testing.studies import DEMO_TRIALS, base, complete, make_study_file
 
 # DEMO_TRIALS (base 100, budget +20 % = 120), by hand:
 #   trial  ppl   s     J     Pareto within 120?
@@ -56,7 +56,7 @@ def test_study_budget_excludes_dominated_and_over_budget_trials(study):
     # relative excess: seconds 0.55 / 0.5 - 1 = 0.1, joules 5 / 5 - 1 = 0: 0.5*0.1 + 0.5*0
     assert choice.best.number == 4
     assert choice.best.score == pytest.approx(0.05)
-    assert choice.best.seconds_norm == pytest.approx(0.1)
+    assert choice.best.normalised == pytest.approx({"seconds": 0.1, "joules": 0.0})
     assert choice.best.recipe == Recipe(bits=4, prune_ratio=0.2)
 
 
@@ -115,7 +115,7 @@ def test_scores_within_measurement_noise_go_to_the_lower_perplexity(tmp_path, sl
     choice = rank(optuna.load_study(study_name="demo", storage=url), PRESETS["balanced"])
     assert choice.best.number == winner
     assert [c.number for c in choice.ranking] == [winner, 3 - winner, 0]
-    assert choice.best.seconds_cv == 0.01 and choice.best.joules_cv == 0.02
+    assert choice.best.cv == {"seconds": 0.01, "joules": 0.02}
     if winner == 2:
         assert "within measurement noise of the lowest" in choice.reason
         assert "trial 1's 0.000, noise 0.015" in choice.reason
@@ -141,12 +141,51 @@ def test_budget_can_only_be_tightened(study):
         rank(study, PRESETS["balanced"], max_ppl_increase=-0.1)
 
 
+@pytest.mark.parametrize(
+    ("objectives", "order", "scores"),
+    [
+        # (perplexity, joules) within 120: 2, 3 and 5 are dominated by 1 (101, 6 J); only
+        # energy is weighed: joules / 5 - 1 = 1, 0.2, 0 for trials 0, 1, 4.
+        (["perplexity", "joules"], [4, 1, 0], [0.0, 0.2, 1.0]),
+        # (seconds, perplexity): 4 is dominated by 3, 5 by 2; only time is weighed:
+        # seconds / 0.5 - 1 = 0, 0.2, 0.8, 1 for trials 3, 2, 1, 0.
+        (["seconds", "perplexity"], [3, 2, 1, 0], [0.0, 0.2, 0.8, 1.0]),
+        # neither seconds nor joules: ranked by perplexity (1 at 5 MB dominates 2-5).
+        (["perplexity", "size_bytes"], [0, 1], [0.0, 0.0]),
+    ],
+)
+def test_objectives_are_read_by_name(tmp_path, objectives, order, scores):
+    url = make_study_file(tmp_path, objectives=objectives)
+    choice = rank(optuna.load_study(study_name="demo", storage=url), PRESETS["balanced"])
+    assert [c.number for c in choice.ranking] == order
+    assert [c.score for c in choice.ranking] == pytest.approx(scores)
+    assert choice.objectives == tuple(objectives)
+    best = DEMO_TRIALS[order[0]]
+    assert choice.best.values["perplexity"] == best.perplexity
+    assert set(choice.best.values) == set(objectives)
+    assert choice.reason.startswith(f"trial {order[0]} ")
+    if "size_bytes" in objectives:
+        assert "minimises neither seconds nor joules" in choice.reason
+        assert "within measurement noise" not in choice.reason
+
+
+def test_weights_on_objectives_the_study_lacks_are_refused(tmp_path):
+    url = make_study_file(tmp_path, objectives=["perplexity", "joules"])
+    study = optuna.load_study(study_name="demo", storage=url)
+    with pytest.raises(ConfigError, match=r"weigh only seconds, .*perplexity, joules.*energy"):
+        rank(study, parse_weights("time=1"))
+
+
 def test_cli_json_and_table(tmp_path, capsys):
     url = make_study_file(tmp_path)
     assert main(["pick", url, "--prefer", "energy", "--max-ppl-increase", "0.15", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["schema_version"] == 1 and out["command"] == "pick"
+    assert out["objectives"] == ["perplexity", "seconds", "joules"]
     assert out["best_trial"] == 1
     assert [r["trial"] for r in out["ranking"]] == [1, 2, 3, 0]
+    assert out["ranking"][0]["values"] == {"perplexity": 101.0, "seconds": 0.9, "joules": 6.0}
+    assert out["ranking"][0]["recipe"] == Recipe(bits=8).to_dict()
     assert out["weights"] == {"time": 0.2, "energy": 0.8}
 
     assert main(["pick", str(tmp_path / "demo.db"), "--weights", "time=1"]) == 0

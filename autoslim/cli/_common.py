@@ -150,8 +150,17 @@ def recipe_from_args(args: argparse.Namespace, **defaults: Any) -> Recipe:
     return Recipe.from_params({**defaults, **given})
 
 
-def print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+# The version of the one ``--json`` shape every subcommand prints (README: "JSON output").
+JSON_SCHEMA_VERSION = 1
+
+
+def json_document(command: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``{"schema_version": 1, "command": COMMAND, ...body}``: every ``--json`` output."""
+    return {"schema_version": JSON_SCHEMA_VERSION, "command": command, **body}
+
+
+def print_json(command: str, body: dict[str, Any]) -> None:
+    print(json.dumps(json_document(command, body), indent=2, sort_keys=False, default=str))
 
 
 def print_table(rows: list[tuple[str, Any]]) -> None:

@@ -42,9 +42,11 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
     )
     summary = {
+        "study": study.study_name,
         "folder": str(result.folder),
         "trial": result.trial,
-        "recipe": result.recipe.describe(),
+        "recipe": result.recipe.to_dict(),
+        "recipe_summary": result.recipe.describe(),
         "chosen_because": result.reason,
         "stored_perplexity": result.stored_perplexity,
         "measured_perplexity": result.measured_perplexity,
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         "files": sorted(result.files),
     }
     if args.json:
-        print_json(summary)
+        print_json("export", summary)
         return 0
     print(f"exported trial {result.trial} ({result.recipe.describe()}) to {result.folder}")
     print(f"  chosen because: {result.reason}")

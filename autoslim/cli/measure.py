@@ -125,15 +125,12 @@ def run(args: argparse.Namespace) -> int:
             "tokens_per_second": workload.prefill_tokens / base.prefill_seconds
             if base.prefill_seconds
             else None,
+            "recipe": recipe.to_dict(),
+            "measurements": {label: m.to_dict() for label, m in results.items()},
         }
-        if len(results) == 1:
-            report |= base.to_dict()
-        else:
-            report |= {"recipe": recipe.to_params()}
-            report |= {label: m.to_dict() for label, m in results.items()}
         if built is not None:
             report |= {"stage_seconds": built.stage_seconds, "build": built.info}
-        print_json(report)
+        print_json("measure", report)
         return 0
     columns = {label: _column(m, workload) for label, m in results.items()}
     rows: list[tuple[str, Any]] = [

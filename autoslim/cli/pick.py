@@ -46,18 +46,19 @@ def run(args: argparse.Namespace) -> int:
     study = open_study(args)
     choice = rank(study, weights_from(args.prefer, args.weights), args.max_ppl_increase)
     if args.json:
-        print_json({"study": study.study_name, **choice.to_dict()})
+        print_json("pick", {"study": study.study_name, **choice.to_dict()})
         return 0
     print(f"study {study.study_name}: {choice.budget.describe()}, {choice.weights.describe()}")
-    header = ("rank", "trial", "score", "perplexity", "seconds", "joules", "recipe")
+    header = ("rank", "trial", "score", *choice.objectives, "recipe")
     rows = [
         (
             str(i),
             str(c.number) + (" (base)" if c.is_base else ""),
             f"{c.score:.3f}",
-            f"{c.perplexity:.4g}",
-            f"{c.seconds:.4g}",
-            f"{c.joules:.4g} {c.energy_source}",
+            *(
+                f"{c.values[n]:.4g}" + (f" {c.energy_source}" if n == "joules" else "")
+                for n in choice.objectives
+            ),
             c.recipe.describe(),
         )
         for i, c in enumerate(choice.ranking, start=1)

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from autoslim.cli._common import print_json
 from autoslim.cli._study_args import add_study_args, open_study
 
 
@@ -20,15 +21,37 @@ def register(subparsers: Any) -> None:
         type=Path,
         help="the HTML file to write (default: report-STUDYNAME.html in the current folder)",
     )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object (the page is still written)"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim.report import write_report
+    from autoslim.report import get_summary_info, write_report
+    from autoslim.trials import best_records
 
     study = open_study(args)
     out = args.out or Path(f"report-{re.sub(r'[^A-Za-z0-9_.-]', '_', study.study_name)}.html")
     path = write_report(study, out)
+    if args.json:
+        summary = get_summary_info(study)
+        budget = summary.budget
+        print_json(
+            "report",
+            {
+                "study": summary.study_name,
+                "path": str(path),
+                "size_bytes": path.stat().st_size,
+                "model": summary.model,
+                "objectives": list(summary.objective_names),
+                "max_perplexity": None if budget is None else budget.max_perplexity,
+                "states": dict(summary.state_counts),
+                "pareto": [r.to_dict() for r in best_records(study)],
+                "balanced_pick": summary.choice,
+            },
+        )
+        return 0
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, works offline)")
     print(f"open {path.resolve().as_uri()}")
     return 0

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     summary, study = run_search(config, quiet=args.json)
     if args.json:
-        print_json(summary_dict(summary, study))
+        print_json("search", summary_dict(summary, study))
     return 0
 
 
@@ -58,6 +58,7 @@ def run_search(config: Any, *, quiet: bool = False) -> tuple[Any, Any]:
 
     from autoslim import study as search
     from autoslim.config import mask_url
+    from autoslim.trials import record
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -87,7 +88,8 @@ def run_search(config: Any, *, quiet: bool = False) -> tuple[Any, Any]:
             print(f"{head} | running {p.message}", end="\r" if tty else "\n", flush=True)
             return
         clear = "\x1b[2K" if tty else ""
-        print(f"{clear}{head} | {describe_trial(p.trial)}", flush=True)
+        line = describe_record(record(p.trial, config.objectives))
+        print(f"{clear}{head} | {line}", flush=True)
 
     summary = search.run_study(config, progress=progress)
     study = optuna.load_study(study_name=run.name, storage=search.make_storage(run.storage))
@@ -98,45 +100,44 @@ def run_search(config: Any, *, quiet: bool = False) -> tuple[Any, Any]:
             f"({states or 'none'}) in {_clock(summary.wall_seconds)}"
         )
         print_pareto(study)
-        print(f"browse it: optuna-dashboard {mask_url(run.storage)}")
+        print(
+            f"browse it: optuna-dashboard {mask_url(run.storage)} (its best-trials list "
+            "ignores the perplexity budget; `autoslim pick` ranks the feasible ones)"
+        )
     return summary, study
 
 
-def describe_trial(trial: Any) -> str:
-    from autoslim.study import trial_recipe
-
-    attrs = trial.user_attrs
-    recipe = "base model" if attrs.get("is_base") else trial_recipe(trial).describe()
-    seconds = ""
-    if trial.datetime_start and trial.datetime_complete:
-        seconds = f" ({(trial.datetime_complete - trial.datetime_start).total_seconds():.1f} s)"
-    if trial.state.name == "COMPLETE":
-        m = attrs.get("measurement", {})
-        return (
-            f"#{trial.number} {recipe}: perplexity {m.get('perplexity', float('nan')):.2f}, "
-            f"{m.get('seconds', float('nan')):.4f} s, {m.get('joules', float('nan')):.3f} J"
-            f"{seconds}"
+def describe_record(trial: Any) -> str:
+    """One line for a finished trial: its recipe, its figures by name, its duration."""
+    seconds = "" if trial.duration_seconds is None else f" ({trial.duration_seconds:.1f} s)"
+    if trial.complete:
+        figures = ", ".join(
+            f"{name} {_figure(trial.values.get(name, trial.measurement.get(name)))}"
+            for name in dict.fromkeys(("perplexity", "seconds", "joules", *trial.values))
         )
-    reason = attrs.get("fail_reason") or attrs.get("prune_reason") or ""
-    return f"#{trial.number} {recipe}: {trial.state.name} {reason}{seconds}"
+        return f"#{trial.number} {trial.label()}: {figures}{seconds}"
+    return f"#{trial.number} {trial.label()}: {trial.state.name} {trial.reason}{seconds}"
+
+
+def _figure(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
 
 
 def print_pareto(study: Any) -> None:
     """The feasible Pareto set as a table, sorted by perplexity."""
-    from autoslim.study import trial_recipe
+    from autoslim.trials import best_records, objective_names
 
-    best = sorted(study.best_trials, key=lambda t: t.values[0])
+    best = best_records(study)
     base = study.user_attrs.get("base_perplexity")
-    names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    names = objective_names(study)
     print(f"Pareto set ({len(best)} trials):")
     if not best:
         return
     header = ["trial", "recipe", *names, "vs base"]
     rows = []
     for t in best:
-        recipe = "base model" if t.user_attrs.get("is_base") else trial_recipe(t).describe()
-        change = f"{t.values[0] / base - 1:+.1%}" if base else ""
-        rows.append([f"#{t.number}", recipe, *(f"{v:.4g}" for v in t.values), change])
+        change = f"{t.perplexity / base - 1:+.1%}" if base else ""
+        rows.append([f"#{t.number}", t.label(), *(f"{t.values[n]:.4g}" for n in names), change])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -146,13 +147,15 @@ def summary_dict(summary: Any, study: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
     from autoslim.study import abort_savings
+    from autoslim.trials import best_records, objective_names
 
+    run = asdict(summary)
     return {
-        **asdict(summary),
-        "pareto": [
-            {"number": t.number, "values": t.values, "recipe": t.user_attrs.get("recipe")}
-            for t in study.best_trials
-        ],
+        "study": run.pop("study_name"),
+        "storage": run.pop("storage"),
+        "objectives": list(objective_names(study)),
+        "run": run,
+        "pareto": [r.to_dict() for r in best_records(study)],
         "early_abort": asdict(abort_savings(study)),
     }
 

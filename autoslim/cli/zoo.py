@@ -48,7 +48,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     facts = train(config, args.out, progress=progress)
     if args.json:
-        print_json({k: v for k, v in facts.items() if k != "curve"})
+        print_json("zoo train", {k: v for k, v in facts.items() if k != "curve"})
     else:
         print(
             f"wrote {args.out}: held-out perplexity {facts['eval_perplexity']:.2f}, "

@@ -22,10 +22,21 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from autoslim.config import (
+    DEFAULT_OBJECTIVES,
+    DataSection,
+    EarlyAbort,
+    ModelSection,
+    RunSection,
+    StudyConfig,
+)
 from autoslim.measure.measurement import CONTENDED
 from autoslim.recipe import BITS, QUANT_TYPES, Recipe
-
-METRIC_NAMES = ("perplexity", "seconds", "joules")
+from autoslim.trials import (
+    MEASUREMENT_ATTR,
+    constraint_system_attrs,
+    measurement_user_attrs,
+)
 
 # The knobs a search samples, with the distributions these fake trials record for them.
 DISTRIBUTIONS: dict[str, BaseDistribution] = {
@@ -121,21 +132,32 @@ def make_study(
     max_ppl_increase: float = 0.2,
     corpus_fingerprint: str = "0123456789abcdef",
     seed: int = 0,
-    config: dict[str, Any] | None = None,
+    workload: dict[str, Any] | None = None,
+    objectives: Sequence[str] = DEFAULT_OBJECTIVES,
 ) -> optuna.Study:
-    """Create ``study_name`` in ``storage`` holding ``trials`` in the search's layout.
+    """Create ``study_name`` in ``storage`` holding ``trials`` in the search's layout,
+    minimising ``objectives`` (in that order; each trial's values are its figures by name).
 
     ``base_perplexity`` defaults to the perplexity of the trial marked ``is_base``.
     """
     if base_perplexity is None:
         base_perplexity = next(t.perplexity for t in trials if t.is_base)
     study = optuna.create_study(
-        storage=storage, study_name=study_name, directions=["minimize"] * len(METRIC_NAMES)
+        storage=storage, study_name=study_name, directions=["minimize"] * len(objectives)
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(list(METRIC_NAMES))
-    study_config = config or {"name": study_name, "model": model, "storage": storage}
+        study.set_metric_names(list(objectives))
+    study_config = StudyConfig(
+        path="",
+        study=RunSection(name=study_name, storage=storage, seed=seed),
+        model=ModelSection(name=model),
+        data=DataSection(),
+        workload=dict(workload or {}),
+        objectives=tuple(objectives),
+        max_ppl_increase=max_ppl_increase,
+        early_abort=EarlyAbort(),
+    ).to_dict()
     for key, value in {
         "config": study_config,
         "base_perplexity": base_perplexity,
@@ -147,7 +169,7 @@ def make_study(
         study.set_user_attr(key, value)
     budget = base_perplexity * (1 + max_ppl_increase)
     for trial in trials:
-        study.add_trial(_frozen(trial, budget, corpus_fingerprint))
+        study.add_trial(_frozen(trial, budget, corpus_fingerprint, objectives))
     return study
 
 
@@ -158,7 +180,9 @@ def make_study_file(folder: Path, study_name: str = "demo", **kwargs: Any) -> st
     return storage
 
 
-def _frozen(trial: FakeTrial, budget: float, fingerprint: str) -> optuna.trial.FrozenTrial:
+def _frozen(
+    trial: FakeTrial, budget: float, fingerprint: str, objectives: Sequence[str]
+) -> optuna.trial.FrozenTrial:
     params = {k: v for k, v in trial.recipe.to_params().items() if k in DISTRIBUTIONS}
     user_attrs: dict[str, Any] = {"recipe": trial.recipe.to_dict(), **trial.extra_attrs}
     if trial.is_base:
@@ -166,12 +190,14 @@ def _frozen(trial: FakeTrial, budget: float, fingerprint: str) -> optuna.trial.F
     values = None
     system_attrs: dict[str, Any] = {}
     if trial.state == TrialState.COMPLETE:
-        values = [trial.perplexity, trial.seconds, trial.joules]
-        constraint = [trial.perplexity / budget - 1.0]
-        user_attrs["measurement"] = measurement_dict(trial, fingerprint)
+        measurement = measurement_dict(trial, fingerprint)
+        values = [float(measurement[name]) for name in objectives]
+        violation = trial.perplexity / budget - 1.0
+        user_attrs |= measurement_user_attrs(measurement)
         user_attrs["build"] = {"stage_seconds": {"quantize": 0.1}, "info": {}}
-        user_attrs["constraint"] = constraint
-        system_attrs["constraints"] = constraint
+        user_attrs["constraint"] = [violation]
+        system_attrs[MEASUREMENT_ATTR] = measurement
+        system_attrs |= constraint_system_attrs(violation)
     elif trial.state == TrialState.FAIL:
         user_attrs["fail_reason"] = trial.reason
     elif trial.state == TrialState.PRUNED:
@@ -232,12 +258,6 @@ def make_built_study(
                 is_base=recipe.is_identity(),
             )
         )
-    config = {
-        "study": {"name": study_name, "storage": storage, "seed": seed},
-        "model": {"name": str(model), "trust_remote_code": False, "device": "cpu"},
-        "data": {"text": [], "dataset": ""},
-        "workload": workload,
-    }
     return make_study(
         storage,
         study_name,
@@ -245,6 +265,6 @@ def make_built_study(
         model=str(model),
         corpus_fingerprint=corpus.fingerprint,
         seed=seed,
-        config=config,
+        workload=workload,
         **kwargs,
     )

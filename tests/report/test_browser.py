@@ -90,9 +90,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
     errors = re.search(r'<pre id="console-errors">(.*?)</pre>', dom, re.S)
     assert errors is None, f"console errors: {json.loads(errors.group(1)) if errors else ''}"
 
-    # Seven figures: three pair fronts, 3D front, parallel coordinates, importances, history.
-    assert len(re.findall(r'class="plot-container plotly"', dom)) == 7
-    # SVG markers: 2D fronts (7 trials + base, three plots), history (2 x 7 x 3 minus lines).
+    # Nine figures: three pair fronts, 3D front, parallel coordinates, importances, and
+    # Optuna's history of each of the three objectives.
+    assert len(re.findall(r'class="plot-container plotly"', dom)) == 9
+    # SVG markers: 2D fronts (7 trials + base, three plots), histories (7 trials, three plots).
     assert len(re.findall(r'<path class="point"', dom)) >= 3 * 8
     assert len(re.findall(r'<g class="trace bars"', dom)) == 3  # importances per objective
     assert len(re.findall(r'class="gl-container"', dom)) >= 2  # 3D scene and parallel coords

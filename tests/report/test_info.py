@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import html
+import json
 
 import optuna
 import pytest
@@ -9,12 +9,12 @@ from autoslim.cli import main
 from autoslim.errors import ConfigError
 from autoslim.recipe import Recipe
 from autoslim.report import (
-    get_history_info,
-    get_importance_info,
     get_parallel_info,
     get_pareto_info,
     get_summary_info,
     get_table_info,
+    objective_sets,
+    plot_history,
     plot_importances,
     plot_pareto,
     render_page,
@@ -39,13 +39,13 @@ def numbers(points):
     ("objectives", "front", "dominated"),
     [
         # perplexity vs seconds: 4 (118, 0.55) is dominated by 3 (110, 0.5), 5 by 2.
-        ((0, 1), [0, 1, 2, 3], [4, 5]),
+        (("perplexity", "seconds"), [0, 1, 2, 3], [4, 5]),
         # perplexity vs joules: 2, 3 and 5 are dominated by 1 (101, 6).
-        ((0, 2), [0, 1, 4], [2, 3, 5]),
+        (("perplexity", "joules"), [0, 1, 4], [2, 3, 5]),
         # seconds vs joules: 3 is fastest, 4 leanest within the budget.
-        ((1, 2), [3, 4], [0, 1, 2, 5]),
+        (("seconds", "joules"), [3, 4], [0, 1, 2, 5]),
         # all three: Optuna's front within the budget, 5 dominated by 2.
-        ((0, 1, 2), [0, 1, 2, 3, 4], [5]),
+        (("perplexity", "seconds", "joules"), [0, 1, 2, 3, 4], [5]),
     ],
 )
 def test_pareto_info_per_objective_pair(study, objectives, front, dominated):
@@ -54,27 +54,56 @@ def test_pareto_info_per_objective_pair(study, objectives, front, dominated):
     assert numbers(info.dominated) == dominated
     assert numbers(info.over_budget) == [6]
     assert info.base is not None and info.base.number == 0
-    assert info.base.values == tuple((100.0, 1.0, 10.0)[i] for i in objectives)
-    assert info.budget_perplexity == (pytest.approx(120.0) if 0 in objectives else None)
+    figures = {"perplexity": 100.0, "seconds": 1.0, "joules": 10.0}
+    assert info.base.values == tuple(figures[n] for n in objectives)
+    limit = pytest.approx(120.0) if "perplexity" in objectives else None
+    assert info.budget_perplexity == limit
 
 
 def test_pareto_3d_front_is_optunas_best_trials(study):
     # The fixture stores the budget as an Optuna constraint too, so best_trials is feasible-only.
-    assert numbers(get_pareto_info(study, (0, 1, 2)).front) == numbers(study.best_trials)
+    front = get_pareto_info(study, ("perplexity", "seconds", "joules")).front
+    assert numbers(front) == numbers(study.best_trials)
+
+
+@pytest.mark.parametrize(
+    ("objectives", "sets", "front"),
+    [
+        (["perplexity", "joules"], [("perplexity", "joules")], [0, 1, 4]),
+        (["seconds", "perplexity"], [("seconds", "perplexity")], [0, 1, 2, 3]),
+    ],
+)
+def test_report_reads_objectives_by_name(tmp_path, objectives, sets, front):
+    url = make_study_file(tmp_path, objectives=objectives)
+    study = optuna.load_study(study_name="demo", storage=url)
+    assert objective_sets(study) == sets
+    info = get_pareto_info(study, sets[0])
+    assert numbers(info.front) == front and numbers(info.over_budget) == [6]
+    assert info.axis_names == tuple(objectives)
+    rows = {r.number: r for r in get_table_info(study).rows}
+    assert set(rows[1].values) == set(objectives) and rows[1].values["perplexity"] == 101.0
+    assert sorted(n for n, r in rows.items() if r.on_front) == front
+    assert [d.label for d in get_parallel_info(study).dimensions][-2:] == objectives
+    summary = get_summary_info(study)
+    assert summary.objective_names == tuple(objectives) and summary.n_front == len(front)
+    page = render_page(study)
+    assert f"pareto-{sets[0][0]}-{sets[0][1]}" in page and "pareto-perplexity-seconds-" not in page
 
 
 def test_pareto_info_rejects_bad_objectives(study):
     with pytest.raises(ConfigError, match="objectives"):
-        get_pareto_info(study, (0,))
+        get_pareto_info(study, ("perplexity",))
+    with pytest.raises(ConfigError, match="size_bytes"):
+        get_pareto_info(study, ("perplexity", "size_bytes"))
 
 
 def test_pareto_plot_marks_budget_and_base(study):
-    fig = plot_pareto(get_pareto_info(study, (0, 1)))
+    fig = plot_pareto(get_pareto_info(study, ("perplexity", "seconds")))
     names = [t.name for t in fig.data]
     assert names == ["Pareto front", "dominated", "over the perplexity budget", "base model"]
     assert list(fig.data[0].x) == [100.0, 101.0, 104.0, 110.0]
     assert [s.x0 for s in fig.layout.shapes] == [pytest.approx(120.0)]
-    fig3 = plot_pareto(get_pareto_info(study, (0, 1, 2)))
+    fig3 = plot_pareto(get_pareto_info(study, ("perplexity", "seconds", "joules")))
     assert fig3.data[-1].name == "perplexity budget"
     assert list(fig3.data[-1].x) == [pytest.approx(120.0)] * 4
 
@@ -100,34 +129,32 @@ def test_parallel_info_keeps_varying_knobs_then_objectives(study):
     assert info.dimensions[-1].values == (10.0, 6.0, 8.0, 9.0, 5.0, 8.5, 3.0)
 
 
-def test_importances_per_objective(study):
-    info = get_importance_info(study)
-    assert len(info.importances) == 3
-    for pairs in info.importances:
-        assert {p for p, _ in pairs} <= {
-            "bits",
-            "quant_type",
-            "prune_ratio",
-            "drop_heads_per_layer",
-            "kd_steps",
+def test_importances_per_objective_by_optuna(study):
+    fig = plot_importances(study)
+    assert [t.name for t in fig.data] == ["perplexity", "seconds", "joules"]
+    for bars in fig.data:
+        assert set(bars.y) <= {"bits", "quant_type", "prune_ratio", "drop_heads_per_layer"} | {
+            "kd_steps"
         }
-        assert sum(v for _, v in pairs) == pytest.approx(1.0)
+        assert sum(bars.x) == pytest.approx(1.0, abs=0.02)
 
 
 def test_importances_guarded_for_too_few_trials(tmp_path):
     url = make_study_file(tmp_path, trials=[base(100, 1, 10), complete(Recipe(bits=8), 101, 1, 6)])
-    info = get_importance_info(optuna.load_study(study_name="demo", storage=url))
-    assert info.importances == ()
-    assert "at least 5 completed trials" in info.note
-    assert plot_importances(info).layout.annotations[0].text == html.escape(info.note)
+    fig = plot_importances(optuna.load_study(study_name="demo", storage=url))
+    assert "at least 5 completed trials" in fig.layout.annotations[0].text
 
 
-def test_history_info_running_best(study):
-    info = get_history_info(study)
-    assert info.numbers == (0, 1, 2, 3, 4, 5, 6)
-    assert info.best_so_far[1] == (1.0, 0.9, 0.6, 0.5, 0.5, 0.5, 0.3)
-    assert info.best_so_far[2] == (10.0, 6.0, 6.0, 6.0, 5.0, 5.0, 3.0)
-    assert info.budget_perplexity == pytest.approx(120.0)
+def test_history_per_objective_by_optuna_with_the_budget(study):
+    fig = plot_history(study, "seconds")
+    assert list(fig.data[0].x) == [0, 1, 2, 3, 4, 5]
+    assert list(fig.data[0].y) == [1.0, 0.9, 0.6, 0.5, 0.55, 0.7]
+    # the stored constraint puts trial 6 (over the budget) apart
+    assert fig.data[1].name == "Infeasible Trial" and list(fig.data[1].x) == [6]
+    assert not fig.layout.shapes
+    assert [s.y0 for s in plot_history(study, "perplexity").layout.shapes] == [
+        pytest.approx(120.0)
+    ]
 
 
 def test_table_info_every_state_with_reasons(study):
@@ -143,7 +170,7 @@ def test_table_info_every_state_with_reasons(study):
     assert rows[6].within_budget is False and not rows[6].on_front
     assert rows[7].reason == f"RuntimeError: {SCRIPT}"
     assert rows[8].reason == "perplexity 900 after pruning"
-    assert rows[9].perplexity is None
+    assert rows[9].values == {}
     assert rows[1].energy_source == "estimate"
     assert rows[1].recipe == "int8"
     assert rows[5].flags == "cpu_contended" and rows[1].flags == ""
@@ -184,3 +211,18 @@ def test_cli_writes_the_page(tmp_path, capsys):
     assert main(["report", url, "--out", str(out)]) == 0
     assert out.stat().st_size > 1_000_000  # plotly.js inlined
     assert str(out) in capsys.readouterr().out
+
+
+def test_cli_json(tmp_path, capsys):
+    url = make_study_file(tmp_path, objectives=["perplexity", "joules"])
+    out = tmp_path / "r.html"
+    assert main(["report", url, "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema_version"] == 1 and doc["command"] == "report"
+    assert doc["path"] == str(out) and doc["size_bytes"] == out.stat().st_size
+    assert doc["objectives"] == ["perplexity", "joules"]
+    assert doc["max_perplexity"] == pytest.approx(120.0)
+    assert [t["number"] for t in doc["pareto"]] == [0, 1, 4]
+    assert doc["pareto"][1]["values"] == {"perplexity": 101.0, "joules": 6.0}
+    assert Recipe.from_params(doc["pareto"][1]["recipe"]) == Recipe(bits=8)
+    assert doc["balanced_pick"].startswith("trial 4 ")

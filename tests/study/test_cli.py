@@ -1,6 +1,14 @@
 from __future__ import annotations
 
+import functools
+import json
+
+import pytest
+
+from autoslim import study
 from autoslim.cli import main
+from autoslim.recipe import Recipe
+from tests.study.conftest import FAKE
 
 
 def test_search_check_validates_without_creating_anything(study_file, capsys) -> None:
@@ -23,3 +31,26 @@ def test_password_is_never_echoed(study_file, capsys) -> None:
     assert main(["search", str(path), "--n-trials", "2"]) == 2
     err = capsys.readouterr().err
     assert "s3cret" not in err and "bob:***@" in err
+
+
+@pytest.mark.slow
+def test_search_output_and_json_name_the_objectives(study_file, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(study, "run_study", functools.partial(study.run_study, objective=FAKE))
+    path = study_file("named", objectives={"names": ["seconds", "perplexity"]})
+    assert main(["search", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "objectives seconds, perplexity" in out
+    assert "#1 int8: perplexity 80.32, seconds " in out  # each trial's figures by name
+    header = next(line for line in out.splitlines() if line.startswith("trial "))
+    assert header.split()[:4] == ["trial", "recipe", "seconds", "perplexity"]
+
+    assert main(["search", str(path), "--json"]) == 0  # resumed: nothing left to run
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema_version"] == 1 and doc["command"] == "search"
+    assert doc["study"] == "named" and doc["objectives"] == ["seconds", "perplexity"]
+    assert doc["run"]["trials_run"] == 0 and "reached n_trials" in doc["run"]["stopped_because"]
+    assert doc["pareto"], "the three trials hold a front"
+    for trial in doc["pareto"]:
+        assert set(trial["values"]) == {"seconds", "perplexity"}
+        assert isinstance(Recipe.from_params(trial["recipe"]), Recipe)
+        assert trial["feasible"] and trial["state"] == "COMPLETE"

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from autoslim import config, study
 from autoslim.recipe import Recipe
-from autoslim.study import trial_recipe
+from autoslim.trials import MEASUREMENT_ATTR, measurement_of, recipe_of
 from tests.study.conftest import FAKE, run_fake_study
 
 pytestmark = pytest.mark.slow
@@ -50,9 +50,18 @@ def test_three_trials_complete_and_reload(study_file) -> None:
     for t in s.trials:
         json.dumps(t.user_attrs)  # JSON only
         assert Recipe.from_params(t.params) == Recipe.from_params(t.user_attrs["recipe"])
-        assert t.values == [t.user_attrs["measurement"][k] for k in s.metric_names]
+        measurement = t.system_attrs[MEASUREMENT_ATTR]
+        assert measurement_of(t) == measurement
+        assert t.values == [measurement[k] for k in s.metric_names]
+        # key figures flat, for dashboards to sort and plot; the full record out of hovers
+        assert t.user_attrs["size_bytes"] == measurement["size_bytes"]
+        assert t.user_attrs["energy_source"] == "synthetic"
+        assert "measurement" not in t.user_attrs
         (violation,) = t.user_attrs["constraint"]
         assert violation == pytest.approx(t.values[0] / base.values[0] - 1 - 0.2)
+        # Optuna 5's key and the older list optuna-dashboard reads, one value
+        assert t.system_attrs["constraints"] == [violation]
+        assert t.system_attrs["constraints:perplexity_increase"] == violation
     assert s.best_trials
 
 
@@ -62,7 +71,7 @@ def test_resume_continues_without_repeating(study_file) -> None:
     summary, s = run(path, n_trials=9)
     assert len(counted(s)) == 9
     assert summary.trials_run == 5
-    recipes = [trial_recipe(t) for t in counted(s)]
+    recipes = [recipe_of(t) for t in counted(s)]
     assert len(set(recipes)) == len(recipes)
     assert [t.user_attrs.get("known") for t in s.trials[:4]] == [None, "int8", "nf4", "minitron"]
     summary, s = run(path, n_trials=9)  # already done: nothing runs
@@ -111,7 +120,7 @@ def test_crashes_hangs_and_nan_never_stop_the_study(
     _, s = run(path)
     assert len(counted(s)) == 5
     failed = {
-        trial_recipe(t).bits: t.user_attrs["fail_reason"]
+        recipe_of(t).bits: t.user_attrs["fail_reason"]
         for t in s.trials
         if t.state == TrialState.FAIL
     }
@@ -196,11 +205,11 @@ def test_kill_minus_9_mid_trial_then_resume(study_file) -> None:
     assert killed.user_attrs["fail_reason"].startswith("Interrupted:")
     retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
-    assert trial_recipe(retries[0]) == trial_recipe(killed)
+    assert recipe_of(retries[0]) == recipe_of(killed)
     for number, values in before.items():
         assert by_number[number].values == values
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    complete = [trial_recipe(t) for t in trials if t.state == TrialState.COMPLETE]
+    complete = [recipe_of(t) for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == len(set(complete)) == 6
 
 
@@ -237,7 +246,7 @@ def test_postgresql_workers_share_one_study(study_file) -> None:
         assert 10 <= len(measured) <= 11  # each worker stops once the count is reached
         hosts = {t.user_attrs["worker"]["study_pid"] for t in measured}
         assert len(hosts) == 2
-        complete = [trial_recipe(t) for t in trials if t.state == TrialState.COMPLETE]
+        complete = [recipe_of(t) for t in trials if t.state == TrialState.COMPLETE]
         assert len(complete) == len(set(complete))
         # both workers enqueue the starting points; the second copies end as duplicates
         assert sum(bool(t.user_attrs.get("is_base")) for t in measured) == 1
