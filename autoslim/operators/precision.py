@@ -105,7 +105,7 @@ def _apply(ctx: BuildContext) -> None:
 
 
 def _describe(recipe: Any) -> str:
-    return str(recipe.precision)
+    return "" if recipe.precision == "fp32" else str(recipe.precision)
 
 
 def _search(device: str) -> list[str]:

@@ -111,18 +111,18 @@ def test_pareto_plot_marks_budget_and_base(study):
 def test_parallel_info_keeps_varying_knobs_then_objectives(study):
     info = get_parallel_info(study)
     labels = [d.label for d in info.dimensions]
-    assert labels == [
+    assert labels == [  # knobs in declaration order
+        "drop_heads_per_layer",
+        "prune_ratio",
+        "kd_steps",
         "bits",
         "quant_type",
-        "prune_ratio",
-        "drop_heads_per_layer",
-        "kd_steps",
         "perplexity",
         "seconds",
         "joules",
     ]
     assert "kd_temperature" in info.constant_knobs
-    quant = info.dimensions[1]
+    quant = info.dimensions[4]
     assert quant.tick_text == ("fp4", "nf4")
     assert quant.values[5] == 0.0  # trial 5 is fp4
     assert info.trial_numbers == (0, 1, 2, 3, 4, 5, 6)

@@ -50,7 +50,13 @@ def study_file(tmp_path: Path, tiny_model_dir: Path):
         base: dict[str, dict[str, Any]] = {
             "study": {"n_trials": 3, "trial_timeout_seconds": 60},
             "model": {"name": str(tiny_model_dir)},
-            "search": {"drop_heads_per_layer": [0, 2], "kd_steps": [0, 20]},
+            "search": {
+                "drop_heads_per_layer": [0, 2],
+                "kd_steps": [0, 20],
+                "precision": ["fp32"],
+                "bits": [16, 8, 4],
+                "quant_backend": ["bitsandbytes"],
+            },
         }
         for table, values in tables.items():
             base[table] = {**base.get(table, {}), **values}

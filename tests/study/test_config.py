@@ -43,7 +43,7 @@ def test_overrides_take_precedence(study_file) -> None:
         ),
         (
             {"search": {"prune_ratio": {"low": 0.0, "high": 1.5}}},
-            ["search.prune_ratio.high", "[0, 1)"],
+            ["search.prune_ratio.high", "must be a number >= 0 and < 1"],
         ),
         (
             {"search": {"prune_ratio": {"low": 0.0, "hi": 0.5}}},
@@ -55,17 +55,20 @@ def test_overrides_take_precedence(study_file) -> None:
         ({"search": {"kd_steps": {"low": 0, "high": 20.5}}}, ["search.kd_steps.high", "integer"]),
         (
             {"search": {"drop_heads": ["0:9"], "drop_heads_per_layer": [0]}},
-            ["drop_heads[0]", "0:9", "heads 0-3"],
+            ["drop heads 0:9", "does not exist", "heads 0..3"],
         ),
         (
             {"search": {"drop_heads": ["5:0"], "drop_heads_per_layer": [0]}},
-            ["drop_heads[0]", "layers 0-1"],
+            ["drop heads 5:0", "layers 0..1"],
         ),
         (
-            {"search": {"drop_heads": ["0:0"], "drop_heads_per_layer": [0]}},
-            ["layer 0", "same number"],
+            {"search": {"drop_heads": ["0:0,0:1,0:2,0:3"], "drop_heads_per_layer": [0]}},
+            ["removes all 4 heads of layer 0"],
         ),
-        ({"search": {"drop_heads_per_layer": [0, 3]}}, ["drop_heads_per_layer", "multiple of 2"]),
+        (
+            {"search": {"drop_heads_per_layer": [0, 3]}},
+            ["drop_heads_per_layer=3", "key-value groups even"],
+        ),
         ({"search": {"drop_heads": ["0:0,0:2"]}}, ["drop_heads", "use one"]),
         ({"objectives": {"names": ["seconds"]}}, ["objectives.names", "perplexity"]),
         ({"objectives": {"names": ["perplexity", "flops"]}}, ["objectives.names", "'flops'"]),

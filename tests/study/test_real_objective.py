@@ -35,7 +35,7 @@ def test_three_real_trials_on_a_tiny_model(tmp_path: Path) -> None:
                 "protocol": {"window": 64, "max_windows": 4},
             },
             "early_abort": {"windows": 2},
-            "search": {"kd_steps": [0]},
+            "search": {"kd_steps": [0], "precision": ["fp32"]},
         },
         name="real",
     )
@@ -43,7 +43,11 @@ def test_three_real_trials_on_a_tiny_model(tmp_path: Path) -> None:
     summary = study.run_study(c)
     assert summary.states == {"COMPLETE": 3}
     s = optuna.load_study(study_name="real", storage=f"sqlite:///{tmp_path / 'real.db'}")
-    assert [t.user_attrs.get("known") for t in s.trials] == [None, "int8", "nf4"]
+    assert [t.user_attrs.get("known") for t in s.trials] == [
+        None,
+        "bitsandbytes int8",
+        "bitsandbytes 4-bit",
+    ]
     for t in s.trials:
         assert t.state == TrialState.COMPLETE
         m = Measurement.from_dict(measurement_of(t))

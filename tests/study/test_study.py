@@ -38,7 +38,8 @@ def test_three_trials_complete_and_reload(study_file) -> None:
     base, int8, nf4 = s.trials
     assert base.user_attrs["is_base"] is True
     assert Recipe.from_params(base.params) == Recipe()  # params kept: see enqueue_starting_points
-    assert int8.user_attrs["known"] == "int8" and nf4.user_attrs["known"] == "nf4"
+    assert int8.user_attrs["known"] == "bitsandbytes int8"
+    assert nf4.user_attrs["known"] == "bitsandbytes 4-bit"
     assert s.metric_names == ["perplexity", "seconds", "joules"]
     assert s.directions == [optuna.study.StudyDirection.MINIMIZE] * 3
     attrs = s.user_attrs
@@ -73,7 +74,12 @@ def test_resume_continues_without_repeating(study_file) -> None:
     assert summary.trials_run == 5
     recipes = [recipe_of(t) for t in counted(s)]
     assert len(set(recipes)) == len(recipes)
-    assert [t.user_attrs.get("known") for t in s.trials[:4]] == [None, "int8", "nf4", "minitron"]
+    assert [t.user_attrs.get("known") for t in s.trials[:4]] == [
+        None,
+        "bitsandbytes int8",
+        "bitsandbytes 4-bit",
+        "minitron",
+    ]
     summary, s = run(path, n_trials=9)  # already done: nothing runs
     assert summary.trials_run == 0
 
@@ -92,7 +98,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(study_file, monkeypat
     summary, s = run(study_file(study={"n_trials": 6}))
     assert len(counted(s)) == 6
     failed = [t for t in s.trials if t.state == TrialState.FAIL]
-    assert failed and failed[0].user_attrs["known"] == "int8"
+    assert failed and failed[0].user_attrs["known"] == "bitsandbytes int8"
     assert failed[0].user_attrs["fail_reason"].startswith("RuntimeError: injected failure")
     assert summary.states["FAIL"] == len(failed)
     assert len(summary.worker_setup_seconds) == 1 + len(failed) - (
