@@ -21,7 +21,11 @@ def test_measure_reference_json(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["schema_version"] == 1 and report["command"] == "measure"
     assert report["family"] == "qwen3"
-    assert report["recipe"] == Recipe().to_dict()
+    from autoslim.models import base_precision
+
+    # the reference ships fp16 and loads in the device's native 16-bit type (bf16 here)
+    precision = base_precision("reference", "auto", "cpu")
+    assert report["recipe"] == Recipe(precision=precision).to_dict()
     assert list(report["measurements"]) == ["base"]
     base = report["measurements"]["base"]
     assert base["scored_tokens"] == 8 * 255

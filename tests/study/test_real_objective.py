@@ -35,7 +35,12 @@ def test_three_real_trials_on_a_tiny_model(tmp_path: Path) -> None:
                 "protocol": {"window": 64, "max_windows": 4},
             },
             "early_abort": {"windows": 2},
-            "search": {"kd_steps": [0], "precision": ["fp32"]},
+            "search": {
+                "kd_steps": [0],
+                "precision": ["fp32"],
+                "bits": [16, 8, 4],
+                "quant_backend": ["bitsandbytes"],
+            },
         },
         name="real",
     )
