@@ -22,10 +22,13 @@ from autoslim import data, models
 from autoslim.compress import build
 from autoslim.compress.distill import TeacherCache, distill, kd_loss
 from autoslim.measure.perplexity import PerplexityProtocol, perplexity
+from autoslim.operators.width import IMPORTANCES
 from autoslim.recipe import Recipe
 from autoslim.testing import textbook_kd_loss
 
 RECIPES = (
+    *(Recipe(prune_ratio=0.2, prune_importance=how) for how in IMPORTANCES),
+    Recipe(drop_layers=1),
     Recipe(prune_ratio=0.3),
     Recipe(drop_heads_per_layer=2),
     Recipe(bits=4, quant_type="nf4", double_quant=False),
@@ -165,16 +168,17 @@ def main() -> None:
     for recipe in RECIPES:
         seen: dict[str, float] = {}
 
-        def check(stage: str, model: Any, seen: dict[str, float] = seen) -> None:
-            seen[stage] = perplexity(model, ids, protocol).perplexity
+        def check(stages: str, model: Any, seen: dict[str, float] = seen) -> None:
+            seen[stages] = perplexity(model, ids, protocol).perplexity
 
         result = build(base, recipe, corpus=corpus, teacher_cache=cache, check=check)
         final = perplexity(result.model, ids, protocol).perplexity
         s = result.stage_seconds
         print(
             f"{recipe.describe():<44} {s['structured_prune']:>5.2f}s {s['drop_heads']:>5.2f}s "
-            f"{s['distill']:>7.2f}s {s['quantize']:>5.2f}s  after prune+heads "
-            f"{seen['drop_heads']:.2f} -> final {final:.2f}"
+            f"{s['distill']:>7.2f}s {s['quantize']:>5.2f}s  "
+            + "".join(f"after {stages} {value:.2f} -> " for stages, value in seen.items())
+            + f"final {final:.2f}"
         )
     loss_saved_bytes(base, kd_ids)
     kd_step_seconds(base, kd_ids, args.steps)
