@@ -120,15 +120,19 @@ class DataSection:
 @dataclass(frozen=True)
 class EarlyAbort:
     """Abandon a recipe whose perplexity after the cheap stages (structured prune, drop heads)
-    exceeds ``max_ppl_ratio`` × the base model's, measured on ``windows`` eval windows."""
+    exceeds ``max_ppl_ratio`` × the base model's, measured on ``windows`` eval windows (None:
+    derived from the measured cost model, :func:`autoslim.costs.early_abort_windows`)."""
 
     enabled: bool = True
     max_ppl_ratio: float = 4.0
-    windows: int = 8
+    windows: int | None = None
 
 
 @dataclass(frozen=True)
 class RunSection:
+    """``trial_timeout_seconds``: a trial's limit on its own clock (CPU wait excluded,
+    :class:`autoslim.costs.TrialClock`); None: derived per trial from the measured costs."""
+
     name: str
     storage: str
     n_trials: int | None = 20
@@ -137,7 +141,7 @@ class RunSection:
     seed: int = 0
     population_size: int = 8
     startup_trials: int = 4
-    trial_timeout_seconds: float = 1800.0
+    trial_timeout_seconds: float | None = None
     recycle_every: int = 25
 
 
@@ -367,8 +371,8 @@ def _run_section(t: _Table, file: Path) -> RunSection:
     startup = t.get("startup_trials", int, 4)
     if startup < 0:
         raise t.error("startup_trials", f"{startup}: must be >= 0")
-    trial_timeout = t.get("trial_timeout_seconds", (int, float), 1800.0)
-    _positive(t, "trial_timeout_seconds", trial_timeout, allow_none=False)
+    trial_timeout = t.get("trial_timeout_seconds", (int, float), None)
+    _positive(t, "trial_timeout_seconds", trial_timeout)
     recycle = t.get("recycle_every", int, 25)
     if recycle < 0:
         raise t.error("recycle_every", f"{recycle}: must be >= 0 (0 = never recycle)")
@@ -382,7 +386,7 @@ def _run_section(t: _Table, file: Path) -> RunSection:
         seed=seed,
         population_size=population,
         startup_trials=startup,
-        trial_timeout_seconds=float(trial_timeout),
+        trial_timeout_seconds=trial_timeout,
         recycle_every=recycle,
     )
 
@@ -508,14 +512,14 @@ def _early_abort(t: _Table) -> EarlyAbort:
     section = EarlyAbort(
         enabled=t.get("enabled", bool, True),
         max_ppl_ratio=t.get("max_ppl_ratio", float, 4.0),
-        windows=t.get("windows", int, 8),
+        windows=t.get("windows", int, None),
     )
     if not (math.isfinite(section.max_ppl_ratio) and section.max_ppl_ratio > 1):
         raise t.error(
             "max_ppl_ratio",
             f"{section.max_ppl_ratio!r}: must be > 1 (times the base perplexity, e.g. 4)",
         )
-    if section.windows < 1:
+    if section.windows is not None and section.windows < 1:
         raise t.error("windows", f"{section.windows}: must be at least 1")
     t.finish()
     return section

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError, DataError, ModelError
 from autoslim.measure.measurement import versions
-from autoslim.pick import PRESETS, Weights, rank
+from autoslim.pick import PRESETS, Weights, choose
 from autoslim.recipe import Recipe
 from autoslim.trials import TrialRecord, read_trials, stored_config
 
@@ -61,15 +61,17 @@ def select_trial(
     trial_number: int | None = None,
     weights: Weights | None = None,
     max_ppl_increase: float | None = None,
+    retime: bool = False,
 ) -> tuple[TrialRecord, str]:
-    """The trial to export: ``trial_number``, or the pick under ``weights`` and the budget."""
+    """The trial to export: ``trial_number``, or the pick under ``weights`` and the budget
+    (``retime``: on a side-by-side re-timing, :func:`autoslim.pick.choose`)."""
     if trial_number is None:
-        choice = rank(study, weights or PRESETS["balanced"], max_ppl_increase)
+        choice = choose(study, weights or PRESETS["balanced"], max_ppl_increase, retime=retime)
         return _trial(study, choice.best.number), choice.reason
-    if weights is not None or max_ppl_increase is not None:
+    if weights is not None or max_ppl_increase is not None or retime:
         raise ConfigError(
-            "give either --trial N or a choice (--prefer / --weights / --max-ppl-increase), "
-            "not both"
+            "give either --trial N or a choice (--prefer / --weights / --max-ppl-increase / "
+            "--retime), not both"
         )
     trial = _trial(study, trial_number)
     if trial.state != TrialState.COMPLETE:
@@ -152,6 +154,7 @@ def export(
     max_ppl_increase: float | None = None,
     force: bool = False,
     tolerance: float = TOLERANCE,
+    retime: bool = False,
 ) -> ExportResult:
     """Rebuild, save, verify and move into ``out`` one trial of ``study``."""
     from autoslim import compress, data, models
@@ -159,7 +162,7 @@ def export(
     from autoslim.operators.precision import torch_dtype
 
     out = Path(out)
-    trial, reason = select_trial(study, trial_number, weights, max_ppl_increase)
+    trial, reason = select_trial(study, trial_number, weights, max_ppl_increase, retime)
     check_destination(out, force)
     config = _study_setup(study)
     recipe = trial.recipe

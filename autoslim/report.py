@@ -512,7 +512,8 @@ def render_summary(info: SummaryInfo) -> str:
         (
             "timing flags",
             f"{info.timing_flagged[0]} trial(s): {', '.join(info.timing_flagged[1])} (measured "
-            "while waiting for a CPU: seconds and joules inflated; re-measure on a quiet machine)"
+            "while waiting for a CPU: seconds and joules inflated); kept out of the pick below "
+            "until re-timed side by side with `autoslim pick --retime`"
             if info.timing_flagged[0]
             else "none",
         ),

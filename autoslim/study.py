@@ -5,7 +5,9 @@ same storage → same study), then asks for recipes and tells results until the 
 or the time limit is reached. What a stored study holds (other commands read it):
 
 - study user_attrs: ``config`` (the validated study file), ``base_perplexity``,
-  ``max_ppl_increase``, ``corpus_fingerprint``, ``model``, ``seed``; metric names set.
+  ``max_ppl_increase``, ``corpus_fingerprint``, ``model``, ``seed``, ``cost_model`` (the
+  stage costs measured at the latest start, :class:`autoslim.costs.CostModel`); metric names
+  set.
 - trial user_attrs (JSON only): ``recipe`` (full Recipe), every numeric figure of the
   measurement flat under its own name (``perplexity``, ``size_bytes``, ``peak_memory_bytes``,
   ``top1_agreement``, ``teacher_kl``, ``cpu_wait_fraction``, ``seconds_cv``…: sortable in
@@ -42,7 +44,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoslim import space as search_space
 from autoslim.config import StudyConfig, mask_url
+from autoslim.costs import UNMEASURED_TIMEOUT_SECONDS, CostModel
 from autoslim.errors import AutoslimError, ConfigError
+from autoslim.progress import TrialProgress
 from autoslim.recipe import Recipe
 from autoslim.trials import (
     CONSTRAINT,
@@ -78,6 +82,7 @@ class Progress:
     pareto_size: int
     trial: FrozenTrial | None = None
     message: str = ""
+    notice: str = ""  # a line to keep (the cost model at start), not a running-trial status
 
 
 @dataclass
@@ -417,6 +422,7 @@ def _record(
     result: TrialResult,
     config: StudyConfig,
     is_base: bool,
+    timeout: float,
 ) -> TrialState:
     """Store a worker's result on the trial and tell the study; returns the final state."""
     trial.set_user_attr("worker", {**trial.user_attrs.get("worker", {}), **result.worker})
@@ -452,7 +458,7 @@ def _record(
         study.set_user_attr("base_perplexity", ppl)
         base: float | None = ppl
     else:
-        base = _wait_for_base(study, config.study.trial_timeout_seconds)
+        base = _wait_for_base(study, timeout)
     if base is None:
         trial.set_user_attr(
             "fail_reason", "BaseModelUnknown: the base-model trial has not completed"
@@ -502,23 +508,29 @@ def run_study(
         run.name, len(trials), len(recovered), added or "nothing", run.sampler, seed,
     )  # fmt: skip
     worker = Worker(
-        config, objective, start_timeout=max(run.trial_timeout_seconds, WORKER_START_SECONDS)
+        config, objective, start_timeout=max(run.trial_timeout_seconds or 0, WORKER_START_SECONDS)
     )
+    costs: CostModel | None = None
     host = {"host": socket.gethostname(), "study_pid": os.getpid()}
     durations: list[float] = []
     duplicates_in_a_row = 0
 
-    def report(done: int, trial: FrozenTrial | None, message: str = "") -> None:
+    def report(done: int, trial: FrozenTrial | None, message: str = "", notice: str = "") -> None:
         if progress is None:
             return
         elapsed = time.monotonic() - started
         eta = None
-        if durations:
-            left = [] if run.n_trials is None else [(run.n_trials - done) * _mean(durations)]
+        per_trial = _mean(durations) if durations else None
+        if per_trial is None and costs is not None:
+            per_trial = costs.trial_seconds(_typical_kd_steps(config))
+        if per_trial is not None:
+            left = [] if run.n_trials is None else [(run.n_trials - done) * per_trial]
             if run.time_limit_seconds is not None:
                 left.append(max(0.0, run.time_limit_seconds - elapsed))
             eta = min(left) if left else None
-        progress(Progress(done, run.n_trials, elapsed, eta, pareto_size(study), trial, message))
+        progress(
+            Progress(done, run.n_trials, elapsed, eta, pareto_size(study), trial, message, notice)
+        )
 
     try:
         while True:
@@ -538,6 +550,12 @@ def run_study(
                 info = worker.start()
                 summary.worker_setup_seconds.append(info["setup_seconds"])
                 _check_corpus(study, config, info)
+                if "costs" in info and costs is None:
+                    costs = CostModel.from_dict(info["costs"])
+                    study.set_user_attr("cost_model", costs.to_dict())
+                    line = costs.describe(_typical_kd_steps(config), run.time_limit_seconds)
+                    logger.info("cost model: %s", line)
+                    report(done, None, notice=f"cost model: {line}")
             trial = study.ask()
             is_base = bool(trial.user_attrs.get("is_base"))
             recipe = recipe_for(trial, config)
@@ -555,10 +573,16 @@ def run_study(
                 study.tell(trial, state=TrialState.PRUNED)
                 continue
             duplicates_in_a_row = 0
-            report(done, None, f"trial {trial.number}: {recipe.describe()}")
+            status = f"trial {trial.number}: {recipe.describe()}"
+            report(done, None, status)
+            timeout = trial_timeout(config, costs, recipe)
+
+            def show(step: TrialProgress, done: int = done, status: str = status) -> None:
+                report(done, None, f"{status} | {step.describe()}")
+
             with _Heartbeat(trial):
-                result = worker.run(recipe, run.trial_timeout_seconds)
-            state = _record(study, trial, result, config, is_base)
+                result = worker.run(recipe, timeout, show)
+            state = _record(study, trial, result, config, is_base, timeout)
             if result.status in ("done", "abandoned"):
                 summary.overhead_seconds.append(result.wall_seconds - result.seconds)
             durations.append(result.wall_seconds)
@@ -581,6 +605,20 @@ def run_study(
         worker.close()
         summary.wall_seconds = time.monotonic() - started
     return summary
+
+
+def trial_timeout(config: StudyConfig, costs: CostModel | None, recipe: Recipe) -> float:
+    """A trial's limit on its own clock: the study file's, else derived from the cost model."""
+    if config.study.trial_timeout_seconds is not None:
+        return config.study.trial_timeout_seconds
+    if costs is None:
+        return UNMEASURED_TIMEOUT_SECONDS
+    return costs.timeout_seconds(recipe.kd_steps)
+
+
+def _typical_kd_steps(config: StudyConfig) -> int:
+    """The KD steps of the longest trials the space holds (what the start line quotes)."""
+    return int(max(config.search["kd_steps"].extremes()))
 
 
 def _mean(values: list[float]) -> float:

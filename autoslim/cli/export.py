@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         weights=weights,
         max_ppl_increase=args.max_ppl_increase,
         force=args.force,
+        retime=args.retime,
     )
     summary = {
         "study": study.study_name,

@@ -27,6 +27,12 @@ def add_choice_args(parser: argparse.ArgumentParser) -> None:
         metavar="X",
         help="tighten the study's perplexity budget to base * (1 + X), e.g. 0.05",
     )
+    parser.add_argument(
+        "--retime",
+        action="store_true",
+        help="before choosing, rebuild the top candidates and the base here and time them side "
+        "by side, interleaved (minutes: distillation runs again); rank on those figures",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -41,10 +47,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim.pick import rank, weights_from
+    from autoslim.pick import choose, weights_from
 
     study = open_study(args)
-    choice = rank(study, weights_from(args.prefer, args.weights), args.max_ppl_increase)
+    weights = weights_from(args.prefer, args.weights)
+    choice = choose(study, weights, args.max_ppl_increase, retime=args.retime)
     if args.json:
         print_json("pick", {"study": study.study_name, **choice.to_dict()})
         return 0

@@ -78,6 +78,9 @@ def run_search(config: Any, *, quiet: bool = False) -> tuple[Any, Any]:
     def progress(p: search.Progress) -> None:
         if quiet:
             return
+        if p.notice:
+            print(f"{chr(27)}[2K{p.notice}" if tty else p.notice, flush=True)
+            return
         total = f"{p.total}" if p.total else "?"
         head = (
             f"[{p.done:>3}/{total}] {_clock(p.elapsed_seconds)} elapsed, ETA "

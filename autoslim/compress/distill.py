@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoslim import progress
 from autoslim.errors import ConfigError, DataError
 from autoslim.operators.distill import TEMPERATURES
 
@@ -312,6 +313,7 @@ def distill(
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+            progress.report("distill", step + 1, steps)
     finally:
         student.eval()
         for hook in hooks:
