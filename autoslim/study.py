@@ -96,13 +96,19 @@ class RunSummary:
 
 def make_storage(url: str) -> optuna.storages.RDBStorage:
     """The RDB storage behind ``url`` (SQLite gets a lock timeout for several processes)."""
+    from autoslim import integrity
+
+    integrity.check_storage(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    url = _with_installed_driver(url)
+    given, url = url, _with_installed_driver(url)
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}}
     try:
         storage = _open_rdb(url, kwargs)
     except Exception as e:
+        fault = integrity.storage_fault(e, given)
+        if fault is not None:
+            raise fault from e
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(
             f"cannot open storage {mask_url(url)!r}: {type(e).__name__}: {mask_url(first)}; "
