@@ -320,6 +320,13 @@ def load(
         raise ConfigError(f"{where}: cannot read the file ({e})") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{where}: not valid TOML ({e}); fix the syntax there") from e
+    if not raw:
+        # An empty file is a mistake (a truncated copy, the wrong path), not a wish for a
+        # 20-trial study with no time limit on the default model: say so instead of guessing.
+        raise ConfigError(
+            f"{where}: the study file is empty; set at least [study] n_trials or "
+            "time_limit_seconds and [model] name (copy studies/demo.toml to start)"
+        )
     for table, values in (overrides or {}).items():
         current = raw.get(table, {})
         raw[table] = {**(current if isinstance(current, dict) else {}), **values}
@@ -447,8 +454,7 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
         elif (why := integrity.writable_folder(parent)) is not None:
             raise t.error(
                 "storage",
-                f"folder {str(parent)!r} does not accept new files ({why}); choose a "
-                "writable folder",
+                f"folder {str(parent)!r} is not writable ({why}); choose a writable folder",
             )
     elif scheme.split("+")[0] not in ("postgresql", "mysql"):
         raise t.error(

@@ -136,18 +136,26 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
 
 
-def _quick_check(path: Path) -> str:
-    """``ok``, or what SQLite found wrong, reading ``path`` without writing to it."""
+def _quick_check(url: str, path: Path) -> str:
+    """``ok``, or what SQLite found wrong, reading ``path`` without writing to it; a file
+    that cannot be read now (locked, unreadable) raises its :class:`StorageError`."""
+    from autoslim.study import SQLITE_LOCK_TIMEOUT_SECONDS
+
     try:
-        connection = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as e:
+        connection = sqlite3.connect(
+            f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=SQLITE_LOCK_TIMEOUT_SECONDS
+        )
+        try:
+            rows = connection.execute("PRAGMA quick_check").fetchall()
+        finally:
+            connection.close()
+    except sqlite3.OperationalError as e:
+        fault = storage_fault(e, url)
+        if fault is None:
+            raise
+        raise fault from e
+    except sqlite3.DatabaseError as e:  # not a database, malformed
         return str(e)
-    try:
-        rows = connection.execute("PRAGMA quick_check").fetchall()
-    except sqlite3.Error as e:
-        return str(e)
-    finally:
-        connection.close()
     found = [str(r[0]) for r in rows]
     return "ok" if found == ["ok"] else "; ".join(found[:3])
 
@@ -175,7 +183,7 @@ def check_storage(url: str) -> None:
     path = sqlite_path(url)
     if path is None or not path.is_file() or path.stat().st_size == 0:
         return
-    found = _quick_check(path)
+    found = _quick_check(url, path)
     if found != "ok":
         raise StorageError(
             f"storage {mask_url(url)!r} is damaged (SQLite quick_check: {found}); nothing was "

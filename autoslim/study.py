@@ -579,14 +579,30 @@ def run_study(
                     "is compared with it, so fix that first (try `autoslim measure`)"
                 )
     except KeyboardInterrupt:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if (t.user_attrs.get("worker") or {}).get("study_pid") == os.getpid():
-                _fail_and_retry(study, t, "stopped by the user")
+        _fail_own_trials(study, "stopped by the user")
         raise
+    except Exception as e:
+        from autoslim.integrity import storage_fault
+
+        fault = storage_fault(e, run.storage)
+        if fault is None:
+            raise
+        try:  # the storage may take this small write again; if not, the next run recovers
+            _fail_own_trials(study, str(fault))
+        except Exception as again:
+            logger.info("trial not marked FAIL, the storage still refuses writes: %s", again)
+        raise fault from e
     finally:
         worker.close()
         summary.wall_seconds = time.monotonic() - started
     return summary
+
+
+def _fail_own_trials(study: optuna.Study, why: str) -> None:
+    """Mark FAIL (and retry) the RUNNING trials this process started."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if (t.user_attrs.get("worker") or {}).get("study_pid") == os.getpid():
+            _fail_and_retry(study, t, why)
 
 
 def _mean(values: list[float]) -> float:

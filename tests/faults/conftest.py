@@ -5,11 +5,14 @@ all still there with the same values afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,22 +37,43 @@ class Result:
 
     @property
     def message(self) -> str:
-        """The one line the command printed on stderr (asserted to be one line)."""
-        lines = [line for line in self.err.splitlines() if line.strip()]
+        """The one ``autoslim COMMAND: error: ...`` line on stderr (asserted: exactly one,
+        and no traceback)."""
+        assert "Traceback" not in self.err, self.err
+        lines = [line for line in self.err.splitlines() if line.startswith("autoslim ")]
         assert len(lines) == 1, f"expected a one-line message, got:\n{self.err}"
         return lines[0]
 
 
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+
+
+def command(*args: str | Path) -> list[str]:
+    return [sys.executable, "-c", BOOT, *map(str, args)]
+
+
 def autoslim(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> Result:
     done = subprocess.run(
-        [sys.executable, "-c", BOOT, *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        command(*args), capture_output=True, text=True, cwd=cwd, timeout=timeout, env=ENV
     )
     return Result(done.returncode, done.stdout, done.stderr)
+
+
+def states(db: Path) -> dict[int, str]:
+    with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as connection:
+        return dict(connection.execute("SELECT number, state FROM trials").fetchall())
+
+
+def user_attr(db: Path, number: int, key: str) -> object:
+    import json
+
+    with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as connection:
+        row = connection.execute(
+            "SELECT a.value_json FROM trial_user_attributes a JOIN trials t "
+            "ON t.trial_id = a.trial_id WHERE t.number = ? AND a.key = ?",
+            (number, key),
+        ).fetchone()
+    return None if row is None else json.loads(row[0])
 
 
 def completed(db: Path) -> dict[int, tuple[float, ...]]:
@@ -109,3 +133,29 @@ def study_copy(searched: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "copy"
     shutil.copytree(searched, copy)
     return copy
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str, *options: str) -> Iterator[Path]:
+    """A real small file system at ``folder`` (root only: skip with the reason otherwise)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root; this case cannot be injected here")
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}", *options)), "tmpfs", folder],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
+    try:
+        yield folder
+    finally:
+        for _ in range(50):  # a worker process may still be closing its files
+            if subprocess.run(["umount", folder], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.2)
+
+
+def remount_read_only(folder: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", folder], check=True)
