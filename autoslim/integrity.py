@@ -52,6 +52,12 @@ FAULTS: tuple[tuple[str, str, str], ...] = (
         "copy the study to a writable disk and point [study].storage at the copy",
     ),
     (
+        "unable to open database file",
+        "SQLite cannot open it (its folder is read-only or missing; a study file in WAL mode "
+        "needs a writable folder even to be read)",
+        "make the folder writable, or copy the study to a writable folder",
+    ),
+    (
         "database is locked",
         "another process holds a lock on it for too long",
         "wait for the other `autoslim` (or sqlite3 shell) to finish, or stop it",

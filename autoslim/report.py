@@ -640,11 +640,21 @@ def render_page(study: optuna.Study) -> str:
     )
 
 
+def _is_page(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(15).lower() == b"<!doctype html>"
+
+
 def write_report(study: optuna.Study, path: str | Path) -> Path:
     """Write the report page to ``path`` (its folder is created); returns the path."""
     out = Path(path)
     if out.is_dir():
         raise ConfigError(f"report path {str(out)!r} is a folder; give a file name ending .html")
+    if out.is_file() and not _is_page(out):
+        raise ConfigError(
+            f"report path {str(out)!r} exists and is not an HTML page (a study file or "
+            "storage?); it is not overwritten: give a new file name ending .html"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_page(study), encoding="utf-8")
     logger.info("wrote the report of %s to %s", study.study_name, out)

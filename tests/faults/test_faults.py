@@ -389,3 +389,40 @@ def test_report_of_a_study_with_no_completed_trial(tmp_path) -> None:
     page = out.read_text()
     assert "has no completed trial yet" in page and "1 running" not in page
     assert out.stat().st_size < 100_000  # no plotly bundle for empty axes
+
+
+def test_failed_and_crashed_trials_are_not_exported(searched, model_dir, tmp_path) -> None:
+    before = completed(searched / "s.db")
+    shutil.copy(searched / "s.db", tmp_path / "s.db")
+    path = write_study(tmp_path, study_tables(model_dir, n_trials=8))
+    run = subprocess.run(
+        command("search", path),
+        env={**ENV, "AUTOSLIM_FAKE_FAULTS": "8:raise,4:segfault"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    failed = [n for n, s in states(tmp_path / "s.db").items() if s == "FAIL"]
+    assert failed, "the injected faults failed no trial"
+    for number in failed:
+        result = autoslim("export", path, "--trial", str(number), "--out", tmp_path / "x")
+        assert result.status == 2
+        assert f"--trial {number} is FAIL (" in result.message
+        assert "so there is nothing to export" in result.message
+    after = completed(tmp_path / "s.db")
+    assert {k: after[k] for k in before} == before
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("victim", ["s.db", "s.toml"])
+def test_report_never_overwrites_a_study_file(study_copy, victim) -> None:
+    before = completed(study_copy / "s.db")
+    digest = _digest(study_copy / victim)
+    result = autoslim("report", study_copy / "s.toml", "--out", study_copy / victim)
+    assert result.status == 2 and "is not an HTML page" in result.message
+    assert _digest(study_copy / victim) == digest
+    assert completed(study_copy / "s.db") == before
+    again = autoslim("report", study_copy / "s.toml", "--out", study_copy / "r.html")
+    assert again.status == 0, again.err
+    assert autoslim("report", study_copy / "s.toml", "--out", study_copy / "r.html").status == 0
