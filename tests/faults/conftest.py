@@ -151,11 +151,15 @@ def tmpfs(folder: Path, size: str, *options: str) -> Iterator[Path]:
     try:
         yield folder
     finally:
-        for _ in range(50):  # a worker process may still be closing its files
-            if subprocess.run(["umount", folder], capture_output=True).returncode == 0:
-                return
-            time.sleep(0.2)
-        subprocess.run(["umount", "-l", folder], check=True)
+        _unmount(folder)
+
+
+def _unmount(folder: Path) -> None:
+    for _ in range(50):  # a worker process may still be closing its files
+        if subprocess.run(["umount", folder], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.2)
+    subprocess.run(["umount", "-l", folder], check=True)
 
 
 def remount_read_only(folder: Path) -> None:
