@@ -161,7 +161,7 @@ class StudyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "study": asdict(self.study),
+            "study": {**asdict(self.study), "storage": mask_url(self.study.storage)},
             "model": asdict(self.model),
             "data": {"text": list(self.data.text), "dataset": self.data.dataset},
             "workload": dict(self.workload),
@@ -217,16 +217,33 @@ def _url(url: str) -> Any:
 
     try:
         return make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return None
 
 
+# Query parameters of a database URL that carry a credential (libpq's password and
+# sslpassword, drivers' tokens and keys); ``passfile`` names a file and is not one.
+CREDENTIAL_PARAM = re.compile(r"pass(?!file)|pwd|secret|token|key", re.IGNORECASE)
+
+
+def url_credentials(url: str) -> list[str]:
+    """The parts of ``url`` that carry a credential: ``password`` and query parameter names."""
+    parsed = _url(url)
+    if parsed is None:
+        return []
+    found = ["password"] if parsed.password is not None else []
+    return found + [k for k in parsed.query if CREDENTIAL_PARAM.search(k)]
+
+
 def mask_url(url: str) -> str:
-    """The URL as it may be shown: any password replaced by ``***``."""
+    """The URL as it may be shown or stored: every credential (the password, query
+    parameters such as ``password`` or ``sslpassword``) replaced by ``***``."""
     parsed = _url(url)
     if parsed is None:
         return url.split("://", 1)[0] + "://..." if "://" in url else url
-    return str(parsed.render_as_string(hide_password=True))
+    query = {k: "***" if CREDENTIAL_PARAM.search(k) else v for k, v in parsed.query.items()}
+    shown = str(parsed.set(query=query).render_as_string(hide_password=True))
+    return shown.replace("%2A%2A%2A", "***")
 
 
 class _Table:
@@ -307,6 +324,13 @@ def load(
         raise ConfigError(f"{where}: cannot read the file ({e})") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{where}: not valid TOML ({e}); fix the syntax there") from e
+    if not raw:
+        # An empty file is a mistake (a truncated copy, the wrong path), not a wish for a
+        # 20-trial study with no time limit on the default model: say so instead of guessing.
+        raise ConfigError(
+            f"{where}: the study file is empty; set at least [study] n_trials or "
+            "time_limit_seconds and [model] name (copy studies/demo.toml to start)"
+        )
     for table, values in (overrides or {}).items():
         current = raw.get(table, {})
         raw[table] = {**(current if isinstance(current, dict) else {}), **values}
@@ -393,21 +417,24 @@ def _run_section(t: _Table, file: Path) -> RunSection:
 
 def _storage(t: _Table, url: str, file: Path, name: str) -> str:
     """The storage URL, checked without creating anything (SQLite beside the study file)."""
+    from autoslim import integrity
+
     if not url:
         url = "sqlite:///" + str((file.parent / f"{name}.db").absolute())
     parsed = _url(url)
     if parsed is None:
         raise t.error(
             "storage",
-            f"{mask_url(url)!r} is not a database URL; write sqlite:///FILE.db or "
-            "postgresql://USER@HOST/DB",
+            f"{mask_url(url)!r} is not a database URL (a port must be a number); write "
+            "sqlite:///FILE.db or postgresql://USER@HOST:5432/DB",
         )
-    if parsed.password is not None:
+    credentials = url_credentials(url)
+    if credentials:
         raise t.error(
             "storage",
-            f"{mask_url(url)!r} holds a password; study files get shared, so remove it from "
-            "the URL and give it to the database client instead (PGPASSWORD or ~/.pgpass for "
-            "PostgreSQL)",
+            f"{mask_url(url)!r} holds a credential ({', '.join(credentials)}); study files "
+            "get shared, so remove it from the URL and give it to the database client "
+            "instead (PGPASSWORD, a passfile or ~/.pgpass for PostgreSQL)",
         )
     scheme = url.split(":", 1)[0]
     if scheme == "sqlite":
@@ -428,10 +455,10 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
             raise t.error(
                 "storage", f"folder {str(parent)!r} does not exist; create it or change the path"
             )
-        elif not os.access(parent, os.W_OK | os.X_OK):
+        elif (why := integrity.writable_folder(parent)) is not None:
             raise t.error(
                 "storage",
-                f"folder {str(parent)!r} is not writable; choose a writable folder",
+                f"folder {str(parent)!r} is not writable ({why}); choose a writable folder",
             )
     elif scheme.split("+")[0] not in ("postgresql", "mysql"):
         raise t.error(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import html
 import itertools
 import logging
+import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from autoslim.errors import ConfigError
 from autoslim.operators import KNOBS
 from autoslim.pick import PRESETS, Budget, rank, study_budget
 from autoslim.recipe import Recipe, format_heads
+from autoslim.study import STALE_SECONDS
 from autoslim.trials import TrialRecord, best_numbers, objective_names, pareto_mask, read_trials
 
 logger = logging.getLogger(__name__)
@@ -109,6 +111,8 @@ class SummaryInfo(NamedTuple):
     # the flags seen.
     timing_flagged: tuple[int, tuple[str, ...]]
     choice: str  # the balanced pick and why, or why there is none
+    # RUNNING trials whose heartbeat stopped (their process is gone): not "running".
+    stalled: int = 0
 
 
 def _label(trial: TrialRecord) -> str:
@@ -243,6 +247,11 @@ def get_summary_info(study: optuna.Study) -> SummaryInfo:
     front = best_numbers(study)
     flagged = [[str(f) for f in t.measurement.get("timing_flags", [])] for t in complete]
     flagged = [flags for flags in flagged if flags]
+    now = time.time()
+    stalled = sum(
+        now - float(t.user_attrs.get("heartbeat", now)) > STALE_SECONDS
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    )
     return SummaryInfo(
         study_name=study.study_name,
         model=str(attrs.get("model", "unknown")),
@@ -255,7 +264,33 @@ def get_summary_info(study: optuna.Study) -> SummaryInfo:
         energy_sources=tuple(sources),
         timing_flagged=(len(flagged), tuple(sorted({f for t in flagged for f in t}))),
         choice=choice,
+        stalled=stalled,
     )
+
+
+def empty_notice(info: SummaryInfo) -> str | None:
+    """What to say when the study has no completed trial (there is nothing to plot)."""
+    if dict(info.state_counts).get("COMPLETE"):
+        return None
+    return (
+        f"study {info.study_name!r} has no completed trial yet ({_counts(info)}), so there is "
+        "no front, knob plot or pick to show; run `autoslim search` on its study file to "
+        "continue it"
+    )
+
+
+def _counts(info: SummaryInfo) -> str:
+    parts = []
+    for state, n in info.state_counts:
+        if state == "RUNNING" and info.stalled:
+            parts.append(
+                f"{info.stalled} stopped without finishing (no heartbeat for over "
+                f"{STALE_SECONDS:.0f} s; the next search marks it FAIL)"
+            )
+            n -= info.stalled
+        if n:
+            parts.append(f"{n} {state.lower()}")
+    return ", ".join(parts) or "no trials"
 
 
 # --- renderers --------------------------------------------------------------------------------
@@ -501,7 +536,7 @@ def render_table(info: TableInfo) -> str:
 def render_summary(info: SummaryInfo) -> str:
     e = html.escape
     budget = info.budget.describe() if info.budget else "unknown (no base perplexity stored)"
-    counts = ", ".join(f"{n} {state.lower()}" for state, n in info.state_counts) or "no trials"
+    counts = _counts(info)
     rows = (
         ("model", info.model),
         ("objectives", ", ".join(info.objective_names)),
@@ -569,6 +604,16 @@ def render_page(study: optuna.Study) -> str:
     import plotly.offline
 
     summary = get_summary_info(study)
+    title = html.escape(f"autoslim report: {summary.study_name}")
+    notice = empty_notice(summary)
+    if notice is not None:  # no figure to draw: no 4.9 MB of plotly for empty axes
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{title}</title><style>{_STYLE}</style></head>"
+            f'<body><h1>{title}</h1><p class="notice"><strong>{html.escape(notice)}</strong>'
+            f"</p>{render_summary(summary)}<h2>Trials</h2>"
+            f"{render_table(get_table_info(study))}</body></html>\n"
+        )
     fronts = [
         _figure_div(plot_pareto(get_pareto_info(study, names)), "pareto-" + "-".join(names))
         for names in objective_sets(study)
@@ -584,7 +629,6 @@ def render_page(study: optuna.Study) -> str:
         ("Objective history", "".join(histories)),
         ("Trials (click a header to sort)", render_table(get_table_info(study))),
     ]
-    title = html.escape(f"autoslim report: {summary.study_name}")
     body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -597,11 +641,21 @@ def render_page(study: optuna.Study) -> str:
     )
 
 
+def _is_page(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(15).lower() == b"<!doctype html>"
+
+
 def write_report(study: optuna.Study, path: str | Path) -> Path:
     """Write the report page to ``path`` (its folder is created); returns the path."""
     out = Path(path)
     if out.is_dir():
         raise ConfigError(f"report path {str(out)!r} is a folder; give a file name ending .html")
+    if out.is_file() and not _is_page(out):
+        raise ConfigError(
+            f"report path {str(out)!r} exists and is not an HTML page (a study file or "
+            "storage?); it is not overwritten: give a new file name ending .html"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_page(study), encoding="utf-8")
     logger.info("wrote the report of %s to %s", study.study_name, out)

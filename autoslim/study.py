@@ -101,13 +101,19 @@ class RunSummary:
 
 def make_storage(url: str) -> optuna.storages.RDBStorage:
     """The RDB storage behind ``url`` (SQLite gets a lock timeout for several processes)."""
+    from autoslim import integrity
+
+    integrity.check_storage(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    url = _with_installed_driver(url)
+    given, url = url, _with_installed_driver(url)
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}}
     try:
         storage = _open_rdb(url, kwargs)
     except Exception as e:
+        fault = integrity.storage_fault(e, given)
+        if fault is not None:
+            raise fault from e
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(
             f"cannot open storage {mask_url(url)!r}: {type(e).__name__}: {mask_url(first)}; "
@@ -597,10 +603,19 @@ def run_study(
                     "is compared with it, so fix that first (try `autoslim measure`)"
                 )
     except KeyboardInterrupt:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if (t.user_attrs.get("worker") or {}).get("study_pid") == os.getpid():
-                _fail_and_retry(study, t, "stopped by the user")
+        _fail_own_trials(study, "stopped by the user")
         raise
+    except Exception as e:
+        from autoslim.integrity import storage_fault
+
+        fault = storage_fault(e, run.storage)
+        if fault is None:
+            raise
+        try:  # the storage may take this small write again; if not, the next run recovers
+            _fail_own_trials(study, str(fault))
+        except Exception as again:
+            logger.info("trial not marked FAIL, the storage still refuses writes: %s", again)
+        raise fault from e
     finally:
         worker.close()
         summary.wall_seconds = time.monotonic() - started
@@ -619,6 +634,13 @@ def trial_timeout(config: StudyConfig, costs: CostModel | None, recipe: Recipe) 
 def _typical_kd_steps(config: StudyConfig) -> int:
     """The KD steps of the longest trials the space holds (what the start line quotes)."""
     return int(max(config.search["kd_steps"].extremes()))
+
+
+def _fail_own_trials(study: optuna.Study, why: str) -> None:
+    """Mark FAIL (and retry) the RUNNING trials this process started."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if (t.user_attrs.get("worker") or {}).get("study_pid") == os.getpid():
+            _fail_and_retry(study, t, why)
 
 
 def _mean(values: list[float]) -> float:

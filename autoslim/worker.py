@@ -397,7 +397,8 @@ class BuildAndMeasure:
         if not math.isfinite(quick) or ratio > early.max_ppl_ratio:
             raise TrialAbandoned(
                 f"perplexity {quick:.4g} after {stage} is {ratio:.3g}x the base model's "
-                f"{self.base_quick_perplexity:.4g} on {self.early_windows} windows, above "
+                f"{self.base_quick_perplexity:.4g} on the same {self.early_windows} eval windows "
+                "(a quick check, not the full protocol), above "
                 f"early_abort.max_ppl_ratio={early.max_ppl_ratio:g}: distillation is unlikely "
                 "to recover it",
                 {"stage": stage, "quick_perplexity": quick, "ratio": ratio},

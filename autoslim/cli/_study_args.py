@@ -33,7 +33,7 @@ def open_study(args: argparse.Namespace) -> Any:
 
     from autoslim.study import make_storage
 
-    url, name = _storage_of(args.study)
+    url, name = storage_of(args.study)
     name = args.study_name or name
     shown = mask_url(url)
     storage = make_storage(url)
@@ -53,7 +53,7 @@ def open_study(args: argparse.Namespace) -> Any:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def _storage_of(study: str) -> tuple[str, str | None]:
+def storage_of(study: str) -> tuple[str, str | None]:
     """(storage URL, study name if STUDY says it); a missing SQLite file is an error."""
     if study.endswith(".toml"):
         from autoslim import config
@@ -76,3 +76,8 @@ def _storage_of(study: str) -> tuple[str, str | None]:
             "exist; run `autoslim search` first or check the path"
         )
     return url, name
+
+
+def study_arg_files(args: argparse.Namespace) -> list[Path]:
+    """The study file or SQLite file that ``args.study`` names (nothing for a URL)."""
+    return [] if "://" in args.study else [Path(args.study)]

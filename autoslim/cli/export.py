@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from autoslim.cli._common import print_json
-from autoslim.cli._study_args import add_study_args, open_study
+from autoslim.cli._study_args import add_study_args, open_study, study_arg_files
 from autoslim.cli.pick import add_choice_args
 
 
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         max_ppl_increase=args.max_ppl_increase,
         force=args.force,
         retime=args.retime,
+        protected=study_arg_files(args),
     )
     summary = {
         "study": study.study_name,

@@ -226,11 +226,12 @@ def measure(
         logger.warning(
             "the process waited for a CPU %.0f%% of the timed %.2f s (load average %.2f on "
             "%s CPUs): seconds and joules are inflated and noisy; stop other work on this "
-            "machine or lower workload.threads",
+            "machine%s",
             100 * cpu_wait,
             sum(seconds),
             load_after,
             os.cpu_count(),
+            " or lower workload.threads" if threads > 1 else "",
         )
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
     return Measurement(
