@@ -139,6 +139,7 @@ class RunSection:
     startup_trials: int = 4
     trial_timeout_seconds: float = 1800.0
     recycle_every: int = 25
+    heartbeat_seconds: int = 10
 
 
 @dataclass(frozen=True)
@@ -372,6 +373,9 @@ def _run_section(t: _Table, file: Path) -> RunSection:
     recycle = t.get("recycle_every", int, 25)
     if recycle < 0:
         raise t.error("recycle_every", f"{recycle}: must be >= 0 (0 = never recycle)")
+    heartbeat = t.get("heartbeat_seconds", int, 10)
+    if heartbeat < 1:
+        raise t.error("heartbeat_seconds", f"{heartbeat}: must be >= 1")
     t.finish()
     return RunSection(
         name=name,
@@ -384,6 +388,7 @@ def _run_section(t: _Table, file: Path) -> RunSection:
         startup_trials=startup,
         trial_timeout_seconds=float(trial_timeout),
         recycle_every=recycle,
+        heartbeat_seconds=heartbeat,
     )
 
 
@@ -405,13 +410,18 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
             "the URL and give it to the database client instead (PGPASSWORD or ~/.pgpass for "
             "PostgreSQL)",
         )
-    scheme = url.split(":", 1)[0]
-    if scheme == "sqlite":
-        db = url.removeprefix("sqlite:///")
-        if not url.startswith("sqlite:///") or not db or db == ":memory:":
+    from autoslim.storage import SCHEMES, scheme_of
+
+    scheme = scheme_of(url)
+    if scheme not in SCHEMES:
+        kinds = ", ".join(f"{s.example} ({s.use})" for s in SCHEMES.values())
+        raise t.error("storage", f"{mask_url(url)!r}: use one of {kinds}")
+    if scheme in ("sqlite", "journal"):
+        db = url.removeprefix(SCHEMES[scheme].prefix)
+        if not url.startswith(SCHEMES[scheme].prefix) or not db or db == ":memory:":
             raise t.error(
                 "storage",
-                f"{url!r}: write sqlite:///PATH/TO/FILE.db (a file, so the study survives)",
+                f"{url!r}: write {SCHEMES[scheme].example} (a file, so the study survives)",
             )
         target = Path(db)
         parent = target.parent
@@ -429,12 +439,6 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
                 "storage",
                 f"folder {str(parent)!r} is not writable; choose a writable folder",
             )
-    elif scheme.split("+")[0] not in ("postgresql", "mysql"):
-        raise t.error(
-            "storage",
-            f"{mask_url(url)!r}: use sqlite:///FILE.db (one machine) or "
-            "postgresql://USER@HOST/DB (many machines)",
-        )
     return url
 
 

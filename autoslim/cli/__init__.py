@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from autoslim import __version__
-from autoslim.cli import demo, export, measure, pick, report, search, zoo
+from autoslim.cli import demo, export, measure, pick, report, search, worker, zoo
 from autoslim.errors import AutoslimError
 
-COMMANDS = (demo, search, measure, zoo, report, pick, export)
+COMMANDS = (demo, search, worker, measure, zoo, report, pick, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,9 +12,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autoslim import config, study
+from autoslim import config, storage, study
 from autoslim.recipe import Recipe
-from autoslim.trials import MEASUREMENT_ATTR, measurement_of, recipe_of
+from autoslim.trials import MEASUREMENT_ATTR, is_interrupted, measurement_of, recipe_of, record
 from tests.study.conftest import FAKE, run_fake_study
 
 pytestmark = pytest.mark.slow
@@ -159,12 +159,12 @@ def test_changed_search_space_is_refused_on_resume(study_file) -> None:
 
 
 def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    storage = study.make_storage(url)  # picks the installed PostgreSQL driver
-    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    opened = storage.make_storage(url)  # picks the installed PostgreSQL driver
+    return optuna.load_study(study_name=name, storage=opened).get_trials(deepcopy=False)
 
 
 def test_kill_minus_9_mid_trial_then_resume(study_file) -> None:
-    path = study_file(study={"n_trials": 6})
+    path = study_file(study={"n_trials": 6, "heartbeat_seconds": 1})
     c = config.load(path)
     env = {"AUTOSLIM_FAKE_SLEEP": "1.5"}
     proc = run_fake_study(path, env)
@@ -207,9 +207,9 @@ def test_kill_minus_9_mid_trial_then_resume(study_file) -> None:
     by_number = {t.number: t for t in trials}
     killed = by_number[victim.number]
     assert killed.state == TrialState.FAIL
-    assert killed.user_attrs["interrupted"] is True
-    assert killed.user_attrs["fail_reason"].startswith("Interrupted:")
-    retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert is_interrupted(killed) and not study.counts_toward_total(killed)
+    assert record(killed, c.objectives).reason.startswith("Interrupted:")
+    retries = [t for t in trials if storage.retried_trial_number(t) == victim.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert recipe_of(retries[0]) == recipe_of(killed)
     for number, values in before.items():
@@ -257,7 +257,7 @@ def test_postgresql_workers_share_one_study(study_file) -> None:
         # both workers enqueue the starting points; the second copies end as duplicates
         assert sum(bool(t.user_attrs.get("is_base")) for t in measured) == 1
     finally:
-        optuna.delete_study(study_name=name, storage=study.make_storage(url))
+        optuna.delete_study(study_name=name, storage=storage.make_storage(url))
 
 
 def test_workers_starting_together_on_an_empty_postgresql_database(tmp_path) -> None:
@@ -277,7 +277,7 @@ def test_workers_starting_together_on_an_empty_postgresql_database(tmp_path) -> 
     fresh = url.rsplit("/", 1)[0] + "/" + database
     start_at = time.time() + 4  # every process opens the storage at the same moment
     code = (
-        "import sys, time\nfrom autoslim.study import make_storage\n"
+        "import sys, time\nfrom autoslim.storage import make_storage\n"
         "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\nmake_storage(sys.argv[1])"
     )
     try:
@@ -289,7 +289,7 @@ def test_workers_starting_together_on_an_empty_postgresql_database(tmp_path) -> 
         ]
         errors = [w.communicate(timeout=120)[1].decode() for w in workers]
         assert [w.returncode for w in workers] == [0] * 4, "\n".join(errors)
-        assert study.make_storage(fresh).get_all_studies() == []
+        assert storage.make_storage(fresh).get_all_studies() == []
     finally:
         admin.cursor().execute(f"DROP DATABASE {database} WITH (FORCE)")
         admin.close()
