@@ -241,9 +241,7 @@ def _fail_silent_trials(study: optuna.Study, grace_seconds: float) -> None:
     heartbeat: the beat is the trial's ``heartbeat`` user attr."""
     now = time.time()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = trial.user_attrs.get("heartbeat")
-        if beat is None and trial.datetime_start is not None:
-            beat = trial.datetime_start.timestamp()
+        beat = trial.user_attrs.get("heartbeat")  # none yet: never stale, as in Optuna's
         if beat is None or now - float(beat) <= grace_seconds:
             continue
         try:
@@ -346,8 +344,10 @@ class _Heartbeat:
         while not self.stop.wait(self.seconds):
             try:
                 self.record()
-            except Exception:  # the trial may have finished meanwhile
+            except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale meanwhile
                 return
+            except Exception as e:  # a storage hiccup: the next beat may get through
+                logger.info("trial %d: heartbeat not recorded (%s)", self.trial.number, e)
 
     def __enter__(self) -> _Heartbeat:
         self.record()  # a trial that never beat is never found stale
@@ -521,32 +521,40 @@ def run_study(
             with warnings.catch_warnings():  # we beat ourselves (Optuna's does in optimize)
                 warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                 trial = current = study.ask()
-            is_base = bool(trial.user_attrs.get("is_base"))
-            recipe = recipe_for(trial, config)
-            trial.set_user_attr("recipe", recipe.to_dict())
-            trial.set_user_attr("worker", host)
-            with _Heartbeat(storage, trial, run.heartbeat_seconds):
-                # Read the trials again after writing our recipe: of two workers that drew the
-                # same recipe at once, the later-numbered trial then always sees the other.
-                latest = study.get_trials(deepcopy=False)
-                if _over_budget(latest, trial, run.n_trials):
-                    trial.set_user_attr("over_budget", True)
-                    trial.set_user_attr(
-                        "prune_reason", f"n_trials={run.n_trials} taken by other workers"
-                    )
-                    study.tell(trial, state=TrialState.PRUNED)
-                    continue
-                earlier = _find_evaluated(latest, recipe, trial.number)
-                if earlier is not None:
-                    duplicates_in_a_row += 1
-                    trial.set_user_attr("duplicate_of", earlier)
-                    trial.set_user_attr("prune_reason", f"duplicate of trial {earlier}")
-                    study.tell(trial, state=TrialState.PRUNED)
-                    continue
-                duplicates_in_a_row = 0
-                report(done, None, f"trial {trial.number}: {recipe.describe()}")
-                result = worker.run(recipe, run.trial_timeout_seconds)
-                state = _record(study, trial, result, config, is_base)
+            try:
+                with _Heartbeat(storage, trial, run.heartbeat_seconds):
+                    is_base = bool(trial.user_attrs.get("is_base"))
+                    recipe = recipe_for(trial, config)
+                    trial.set_user_attr("recipe", recipe.to_dict())
+                    trial.set_user_attr("worker", host)
+                    latest = study.get_trials(deepcopy=False)
+                    if _over_budget(latest, trial, run.n_trials):
+                        trial.set_user_attr("over_budget", True)
+                        trial.set_user_attr(
+                            "prune_reason", f"n_trials={run.n_trials} taken by other workers"
+                        )
+                        study.tell(trial, state=TrialState.PRUNED)
+                        continue
+                    if _prune_if_duplicate(study, trial, recipe, latest):
+                        duplicates_in_a_row += 1
+                        continue
+                    duplicates_in_a_row = 0
+                    report(done, None, f"trial {trial.number}: {recipe.describe()}")
+                    result = worker.run(recipe, run.trial_timeout_seconds)
+                    # Checked again once every worker that took this recipe with us has
+                    # written it: one that took it first and wrote it last was not seen.
+                    if _prune_if_duplicate(study, trial, recipe):
+                        continue
+                    state = _record(study, trial, result, config, is_base)
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+                if not is_interrupted(study.get_trials(deepcopy=False)[trial.number]):
+                    raise
+                logger.warning(
+                    "trial %d was failed as stale by another worker while it ran here (this "
+                    "process stalled for over %d s); its recipe is retried",
+                    trial.number, GRACE_BEATS * run.heartbeat_seconds,
+                )  # fmt: skip
+                continue
             current = None
             if result.status in ("done", "abandoned"):
                 summary.overhead_seconds.append(result.wall_seconds - result.seconds)
@@ -580,10 +588,7 @@ def _over_budget(trials: list[FrozenTrial], trial: optuna.Trial, n_trials: int |
     if any(t.number == trial.number and retried_trial_number(t) is not None for t in trials):
         return False
     done = sum(counts_toward_total(t) for t in trials)
-    running = sorted(
-        (t for t in trials if t.state == TrialState.RUNNING),
-        key=lambda t: (t.datetime_start or datetime.max, t.number),
-    )
+    running = sorted((t for t in trials if t.state == TrialState.RUNNING), key=_start_order)
     position = [t.number for t in running].index(trial.number)
     return done + position >= n_trials
 
@@ -605,15 +610,40 @@ def _check_corpus(study: optuna.Study, config: StudyConfig, info: dict[str, Any]
         study.set_user_attr("corpus_fingerprint", fingerprint)
 
 
+def _prune_if_duplicate(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    recipe: Recipe,
+    trials: list[FrozenTrial] | None = None,
+) -> bool:
+    """Record ``trial`` as a duplicate (PRUNED, not counted) if another trial evaluated its
+    recipe, or is evaluating it and was taken first."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
+    earlier = _find_evaluated(trials, recipe, trial.number)
+    if earlier is None:
+        return False
+    trial.set_user_attr("duplicate_of", earlier)
+    trial.set_user_attr("prune_reason", f"duplicate of trial {earlier}")
+    study.tell(trial, state=TrialState.PRUNED)
+    return True
+
+
+def _start_order(trial: FrozenTrial) -> tuple[datetime, int]:
+    """Trials by the moment a worker took them (an enqueued trial's number is older)."""
+    return (trial.datetime_start or datetime.max, trial.number)
+
+
 def _find_evaluated(trials: list[FrozenTrial], recipe: Recipe, number: int) -> int | None:
-    """The number of a trial that evaluated ``recipe``, or is evaluating it and started
-    first (a lower number)."""
+    """The number of a trial that evaluated ``recipe``, or is evaluating it and was taken
+    first (by start time: an enqueued trial's number is older than the moment it is taken)."""
+    mine = next(t for t in trials if t.number == number)
     for t in trials:
-        if t.number == number or "duplicate_of" in t.user_attrs:
+        if t.number == number or "duplicate_of" in t.user_attrs or "over_budget" in t.user_attrs:
             continue
         if t.state == TrialState.WAITING or is_interrupted(t):
             continue
-        if t.state == TrialState.RUNNING and t.number > number:
+        if t.state == TrialState.RUNNING and _start_order(t) > _start_order(mine):
             continue
         if "recipe" in t.user_attrs and recipe_of(t) == recipe:
             return t.number

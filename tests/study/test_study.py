@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from autoslim import config, storage, study
 from autoslim.recipe import Recipe
 from autoslim.trials import MEASUREMENT_ATTR, is_interrupted, measurement_of, recipe_of, record
-from tests.study.conftest import FAKE, run_fake_study
+from tests.study.conftest import FAKE, postgres_url, run_fake_study
 
 pytestmark = pytest.mark.slow
 
@@ -219,49 +219,8 @@ def test_kill_minus_9_mid_trial_then_resume(study_file) -> None:
     assert len(complete) == len(set(complete)) == 6
 
 
-def _postgres_url() -> str | None:
-    try:
-        import psycopg2
-    except ImportError:
-        return None
-    for user in ("postgres", "root"):
-        try:
-            psycopg2.connect(
-                host="127.0.0.1", port=5432, user=user, dbname="test", connect_timeout=3
-            ).close()
-        except psycopg2.OperationalError:
-            continue
-        return f"postgresql://{user}@127.0.0.1:5432/test"
-    return None
-
-
-def test_postgresql_workers_share_one_study(study_file) -> None:
-    url = _postgres_url()
-    if url is None:
-        pytest.skip(
-            "PostgreSQL at 127.0.0.1:5432 (database 'test') is unreachable or psycopg2 is missing"
-        )
-    name = f"pg-{os.getpid()}-{int(time.time())}"
-    path = study_file(name=name, study={"n_trials": 10, "storage": url})
-    env = {"AUTOSLIM_FAKE_SLEEP": "0.5"}
-    workers = [run_fake_study(path, env) for _ in range(2)]
-    try:
-        assert [w.wait(180) for w in workers] == [0, 0]
-        trials = _trials(url, name)
-        measured = [t for t in trials if study.counts_toward_total(t)]
-        assert 10 <= len(measured) <= 11  # each worker stops once the count is reached
-        hosts = {t.user_attrs["worker"]["study_pid"] for t in measured}
-        assert len(hosts) == 2
-        complete = [recipe_of(t) for t in trials if t.state == TrialState.COMPLETE]
-        assert len(complete) == len(set(complete))
-        # both workers enqueue the starting points; the second copies end as duplicates
-        assert sum(bool(t.user_attrs.get("is_base")) for t in measured) == 1
-    finally:
-        optuna.delete_study(study_name=name, storage=storage.make_storage(url))
-
-
 def test_workers_starting_together_on_an_empty_postgresql_database(tmp_path) -> None:
-    url = _postgres_url()
+    url = postgres_url()
     if url is None:
         pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable or psycopg2 is missing")
     import psycopg2
