@@ -22,7 +22,7 @@ from tests.study.conftest import FAKE, postgres_url, run_fake_study
 
 pytestmark = pytest.mark.slow
 
-# 24 recipes for 12 trials: duplicates stay rare, the space never runs out.
+# Many more recipes than trials: duplicates stay rare, the space never runs out.
 SEARCH = {"kd_steps": [0, 10, 20, 30]}
 
 
@@ -45,9 +45,11 @@ def _delete(url: str, name: str) -> None:
         optuna.delete_study(study_name=name, storage=storage.make_storage(url))
 
 
-def _check_one_budget(trials: list[optuna.trial.FrozenTrial], n_trials: int) -> None:
+def _check_one_budget(
+    trials: list[optuna.trial.FrozenTrial], n_trials: int, interrupted: int = 0
+) -> None:
     """Every trial of the budget COMPLETE, each recipe once, nothing left running; the only
-    other trials are duplicates and back-offs, which are not counted."""
+    other trials are duplicates, back-offs and ``interrupted`` stale ones, none counted."""
     counted = [t for t in trials if study.counts_toward_total(t)]
     assert len(counted) == n_trials
     assert all(t.state == TrialState.COMPLETE for t in counted)
@@ -56,7 +58,11 @@ def _check_one_budget(trials: list[optuna.trial.FrozenTrial], n_trials: int) -> 
     recipes = [recipe_of(t) for t in counted]
     assert len(recipes) == len(set(recipes))
     others = [t for t in trials if not study.counts_toward_total(t)]
-    assert all("duplicate_of" in t.user_attrs or "over_budget" in t.user_attrs for t in others)
+    assert sum(is_interrupted(t) for t in others) == interrupted
+    assert all(
+        "duplicate_of" in t.user_attrs or "over_budget" in t.user_attrs or is_interrupted(t)
+        for t in others
+    )
     assert sum(bool(t.user_attrs.get("is_base")) for t in counted) == 1
 
 
@@ -65,13 +71,13 @@ def test_four_workers_share_one_budget(study_file, tmp_path, kind) -> None:
     url = _url(kind, tmp_path)
     name = f"workers-{kind}-{uuid.uuid4().hex[:8]}"
     path = study_file(
-        name=name, study={"n_trials": 12, "storage": url, "heartbeat_seconds": 2}, search=SEARCH
+        name=name, study={"n_trials": 10, "storage": url, "heartbeat_seconds": 2}, search=SEARCH
     )
     workers = [run_fake_study(path, {"AUTOSLIM_FAKE_SLEEP": "0.2"}, i) for i in range(4)]
     try:
         assert [w.wait(240) for w in workers] == [0] * 4
         trials = _trials(url, name)
-        _check_one_budget(trials, 12)
+        _check_one_budget(trials, 10)
         ids = {t.user_attrs["worker"]["worker_id"] for t in trials if "worker" in t.user_attrs}
         assert len(ids) >= 2 and ids <= {0, 1, 2, 3}
     finally:
@@ -85,9 +91,9 @@ def test_a_worker_killed_mid_trial_is_retried_by_another(study_file, tmp_path) -
     url = _url("postgresql", tmp_path)
     name = f"kill-{uuid.uuid4().hex[:8]}"
     path = study_file(
-        name=name, study={"n_trials": 8, "storage": url, "heartbeat_seconds": 2}, search=SEARCH
+        name=name, study={"n_trials": 6, "storage": url, "heartbeat_seconds": 2}, search=SEARCH
     )
-    workers = [run_fake_study(path, {"AUTOSLIM_FAKE_SLEEP": "2"}, i) for i in range(3)]
+    workers = [run_fake_study(path, {"AUTOSLIM_FAKE_SLEEP": "1.5"}, i) for i in range(2)]
     try:
         victim = None
         deadline = time.monotonic() + 180
@@ -112,7 +118,7 @@ def test_a_worker_killed_mid_trial_is_retried_by_another(study_file, tmp_path) -
         os.kill(workers[0].pid, signal.SIGKILL)
         workers[0].wait(10)
         before = {t.number: t.values for t in _trials(url, name) if t.state.is_finished()}
-        assert [w.wait(240) for w in workers[1:]] == [0, 0]
+        assert workers[1].wait(240) == 0
 
         trials = _trials(url, name)
         by_number = {t.number: t for t in trials}
@@ -121,10 +127,10 @@ def test_a_worker_killed_mid_trial_is_retried_by_another(study_file, tmp_path) -
         retries = [t for t in trials if storage.retried_trial_number(t) == victim.number]
         assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
         assert recipe_of(retries[0]) == recipe_of(victim)
-        assert retries[0].user_attrs["worker"]["worker_id"] in (1, 2)
+        assert retries[0].user_attrs["worker"]["worker_id"] == 1
         for number, values in before.items():
             assert by_number[number].values == values
-        _check_one_budget(trials, 8)
+        _check_one_budget(trials, 6, interrupted=1)
     finally:
         for w in workers:
             if w.poll() is None:
