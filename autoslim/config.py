@@ -143,6 +143,7 @@ class RunSection:
     startup_trials: int = 4
     trial_timeout_seconds: float | None = None
     recycle_every: int = 25
+    heartbeat_seconds: int = 10
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,9 @@ def _run_section(t: _Table, file: Path) -> RunSection:
     recycle = t.get("recycle_every", int, 25)
     if recycle < 0:
         raise t.error("recycle_every", f"{recycle}: must be >= 0 (0 = never recycle)")
+    heartbeat = t.get("heartbeat_seconds", int, 10)
+    if heartbeat < 1:
+        raise t.error("heartbeat_seconds", f"{heartbeat}: must be >= 1")
     t.finish()
     return RunSection(
         name=name,
@@ -412,6 +416,7 @@ def _run_section(t: _Table, file: Path) -> RunSection:
         startup_trials=startup,
         trial_timeout_seconds=trial_timeout,
         recycle_every=recycle,
+        heartbeat_seconds=heartbeat,
     )
 
 
@@ -436,13 +441,18 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
             "get shared, so remove it from the URL and give it to the database client "
             "instead (PGPASSWORD, a passfile or ~/.pgpass for PostgreSQL)",
         )
-    scheme = url.split(":", 1)[0]
-    if scheme == "sqlite":
-        db = url.removeprefix("sqlite:///")
-        if not url.startswith("sqlite:///") or not db or db == ":memory:":
+    from autoslim.storage import SCHEMES, scheme_of
+
+    scheme = scheme_of(url)
+    if scheme not in SCHEMES:
+        kinds = ", ".join(f"{s.example} ({s.use})" for s in SCHEMES.values())
+        raise t.error("storage", f"{mask_url(url)!r}: use one of {kinds}")
+    if scheme in ("sqlite", "journal"):
+        db = url.removeprefix(SCHEMES[scheme].prefix)
+        if not url.startswith(SCHEMES[scheme].prefix) or not db or db == ":memory:":
             raise t.error(
                 "storage",
-                f"{url!r}: write sqlite:///PATH/TO/FILE.db (a file, so the study survives)",
+                f"{url!r}: write {SCHEMES[scheme].example} (a file, so the study survives)",
             )
         target = Path(db)
         parent = target.parent
@@ -460,12 +470,6 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
                 "storage",
                 f"folder {str(parent)!r} is not writable ({why}); choose a writable folder",
             )
-    elif scheme.split("+")[0] not in ("postgresql", "mysql"):
-        raise t.error(
-            "storage",
-            f"{mask_url(url)!r}: use sqlite:///FILE.db (one machine) or "
-            "postgresql://USER@HOST/DB (many machines)",
-        )
     return url
 
 

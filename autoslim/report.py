@@ -34,12 +34,20 @@ import optuna
 from optuna.trial import TrialState
 
 from autoslim import __version__
+from autoslim.config import RunSection
 from autoslim.errors import ConfigError
 from autoslim.operators import KNOBS
 from autoslim.pick import PRESETS, Budget, rank, study_budget
 from autoslim.recipe import Recipe, format_heads
-from autoslim.study import STALE_SECONDS
-from autoslim.trials import TrialRecord, best_numbers, objective_names, pareto_mask, read_trials
+from autoslim.storage import GRACE_BEATS, is_stale
+from autoslim.trials import (
+    TrialRecord,
+    best_numbers,
+    objective_names,
+    pareto_mask,
+    read_trials,
+    stored_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +121,7 @@ class SummaryInfo(NamedTuple):
     choice: str  # the balanced pick and why, or why there is none
     # RUNNING trials whose heartbeat stopped (their process is gone): not "running".
     stalled: int = 0
+    stale_seconds: float = 0.0
 
 
 def _label(trial: TrialRecord) -> str:
@@ -248,8 +257,12 @@ def get_summary_info(study: optuna.Study) -> SummaryInfo:
     flagged = [[str(f) for f in t.measurement.get("timing_flags", [])] for t in complete]
     flagged = [flags for flags in flagged if flags]
     now = time.time()
+    try:
+        beat = stored_config(study).study.heartbeat_seconds
+    except ConfigError:  # a study autoslim did not write: the default beat
+        beat = RunSection.heartbeat_seconds
     stalled = sum(
-        now - float(t.user_attrs.get("heartbeat", now)) > STALE_SECONDS
+        is_stale(t, beat, now)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     )
     return SummaryInfo(
@@ -265,6 +278,7 @@ def get_summary_info(study: optuna.Study) -> SummaryInfo:
         timing_flagged=(len(flagged), tuple(sorted({f for t in flagged for f in t}))),
         choice=choice,
         stalled=stalled,
+        stale_seconds=GRACE_BEATS * beat,
     )
 
 
@@ -285,7 +299,7 @@ def _counts(info: SummaryInfo) -> str:
         if state == "RUNNING" and info.stalled:
             parts.append(
                 f"{info.stalled} stopped without finishing (no heartbeat for over "
-                f"{STALE_SECONDS:.0f} s; the next search marks it FAIL)"
+                f"{info.stale_seconds:.0f} s; the next search marks it FAIL)"
             )
             n -= info.stalled
         if n:

@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from autoslim import __version__
-from autoslim.cli import demo, doctor, export, measure, pick, report, search, zoo
+from autoslim.cli import demo, doctor, export, measure, pick, report, search, worker, zoo
 from autoslim.errors import AutoslimError
 
-COMMANDS = (demo, search, measure, zoo, report, pick, export, doctor)
+COMMANDS = (demo, search, worker, measure, zoo, report, pick, export, doctor)
 # What a shell reports for a process ended by SIGPIPE (128 + 13): `autoslim pick | head -1`.
 BROKEN_PIPE_STATUS = 141
 
