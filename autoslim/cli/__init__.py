@@ -12,10 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from autoslim import __version__
-from autoslim.cli import demo, export, measure, pick, report, search, zoo
+from autoslim.cli import demo, export, init, measure, pick, report, search, zoo
+from autoslim.cli._common import DeferredParser
 from autoslim.errors import AutoslimError
 
-COMMANDS = (demo, search, measure, zoo, report, pick, export)
+COMMANDS = (demo, init, search, measure, zoo, report, pick, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"autoslim {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=DeferredParser
+    )
     for command in COMMANDS:
         command.register(subparsers)
     return parser

@@ -12,10 +12,17 @@ from autoslim.cli.pick import add_choice_args
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    subparsers.add_parser(
         "export",
         help="rebuild a trial (--trial N, or the pick) and save it as a Hugging Face checkpoint",
+        description="Rebuild one trial from its stored recipe, save it as a checkpoint that "
+        "AutoModelForCausalLM.from_pretrained loads, with a README.md model card and "
+        "autoslim.json, and check its reloaded perplexity against the stored one.",
+        arguments=add_arguments,
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_study_args(parser)
     parser.add_argument("--trial", type=int, metavar="N", help="the trial number to export")
     add_choice_args(parser)
