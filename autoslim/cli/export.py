@@ -30,13 +30,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="replace --out when it exists and is not empty"
     )
+    parser.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="then upload the verified folder to this Hub model repository (owner/name)",
+    )
+    parser.add_argument(
+        "--private", action="store_true", help="with --push-to-hub: create the repository private"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim.export import export
+    from autoslim.errors import ConfigError
+    from autoslim.export import export, push_to_hub
     from autoslim.pick import weights_from
+
+    if args.private and not args.push_to_hub:
+        raise ConfigError("--private needs --push-to-hub REPO")
 
     study = open_study(args)
     weights = weights_from(args.prefer, args.weights) if args.prefer or args.weights else None
@@ -47,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
         weights=weights,
         max_ppl_increase=args.max_ppl_increase,
         force=args.force,
+        hub_repo=args.push_to_hub,
+    )
+    pushed = (
+        push_to_hub(result.folder, args.push_to_hub, private=args.private)
+        if args.push_to_hub
+        else None
     )
     summary = {
         "study": study.study_name,
@@ -59,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         "measured_perplexity": result.measured_perplexity,
         "relative_difference": result.relative_difference,
         "files": sorted(result.files),
+        "pushed_to": pushed,
     }
     if args.json:
         print_json("export", summary)
@@ -70,4 +89,6 @@ def run(args: argparse.Namespace) -> int:
         f"(stored {result.stored_perplexity:.4f}, {result.relative_difference:+.3%})"
     )
     print(f"  load it with: AutoModelForCausalLM.from_pretrained({str(result.folder)!r})")
+    if pushed:
+        print(f"  pushed to the Hub: {pushed}")
     return 0
