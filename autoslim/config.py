@@ -372,9 +372,13 @@ def _positive(table: _Table, name: str, value: float | None, *, allow_none: bool
         raise table.error(name, f"{value!r}: must be a positive number")
 
 
+# What a study name may be made of (it names the study in its storage and its default file).
+STUDY_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def _run_section(t: _Table, file: Path) -> RunSection:
     name = t.get("name", str, file.stem)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+    if not STUDY_NAME.fullmatch(name):
         raise t.error("name", f"{name!r}: use letters, digits, '-', '_' or '.' only")
     storage = t.get("storage", str, "")
     n_trials = t.get("n_trials", int, 20)

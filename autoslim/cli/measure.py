@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoslim.cli._common import (
     add_data_args,
@@ -22,14 +22,23 @@ from autoslim.cli._common import (
     recipe_from_args,
     workload_from,
 )
-from autoslim.measure import Measurement, Workload
+
+if TYPE_CHECKING:
+    from autoslim.measure import Measurement, Workload
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    subparsers.add_parser(
         "measure",
         help="measure a model: perplexity, seconds, joules, memory, size and drift",
+        description="Measure a model under the fixed perplexity protocol and the timed "
+        "workload; with recipe flags, build that recipe and measure it too, against the base "
+        "model as teacher, side by side.",
+        arguments=add_arguments,
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_args(parser)
     add_data_args(parser)
     add_protocol_args(parser)

@@ -36,10 +36,16 @@ def add_choice_args(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    subparsers.add_parser(
         "pick",
         help="rank the Pareto-optimal trials within the perplexity budget by time and energy",
+        description="Keep the completed, Pareto-optimal trials within the perplexity budget, "
+        "rank them by weighted time and energy, and say why the first one won.",
+        arguments=add_arguments,
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_study_args(parser)
     add_choice_args(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
