@@ -640,8 +640,9 @@ def _check_value(t: _Table, name: str, key: str, value: Any, field_name: str = "
 
 
 def check_against_model(config: StudyConfig) -> None:
-    """Ask every operator whether the space's extreme recipes can be built for this model on
-    this device (its config only; no weights are loaded)."""
+    """Check the workload fits the model's context and ask every operator whether the space's
+    extreme recipes can be built for this model on this device (its config only; no weights
+    are loaded)."""
     from autoslim import models
 
     try:
@@ -650,6 +651,12 @@ def check_against_model(config: StudyConfig) -> None:
         )
     except ModelError as e:
         raise ConfigError(f"{config.path}: model.name: {e}") from e
+    from autoslim.measure.workload import Workload
+
+    try:
+        Workload.from_dict(config.workload).check_context(model_config)
+    except ConfigError as e:
+        raise ConfigError(f"{config.path}: {e} ({config.model.name})") from e
     _check_recipes(config, model_config)
 
 

@@ -193,6 +193,9 @@ def open_study(config: StudyConfig, storage: optuna.storages.BaseStorage) -> opt
     study.set_user_attr("config", current)
     study.set_user_attr("max_ppl_increase", config.max_ppl_increase)
     study.set_user_attr("model", config.model.name)
+    from autoslim import models
+
+    study.set_user_attr("model_source", models.source(config.model.name))
     study.set_user_attr("seed", config.study.seed)
     return study
 

@@ -111,6 +111,8 @@ def _describe(e: BaseException) -> str:
 
 def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pid: int) -> None:
     """The worker process's main loop."""
+    from autoslim import memory
+
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     # The worker's stderr is the user's terminal: keep per-call library chatter off it.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -135,6 +137,10 @@ def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pi
         if message[0] == "stop":
             return
         recipe = Recipe.from_params(message[1])
+        device = config.model.device
+        if device == "cuda":
+            device = "cuda:0"
+        memory.mark_trial(device)
         started = time.perf_counter()
         try:
             payload = objective(recipe)
@@ -146,7 +152,12 @@ def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pi
             reply = ("error", {}, _describe(e))
         seconds = time.perf_counter() - started
         gc.collect()
-        conn.send((*reply, seconds, {"pid": os.getpid(), "rss_bytes": _rss_bytes()}))
+        usage = {
+            "pid": os.getpid(),
+            "rss_bytes": _rss_bytes(),
+            "peak_memory_bytes": memory.trial_peak_bytes(device),
+        }
+        conn.send((*reply, seconds, usage))
         if reply[0] == "error":
             return
 
