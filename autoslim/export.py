@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,15 +62,17 @@ def select_trial(
     trial_number: int | None = None,
     weights: Weights | None = None,
     max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
 ) -> tuple[TrialRecord, str]:
-    """The trial to export: ``trial_number``, or the pick under ``weights`` and the budget."""
+    """The trial to export: ``trial_number``, or the pick under ``weights`` and the budget
+    (``tighten``: budget flags, as for pick)."""
     if trial_number is None:
-        choice = rank(study, weights or PRESETS["balanced"], max_ppl_increase)
+        choice = rank(study, weights or PRESETS["balanced"], max_ppl_increase, tighten)
         return _trial(study, choice.best.number), choice.reason
-    if weights is not None or max_ppl_increase is not None:
+    if weights is not None or max_ppl_increase is not None or tighten:
         raise ConfigError(
-            "give either --trial N or a choice (--prefer / --weights / --max-ppl-increase), "
-            "not both"
+            "give either --trial N or a choice (--prefer / --weights / --max-ppl-increase / "
+            "budget flags), not both"
         )
     trial = _trial(study, trial_number)
     if trial.state != TrialState.COMPLETE:
@@ -150,6 +153,7 @@ def export(
     trial_number: int | None = None,
     weights: Weights | None = None,
     max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
     force: bool = False,
     tolerance: float = TOLERANCE,
 ) -> ExportResult:
@@ -159,7 +163,7 @@ def export(
     from autoslim.operators.precision import torch_dtype
 
     out = Path(out)
-    trial, reason = select_trial(study, trial_number, weights, max_ppl_increase)
+    trial, reason = select_trial(study, trial_number, weights, max_ppl_increase, tighten)
     check_destination(out, force)
     config = _study_setup(study)
     recipe = trial.recipe
@@ -222,6 +226,7 @@ def export(
             "recipe": recipe.to_dict(),
             "recipe_summary": recipe.describe(),
             "stored_measurement": stored,
+            "stored_tasks": trial.tasks,
             "build": trial.build,
             "verification": {
                 "perplexity": measured,

@@ -26,16 +26,18 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from autoslim.budgets import BY_KEY, PERPLEXITY, Limit, hardware_limits, limits_of, missed
+from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError
 from autoslim.recipe import Recipe
-from autoslim.trials import TrialRecord, best_numbers, objective_names, read_trials
+from autoslim.trials import TrialRecord, minimised, objective_names, pareto_mask, read_trials
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +104,20 @@ def weights_from(prefer: str | None, weights: str | None) -> Weights:
 
 @dataclass(frozen=True)
 class Budget:
-    """The highest perplexity allowed: the base model's plus a relative increase."""
+    """The highest perplexity allowed (the base model's plus a relative increase) and the
+    study's other limits (hardware budgets, task constraints: :mod:`autoslim.budgets`)."""
 
     base_perplexity: float
     max_ppl_increase: float
+    limits: tuple[Limit, ...] = ()
+
+    def admits(self, trial: TrialRecord) -> bool:
+        """Whether ``trial`` meets the perplexity budget and every other limit."""
+        return self.allows(trial.perplexity) and not missed(self.limits, trial.figures)
+
+    def explain(self, trial: TrialRecord) -> str:
+        """Each limit met or missed by ``trial``, with its figure."""
+        return "; ".join(limit.explain(trial.figures) for limit in self.limits)
 
     @property
     def max_perplexity(self) -> float:
@@ -119,14 +131,19 @@ class Budget:
         return perplexity / self.base_perplexity - 1
 
     def describe(self) -> str:
-        return (
-            f"perplexity <= {self.max_perplexity:.4g} "
-            f"(base {self.base_perplexity:.4g} +{self.max_ppl_increase:.1%})"
+        return f"perplexity <= {self.max_perplexity:.4g} " + "".join(
+            [f"(base {self.base_perplexity:.4g} +{self.max_ppl_increase:.1%})"]
+            + [f", {limit.text}" for limit in self.limits]
         )
 
 
-def study_budget(study: optuna.Study, max_ppl_increase: float | None = None) -> Budget | None:
-    """The study's budget, or a tighter one; None when the study holds no base perplexity."""
+def study_budget(
+    study: optuna.Study,
+    max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
+) -> Budget | None:
+    """The study's budget, or a tighter one (``tighten``: ``[budgets]`` key → limit, only
+    tighter than the study's own); None when the study holds no base perplexity."""
     attrs = study.user_attrs
     stored = attrs.get("max_ppl_increase")
     base = attrs.get("base_perplexity")
@@ -145,7 +162,24 @@ def study_budget(study: optuna.Study, max_ppl_increase: float | None = None) -> 
         stored = max_ppl_increase
     if base is None or stored is None:
         return None
-    return Budget(base_perplexity=float(base), max_ppl_increase=float(stored))
+    return Budget(float(base), float(stored), tuple(_other_limits(study, tighten or {})))
+
+
+def _other_limits(study: optuna.Study, tighten: Mapping[str, float]) -> list[Limit]:
+    """The stored study's limits other than perplexity, each tightened where asked."""
+    stored = study.user_attrs.get("config")
+    base = study.user_attrs.get("base_figures")
+    limits = []
+    if isinstance(stored, dict):
+        config = StudyConfig.from_dict(stored)
+        limits = [limit for limit in limits_of(config, base) if limit.name != PERPLEXITY]
+    by_name = {limit.name: limit for limit in limits}
+    for key, value in tighten.items():
+        declared = BY_KEY[key]
+        unbounded = math.inf if declared.bound == "max" else 0.0
+        own = by_name.get(key) or hardware_limits({key: unbounded})[0]
+        by_name[key] = own.tighter(value, declared.flag)
+    return list(by_name.values())
 
 
 # The objectives a weight applies to.
@@ -179,6 +213,8 @@ class Candidate:
     energy_source: str
     is_base: bool
     cv: dict[str, float]  # each weighted objective's coefficient of variation over repeats
+    tasks: dict[str, float] = field(default_factory=dict)  # every task's score, by name
+    budgets: str = ""  # each limit beside perplexity, met or missed, with the figure
 
     @property
     def perplexity(self) -> float:
@@ -199,6 +235,8 @@ class Candidate:
             "is_base": self.is_base,
             "recipe": self.recipe.to_dict(),
             "recipe_summary": self.recipe.describe(),
+            "tasks": dict(self.tasks),
+            "budgets": self.budgets,
         }
 
 
@@ -226,6 +264,7 @@ class Choice:
                 "base_perplexity": self.budget.base_perplexity,
                 "max_ppl_increase": self.budget.max_ppl_increase,
                 "max_perplexity": self.budget.max_perplexity,
+                "limits": [limit.text for limit in self.budget.limits],
             },
             "best_trial": self.best.number,
             "reason": self.reason,
@@ -242,23 +281,24 @@ def _normalise(values: list[float]) -> list[float]:
 
 
 def candidates(study: optuna.Study, budget: Budget) -> list[TrialRecord]:
-    """The Pareto-optimal trials within ``budget``, by number.
-
-    ``Study.best_trials`` is the front among the feasible trials; a trial within a budget at
-    most as loose as the study's is on it exactly when it is on the front of the trials
-    within that budget (whatever dominates it has a perplexity no higher).
-    """
-    best = best_numbers(study)
-    return [
-        r
-        for r in read_trials(study, (TrialState.COMPLETE,))
-        if r.number in best and budget.allows(r.perplexity)
+    """The trials that meet ``budget`` (and the study's stored constraints) and are Pareto-
+    optimal among those in the study's objectives (maximised ones negated), by number."""
+    names = objective_names(study)
+    within = [
+        r for r in read_trials(study, (TrialState.COMPLETE,)) if r.feasible and budget.admits(r)
     ]
+    front = pareto_mask([minimised(study, r, names) for r in within])
+    return [r for r, on in zip(within, front, strict=True) if on]
 
 
-def rank(study: optuna.Study, weights: Weights, max_ppl_increase: float | None = None) -> Choice:
+def rank(
+    study: optuna.Study,
+    weights: Weights,
+    max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
+) -> Choice:
     """Rank the Pareto-optimal trials within the budget by weighted time and energy."""
-    budget = study_budget(study, max_ppl_increase)
+    budget = study_budget(study, max_ppl_increase, tighten)
     if budget is None:
         raise ConfigError(
             f"study {study.study_name!r} records no base_perplexity / max_ppl_increase, so it "
@@ -277,7 +317,8 @@ def rank(study: optuna.Study, weights: Weights, max_ppl_increase: float | None =
         raise ConfigError(_nothing_meets(study, budget))
     norms = {n: _normalise([r.values[n] for r in front]) for n in weighted}
     ranked = [
-        _candidate(r, {n: norms[n][i] for n in weighted}, weighted) for i, r in enumerate(front)
+        _candidate(r, {n: norms[n][i] for n in weighted}, weighted, budget)
+        for i, r in enumerate(front)
     ]
     by_score = sorted(ranked, key=lambda c: (c.score, c.perplexity, c.number))
     lowest = by_score[0]
@@ -290,7 +331,7 @@ def rank(study: optuna.Study, weights: Weights, max_ppl_increase: float | None =
 
 
 def _candidate(
-    trial: TrialRecord, normalised: dict[str, float], weights: dict[str, float]
+    trial: TrialRecord, normalised: dict[str, float], weights: dict[str, float], budget: Budget
 ) -> Candidate:
     return Candidate(
         number=trial.number,
@@ -301,6 +342,8 @@ def _candidate(
         energy_source=str(trial.measurement.get("energy_source", "unknown")),
         is_base=trial.is_base,
         cv={n: _cv(trial.measurement.get(f"{n}_cv")) for n in weights},
+        tasks={n: float(r["value"]) for n, r in trial.tasks.items()},
+        budgets=budget.explain(trial),
     )
 
 
@@ -318,6 +361,14 @@ def _nothing_meets(study: optuna.Study, budget: Budget) -> str:
     complete = read_trials(study, (TrialState.COMPLETE,))
     if not complete:
         return message + "; the study has no completed trial yet: run the search first"
+    within = [r for r in complete if budget.allows(r.perplexity)]
+    if within and budget.limits:
+        near = min(within, key=lambda r: (len(missed(budget.limits, r.figures)), r.number))
+        return (
+            f"{message}; of the {len(within)} within the perplexity budget, trial "
+            f"{near.number} ({near.recipe.describe()}) comes closest: {budget.explain(near)}; "
+            "loosen a budget flag (up to the study's own) or search again"
+        )
     closest = min(complete, key=lambda r: (r.perplexity, r.number))
     increase = budget.increase(closest.perplexity)
     return (
@@ -361,6 +412,8 @@ def _reason(
         + f"perplexity {best.perplexity:.4g} ({budget.increase(best.perplexity):+.1%} over "
         f"base, limit {budget.max_perplexity:.4g})"
     )
+    if best.budgets:
+        text += f"; budgets: {best.budgets}"
     if len(ranking) > 1:
         runner_up = ranking[1]
         text += f"; runner-up trial {runner_up.number} scores {runner_up.score:.3f}"

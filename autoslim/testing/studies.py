@@ -33,6 +33,7 @@ from autoslim.config import (
 from autoslim.measure.measurement import CONTENDED
 from autoslim.recipe import BITS, QUANT_TYPES, Recipe
 from autoslim.trials import (
+    CONSTRAINT,
     MEASUREMENT_ATTR,
     constraint_system_attrs,
     measurement_user_attrs,
@@ -197,7 +198,7 @@ def _frozen(
         user_attrs["build"] = {"stage_seconds": {"quantize": 0.1}, "info": {}}
         user_attrs["constraint"] = [violation]
         system_attrs[MEASUREMENT_ATTR] = measurement
-        system_attrs |= constraint_system_attrs(violation)
+        system_attrs |= constraint_system_attrs({CONSTRAINT: violation})
     elif trial.state == TrialState.FAIL:
         user_attrs["fail_reason"] = trial.reason
     elif trial.state == TrialState.PRUNED:
