@@ -15,12 +15,14 @@ import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from autoslim.budgets import BY_KEY as BUDGET_KEYS
 from autoslim.errors import ConfigError, ModelError
 from autoslim.operators import KNOBS
 from autoslim.operators.precision import PRECISIONS
 from autoslim.recipe import Recipe
+from autoslim.tasks.spec import TaskSpec, parse_tasks, unused
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,8 +33,10 @@ else:  # pragma: no cover - Python 3.10
         raise ImportError("Python 3.10 needs the 'tomli' package: pip install tomli") from e
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
-# Measurement fields a study may minimise.
+# Measurement fields a study may minimise (and any task of its [tasks] tables).
 OBJECTIVES = ("perplexity", "seconds", "joules", "size_bytes", "peak_memory_bytes")
+# Figures a task may not be named after.
+FIGURES = (*OBJECTIVES, *(b.figure for b in BUDGET_KEYS.values()))
 DEFAULT_OBJECTIVES = ("perplexity", "seconds", "joules")
 
 
@@ -159,6 +163,16 @@ class StudyConfig:
     max_ppl_increase: float
     early_abort: EarlyAbort
     search: SearchSpace = field(default_factory=lambda: SearchSpace({}))
+    budgets: dict[str, float] = field(default_factory=dict)  # [budgets] key -> limit
+    tasks: dict[str, TaskSpec] = field(default_factory=dict)
+
+    @property
+    def directions(self) -> list[Literal["minimize", "maximize"]]:
+        """Optuna's direction of each objective: a task's goal, else minimise."""
+        return [
+            "maximize" if n in self.tasks and self.tasks[n].goal == "max" else "minimize"
+            for n in self.objectives
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -172,6 +186,8 @@ class StudyConfig:
             },
             "early_abort": asdict(self.early_abort),
             "search": self.search.to_dict(),
+            "budgets": dict(self.budgets),
+            "tasks": {name: spec.to_dict() for name, spec in self.tasks.items()},
         }
 
     @classmethod
@@ -204,6 +220,8 @@ class StudyConfig:
                 max_ppl_increase=float(objectives["max_ppl_increase"]),
                 early_abort=EarlyAbort(**data["early_abort"]),
                 search=SearchSpace(search),
+                budgets={k: float(v) for k, v in data.get("budgets", {}).items()},
+                tasks={n: TaskSpec.from_dict(n, v) for n, v in data.get("tasks", {}).items()},
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ConfigError(
@@ -345,7 +363,16 @@ def parse(raw: Mapping[str, Any], file: Path, *, check_model: bool = True) -> St
     model = _model_section(root.table("model"))
     data = _data_section(root.table("data"))
     workload = _workload(root.table("workload"))
-    objectives, max_increase = _objectives(root.table("objectives"))
+    tasks = parse_tasks(root.table("tasks"), FIGURES)
+    objectives, max_increase = _objectives(root.table("objectives"), tuple(tasks))
+    idle = unused(tasks, objectives)
+    if idle:
+        raise root.error(
+            f"tasks.{idle[0]}",
+            "is neither an objective nor a constraint; list it in objectives.names or give "
+            "it max_relative_loss / at_least / at_most",
+        )
+    budgets = _budgets(root.table("budgets"), workload)
     early = _early_abort(root.table("early_abort"))
     search = _search(root.table("search"), model.device)
     root.finish()
@@ -359,9 +386,14 @@ def parse(raw: Mapping[str, Any], file: Path, *, check_model: bool = True) -> St
         max_ppl_increase=max_increase,
         early_abort=early,
         search=search,
+        budgets=budgets,
+        tasks=tasks,
     )
     if check_model:
         check_against_model(config)
+        from autoslim.tasks.spec import check_reachable
+
+        check_reachable(config.tasks)
     return config
 
 
@@ -522,13 +554,16 @@ def _workload(t: _Table) -> dict[str, Any]:
     return workload
 
 
-def _objectives(t: _Table) -> tuple[tuple[str, ...], float]:
+def _objectives(t: _Table, tasks: tuple[str, ...]) -> tuple[tuple[str, ...], float]:
     names = t.get("names", list, list(DEFAULT_OBJECTIVES))
+    known = (*OBJECTIVES, *tasks)
     if not names:
-        raise t.error("names", "is empty; list at least one of " + ", ".join(OBJECTIVES))
+        raise t.error("names", "is empty; list at least one of " + ", ".join(known))
     for name in names:
-        if name not in OBJECTIVES:
-            raise t.error("names", f"{name!r}: choose from {', '.join(OBJECTIVES)}")
+        if name not in known:
+            raise t.error(
+                "names", f"{name!r}: choose from {', '.join(known)} (or declare [tasks.{name}])"
+            )
     if len(set(names)) != len(names):
         raise t.error("names", f"{names!r} repeats an objective")
     if "perplexity" not in names:
@@ -541,6 +576,33 @@ def _objectives(t: _Table) -> tuple[tuple[str, ...], float]:
         )
     t.finish()
     return tuple(names), increase
+
+
+def _budgets(t: _Table, workload: dict[str, Any]) -> dict[str, float]:
+    """The ``[budgets]`` table: each key one declared :data:`autoslim.budgets.BUDGETS`."""
+    from autoslim.measure import Workload
+
+    out = {}
+    for key, budget in BUDGET_KEYS.items():
+        t.read.add(key)
+        if key not in t.data:
+            continue
+        try:
+            out[key] = budget.parse(t.data[key])
+        except ValueError as e:
+            raise t.error(key, f"{e} ({budget.doc})") from e
+    t.finish(tuple(BUDGET_KEYS))
+    load = Workload.from_dict(workload)
+    idle = {
+        "min_prefill_tokens_per_second": ("prefill_windows", load.prefill_windows),
+        "min_decode_tokens_per_second": ("decode_tokens", load.decode_tokens),
+    }
+    for key, (what, count) in idle.items():
+        if key in out and count == 0:
+            raise t.error(
+                key, f"nothing measures it: workload.{what} is 0; set it above 0 or drop {key}"
+            )
+    return out
 
 
 def _early_abort(t: _Table) -> EarlyAbort:

@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,17 +65,21 @@ def select_trial(
     trial_number: int | None = None,
     weights: Weights | None = None,
     max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
     retime: bool = False,
 ) -> tuple[TrialRecord, str]:
     """The trial to export: ``trial_number``, or the pick under ``weights`` and the budget
-    (``retime``: on a side-by-side re-timing, :func:`autoslim.pick.choose`)."""
+    (``tighten``: budget flags, as for pick; ``retime``: on a side-by-side re-timing,
+    :func:`autoslim.pick.choose`)."""
     if trial_number is None:
-        choice = choose(study, weights or PRESETS["balanced"], max_ppl_increase, retime=retime)
+        choice = choose(
+            study, weights or PRESETS["balanced"], max_ppl_increase, tighten, retime=retime
+        )
         return _trial(study, choice.best.number), choice.reason
-    if weights is not None or max_ppl_increase is not None or retime:
+    if weights is not None or max_ppl_increase is not None or tighten or retime:
         raise ConfigError(
             "give either --trial N or a choice (--prefer / --weights / --max-ppl-increase / "
-            "--retime), not both"
+            "budget flags / --retime), not both"
         )
     trial = _trial(study, trial_number)
     if trial.state != TrialState.COMPLETE:
@@ -201,6 +205,7 @@ def export(
     trial_number: int | None = None,
     weights: Weights | None = None,
     max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
     force: bool = False,
     tolerance: float = TOLERANCE,
     retime: bool = False,
@@ -214,7 +219,7 @@ def export(
     from autoslim.operators.precision import torch_dtype
 
     out = Path(out)
-    trial, reason = select_trial(study, trial_number, weights, max_ppl_increase, retime)
+    trial, reason = select_trial(study, trial_number, weights, max_ppl_increase, tighten, retime)
     check_destination(out, force, [*study_files(study), *protected])
     config = _study_setup(study)
     recipe = trial.recipe
@@ -298,6 +303,7 @@ def export(
             "recipe": recipe.to_dict(),
             "recipe_summary": recipe.describe(),
             "stored_measurement": stored,
+            "stored_tasks": trial.tasks,
             "build": trial.build,
             "verification": verification,
             "corpus": {"name": corpus.name, "fingerprint": corpus.fingerprint},

@@ -47,6 +47,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoslim import space as search_space
+from autoslim.budgets import constraint_names, limits_of
 from autoslim.config import StudyConfig, mask_url
 from autoslim.costs import UNMEASURED_TIMEOUT_SECONDS, CostModel
 from autoslim.errors import AutoslimError, ConfigError
@@ -61,7 +62,6 @@ from autoslim.storage import (
     retry_callback,
 )
 from autoslim.trials import (
-    CONSTRAINT,
     MEASUREMENT_ATTR,
     constraint_system_attrs,
     is_interrupted,
@@ -162,7 +162,7 @@ def open_study(config: StudyConfig, storage: optuna.storages.BaseStorage) -> opt
     study = optuna.create_study(
         study_name=name,
         storage=storage,
-        directions=["minimize"] * len(config.objectives),
+        directions=config.directions,
         load_if_exists=True,
     )
     current = config.to_dict()
@@ -192,6 +192,7 @@ def open_study(config: StudyConfig, storage: optuna.storages.BaseStorage) -> opt
     study.set_user_attr("base_precision", precision)
     study.set_user_attr("config", current)
     study.set_user_attr("max_ppl_increase", config.max_ppl_increase)
+    study.set_user_attr("constraint_names", constraint_names(config))
     study.set_user_attr("model", config.model.name)
     from autoslim import models
 
@@ -378,12 +379,25 @@ def pareto_size(study: optuna.Study) -> int:
     return len(study.best_trials)
 
 
-def _wait_for_base(study: optuna.Study, timeout: float) -> float | None:
+def base_figures(figures: dict[str, Any]) -> dict[str, float]:
+    """The base model's numeric figures (measurement and tasks), as relative limits need."""
+    return {
+        k: float(v)
+        for k, v in figures.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _wait_for_base(study: optuna.Study, timeout: float) -> dict[str, Any] | None:
+    """The base model's figures, once its trial is done (None after ``timeout``)."""
     deadline = time.monotonic() + timeout
     while True:
-        base = study.user_attrs.get("base_perplexity")
+        attrs = study.user_attrs
+        base = attrs.get("base_figures")
+        if base is None and "base_perplexity" in attrs:  # a study made before base_figures
+            base = {"perplexity": attrs["base_perplexity"]}
         if base is not None or time.monotonic() > deadline:
-            return None if base is None else float(base)
+            return None if base is None else dict(base)
         time.sleep(2.0)
 
 
@@ -411,23 +425,40 @@ def _record(
     for key, value in measurement_user_attrs(measurement).items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("build", result.payload.get("build", {}))
+    tasks = result.payload.get("tasks", {})
+    skipped = result.payload.get("tasks_skipped")
+    if tasks:
+        trial.set_user_attr("tasks", tasks)
+    if skipped:
+        trial.set_user_attr("tasks_skipped", skipped)
+    figures = {**measurement, **{name: r["value"] for name, r in tasks.items()}}
+    for name in tasks:
+        trial.set_user_attr(name, figures[name])
+    worst = {"minimize": math.inf, "maximize": -math.inf}
     try:
-        values = [float(measurement[name]) for name in config.objectives]
+        # A task skipped because a cheaper budget was missed scores the worst value: the
+        # trial is infeasible anyway, so the samplers compare it by its violations only.
+        values = [
+            float(figures[name]) if name in figures or not skipped else worst[direction]
+            for name, direction in zip(config.objectives, config.directions, strict=True)
+        ]
     except (KeyError, TypeError, ValueError) as e:
         trial.set_user_attr("fail_reason", f"BadMeasurement: {type(e).__name__}: {e}")
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
     bad = [
-        f"{n}={v}" for n, v in zip(config.objectives, values, strict=True) if not math.isfinite(v)
+        f"{n}={v}"
+        for n, v in zip(config.objectives, values, strict=True)
+        if not math.isfinite(v) and not (skipped and n in config.tasks)
     ]
     if bad:
         trial.set_user_attr("fail_reason", f"NonFiniteObjective: {', '.join(bad)}")
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
-    ppl = values[config.objectives.index("perplexity")]
     if is_base:
-        study.set_user_attr("base_perplexity", ppl)
-        base: float | None = ppl
+        study.set_user_attr("base_perplexity", float(measurement["perplexity"]))
+        study.set_user_attr("base_figures", base_figures(figures))
+        base: dict[str, Any] | None = figures
     else:
         base = _wait_for_base(study, timeout)
     if base is None:
@@ -436,12 +467,13 @@ def _record(
         )
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
-    violation = ppl / base - 1.0 - config.max_ppl_increase
-    trial.set_user_attr("constraint", [violation])
-    attrs = constraint_system_attrs(violation)
+    violations = {limit.name: limit.violation(figures) for limit in limits_of(config, base)}
+    trial.set_user_attr("constraint", list(violations.values()))
+    attrs = constraint_system_attrs(violations)
     if NATIVE_CONSTRAINTS:
-        trial.set_constraint(CONSTRAINT, violation)
-        attrs.pop(f"constraints:{CONSTRAINT}")
+        for name, violation in violations.items():
+            trial.set_constraint(name, violation)
+            attrs.pop(f"constraints:{name}")
     _set_system_attrs(study, trial, attrs)
     study.tell(trial, values)
     return TrialState.COMPLETE
@@ -574,7 +606,10 @@ def run_study(
                     def show(step: TrialProgress, done: int = done, status: str = status) -> None:
                         report(done, None, f"{status} | {step.describe()}")
 
-                    result = worker.run(recipe, timeout, show)
+                    limits = (
+                        [] if is_base else limits_of(config, study.user_attrs.get("base_figures"))
+                    )
+                    result = worker.run(recipe, timeout, limits, show)
                     # Checked again once every worker that took this recipe with us has
                     # written it: one that took it first and wrote it last was not seen.
                     if _prune_if_duplicate(study, trial, recipe):

@@ -30,12 +30,13 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from autoslim import errors, progress
+from autoslim.budgets import Limit
 from autoslim.config import StudyConfig
 from autoslim.costs import MAX_STRETCH, TrialClock
 from autoslim.recipe import Recipe
@@ -48,13 +49,16 @@ DEFAULT_OBJECTIVE = "autoslim.worker:BuildAndMeasure"
 class Objective(Protocol):
     """What a worker runs: ``info`` describes the setup, a call evaluates one recipe.
 
-    A call returns ``{"measurement": {...}, "build": {...}}`` (JSON only) or raises
-    :class:`TrialAbandoned` to give a recipe up early.
+    A call returns ``{"measurement": {...}, "build": {...}}`` (JSON only; ``"tasks"`` and
+    ``"tasks_skipped"`` too when the study has tasks) or raises :class:`TrialAbandoned` to
+    give a recipe up early. ``limits`` are the study's constraints the trial must meet (none
+    for the base model): the objective may abandon a recipe that misses one early, and skips
+    task evaluations on a recipe that already misses a cheaper one.
     """
 
     info: dict[str, Any]
 
-    def __call__(self, recipe: Recipe) -> dict[str, Any]: ...
+    def __call__(self, recipe: Recipe, limits: Sequence[Limit] = ()) -> dict[str, Any]: ...
 
 
 class TrialAbandoned(Exception):
@@ -143,7 +147,7 @@ def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pi
         memory.mark_trial(device)
         started = time.perf_counter()
         try:
-            payload = objective(recipe)
+            payload = objective(recipe, message[2])
             reply: tuple[Any, ...] = ("done", payload, "")
         except TrialAbandoned as e:
             reply = ("abandoned", e.details, e.reason)
@@ -274,16 +278,17 @@ class Worker:
         self,
         recipe: Recipe,
         timeout: float,
+        limits: Sequence[Limit] = (),
         on_progress: Callable[[progress.TrialProgress], None] | None = None,
     ) -> TrialResult:
-        """Evaluate one recipe within ``timeout`` seconds of its own clock; never raises for
-        a trial's own failure."""
+        """Evaluate one recipe under ``limits`` within ``timeout`` seconds of its own clock;
+        never raises for a trial's own failure."""
         if not self.alive:
             self.start()
         assert self._conn is not None
         started = time.perf_counter()
         self.own_seconds = 0.0
-        self._conn.send(("run", recipe.to_params()))
+        self._conn.send(("run", recipe.to_params(), list(limits)))
         message = self._receive(timeout, on_progress)
         wall = time.perf_counter() - started
         if message is None:
@@ -333,10 +338,12 @@ class Worker:
 class BuildAndMeasure:
     """The product objective: ``compress.build`` the recipe, then ``measure`` the result.
 
-    Loaded once per worker: the base model, the corpus, the teacher cache, and the base
-    model's quick perplexity on ``early_abort.windows`` eval windows (derived from the cost
-    model it measures at setup when the study file sets none), which the early abort compares
-    against after the cheap stages.
+    Loaded once per worker: the base model, the corpus, the teacher cache, the base model's
+    quick perplexity on ``early_abort.windows`` eval windows (derived from the cost model it
+    measures at setup when the study file sets none), which the early abort compares against
+    after the cheap stages, and the study's task evaluations. Cheap first: a budget decidable
+    from the built model (its size) abandons the recipe before it is measured, and the task
+    evaluations run only on a recipe that meets every other budget.
     """
 
     def __init__(self, config: StudyConfig) -> None:
@@ -391,6 +398,9 @@ class BuildAndMeasure:
         self.base_quick_perplexity = perplexity(
             self.base.model, self.quick_ids, self.quick_protocol
         ).perplexity
+        from autoslim.tasks.run import TaskEvaluator
+
+        self.tasks = TaskEvaluator(config.tasks, self.device) if config.tasks else None
         self.info: dict[str, Any] = {
             "corpus_fingerprint": self.corpus.fingerprint,
             "model": config.model.name,
@@ -415,9 +425,11 @@ class BuildAndMeasure:
                 {"stage": stage, "quick_perplexity": quick, "ratio": ratio},
             )
 
-    def __call__(self, recipe: Recipe) -> dict[str, Any]:
+    def __call__(self, recipe: Recipe, limits: Sequence[Limit] = ()) -> dict[str, Any]:
         from autoslim import compress
+        from autoslim.budgets import missed
         from autoslim.measure import measure
+        from autoslim.measure.footprint import size_bytes
 
         built = compress.build(
             self.base,
@@ -429,6 +441,14 @@ class BuildAndMeasure:
             check=self._check,
             device=self.device,
         )
+        early = [limit for limit in limits if limit.early]
+        if early:
+            shapes = {"size_bytes": size_bytes(built.model)}
+            for limit in missed(early, shapes):
+                raise TrialAbandoned(
+                    f"{limit.explain(shapes)} right after the build: not measured",
+                    {"stage": "budget", "budget": limit.name, **shapes},
+                )
         progress.report("measure")
         measurement = measure(
             built.model,
@@ -437,8 +457,18 @@ class BuildAndMeasure:
             self.workload,
             teacher=self.base.model,
             device=self.device,
-        )
-        return {
-            "measurement": measurement.to_dict(),
+        ).to_dict()
+        payload: dict[str, Any] = {
+            "measurement": measurement,
             "build": {"stage_seconds": built.stage_seconds, "info": built.info},
         }
+        if self.tasks is None:
+            return payload
+        cheaper = [limit for limit in limits if limit.figure not in self.config.tasks]
+        misses = missed(cheaper, measurement)
+        if misses:
+            payload["tasks_skipped"] = "; ".join(m.explain(measurement) for m in misses)
+        else:
+            results = self.tasks.evaluate(built.model, self.base.tokenizer)
+            payload["tasks"] = {name: r.to_dict() for name, r in results.items()}
+        return payload
