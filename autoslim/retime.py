@@ -170,7 +170,7 @@ def retime(
             rounds=rounds,
         )
     if store:
-        _store(study, out)
+        store_retimings(study, out)
     return out
 
 
@@ -178,7 +178,7 @@ def _finite(value: float) -> float:
     return value if value == value else 0.0  # NaN (one round) allows no noise
 
 
-def _store(study: optuna.Study, retimed: Mapping[int, Retimed]) -> None:
+def store_retimings(study: optuna.Study, retimed: Mapping[int, Retimed]) -> None:
     """Merge ``retimed`` into the study's ``retimed`` user attr (trial number → figures)."""
     stored = dict(study.user_attrs.get(RETIMED_ATTR) or {})
     stamp = time.time()
