@@ -626,10 +626,7 @@ def extreme_recipes(space: SearchSpace) -> list[Recipe]:
 
     categorical = [n for n, k in space.knobs.items() if k.range is None and n != "drop_heads"]
     heads: list[dict[str, Any]] = [{"drop_heads": h} for h in space["drop_heads"].values()]
-    largest = {
-        n: max(space[n].extremes())
-        for n in ("prune_ratio", "drop_layers", "drop_heads_per_layer", "kd_steps")
-    }
+    largest = {n: max(space[n].extremes()) for n in space.knobs if KNOBS[n].extreme}
     out: list[Recipe] = []
     for combo in itertools.product(*(space[n].values() for n in categorical)):
         chosen = dict(zip(categorical, combo, strict=True))

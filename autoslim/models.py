@@ -92,6 +92,9 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    from autoslim.quiet import import_quantizers
+
+    import_quantizers()
     where = resolve(name)
     config = load_config(name, trust_remote_code=trust_remote_code)
     auto_map = getattr(config, "auto_map", None) or {}

@@ -113,7 +113,7 @@ class SummaryInfo(NamedTuple):
 
 
 def _label(trial: TrialRecord) -> str:
-    return f"{trial.label()} (trial {trial.number})"
+    return f"{trial.recipe.describe()} (trial {trial.number})"
 
 
 def _point(trial: TrialRecord, objectives: Sequence[str]) -> Point:

@@ -55,10 +55,6 @@ class TrialRecord:
     def perplexity(self) -> float:
         return self.values["perplexity"]
 
-    def label(self) -> str:
-        """``base model`` or the recipe's summary."""
-        return "base model" if self.is_base else self.recipe.describe()
-
     def to_dict(self) -> dict[str, Any]:
         """The trial as every ``--json`` output shows it."""
         return {

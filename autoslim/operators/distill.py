@@ -64,6 +64,7 @@ OPERATOR = Operator(
             minimum=0,
             search=[0, 50],
             metavar="N",
+            extreme=True,
         ),
         Knob(
             "kd_temperature",
