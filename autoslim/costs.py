@@ -28,6 +28,7 @@ import glob
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -174,14 +175,19 @@ def early_abort_windows(
 
 
 class _Stopwatch:
-    """Quiet seconds of a block, and what the process waited meanwhile."""
+    """Quiet seconds of a block, the accelerator synchronised at both edges."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
 
     def __enter__(self) -> _Stopwatch:
+        self.sync()
         self._stat = schedstat_seconds()
         self._started = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.sync()
         self.wall = time.perf_counter() - self._started
         stat = schedstat_seconds()
         self.quiet = quiet_seconds(self.wall, self._stat, stat)
@@ -205,22 +211,26 @@ def measure_costs(
 
     from autoslim.compress.distill import distill
     from autoslim.measure.perplexity import perplexity
-    from autoslim.measure.workload import WorkloadRunner
+    from autoslim.measure.workload import WorkloadRunner, synchronize
     from autoslim.recipe import Recipe
 
     model = base.model
+    dev = torch.device(device)
+
+    def watch() -> _Stopwatch:
+        return _Stopwatch(lambda: synchronize(dev))
+
     protocol = workload.protocol
     available = len(protocol.window_starts(len(eval_ids)))
     eval_windows = min(available, protocol.max_windows or available)
     probe = min(EARLY_ABORT_WINDOWS[0], available)
-    waits = []
-    with _Stopwatch() as copied:
+    with watch() as copied:
         student = copy.deepcopy(model).to(device=device, dtype=torch.float32)
-    with _Stopwatch() as evaluated:
+    with watch() as evaluated:
         perplexity(model, eval_ids, replace(protocol, max_windows=probe))
     defaults = Recipe()
     teacher_before = teacher_cache.teacher_seconds
-    with _Stopwatch() as stepped:
+    with watch() as stepped:
         distill(
             student,
             teacher_cache,
@@ -231,12 +241,11 @@ def measure_costs(
         )
     del student
     teacher = teacher_cache.teacher_seconds - teacher_before
-    runner = WorkloadRunner(model, eval_ids, workload, torch.device(device))
-    with _Stopwatch() as ran:
+    runner = WorkloadRunner(model, eval_ids, workload, dev)
+    with watch() as ran:
         runner.run()
-    for watch in (copied, evaluated, stepped, ran):
-        waits.append((watch.wall, watch.quiet))
-    wall = sum(w for w, _ in waits)
+    watches = (copied, evaluated, stepped, ran)
+    wall = sum(w.wall for w in watches)
     # The teacher runs once per KD window for the whole study, not per step: count the step
     # without it (its seconds are the wall share of the measured step).
     step_seconds = max(0.0, stepped.quiet - teacher * stepped.quiet / max(stepped.wall, 1e-9))
@@ -248,7 +257,7 @@ def measure_costs(
         eval_windows=eval_windows,
         workload_runs=workload.warmup + workload.repeats,
         early_abort_windows=0,
-        cpu_wait_fraction=1 - sum(q for _, q in waits) / wall if wall > 0 else 0.0,
+        cpu_wait_fraction=1 - sum(w.quiet for w in watches) / wall if wall > 0 else 0.0,
         teacher_seconds=teacher,
     )
     cheapest = min((s for s in kd_steps_space if s > 0), default=0)
