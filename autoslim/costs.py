@@ -13,7 +13,8 @@ start does not inflate the model. :class:`CostModel` predicts a trial from its r
   factor leaves room for;
 - the early-abort windows: as many as cost at most ``EARLY_ABORT_SHARE`` of the cheapest
   trial with distillation, between ``EARLY_ABORT_WINDOWS`` bounds;
-- the ETA printed at start (trials that fit the time limit, or the time n_trials take).
+- the ETA printed at start (trials that fit the time limit), and, when fewer than
+  ``FEW_TRIALS`` of the longest kind fit it, the KD steps that would let that many run.
 
 Timeouts run on the trial's own clock (:class:`TrialClock`): wall time advances it only in the
 share that the worker process had the CPU it asked for (CPU time over CPU time plus run-queue
@@ -42,6 +43,8 @@ MAX_STRETCH = 10.0
 # Timeout of a trial whose objective publishes no cost model (test fakes).
 UNMEASURED_TIMEOUT_SECONDS = 1800.0
 EARLY_ABORT_SHARE = 0.05
+# A time limit that fits fewer trials of the space's longest kind than this gets a hint.
+FEW_TRIALS = 10
 EARLY_ABORT_WINDOWS = (2, 8)
 # Perplexity windows per eval window in measure(): the student's perplexity, then drift
 # (the teacher and the student again).
@@ -140,9 +143,22 @@ class CostModel:
         if time_limit_seconds is not None:
             count = math.floor(time_limit_seconds / trial)
             text += f", about {count} trials in {_duration(time_limit_seconds)}"
+            fitting = self.kd_steps_fitting(FEW_TRIALS, time_limit_seconds)
+            if count < FEW_TRIALS and kd_steps and fitting < kd_steps:
+                text += (
+                    f"; for {FEW_TRIALS} trials in that time, keep search.kd_steps at or below "
+                    f"{fitting}"
+                    if fitting > 0
+                    else f"; not even {FEW_TRIALS} trials without distillation fit that time"
+                )
         if self.cpu_wait_fraction > 0.05:
             text += f" (measured with {self.cpu_wait_fraction:.0%} CPU wait, taken out)"
         return text
+
+    def kd_steps_fitting(self, trials: int, seconds: float) -> int:
+        """The most KD steps per trial that let ``trials`` trials run in ``seconds``."""
+        spare = seconds / trials - self.trial_seconds(0)
+        return max(0, math.floor(spare / self.kd_step_seconds)) if self.kd_step_seconds else 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
