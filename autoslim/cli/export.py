@@ -8,7 +8,7 @@ from typing import Any
 
 from autoslim.cli._common import print_json
 from autoslim.cli._study_args import add_study_args, open_study
-from autoslim.cli.pick import add_choice_args
+from autoslim.cli.pick import add_choice_args, show_progress
 
 
 def register(subparsers: Any) -> None:
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     study = open_study(args)
     weights = weights_from(args.prefer, args.weights) if args.prefer or args.weights else None
+    show_progress(args)
     result = export(
         study,
         args.out,

@@ -35,6 +35,17 @@ def add_choice_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def show_progress(args: argparse.Namespace) -> None:
+    """With ``--retime``, print the rebuilds and rounds as they go (to stderr: ``--json``
+    keeps stdout to one object)."""
+    import sys
+
+    from autoslim import progress
+
+    if args.retime:
+        progress.listen(lambda p: print(f"re-timing: {p.describe()}", file=sys.stderr))
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "pick",
@@ -51,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     study = open_study(args)
     weights = weights_from(args.prefer, args.weights)
+    show_progress(args)
     choice = choose(study, weights, args.max_ppl_increase, retime=args.retime)
     if args.json:
         print_json("pick", {"study": study.study_name, **choice.to_dict()})
