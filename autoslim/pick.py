@@ -42,10 +42,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from autoslim.budgets import BY_KEY, PERPLEXITY, Limit, hardware_limits, limits_of, missed
+from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError
 from autoslim.recipe import Recipe
 from autoslim.retime import DEFAULT_TOP, Retimed, untrusted_timing
-from autoslim.trials import TrialRecord, objective_names, pareto_mask, read_trials
+from autoslim.trials import TrialRecord, minimised, objective_names, pareto_mask, read_trials
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +114,20 @@ def weights_from(prefer: str | None, weights: str | None) -> Weights:
 
 @dataclass(frozen=True)
 class Budget:
-    """The highest perplexity allowed: the base model's plus a relative increase."""
+    """The highest perplexity allowed (the base model's plus a relative increase) and the
+    study's other limits (hardware budgets, task constraints: :mod:`autoslim.budgets`)."""
 
     base_perplexity: float
     max_ppl_increase: float
+    limits: tuple[Limit, ...] = ()
+
+    def admits(self, trial: TrialRecord) -> bool:
+        """Whether ``trial`` meets the perplexity budget and every other limit."""
+        return self.allows(trial.perplexity) and not missed(self.limits, trial.figures)
+
+    def explain(self, trial: TrialRecord) -> str:
+        """Each limit met or missed by ``trial``, with its figure."""
+        return "; ".join(limit.explain(trial.figures) for limit in self.limits)
 
     @property
     def max_perplexity(self) -> float:
@@ -129,14 +141,19 @@ class Budget:
         return perplexity / self.base_perplexity - 1
 
     def describe(self) -> str:
-        return (
-            f"perplexity <= {self.max_perplexity:.4g} "
-            f"(base {self.base_perplexity:.4g} +{self.max_ppl_increase:.1%})"
+        return f"perplexity <= {self.max_perplexity:.4g} " + "".join(
+            [f"(base {self.base_perplexity:.4g} +{self.max_ppl_increase:.1%})"]
+            + [f", {limit.text}" for limit in self.limits]
         )
 
 
-def study_budget(study: optuna.Study, max_ppl_increase: float | None = None) -> Budget | None:
-    """The study's budget, or a tighter one; None when the study holds no base perplexity."""
+def study_budget(
+    study: optuna.Study,
+    max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
+) -> Budget | None:
+    """The study's budget, or a tighter one (``tighten``: ``[budgets]`` key → limit, only
+    tighter than the study's own); None when the study holds no base perplexity."""
     attrs = study.user_attrs
     stored = attrs.get("max_ppl_increase")
     base = attrs.get("base_perplexity")
@@ -155,7 +172,24 @@ def study_budget(study: optuna.Study, max_ppl_increase: float | None = None) -> 
         stored = max_ppl_increase
     if base is None or stored is None:
         return None
-    return Budget(base_perplexity=float(base), max_ppl_increase=float(stored))
+    return Budget(float(base), float(stored), tuple(_other_limits(study, tighten or {})))
+
+
+def _other_limits(study: optuna.Study, tighten: Mapping[str, float]) -> list[Limit]:
+    """The stored study's limits other than perplexity, each tightened where asked."""
+    stored = study.user_attrs.get("config")
+    base = study.user_attrs.get("base_figures")
+    limits = []
+    if isinstance(stored, dict):
+        config = StudyConfig.from_dict(stored)
+        limits = [limit for limit in limits_of(config, base) if limit.name != PERPLEXITY]
+    by_name = {limit.name: limit for limit in limits}
+    for key, value in tighten.items():
+        declared = BY_KEY[key]
+        unbounded = math.inf if declared.bound == "max" else 0.0
+        own = by_name.get(key) or hardware_limits({key: unbounded})[0]
+        by_name[key] = own.tighter(value, declared.flag)
+    return list(by_name.values())
 
 
 # The objectives a weight applies to.
@@ -189,6 +223,8 @@ class Candidate:
     energy_source: str
     is_base: bool
     cv: dict[str, float]  # each weighted objective's coefficient of variation over repeats
+    tasks: dict[str, float] = field(default_factory=dict)  # every task's score, by name
+    budgets: str = ""  # each limit beside perplexity, met or missed, with the figure
 
     @property
     def perplexity(self) -> float:
@@ -209,6 +245,8 @@ class Candidate:
             "is_base": self.is_base,
             "recipe": self.recipe.to_dict(),
             "recipe_summary": self.recipe.describe(),
+            "tasks": dict(self.tasks),
+            "budgets": self.budgets,
         }
 
 
@@ -239,6 +277,7 @@ class Choice:
                 "base_perplexity": self.budget.base_perplexity,
                 "max_ppl_increase": self.budget.max_ppl_increase,
                 "max_perplexity": self.budget.max_perplexity,
+                "limits": [limit.text for limit in self.budget.limits],
             },
             "best_trial": self.best.number,
             "reason": self.reason,
@@ -257,17 +296,18 @@ def _normalise(values: list[float]) -> list[float]:
 
 
 def within(study: optuna.Study, budget: Budget) -> list[TrialRecord]:
-    """The feasible COMPLETE trials within ``budget``, by number."""
+    """The feasible COMPLETE trials that meet ``budget`` (and the study's stored
+    constraints), by number."""
     return [
-        r
-        for r in read_trials(study, (TrialState.COMPLETE,))
-        if r.feasible and budget.allows(r.perplexity)
+        r for r in read_trials(study, (TrialState.COMPLETE,)) if r.feasible and budget.admits(r)
     ]
 
 
 def _front(study: optuna.Study, pool: list[TrialRecord]) -> list[TrialRecord]:
+    """The Pareto-optimal trials of ``pool`` in the study's objectives (maximised ones
+    negated)."""
     names = objective_names(study)
-    mask = pareto_mask([[r.values[n] for n in names] for r in pool])
+    mask = pareto_mask([minimised(study, r, names) for r in pool])
     return [r for r, keep in zip(pool, mask, strict=True) if keep]
 
 
@@ -306,21 +346,27 @@ def retime_numbers(
     study: optuna.Study,
     weights: Weights,
     max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
     top: int = DEFAULT_TOP,
 ) -> list[int]:
     """What ``pick --retime`` re-times: the base trial, the ``top`` of the stored ranking,
     and the untrusted trials the front would hold if their timings stood."""
-    budget = _budget(study, max_ppl_increase)
+    budget = _budget(study, max_ppl_increase, tighten)
     pool = within(study, budget)
     numbers = [r.number for r in pool if r.is_base]
     with contextlib.suppress(ConfigError):  # no trusted candidate: the untrusted ones are
-        numbers += [c.number for c in rank(study, weights, max_ppl_increase).ranking[:top]]
+        ranking = rank(study, weights, max_ppl_increase, tighten).ranking
+        numbers += [c.number for c in ranking[:top]]
     numbers += [r.number for r in _front(study, pool) if untrusted_timing(r)]
     return list(dict.fromkeys(numbers))
 
 
-def _budget(study: optuna.Study, max_ppl_increase: float | None) -> Budget:
-    budget = study_budget(study, max_ppl_increase)
+def _budget(
+    study: optuna.Study,
+    max_ppl_increase: float | None,
+    tighten: Mapping[str, float] | None = None,
+) -> Budget:
+    budget = study_budget(study, max_ppl_increase, tighten)
     if budget is None:
         raise ConfigError(
             f"study {study.study_name!r} records no base_perplexity / max_ppl_increase, so it "
@@ -334,11 +380,13 @@ def rank(
     study: optuna.Study,
     weights: Weights,
     max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
     retimed: Mapping[int, Retimed] | None = None,
 ) -> Choice:
     """Rank the Pareto-optimal trials within the budget by weighted time and energy, on
-    trusted stored timings or on ``retimed`` figures (see the module doc)."""
-    budget = _budget(study, max_ppl_increase)
+    trusted stored timings or on ``retimed`` figures (see the module doc); ``tighten``:
+    budget flags, as for pick."""
+    budget = _budget(study, max_ppl_increase, tighten)
     names = objective_names(study)
     if "perplexity" not in names:
         raise ConfigError(
@@ -354,7 +402,8 @@ def rank(
         raise ConfigError(_nothing_meets(study, budget, held_back))
     norms = {n: _normalise([r.values[n] for r in front]) for n in weighted}
     ranked = [
-        _candidate(r, {n: norms[n][i] for n in weighted}, weighted) for i, r in enumerate(front)
+        _candidate(r, {n: norms[n][i] for n in weighted}, weighted, budget)
+        for i, r in enumerate(front)
     ]
     by_score = sorted(ranked, key=lambda c: (c.score, c.perplexity, c.number))
     lowest = by_score[0]
@@ -374,18 +423,19 @@ def choose(
     study: optuna.Study,
     weights: Weights,
     max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
     *,
     retime: bool = False,
 ) -> Choice:
     """:func:`rank` on stored timings, or (``retime``) re-time :func:`retime_numbers` side by
     side here first and rank on those figures."""
     if not retime:
-        return rank(study, weights, max_ppl_increase)
+        return rank(study, weights, max_ppl_increase, tighten)
     from autoslim import retime as retiming
 
-    numbers = retime_numbers(study, weights, max_ppl_increase)
+    numbers = retime_numbers(study, weights, max_ppl_increase, tighten)
     logger.info("re-timing trials %s side by side", numbers)
-    return rank(study, weights, max_ppl_increase, retimed=retiming.retime(study, numbers))
+    return rank(study, weights, max_ppl_increase, tighten, retiming.retime(study, numbers))
 
 
 def _trust_note(
@@ -429,7 +479,7 @@ def _trust_note(
 
 
 def _candidate(
-    trial: TrialRecord, normalised: dict[str, float], weights: dict[str, float]
+    trial: TrialRecord, normalised: dict[str, float], weights: dict[str, float], budget: Budget
 ) -> Candidate:
     return Candidate(
         number=trial.number,
@@ -440,6 +490,8 @@ def _candidate(
         energy_source=str(trial.measurement.get("energy_source", "unknown")),
         is_base=trial.is_base,
         cv={n: _cv(trial.measurement.get(f"{n}_cv")) for n in weights},
+        tasks={n: float(r["value"]) for n, r in trial.tasks.items()},
+        budgets=budget.explain(trial),
     )
 
 
@@ -463,6 +515,14 @@ def _nothing_meets(study: optuna.Study, budget: Budget, held_back: dict[int, str
     complete = read_trials(study, (TrialState.COMPLETE,))
     if not complete:
         return message + "; the study has no completed trial yet: run the search first"
+    within = [r for r in complete if budget.allows(r.perplexity)]
+    if within and budget.limits:
+        near = min(within, key=lambda r: (len(missed(budget.limits, r.figures)), r.number))
+        return (
+            f"{message}; of the {len(within)} within the perplexity budget, trial "
+            f"{near.number} ({near.recipe.describe()}) comes closest: {budget.explain(near)}; "
+            "loosen a budget flag (up to the study's own) or search again"
+        )
     closest = min(complete, key=lambda r: (r.perplexity, r.number))
     increase = budget.increase(closest.perplexity)
     return (
@@ -506,6 +566,8 @@ def _reason(
         + f"perplexity {best.perplexity:.4g} ({budget.increase(best.perplexity):+.1%} over "
         f"base, limit {budget.max_perplexity:.4g})"
     )
+    if best.budgets:
+        text += f"; budgets: {best.budgets}"
     if len(ranking) > 1:
         runner_up = ranking[1]
         text += f"; runner-up trial {runner_up.number} scores {runner_up.score:.3f}"

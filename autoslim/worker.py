@@ -30,12 +30,13 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from autoslim import errors, progress
+from autoslim.budgets import Limit
 from autoslim.config import StudyConfig
 from autoslim.costs import MAX_STRETCH, TrialClock
 from autoslim.recipe import Recipe
@@ -48,13 +49,16 @@ DEFAULT_OBJECTIVE = "autoslim.worker:BuildAndMeasure"
 class Objective(Protocol):
     """What a worker runs: ``info`` describes the setup, a call evaluates one recipe.
 
-    A call returns ``{"measurement": {...}, "build": {...}}`` (JSON only) or raises
-    :class:`TrialAbandoned` to give a recipe up early.
+    A call returns ``{"measurement": {...}, "build": {...}}`` (JSON only; ``"tasks"`` and
+    ``"tasks_skipped"`` too when the study has tasks) or raises :class:`TrialAbandoned` to
+    give a recipe up early. ``limits`` are the study's constraints the trial must meet (none
+    for the base model): the objective may abandon a recipe that misses one early, and skips
+    task evaluations on a recipe that already misses a cheaper one.
     """
 
     info: dict[str, Any]
 
-    def __call__(self, recipe: Recipe) -> dict[str, Any]: ...
+    def __call__(self, recipe: Recipe, limits: Sequence[Limit] = ()) -> dict[str, Any]: ...
 
 
 class TrialAbandoned(Exception):
@@ -111,6 +115,8 @@ def _describe(e: BaseException) -> str:
 
 def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pid: int) -> None:
     """The worker process's main loop."""
+    from autoslim import memory
+
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     # The worker's stderr is the user's terminal: keep per-call library chatter off it.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -135,9 +141,13 @@ def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pi
         if message[0] == "stop":
             return
         recipe = Recipe.from_params(message[1])
+        device = config.model.device
+        if device == "cuda":
+            device = "cuda:0"
+        memory.mark_trial(device)
         started = time.perf_counter()
         try:
-            payload = objective(recipe)
+            payload = objective(recipe, message[2])
             reply: tuple[Any, ...] = ("done", payload, "")
         except TrialAbandoned as e:
             reply = ("abandoned", e.details, e.reason)
@@ -146,7 +156,12 @@ def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pi
             reply = ("error", {}, _describe(e))
         seconds = time.perf_counter() - started
         gc.collect()
-        conn.send((*reply, seconds, {"pid": os.getpid(), "rss_bytes": _rss_bytes()}))
+        usage = {
+            "pid": os.getpid(),
+            "rss_bytes": _rss_bytes(),
+            "peak_memory_bytes": memory.trial_peak_bytes(device),
+        }
+        conn.send((*reply, seconds, usage))
         if reply[0] == "error":
             return
 
@@ -263,16 +278,17 @@ class Worker:
         self,
         recipe: Recipe,
         timeout: float,
+        limits: Sequence[Limit] = (),
         on_progress: Callable[[progress.TrialProgress], None] | None = None,
     ) -> TrialResult:
-        """Evaluate one recipe within ``timeout`` seconds of its own clock; never raises for
-        a trial's own failure."""
+        """Evaluate one recipe under ``limits`` within ``timeout`` seconds of its own clock;
+        never raises for a trial's own failure."""
         if not self.alive:
             self.start()
         assert self._conn is not None
         started = time.perf_counter()
         self.own_seconds = 0.0
-        self._conn.send(("run", recipe.to_params()))
+        self._conn.send(("run", recipe.to_params(), list(limits)))
         message = self._receive(timeout, on_progress)
         wall = time.perf_counter() - started
         if message is None:
@@ -322,10 +338,12 @@ class Worker:
 class BuildAndMeasure:
     """The product objective: ``compress.build`` the recipe, then ``measure`` the result.
 
-    Loaded once per worker: the base model, the corpus, the teacher cache, and the base
-    model's quick perplexity on ``early_abort.windows`` eval windows (derived from the cost
-    model it measures at setup when the study file sets none), which the early abort compares
-    against after the cheap stages.
+    Loaded once per worker: the base model, the corpus, the teacher cache, the base model's
+    quick perplexity on ``early_abort.windows`` eval windows (derived from the cost model it
+    measures at setup when the study file sets none), which the early abort compares against
+    after the cheap stages, and the study's task evaluations. Cheap first: a budget decidable
+    from the built model (its size) abandons the recipe before it is measured, and the task
+    evaluations run only on a recipe that meets every other budget.
     """
 
     def __init__(self, config: StudyConfig) -> None:
@@ -380,6 +398,9 @@ class BuildAndMeasure:
         self.base_quick_perplexity = perplexity(
             self.base.model, self.quick_ids, self.quick_protocol
         ).perplexity
+        from autoslim.tasks.run import TaskEvaluator
+
+        self.tasks = TaskEvaluator(config.tasks, self.device) if config.tasks else None
         self.info: dict[str, Any] = {
             "corpus_fingerprint": self.corpus.fingerprint,
             "model": config.model.name,
@@ -397,15 +418,18 @@ class BuildAndMeasure:
         if not math.isfinite(quick) or ratio > early.max_ppl_ratio:
             raise TrialAbandoned(
                 f"perplexity {quick:.4g} after {stage} is {ratio:.3g}x the base model's "
-                f"{self.base_quick_perplexity:.4g} on {self.early_windows} windows, above "
+                f"{self.base_quick_perplexity:.4g} on the same {self.early_windows} eval windows "
+                "(a quick check, not the full protocol), above "
                 f"early_abort.max_ppl_ratio={early.max_ppl_ratio:g}: distillation is unlikely "
                 "to recover it",
                 {"stage": stage, "quick_perplexity": quick, "ratio": ratio},
             )
 
-    def __call__(self, recipe: Recipe) -> dict[str, Any]:
+    def __call__(self, recipe: Recipe, limits: Sequence[Limit] = ()) -> dict[str, Any]:
         from autoslim import compress
+        from autoslim.budgets import missed
         from autoslim.measure import measure
+        from autoslim.measure.footprint import size_bytes
 
         built = compress.build(
             self.base,
@@ -417,6 +441,14 @@ class BuildAndMeasure:
             check=self._check,
             device=self.device,
         )
+        early = [limit for limit in limits if limit.early]
+        if early:
+            shapes = {"size_bytes": size_bytes(built.model)}
+            for limit in missed(early, shapes):
+                raise TrialAbandoned(
+                    f"{limit.explain(shapes)} right after the build: not measured",
+                    {"stage": "budget", "budget": limit.name, **shapes},
+                )
         progress.report("measure")
         measurement = measure(
             built.model,
@@ -425,8 +457,18 @@ class BuildAndMeasure:
             self.workload,
             teacher=self.base.model,
             device=self.device,
-        )
-        return {
-            "measurement": measurement.to_dict(),
+        ).to_dict()
+        payload: dict[str, Any] = {
+            "measurement": measurement,
             "build": {"stage_seconds": built.stage_seconds, "info": built.info},
         }
+        if self.tasks is None:
+            return payload
+        cheaper = [limit for limit in limits if limit.figure not in self.config.tasks]
+        misses = missed(cheaper, measurement)
+        if misses:
+            payload["tasks_skipped"] = "; ".join(m.explain(measurement) for m in misses)
+        else:
+            results = self.tasks.evaluate(built.model, self.base.tokenizer)
+            payload["tasks"] = {name: r.to_dict() for name, r in results.items()}
+        return payload

@@ -41,8 +41,10 @@ def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     from autoslim import config as study_config
+    from autoslim.storage import check_driver
 
     config = study_config.load(args.study_file, overrides=overrides_from(args))
+    check_driver(config.study.storage)
     if args.check:
         print(f"{args.study_file}: valid (study {config.study.name!r})")
         return 0
@@ -52,12 +54,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_search(config: Any, *, quiet: bool = False) -> tuple[Any, Any]:
+def run_search(config: Any, *, quiet: bool = False, worker_id: int = 0) -> tuple[Any, Any]:
     """Run the study with a progress line per trial; returns the summary and the study."""
     import optuna
 
     from autoslim import study as search
     from autoslim.config import mask_url
+    from autoslim.storage import make_storage
     from autoslim.trials import record
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
@@ -94,8 +97,8 @@ def run_search(config: Any, *, quiet: bool = False) -> tuple[Any, Any]:
         line = describe_record(record(p.trial, config.objectives))
         print(f"{clear}{head} | {line}", flush=True)
 
-    summary = search.run_study(config, progress=progress)
-    study = optuna.load_study(study_name=run.name, storage=search.make_storage(run.storage))
+    summary = search.run_study(config, progress=progress, worker_id=worker_id)
+    study = optuna.load_study(study_name=run.name, storage=make_storage(run.storage))
     if not quiet:
         states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items()))
         print(

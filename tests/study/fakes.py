@@ -17,9 +17,11 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from autoslim import progress
+from autoslim.budgets import Limit
 from autoslim.config import StudyConfig
 from autoslim.recipe import Recipe
 from autoslim.worker import TrialAbandoned
@@ -88,7 +90,7 @@ class FakeObjective:
             "pid": os.getpid(),
         }
 
-    def __call__(self, recipe: Recipe) -> dict[str, Any]:
+    def __call__(self, recipe: Recipe, limits: Sequence[Limit] = ()) -> dict[str, Any]:
         early = self.config.early_abort
         ratio = 1 + cheap_stage_damage(recipe)
         if early.enabled and ratio > early.max_ppl_ratio:
