@@ -63,7 +63,7 @@ def test_a_cpu_starved_trial_runs_past_its_wall_time_and_reports_progress(
         fake_worker(study_file, monkeypatch, "burn") as worker,
         a_hog_on_its_core(worker.pid),
     ):
-        result = worker.run(INT8, 1.5, seen.append)
+        result = worker.run(INT8, 1.5, on_progress=seen.append)
     assert result.status == "done", result.reason
     # 1 s of its own CPU took at least 2 s of wall time, past the 1.5 s limit: a wall-clock timeout
     # would have killed this healthy trial.
