@@ -458,7 +458,11 @@ def _trust_note(
         text += (
             f". Figures from re-timing trials {', '.join(map(str, sorted(retimed)))} side by "
             f"side ({some.rounds} interleaved rounds)"
-            + (f", trials {busy} waited for a CPU meanwhile" if busy else "")
+            + (
+                f", trial(s) {', '.join(map(str, busy))} waited for a CPU meanwhile"
+                if busy
+                else ""
+            )
         )
     best = ranking[0]
     base = next((c for c in ranking if c.is_base), None)
@@ -504,7 +508,7 @@ def _nothing_meets(study: optuna.Study, budget: Budget, held_back: dict[int, str
     message = f"no completed trial of study {study.study_name!r} meets {budget.describe()}"
     if held_back:
         return (
-            f"{message} with a timing that can be trusted: trials "
+            f"{message} with a timing that can be trusted: trial(s) "
             f"{', '.join(map(str, sorted(held_back)))} were timed on a busy or noisy machine; "
             "re-time them side by side with `autoslim pick --retime`"
         )

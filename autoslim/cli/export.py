@@ -8,7 +8,7 @@ from typing import Any
 
 from autoslim.cli._common import print_json
 from autoslim.cli._study_args import add_study_args, open_study, study_arg_files
-from autoslim.cli.pick import add_choice_args, tightened
+from autoslim.cli.pick import add_choice_args, show_progress, tightened
 
 
 def register(subparsers: Any) -> None:
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     study = open_study(args)
     weights = weights_from(args.prefer, args.weights) if args.prefer or args.weights else None
+    show_progress(args)
     result = export(
         study,
         args.out,

@@ -61,6 +61,17 @@ def tightened(args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
+def show_progress(args: argparse.Namespace) -> None:
+    """With ``--retime``, print the rebuilds and rounds as they go (to stderr: ``--json``
+    keeps stdout to one object)."""
+    import sys
+
+    from autoslim import progress
+
+    if args.retime:
+        progress.listen(lambda p: print(f"re-timing: {p.describe()}", file=sys.stderr))
+
+
 def register(subparsers: Any) -> None:
     subparsers.add_parser(
         "pick",
@@ -83,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     study = open_study(args)
     weights = weights_from(args.prefer, args.weights)
+    show_progress(args)
     choice = choose(study, weights, args.max_ppl_increase, tightened(args), retime=args.retime)
     if args.json:
         print_json("pick", {"study": study.study_name, **choice.to_dict()})
