@@ -114,3 +114,20 @@ def test_the_report_says_which_trials_were_held_back_and_which_re_timed(tmp_path
     assert after.startswith("trial 0 (base model")
     assert "Figures from re-timing trials 0, 1 side by side (3 interleaved rounds)" in after
     assert "Kept out" not in after
+
+
+def test_with_no_trusted_timing_pick_ranks_the_stored_figures_and_says_so(tmp_path: Path) -> None:
+    busy = (CONTENDED,)
+    study = make_study(
+        f"sqlite:///{tmp_path / 's.db'}",
+        trials=[
+            replace(base(8.36, 11.04, 110.0), timing_flags=busy),
+            replace(complete(NF4, 8.9, 6.04, 60.0), timing_flags=busy),
+        ],
+        max_ppl_increase=0.25,
+    )
+    choice = rank(study, TIME)
+    assert choice.best.number == 1
+    assert set(choice.held_back) == {0, 1}
+    assert "No candidate's timing can be trusted" in choice.reason
+    assert "autoslim pick --retime" in choice.reason
