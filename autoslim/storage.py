@@ -54,12 +54,13 @@ class Scheme:
     use: str
     drivers: tuple[str, ...] = ()  # importable modules, any one of which will do
     extra: str = ""  # the pip extra that installs a driver
+    file: bool = False  # the URL names a local file (after ``prefix``), not a server
 
 
 SCHEMES = {
-    "sqlite": Scheme("sqlite:///", "sqlite:///FILE.db", "one process on one machine"),
+    "sqlite": Scheme("sqlite:///", "sqlite:///FILE.db", "one process on one machine", file=True),
     "journal": Scheme(
-        "journal:///", "journal:///FILE.log", "many processes on one machine, no server"
+        "journal:///", "journal:///FILE.log", "many processes on one machine, no server", file=True
     ),
     "postgresql": Scheme(
         "postgresql://",
@@ -82,7 +83,7 @@ def scheme_of(url: str) -> str:
 def file_of(url: str) -> Path | None:
     """The file a sqlite or journal URL names (``None`` for a server)."""
     scheme = SCHEMES.get(scheme_of(url))
-    if scheme is None or scheme_of(url) not in ("sqlite", "journal"):
+    if scheme is None or not scheme.file:
         return None
     return Path(url.removeprefix(scheme.prefix))
 
