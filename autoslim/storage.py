@@ -97,9 +97,8 @@ def check_driver(url: str) -> None:
     wanted = (explicit,) if explicit else scheme.drivers
     if any(importlib.util.find_spec(module) for module in wanted):
         return
-    install = (
-        f"pip install 'autoslim[{scheme.extra}]'" if scheme.extra else f"pip install {wanted[0]}"
-    )
+    ours = scheme.extra and set(wanted) <= set(scheme.drivers)
+    install = f"pip install 'autoslim[{scheme.extra}]'" if ours else f"pip install {wanted[0]}"
     raise ConfigError(
         f"storage {mask_url(url)!r} needs a database driver ({' or '.join(wanted)}) and none "
         f"is installed; {install}"
