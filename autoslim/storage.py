@@ -108,7 +108,10 @@ def check_driver(url: str) -> None:
 def make_storage(url: str, heartbeat_seconds: int | None = None) -> optuna.storages.BaseStorage:
     """The storage behind ``url``. With ``heartbeat_seconds`` an RDB storage records
     heartbeats and retries stale trials (what a worker needs; readers pass nothing)."""
+    from autoslim import integrity
+
     check_driver(url)
+    integrity.check_storage(url)
     scheme = scheme_of(url)
     try:
         if scheme == "journal":
@@ -117,6 +120,9 @@ def make_storage(url: str, heartbeat_seconds: int | None = None) -> optuna.stora
     except ConfigError:
         raise
     except Exception as e:
+        fault = integrity.storage_fault(e, url)
+        if fault is not None:
+            raise fault from e
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(
             f"cannot open storage {mask_url(url)!r}: {type(e).__name__}: {mask_url(first)}; "
@@ -211,6 +217,13 @@ def _write_ahead_log(engine: Any) -> None:
 
     event.listen(engine, "connect", pragmas)
     engine.dispose()
+
+
+def is_stale(trial: optuna.trial.FrozenTrial, heartbeat_seconds: int, now: float) -> bool:
+    """Whether a RUNNING trial's ``heartbeat`` user attr is older than ``GRACE_BEATS`` beats
+    (a trial that never beat is never stale, as in Optuna's heartbeat)."""
+    beat = trial.user_attrs.get("heartbeat")
+    return beat is not None and now - float(beat) > GRACE_BEATS * heartbeat_seconds
 
 
 def has_heartbeat(storage: optuna.storages.BaseStorage) -> bool:

@@ -5,7 +5,9 @@ same storage → same study), then asks for recipes and tells results until the 
 or the time limit is reached. What a stored study holds (other commands read it):
 
 - study user_attrs: ``config`` (the validated study file), ``base_perplexity``,
-  ``max_ppl_increase``, ``corpus_fingerprint``, ``model``, ``seed``; metric names set.
+  ``max_ppl_increase``, ``corpus_fingerprint``, ``model``, ``seed``, ``cost_model`` (the
+  stage costs measured at the latest start, :class:`autoslim.costs.CostModel`); metric names
+  set.
 - trial user_attrs (JSON only): ``recipe`` (full Recipe), every numeric figure of the
   measurement flat under its own name (``perplexity``, ``size_bytes``, ``peak_memory_bytes``,
   ``top1_agreement``, ``teacher_kl``, ``cpu_wait_fraction``, ``seconds_cv``…: sortable in
@@ -45,18 +47,21 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoslim import space as search_space
+from autoslim.budgets import constraint_names, limits_of
 from autoslim.config import StudyConfig, mask_url
+from autoslim.costs import UNMEASURED_TIMEOUT_SECONDS, CostModel
 from autoslim.errors import AutoslimError, ConfigError
+from autoslim.progress import TrialProgress
 from autoslim.recipe import Recipe
 from autoslim.storage import (
     GRACE_BEATS,
     has_heartbeat,
+    is_stale,
     make_storage,
     retried_trial_number,
     retry_callback,
 )
 from autoslim.trials import (
-    CONSTRAINT,
     MEASUREMENT_ATTR,
     constraint_system_attrs,
     is_interrupted,
@@ -84,6 +89,7 @@ class Progress:
     pareto_size: int
     trial: FrozenTrial | None = None
     message: str = ""
+    notice: str = ""  # a line to keep (the cost model at start), not a running-trial status
 
 
 @dataclass
@@ -156,7 +162,7 @@ def open_study(config: StudyConfig, storage: optuna.storages.BaseStorage) -> opt
     study = optuna.create_study(
         study_name=name,
         storage=storage,
-        directions=["minimize"] * len(config.objectives),
+        directions=config.directions,
         load_if_exists=True,
     )
     current = config.to_dict()
@@ -186,7 +192,11 @@ def open_study(config: StudyConfig, storage: optuna.storages.BaseStorage) -> opt
     study.set_user_attr("base_precision", precision)
     study.set_user_attr("config", current)
     study.set_user_attr("max_ppl_increase", config.max_ppl_increase)
+    study.set_user_attr("constraint_names", constraint_names(config))
     study.set_user_attr("model", config.model.name)
+    from autoslim import models
+
+    study.set_user_attr("model_source", models.source(config.model.name))
     study.set_user_attr("seed", config.study.seed)
     return study
 
@@ -228,7 +238,7 @@ def recover_stale_trials(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
     else:
-        _fail_silent_trials(study, GRACE_BEATS * heartbeat_seconds)
+        _fail_silent_trials(study, heartbeat_seconds)
     return [
         t.number
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
@@ -236,13 +246,12 @@ def recover_stale_trials(
     ]
 
 
-def _fail_silent_trials(study: optuna.Study, grace_seconds: float) -> None:
+def _fail_silent_trials(study: optuna.Study, heartbeat_seconds: int) -> None:
     """What :func:`optuna.storages.fail_stale_trials` does, for a storage without Optuna's
     heartbeat: the beat is the trial's ``heartbeat`` user attr."""
     now = time.time()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = trial.user_attrs.get("heartbeat")  # none yet: never stale, as in Optuna's
-        if beat is None or now - float(beat) <= grace_seconds:
+        if not is_stale(trial, heartbeat_seconds, now):
             continue
         try:
             study.tell(trial.number, state=TrialState.FAIL)
@@ -264,10 +273,11 @@ def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
     logger.warning("trial %d stopped mid-trial; its recipe is enqueued again", trial.number)
 
 
-def _stop_by_user(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Ctrl-C: the running trial ends FAIL (interrupted) and its recipe is retried later."""
+def _stop(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
+    """Ctrl-C or a storage fault: the running trial ends FAIL (interrupted, ``why``) and its
+    recipe is retried later."""
     try:
-        trial.set_user_attr("fail_reason", "Interrupted: stopped by the user; recipe retried")
+        trial.set_user_attr("fail_reason", f"Interrupted: {why}; recipe retried")
         trial.set_user_attr("interrupted", True)
         study.tell(trial, state=TrialState.FAIL)
     except (RuntimeError, ValueError):  # it finished meanwhile
@@ -325,20 +335,26 @@ def recipe_for(trial: optuna.Trial, config: StudyConfig) -> Recipe:
 
 
 class _Heartbeat:
-    """Beats for a running trial every ``seconds``: Optuna's heartbeat where the storage has
-    one, else the trial's ``heartbeat`` user attr (see :mod:`autoslim.storage`)."""
+    """Beats for a running trial every ``seconds``: the trial's ``heartbeat`` user attr (what
+    a journal storage's recovery and the report read), and Optuna's heartbeat where the
+    storage has one (see :mod:`autoslim.storage`)."""
 
     def __init__(
         self, storage: optuna.storages.BaseStorage, trial: optuna.Trial, seconds: int
     ) -> None:
         self.trial = trial
         self.seconds = seconds
-        self.record: Callable[[], None] = lambda: trial.set_user_attr("heartbeat", time.time())
+        self.optuna_beat: Callable[[], None] | None = None
         if isinstance(storage, optuna.storages.RDBStorage) and has_heartbeat(storage):
             trial_id = _trial_id(trial)
-            self.record = lambda: storage.record_heartbeat(trial_id)
+            self.optuna_beat = lambda: storage.record_heartbeat(trial_id)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def record(self) -> None:
+        if self.optuna_beat is not None:
+            self.optuna_beat()
+        self.trial.set_user_attr("heartbeat", time.time())
 
     def _beat(self) -> None:
         while not self.stop.wait(self.seconds):
@@ -363,12 +379,25 @@ def pareto_size(study: optuna.Study) -> int:
     return len(study.best_trials)
 
 
-def _wait_for_base(study: optuna.Study, timeout: float) -> float | None:
+def base_figures(figures: dict[str, Any]) -> dict[str, float]:
+    """The base model's numeric figures (measurement and tasks), as relative limits need."""
+    return {
+        k: float(v)
+        for k, v in figures.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _wait_for_base(study: optuna.Study, timeout: float) -> dict[str, Any] | None:
+    """The base model's figures, once its trial is done (None after ``timeout``)."""
     deadline = time.monotonic() + timeout
     while True:
-        base = study.user_attrs.get("base_perplexity")
+        attrs = study.user_attrs
+        base = attrs.get("base_figures")
+        if base is None and "base_perplexity" in attrs:  # a study made before base_figures
+            base = {"perplexity": attrs["base_perplexity"]}
         if base is not None or time.monotonic() > deadline:
-            return None if base is None else float(base)
+            return None if base is None else dict(base)
         time.sleep(2.0)
 
 
@@ -378,6 +407,7 @@ def _record(
     result: TrialResult,
     config: StudyConfig,
     is_base: bool,
+    timeout: float,
 ) -> TrialState:
     """Store a worker's result on the trial and tell the study; returns the final state."""
     trial.set_user_attr("worker", {**trial.user_attrs.get("worker", {}), **result.worker})
@@ -395,37 +425,55 @@ def _record(
     for key, value in measurement_user_attrs(measurement).items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("build", result.payload.get("build", {}))
+    tasks = result.payload.get("tasks", {})
+    skipped = result.payload.get("tasks_skipped")
+    if tasks:
+        trial.set_user_attr("tasks", tasks)
+    if skipped:
+        trial.set_user_attr("tasks_skipped", skipped)
+    figures = {**measurement, **{name: r["value"] for name, r in tasks.items()}}
+    for name in tasks:
+        trial.set_user_attr(name, figures[name])
+    worst = {"minimize": math.inf, "maximize": -math.inf}
     try:
-        values = [float(measurement[name]) for name in config.objectives]
+        # A task skipped because a cheaper budget was missed scores the worst value: the
+        # trial is infeasible anyway, so the samplers compare it by its violations only.
+        values = [
+            float(figures[name]) if name in figures or not skipped else worst[direction]
+            for name, direction in zip(config.objectives, config.directions, strict=True)
+        ]
     except (KeyError, TypeError, ValueError) as e:
         trial.set_user_attr("fail_reason", f"BadMeasurement: {type(e).__name__}: {e}")
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
     bad = [
-        f"{n}={v}" for n, v in zip(config.objectives, values, strict=True) if not math.isfinite(v)
+        f"{n}={v}"
+        for n, v in zip(config.objectives, values, strict=True)
+        if not math.isfinite(v) and not (skipped and n in config.tasks)
     ]
     if bad:
         trial.set_user_attr("fail_reason", f"NonFiniteObjective: {', '.join(bad)}")
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
-    ppl = values[config.objectives.index("perplexity")]
     if is_base:
-        study.set_user_attr("base_perplexity", ppl)
-        base: float | None = ppl
+        study.set_user_attr("base_perplexity", float(measurement["perplexity"]))
+        study.set_user_attr("base_figures", base_figures(figures))
+        base: dict[str, Any] | None = figures
     else:
-        base = _wait_for_base(study, config.study.trial_timeout_seconds)
+        base = _wait_for_base(study, timeout)
     if base is None:
         trial.set_user_attr(
             "fail_reason", "BaseModelUnknown: the base-model trial has not completed"
         )
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
-    violation = ppl / base - 1.0 - config.max_ppl_increase
-    trial.set_user_attr("constraint", [violation])
-    attrs = constraint_system_attrs(violation)
+    violations = {limit.name: limit.violation(figures) for limit in limits_of(config, base)}
+    trial.set_user_attr("constraint", list(violations.values()))
+    attrs = constraint_system_attrs(violations)
     if NATIVE_CONSTRAINTS:
-        trial.set_constraint(CONSTRAINT, violation)
-        attrs.pop(f"constraints:{CONSTRAINT}")
+        for name, violation in violations.items():
+            trial.set_constraint(name, violation)
+            attrs.pop(f"constraints:{name}")
     _set_system_attrs(study, trial, attrs)
     study.tell(trial, values)
     return TrialState.COMPLETE
@@ -474,24 +522,30 @@ def run_study(
         run.name, len(trials), len(recovered), added or "nothing", run.sampler, seed, worker_id,
     )  # fmt: skip
     worker = Worker(
-        config, objective, start_timeout=max(run.trial_timeout_seconds, WORKER_START_SECONDS)
+        config, objective, start_timeout=max(run.trial_timeout_seconds or 0, WORKER_START_SECONDS)
     )
+    costs: CostModel | None = None
     host = {"host": socket.gethostname(), "study_pid": os.getpid(), "worker_id": worker_id}
     durations: list[float] = []
     duplicates_in_a_row = 0
     current: optuna.Trial | None = None
 
-    def report(done: int, trial: FrozenTrial | None, message: str = "") -> None:
+    def report(done: int, trial: FrozenTrial | None, message: str = "", notice: str = "") -> None:
         if progress is None:
             return
         elapsed = time.monotonic() - started
         eta = None
-        if durations:
-            left = [] if run.n_trials is None else [(run.n_trials - done) * _mean(durations)]
+        per_trial = _mean(durations) if durations else None
+        if per_trial is None and costs is not None:
+            per_trial = costs.trial_seconds(_typical_kd_steps(config))
+        if per_trial is not None:
+            left = [] if run.n_trials is None else [(run.n_trials - done) * per_trial]
             if run.time_limit_seconds is not None:
                 left.append(max(0.0, run.time_limit_seconds - elapsed))
             eta = min(left) if left else None
-        progress(Progress(done, run.n_trials, elapsed, eta, pareto_size(study), trial, message))
+        progress(
+            Progress(done, run.n_trials, elapsed, eta, pareto_size(study), trial, message, notice)
+        )
 
     try:
         while True:
@@ -518,6 +572,12 @@ def run_study(
                 info = worker.start()
                 summary.worker_setup_seconds.append(info["setup_seconds"])
                 _check_corpus(study, config, info)
+                if "costs" in info and costs is None:
+                    costs = CostModel.from_dict(info["costs"])
+                    study.set_user_attr("cost_model", costs.to_dict())
+                    line = costs.describe(_typical_kd_steps(config), run.time_limit_seconds)
+                    logger.info("cost model: %s", line)
+                    report(done, None, notice=f"cost model: {line}")
             with warnings.catch_warnings():  # we beat ourselves (Optuna's does in optimize)
                 warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                 trial = current = study.ask()
@@ -539,13 +599,22 @@ def run_study(
                         duplicates_in_a_row += 1
                         continue
                     duplicates_in_a_row = 0
-                    report(done, None, f"trial {trial.number}: {recipe.describe()}")
-                    result = worker.run(recipe, run.trial_timeout_seconds)
+                    status = f"trial {trial.number}: {recipe.describe()}"
+                    report(done, None, status)
+                    timeout = trial_timeout(config, costs, recipe)
+
+                    def show(step: TrialProgress, done: int = done, status: str = status) -> None:
+                        report(done, None, f"{status} | {step.describe()}")
+
+                    limits = (
+                        [] if is_base else limits_of(config, study.user_attrs.get("base_figures"))
+                    )
+                    result = worker.run(recipe, timeout, limits, show)
                     # Checked again once every worker that took this recipe with us has
                     # written it: one that took it first and wrote it last was not seen.
                     if _prune_if_duplicate(study, trial, recipe):
                         continue
-                    state = _record(study, trial, result, config, is_base)
+                    state = _record(study, trial, result, config, is_base, timeout)
             except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
                 if not is_interrupted(study.get_trials(deepcopy=False)[trial.number]):
                     raise
@@ -571,12 +640,38 @@ def run_study(
                 )
     except KeyboardInterrupt:
         if current is not None:
-            _stop_by_user(study, current)
+            _stop(study, current, "stopped by the user")
         raise
+    except Exception as e:
+        from autoslim.integrity import storage_fault
+
+        fault = storage_fault(e, run.storage)
+        if fault is None:
+            raise
+        try:  # the storage may take this small write again; if not, the next run recovers
+            if current is not None:
+                _stop(study, current, str(fault))
+        except Exception as again:
+            logger.info("trial not marked FAIL, the storage still refuses writes: %s", again)
+        raise fault from e
     finally:
         worker.close()
         summary.wall_seconds = time.monotonic() - started
     return summary
+
+
+def trial_timeout(config: StudyConfig, costs: CostModel | None, recipe: Recipe) -> float:
+    """A trial's limit on its own clock: the study file's, else derived from the cost model."""
+    if config.study.trial_timeout_seconds is not None:
+        return config.study.trial_timeout_seconds
+    if costs is None:
+        return UNMEASURED_TIMEOUT_SECONDS
+    return costs.timeout_seconds(recipe.kd_steps)
+
+
+def _typical_kd_steps(config: StudyConfig) -> int:
+    """The KD steps of the longest trials the space holds (what the start line quotes)."""
+    return int(max(config.search["kd_steps"].extremes()))
 
 
 def _over_budget(trials: list[FrozenTrial], trial: optuna.Trial, n_trials: int | None) -> bool:

@@ -79,3 +79,8 @@ def storage_of(study: str) -> tuple[str, str | None]:
             "`autoslim search` first or check the path"
         )
     return url, name
+
+
+def study_arg_files(args: argparse.Namespace) -> list[Path]:
+    """The study file or SQLite file that ``args.study`` names (nothing for a URL)."""
+    return [] if "://" in args.study else [Path(args.study)]

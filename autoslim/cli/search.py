@@ -81,6 +81,9 @@ def run_search(config: Any, *, quiet: bool = False, worker_id: int = 0) -> tuple
     def progress(p: search.Progress) -> None:
         if quiet:
             return
+        if p.notice:
+            print(f"{chr(27)}[2K{p.notice}" if tty else p.notice, flush=True)
+            return
         total = f"{p.total}" if p.total else "?"
         head = (
             f"[{p.done:>3}/{total}] {_clock(p.elapsed_seconds)} elapsed, ETA "
@@ -118,8 +121,8 @@ def describe_record(trial: Any) -> str:
             f"{name} {_figure(trial.values.get(name, trial.measurement.get(name)))}"
             for name in dict.fromkeys(("perplexity", "seconds", "joules", *trial.values))
         )
-        return f"#{trial.number} {trial.label()}: {figures}{seconds}"
-    return f"#{trial.number} {trial.label()}: {trial.state.name} {trial.reason}{seconds}"
+        return f"#{trial.number} {trial.recipe.describe()}: {figures}{seconds}"
+    return f"#{trial.number} {trial.recipe.describe()}: {trial.state.name} {trial.reason}{seconds}"
 
 
 def _figure(value: Any) -> str:
@@ -140,7 +143,9 @@ def print_pareto(study: Any) -> None:
     rows = []
     for t in best:
         change = f"{t.perplexity / base - 1:+.1%}" if base else ""
-        rows.append([f"#{t.number}", t.label(), *(f"{t.values[n]:.4g}" for n in names), change])
+        rows.append(
+            [f"#{t.number}", t.recipe.describe(), *(f"{t.values[n]:.4g}" for n in names), change]
+        )
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

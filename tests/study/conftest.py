@@ -50,6 +50,7 @@ def study_file(tmp_path: Path, tiny_model_dir: Path):
         base: dict[str, dict[str, Any]] = {
             "study": {"n_trials": 3, "trial_timeout_seconds": 60},
             "model": {"name": str(tiny_model_dir)},
+            "workload": {"protocol": {"window": 128}},  # the tiny model's whole context
             "search": {
                 "drop_heads_per_layer": [0, 2],
                 "kd_steps": [0, 20],
