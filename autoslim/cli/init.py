@@ -29,10 +29,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim import studies
+    from autoslim import models, studies
     from autoslim.errors import ConfigError
+    from autoslim.measure.workload import context_length
 
-    text = studies.init_text(args.name, model=args.model, device=args.device)
+    context = context_length(models.load_config(args.model))
+    text = studies.init_text(args.name, model=args.model, device=args.device, context=context)
     path = Path(f"{args.name}.toml")
     if path.exists() and not args.force:
         raise ConfigError(f"{path} exists; pass --force to replace it or choose another NAME")

@@ -45,9 +45,22 @@ def _set(text: str, section: str, key: str, value: str) -> str:
     return text[: found.start()] + line_text + text[found.end() :]
 
 
-def init_text(name: str, model: str = "reference", device: str = "cpu") -> str:
+def _fit_window(text: str, context: int | None) -> str:
+    """``text`` with the workload's ``protocol = { window = N`` lowered to ``context``."""
+    found = re.search(r"^(protocol = \{ window = )(\d+)", text, flags=re.MULTILINE)
+    if found is None:
+        raise ValueError(f"{TEMPLATE}.toml has no workload protocol window")
+    if context is None or int(found.group(2)) <= context:
+        return text
+    return text[: found.start(2)] + str(context) + text[found.end(2) :]
+
+
+def init_text(
+    name: str, model: str = "reference", device: str = "cpu", context: int | None = None
+) -> str:
     """A commented study file named ``name`` for ``model`` on ``device``: the text of
-    ``example-llama.toml`` with its study name, model and device set (every other key and
+    ``example-llama.toml`` with its study name, model and device set, and its perplexity
+    window shortened to the model's ``context`` where that is shorter (every other key and
     comment as they are)."""
     if not STUDY_NAME.fullmatch(name):
         raise ConfigError(f"study name {name!r}: use letters, digits, '-', '_' or '.' only")
@@ -57,6 +70,7 @@ def init_text(name: str, model: str = "reference", device: str = "cpu") -> str:
     body = _set(body, "study", "name", name)
     body = _set(body, "model", "name", model)
     body = _set(body, "model", "device", device)
+    body = _fit_window(body, context)
     lines = header.splitlines()
     intro = [
         f"# Study {name!r}, written by `autoslim init` from autoslim's {TEMPLATE}.toml. Check",
