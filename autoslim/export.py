@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from autoslim.card import model_card
 from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError, DataError, ModelError
 from autoslim.measure.measurement import versions
-from autoslim.pick import PRESETS, Weights, rank
+from autoslim.pick import PRESETS, Weights, choose
 from autoslim.recipe import Recipe
 from autoslim.trials import TrialRecord, read_trials, stored_config
 
@@ -64,15 +65,21 @@ def select_trial(
     trial_number: int | None = None,
     weights: Weights | None = None,
     max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
+    retime: bool = False,
 ) -> tuple[TrialRecord, str]:
-    """The trial to export: ``trial_number``, or the pick under ``weights`` and the budget."""
+    """The trial to export: ``trial_number``, or the pick under ``weights`` and the budget
+    (``tighten``: budget flags, as for pick; ``retime``: on a side-by-side re-timing,
+    :func:`autoslim.pick.choose`)."""
     if trial_number is None:
-        choice = rank(study, weights or PRESETS["balanced"], max_ppl_increase)
+        choice = choose(
+            study, weights or PRESETS["balanced"], max_ppl_increase, tighten, retime=retime
+        )
         return _trial(study, choice.best.number), choice.reason
-    if weights is not None or max_ppl_increase is not None:
+    if weights is not None or max_ppl_increase is not None or tighten or retime:
         raise ConfigError(
-            "give either --trial N or a choice (--prefer / --weights / --max-ppl-increase), "
-            "not both"
+            "give either --trial N or a choice (--prefer / --weights / --max-ppl-increase / "
+            "budget flags / --retime), not both"
         )
     trial = _trial(study, trial_number)
     if trial.state != TrialState.COMPLETE:
@@ -99,14 +106,59 @@ def _trial(study: optuna.Study, number: int) -> TrialRecord:
     return records[number]
 
 
-def check_destination(out: Path, force: bool) -> None:
-    """Refuse a destination that is a file, or a non-empty folder unless ``force``."""
+def study_files(study: optuna.Study) -> list[Path]:
+    """The files of ``study`` an export must never replace: its SQLite storage."""
+    from autoslim.integrity import sqlite_path
+
+    stored = study.user_attrs.get("config") or {}
+    path = sqlite_path(str((stored.get("study") or {}).get("storage", "")))
+    return [] if path is None else [path]
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` is a previous export (its manifest says so)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
+
+
+def check_destination(out: Path, force: bool, protected: Sequence[Path] = ()) -> None:
+    """Refuse, before any work: a destination that holds a study's files (``protected``:
+    storage, study file, report) even with ``force``; a file; a non-empty folder unless
+    ``force``, and with it anything but a previous export; a folder that accepts no files."""
+    from autoslim.integrity import writable_folder
+
+    target = out.resolve()
+    for path in protected:
+        folder = path.resolve().parent
+        if folder == target or target in folder.parents:
+            raise ConfigError(
+                f"--out {str(out)!r} holds {str(path)!r}, a file of the study; an export "
+                "there would replace it, so it is refused even with --force; choose a new "
+                f"folder such as {str(folder / 'export')!r}"
+            )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a folder path")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ConfigError(
+                f"--out {str(out)!r} exists and is not empty; choose a new folder or pass "
+                "--force to replace a previous export"
+            )
+        if not is_export(out):
+            raise ConfigError(
+                f"--out {str(out)!r} is not empty and is not a previous export (no "
+                f"{MANIFEST} of format {MANIFEST_FORMAT}); --force replaces only a previous "
+                "export, so choose a new folder"
+            )
+    parent = next(p for p in (target.parent, *target.parent.parents) if p.exists())
+    why = writable_folder(parent)
+    if why is not None:
         raise ConfigError(
-            f"--out {str(out)!r} exists and is not empty; choose a new folder or pass --force "
-            "to replace it"
+            f"--out {str(out)!r}: cannot write in {str(parent)!r} ({why}); choose a writable "
+            "folder"
         )
 
 
@@ -153,8 +205,11 @@ def export(
     trial_number: int | None = None,
     weights: Weights | None = None,
     max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
     force: bool = False,
     tolerance: float = TOLERANCE,
+    retime: bool = False,
+    protected: Sequence[Path] = (),
     hub_repo: str | None = None,
 ) -> ExportResult:
     """Rebuild, save, verify and move into ``out`` one trial of ``study``; ``hub_repo`` is the
@@ -164,8 +219,8 @@ def export(
     from autoslim.operators.precision import torch_dtype
 
     out = Path(out)
-    trial, reason = select_trial(study, trial_number, weights, max_ppl_increase)
-    check_destination(out, force)
+    trial, reason = select_trial(study, trial_number, weights, max_ppl_increase, tighten, retime)
+    check_destination(out, force, [*study_files(study), *protected])
     config = _study_setup(study)
     recipe = trial.recipe
     stored = trial.measurement
@@ -248,6 +303,7 @@ def export(
             "recipe": recipe.to_dict(),
             "recipe_summary": recipe.describe(),
             "stored_measurement": stored,
+            "stored_tasks": trial.tasks,
             "build": trial.build,
             "verification": verification,
             "corpus": {"name": corpus.name, "fingerprint": corpus.fingerprint},

@@ -48,6 +48,7 @@ def test_measure_prints_a_table(capsys):
         (["--model", "/does/not/exist"], "does not exist"),
         (["--text", "/does/not/exist.txt"], "exist.txt"),
         (["--window", "64", "--stride", "65"], "stride=65"),
+        (["--window", "100000"], "window of at most 256"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, needle):

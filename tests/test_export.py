@@ -171,17 +171,22 @@ def test_pruned_trial_reloads_with_its_smaller_shapes(built, tmp_path):
     assert abs(result.relative_difference) <= 1e-4
 
 
-def test_force_replaces_a_non_empty_folder(built, tmp_path):
+def test_force_replaces_only_a_previous_export(built, tmp_path):
     study, _ = built
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
     with pytest.raises(ConfigError, match="exists and is not empty"):
         export(study, out, trial_number=0)
+    with pytest.raises(ConfigError, match="is not a previous export"):
+        export(study, out, trial_number=0, force=True)
     assert [p.name for p in out.iterdir()] == ["old.txt"]
-    export(study, out, trial_number=0, force=True)
-    assert not (out / "old.txt").exists() and (out / MANIFEST).is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    previous = tmp_path / "previous"
+    export(study, previous, trial_number=0)
+    (previous / "stale.txt").write_text("stale")
+    export(study, previous, trial_number=0, force=True)
+    assert not (previous / "stale.txt").exists() and (previous / MANIFEST).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "previous"]
 
 
 @pytest.mark.parametrize(

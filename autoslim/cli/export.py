@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from autoslim.cli._common import print_json
-from autoslim.cli._study_args import add_study_args, open_study
-from autoslim.cli.pick import add_choice_args
+from autoslim.cli._study_args import add_study_args, open_study, study_arg_files
+from autoslim.cli.pick import add_choice_args, tightened
 
 
 def register(subparsers: Any) -> None:
@@ -58,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
         trial_number=args.trial,
         weights=weights,
         max_ppl_increase=args.max_ppl_increase,
+        tighten=tightened(args),
         force=args.force,
+        retime=args.retime,
+        protected=study_arg_files(args),
         hub_repo=args.push_to_hub,
     )
     pushed = (

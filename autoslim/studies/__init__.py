@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from importlib import resources
+from pathlib import Path
 
 from autoslim.config import STUDY_NAME
 from autoslim.errors import ConfigError
@@ -24,11 +25,16 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml")))
 
 
-def read_text(name: str) -> str:
-    """The text of the bundled study file ``NAME.toml``."""
+def path(name: str) -> Path:
+    """The file of the bundled study ``NAME.toml`` (an installed package is a folder)."""
     if name not in names():
         raise ConfigError(f"no bundled study {name!r}; choose one of {', '.join(names())}")
-    return (resources.files(__name__) / f"{name}.toml").read_text(encoding="utf-8")
+    return Path(str(resources.files(__name__) / f"{name}.toml"))
+
+
+def read_text(name: str) -> str:
+    """The text of the bundled study file ``NAME.toml``."""
+    return path(name).read_text(encoding="utf-8")
 
 
 def _set(text: str, section: str, key: str, value: str) -> str:
