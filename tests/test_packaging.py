@@ -48,6 +48,17 @@ def test_init_text_is_the_commented_example_with_name_model_and_device():
     assert all(c.replace("example-llama", "mine") in text for c in comments)
 
 
+def test_init_shortens_the_window_to_the_model_context():
+    text = studies.init_text("mine", context=256)
+    assert tomllib.loads(text)["workload"]["protocol"]["window"] == 256
+    long = studies.init_text("mine", context=100_000)
+    assert long.count("window = ") == studies.read_text(studies.TEMPLATE).count("window = ")
+    assert (
+        tomllib.loads(long)["workload"]["protocol"]
+        == tomllib.loads(studies.read_text(studies.TEMPLATE))["workload"]["protocol"]
+    )
+
+
 def test_init_rejects_a_name_a_study_cannot_have():
     with pytest.raises(ConfigError, match="use letters, digits"):
         studies.init_text("my study")

@@ -51,10 +51,13 @@ def _set(text: str, section: str, key: str, value: str) -> str:
     return text[: found.start()] + line_text + text[found.end() :]
 
 
-def init_text(name: str, model: str = "reference", device: str = "cpu") -> str:
+def init_text(
+    name: str, model: str = "reference", device: str = "cpu", context: int | None = None
+) -> str:
     """A commented study file named ``name`` for ``model`` on ``device``: the text of
-    ``example-llama.toml`` with its study name, model and device set (every other key and
-    comment as they are)."""
+    ``example-llama.toml`` with its study name, model and device set, and its perplexity window
+    shortened to ``context`` (the model's context length, when known) if it is longer; every
+    other key and comment as they are."""
     if not STUDY_NAME.fullmatch(name):
         raise ConfigError(f"study name {name!r}: use letters, digits, '-', '_' or '.' only")
     text = read_text(TEMPLATE)
@@ -63,6 +66,11 @@ def init_text(name: str, model: str = "reference", device: str = "cpu") -> str:
     body = _set(body, "study", "name", name)
     body = _set(body, "model", "name", model)
     body = _set(body, "model", "device", device)
+    window = re.search(r"^protocol = \{ window = (\d+)", body, flags=re.MULTILINE)
+    if window is None:
+        raise ValueError(f"{TEMPLATE}.toml has no workload.protocol window")
+    if context is not None and int(window.group(1)) > context:
+        body = body[: window.start(1)] + str(context) + body[window.end(1) :]
     lines = header.splitlines()
     intro = [
         f"# Study {name!r}, written by `autoslim init` from autoslim's {TEMPLATE}.toml. Check",
