@@ -8,16 +8,17 @@ or the time limit is reached. What a stored study holds (other commands read it)
   ``max_ppl_increase``, ``corpus_fingerprint``, ``model``, ``seed``, ``cost_model`` (the
   stage costs measured at the latest start, :class:`autoslim.costs.CostModel`); metric names
   set.
-- trial user_attrs (JSON only): ``recipe`` (full Recipe), every numeric figure of the
-  measurement flat under its own name (``perplexity``, ``size_bytes``, ``peak_memory_bytes``,
-  ``top1_agreement``, ``teacher_kl``, ``cpu_wait_fraction``, ``seconds_cv``…: sortable in
-  dashboards) and ``energy_source``, ``build``,
+- trial user_attrs (JSON only): ``recipe_summary`` (the recipe in one line), every numeric
+  figure of the measurement flat under its own name (``perplexity``, ``size_bytes``,
+  ``peak_memory_bytes``, ``top1_agreement``, ``teacher_kl``, ``cpu_wait_fraction``,
+  ``seconds_cv``…: sortable in dashboards) and ``energy_source``,
   ``constraint`` (``[ppl / base − 1 − max_ppl_increase]``, ≤ 0 feasible), ``fail_reason``
   on FAIL, ``prune_reason`` on PRUNED, ``is_base`` on the base-model trial, plus
   ``known`` (label of an enqueued known recipe), ``duplicate_of``, ``over_budget``,
   ``interrupted``, ``worker`` and (journal storage only) ``heartbeat`` bookkeeping.
-- trial system attrs: ``autoslim:measurement`` (the full Measurement record, out of plot
-  hovers and the dashboard's 1,024-character attr cut), the constraint as Optuna 5's
+- trial system attrs: ``autoslim:measurement`` (the full Measurement record),
+  ``autoslim:recipe`` (every knob) and ``autoslim:build`` (stage seconds and build info), out
+  of plot hovers and the dashboard's 1,024-character attr cut; the constraint as Optuna 5's
   ``constraints:perplexity_increase`` and as the older ``constraints`` list, the only one
   optuna-dashboard 0.21 reads. Read all of it back with :func:`autoslim.trials.read_trials`.
 
@@ -62,10 +63,13 @@ from autoslim.storage import (
     retry_callback,
 )
 from autoslim.trials import (
+    BUILD_ATTR,
     MEASUREMENT_ATTR,
     constraint_system_attrs,
+    has_recipe,
     is_interrupted,
     measurement_user_attrs,
+    recipe_attrs,
     recipe_of,
 )
 from autoslim.worker import DEFAULT_OBJECTIVE, TrialResult, Worker
@@ -413,7 +417,9 @@ def _record(
     trial.set_user_attr("worker", {**trial.user_attrs.get("worker", {}), **result.worker})
     if result.status == "abandoned":
         trial.set_user_attr("prune_reason", result.reason)
-        trial.set_user_attr("build", {"stage_seconds": {}, "info": result.payload})
+        _set_system_attrs(
+            study, trial, {BUILD_ATTR: {"stage_seconds": {}, "info": result.payload}}
+        )
         study.tell(trial, state=TrialState.PRUNED)
         return TrialState.PRUNED
     if result.status != "done":
@@ -424,7 +430,7 @@ def _record(
     _set_system_attrs(study, trial, {MEASUREMENT_ATTR: measurement})
     for key, value in measurement_user_attrs(measurement).items():
         trial.set_user_attr(key, value)
-    trial.set_user_attr("build", result.payload.get("build", {}))
+    _set_system_attrs(study, trial, {BUILD_ATTR: result.payload.get("build", {})})
     tasks = result.payload.get("tasks", {})
     skipped = result.payload.get("tasks_skipped")
     if tasks:
@@ -585,7 +591,10 @@ def run_study(
                 with _Heartbeat(storage, trial, run.heartbeat_seconds):
                     is_base = bool(trial.user_attrs.get("is_base"))
                     recipe = recipe_for(trial, config)
-                    trial.set_user_attr("recipe", recipe.to_dict())
+                    system, user = recipe_attrs(recipe)
+                    _set_system_attrs(study, trial, system)
+                    for key, value in user.items():
+                        trial.set_user_attr(key, value)
                     trial.set_user_attr("worker", host)
                     latest = study.get_trials(deepcopy=False)
                     if _over_budget(latest, trial, run.n_trials):
@@ -740,7 +749,7 @@ def _find_evaluated(trials: list[FrozenTrial], recipe: Recipe, number: int) -> i
             continue
         if t.state == TrialState.RUNNING and _start_order(t) > _start_order(mine):
             continue
-        if "recipe" in t.user_attrs and recipe_of(t) == recipe:
+        if has_recipe(t) and recipe_of(t) == recipe:
             return t.number
     return None
 

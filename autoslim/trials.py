@@ -30,6 +30,10 @@ from autoslim.recipe import Recipe
 # The trial system attr holding the full Measurement record (see ``study._record``): system
 # attrs stay out of Optuna's plot hovers and the dashboard's 1,024-character attr cut.
 MEASUREMENT_ATTR = "autoslim:measurement"
+# The same for the full recipe (every knob, fixed ones included) and the build record; the
+# ``recipe_summary`` user attr says the recipe in one line where dashboards show attrs.
+RECIPE_ATTR = "autoslim:recipe"
+BUILD_ATTR = "autoslim:build"
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,20 @@ def measurement_of(trial: FrozenTrial) -> dict[str, Any]:
 
 
 def recipe_of(trial: FrozenTrial) -> Recipe:
-    """The recipe a stored trial evaluated: its ``recipe`` record, else its params."""
-    return Recipe.from_params(trial.user_attrs.get("recipe", trial.params))
+    """The recipe a stored trial evaluated: its recipe record (the ``autoslim:recipe`` system
+    attr, or the ``recipe`` user attr of studies written before), else its params."""
+    stored = trial.system_attrs.get(RECIPE_ATTR, trial.user_attrs.get("recipe", trial.params))
+    return Recipe.from_params(stored)
+
+
+def has_recipe(trial: FrozenTrial) -> bool:
+    """Whether the trial stores its recipe record (a trial just asked for may not yet)."""
+    return RECIPE_ATTR in trial.system_attrs or "recipe" in trial.user_attrs
+
+
+def recipe_attrs(recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (system, user) attrs that store a trial's recipe."""
+    return {RECIPE_ATTR: recipe.to_dict()}, {"recipe_summary": recipe.describe()}
 
 
 def _constraints(trial: FrozenTrial) -> tuple[float, ...]:
@@ -151,7 +167,7 @@ def record(trial: FrozenTrial, names: Sequence[str]) -> TrialRecord:
     duration = None
     if trial.datetime_start is not None and trial.datetime_complete is not None:
         duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
-    build = attrs.get("build")
+    build = trial.system_attrs.get(BUILD_ATTR, attrs.get("build"))
     return TrialRecord(
         number=trial.number,
         state=trial.state,

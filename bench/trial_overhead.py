@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from autoslim import config as study_config
 from autoslim.cli.demo import DEMO_FILE
 from autoslim.study import counts_toward_total, run_study
+from autoslim.trials import record
 from bench.machine import Load, describe, machine
 
 GOAL_RATIO = 1.05
@@ -88,7 +89,7 @@ def main() -> None:
         wall = seconds(t)
         hop = hops[i] if i < len(hops) else float("nan")
         worker = wall - hop
-        build = sum(t.user_attrs.get("build", {}).get("stage_seconds", {}).values())
+        build = sum(record(t, study.metric_names).build.get("stage_seconds", {}).values())
         worker_total += worker
         rss_bytes = int((t.user_attrs.get("worker") or {}).get("rss_bytes", 0))
         rss.append((i + 1, rss_bytes))

@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import optuna
 import pytest
@@ -354,3 +360,82 @@ def test_push_to_an_unreachable_hub_is_one_line_and_keeps_the_export(built, tmp_
     assert err.startswith("autoslim export: error: --push-to-hub me/tiny:")
     assert len(err.splitlines()) == 1 and str(out) in err
     assert (out / CARD).is_file() and (out / MANIFEST).is_file()
+
+
+class _StubHub(BaseHTTPRequestHandler):
+    """The four Hub endpoints ``create_repo`` + ``upload_folder`` call, files kept in memory
+    (every file sent inline: the stub answers ``uploadMode: regular`` to the pre-upload)."""
+
+    received: ClassVar[dict[str, bytes]] = {}
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _send(self, obj: object, code: int = 200) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._send({"error": "not in this stub"}, 404)
+
+    def do_POST(self) -> None:
+        data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        host = f"http://{self.headers['Host']}"
+        if self.path.endswith("/api/repos/create"):
+            self._send({"url": f"{host}/me/tiny", "name": "me/tiny"})
+        elif self.path.endswith("/api/validate-yaml"):
+            self._send({"errors": [], "warnings": []})
+        elif "/preupload/" in self.path:
+            files = json.loads(data)["files"]
+            modes = [
+                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+            ]
+            self._send({"files": modes})
+        elif "/commit/" in self.path:
+            for line in data.decode().splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    value = item["value"]
+                    self.received[value["path"]] = base64.b64decode(value["content"])
+            self._send({"commitUrl": f"{host}/me/tiny/commit/1", "commitOid": "1" * 40})
+        else:
+            self._send({"error": "not in this stub"}, 404)
+
+
+def test_push_to_hub_uploads_every_file_of_the_export(built, tmp_path):
+    _, storage = built
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StubHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+        "HF_HOME": str(tmp_path / "hf"),  # no cached login of this machine
+        "HF_TOKEN": "hf_stub",
+    }
+    out = tmp_path / "pushed"
+    argv = ["export", storage, "--study-name", "built", "--trial", "0", "--out", str(out)]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "autoslim", *argv, "--push-to-hub", "me/tiny", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        server.shutdown()
+        thread.join()
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["pushed_to"].endswith("/me/tiny/commit/1")
+    assert "hf_stub" not in done.stdout + done.stderr
+    sent = _StubHub.received
+    assert set(sent) == {p.name for p in out.iterdir()}
+    assert all(sent[name] == (out / name).read_bytes() for name in sent)
+    assert 'model="me/tiny"' in sent[CARD].decode()  # the card loads it from the Hub

@@ -30,7 +30,7 @@ def test_root_studies_are_the_bundled_files():
     for name in studies.names():
         link = ROOT / "studies" / f"{name}.toml"
         assert link.read_text(encoding="utf-8") == studies.read_text(name)
-    assert {p.stem for p in (ROOT / "studies").glob("*.toml")} == set(studies.names())
+        assert link.is_symlink()
 
 
 def test_init_text_is_the_commented_example_with_name_model_and_device():
@@ -46,6 +46,17 @@ def test_init_text_is_the_commented_example_with_name_model_and_device():
     example = studies.read_text(studies.TEMPLATE)
     comments = [line.split("#", 1)[1] for line in example.splitlines()[5:] if "#" in line]
     assert all(c.replace("example-llama", "mine") in text for c in comments)
+
+
+def test_init_shortens_the_window_to_the_model_context():
+    text = studies.init_text("mine", context=256)
+    assert tomllib.loads(text)["workload"]["protocol"]["window"] == 256
+    long = studies.init_text("mine", context=100_000)
+    assert long.count("window = ") == studies.read_text(studies.TEMPLATE).count("window = ")
+    assert (
+        tomllib.loads(long)["workload"]["protocol"]
+        == tomllib.loads(studies.read_text(studies.TEMPLATE))["workload"]["protocol"]
+    )
 
 
 def test_init_rejects_a_name_a_study_cannot_have():

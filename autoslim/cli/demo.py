@@ -8,8 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from autoslim import studies
+
 # The bundled study the demo runs (autoslim/studies/demo.toml, package data).
 DEMO = "demo"
+DEMO_FILE = studies.path(DEMO)
 
 
 def register(subparsers: Any) -> None:
@@ -30,7 +33,6 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autoslim import config as study_config
-    from autoslim import studies
     from autoslim import study as search
     from autoslim.cli.search import run_search
     from autoslim.export import export

@@ -29,11 +29,17 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim import models, studies
+    from autoslim import studies
     from autoslim.errors import ConfigError
-    from autoslim.measure.workload import context_length
 
-    context = context_length(models.load_config(args.model))
+    context = None
+    if args.model == "reference" or Path(args.model).is_dir():
+        # a model on disk: its context bounds the perplexity window (a hub id is checked by
+        # `search --check`, where the hub is reachable)
+        from autoslim.measure.workload import context_length
+        from autoslim.models import load_config
+
+        context = context_length(load_config(args.model))
     text = studies.init_text(args.name, model=args.model, device=args.device, context=context)
     path = Path(f"{args.name}.toml")
     if path.exists() and not args.force:

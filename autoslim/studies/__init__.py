@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from importlib import resources
+from pathlib import Path
 
 from autoslim.config import STUDY_NAME
 from autoslim.errors import ConfigError
@@ -24,11 +25,16 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml")))
 
 
-def read_text(name: str) -> str:
-    """The text of the bundled study file ``NAME.toml``."""
+def path(name: str) -> Path:
+    """The file of the bundled study ``NAME.toml`` (an installed package is a folder)."""
     if name not in names():
         raise ConfigError(f"no bundled study {name!r}; choose one of {', '.join(names())}")
-    return (resources.files(__name__) / f"{name}.toml").read_text(encoding="utf-8")
+    return Path(str(resources.files(__name__) / f"{name}.toml"))
+
+
+def read_text(name: str) -> str:
+    """The text of the bundled study file ``NAME.toml``."""
+    return path(name).read_text(encoding="utf-8")
 
 
 def _set(text: str, section: str, key: str, value: str) -> str:
@@ -45,23 +51,13 @@ def _set(text: str, section: str, key: str, value: str) -> str:
     return text[: found.start()] + line_text + text[found.end() :]
 
 
-def _fit_window(text: str, context: int | None) -> str:
-    """``text`` with the workload's ``protocol = { window = N`` lowered to ``context``."""
-    found = re.search(r"^(protocol = \{ window = )(\d+)", text, flags=re.MULTILINE)
-    if found is None:
-        raise ValueError(f"{TEMPLATE}.toml has no workload protocol window")
-    if context is None or int(found.group(2)) <= context:
-        return text
-    return text[: found.start(2)] + str(context) + text[found.end(2) :]
-
-
 def init_text(
     name: str, model: str = "reference", device: str = "cpu", context: int | None = None
 ) -> str:
     """A commented study file named ``name`` for ``model`` on ``device``: the text of
-    ``example-llama.toml`` with its study name, model and device set, and its perplexity
-    window shortened to the model's ``context`` where that is shorter (every other key and
-    comment as they are)."""
+    ``example-llama.toml`` with its study name, model and device set, and its perplexity window
+    shortened to ``context`` (the model's context length, when known) if it is longer; every
+    other key and comment as they are."""
     if not STUDY_NAME.fullmatch(name):
         raise ConfigError(f"study name {name!r}: use letters, digits, '-', '_' or '.' only")
     text = read_text(TEMPLATE)
@@ -70,7 +66,11 @@ def init_text(
     body = _set(body, "study", "name", name)
     body = _set(body, "model", "name", model)
     body = _set(body, "model", "device", device)
-    body = _fit_window(body, context)
+    window = re.search(r"^protocol = \{ window = (\d+)", body, flags=re.MULTILINE)
+    if window is None:
+        raise ValueError(f"{TEMPLATE}.toml has no workload.protocol window")
+    if context is not None and int(window.group(1)) > context:
+        body = body[: window.start(1)] + str(context) + body[window.end(1) :]
     lines = header.splitlines()
     intro = [
         f"# Study {name!r}, written by `autoslim init` from autoslim's {TEMPLATE}.toml. Check",

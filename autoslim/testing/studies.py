@@ -34,10 +34,12 @@ from autoslim.config import (
 from autoslim.measure.measurement import CONTENDED
 from autoslim.recipe import BITS, QUANT_TYPES, Recipe
 from autoslim.trials import (
+    BUILD_ATTR,
     CONSTRAINT,
     MEASUREMENT_ATTR,
     constraint_system_attrs,
     measurement_user_attrs,
+    recipe_attrs,
 )
 
 # The knobs a search samples, with the distributions these fake trials record for them.
@@ -198,18 +200,18 @@ def _frozen(
     limits: Sequence[Limit],
 ) -> optuna.trial.FrozenTrial:
     params = {k: v for k, v in trial.recipe.to_params().items() if k in DISTRIBUTIONS}
-    user_attrs: dict[str, Any] = {"recipe": trial.recipe.to_dict(), **trial.extra_attrs}
+    system_attrs, user_attrs = recipe_attrs(trial.recipe)
+    user_attrs |= trial.extra_attrs
     if trial.is_base:
         user_attrs["is_base"] = True
     values = None
-    system_attrs: dict[str, Any] = {}
     if trial.state == TrialState.COMPLETE:
         measurement = measurement_dict(trial, fingerprint)
         values = [float(measurement[name]) for name in objectives]
         violations = {CONSTRAINT: trial.perplexity / budget - 1.0}
         violations |= {limit.name: limit.violation(measurement) for limit in limits}
         user_attrs |= measurement_user_attrs(measurement)
-        user_attrs["build"] = {"stage_seconds": {"quantize": 0.1}, "info": {}}
+        system_attrs[BUILD_ATTR] = {"stage_seconds": {"quantize": 0.1}, "info": {}}
         user_attrs["constraint"] = list(violations.values())
         system_attrs[MEASUREMENT_ATTR] = measurement
         system_attrs |= constraint_system_attrs(violations)

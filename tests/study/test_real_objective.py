@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from autoslim import config, study
 from autoslim.costs import CostModel
 from autoslim.measure import Measurement
-from autoslim.trials import measurement_of
+from autoslim.trials import measurement_of, record
 from tests.study.conftest import write_study
 
 pytestmark = pytest.mark.slow
@@ -62,6 +62,6 @@ def test_three_real_trials_on_a_tiny_model(tmp_path: Path) -> None:
         assert t.state == TrialState.COMPLETE
         m = Measurement.from_dict(measurement_of(t))
         assert t.values == [getattr(m, name) for name in s.metric_names]
-        assert t.user_attrs["build"]["stage_seconds"]
+        assert record(t, s.metric_names).build["stage_seconds"]
     assert s.user_attrs["base_perplexity"] == s.trials[0].values[0]
     assert len(s.user_attrs["corpus_fingerprint"]) == 16

@@ -14,7 +14,14 @@ from optuna.trial import TrialState
 
 from autoslim import config, storage, study
 from autoslim.recipe import Recipe
-from autoslim.trials import MEASUREMENT_ATTR, is_interrupted, measurement_of, recipe_of, record
+from autoslim.trials import (
+    MEASUREMENT_ATTR,
+    has_recipe,
+    is_interrupted,
+    measurement_of,
+    recipe_of,
+    record,
+)
 from tests.study.conftest import FAKE, postgres_url, run_fake_study
 
 pytestmark = pytest.mark.slow
@@ -50,7 +57,9 @@ def test_three_trials_complete_and_reload(study_file) -> None:
     assert attrs["seed"] == 0 and attrs["model"]
     for t in s.trials:
         json.dumps(t.user_attrs)  # JSON only
-        assert Recipe.from_params(t.params) == Recipe.from_params(t.user_attrs["recipe"])
+        assert Recipe.from_params(t.params) == recipe_of(t)
+        assert t.user_attrs["recipe_summary"] == recipe_of(t).describe()  # full one not in hovers
+        assert "recipe" not in t.user_attrs and "build" not in t.user_attrs
         measurement = t.system_attrs[MEASUREMENT_ATTR]
         assert measurement_of(t) == measurement
         assert t.values == [measurement[k] for k in s.metric_names]
@@ -179,7 +188,7 @@ def test_kill_minus_9_mid_trial_then_resume(study_file) -> None:
         except Exception:
             continue
         done = [t for t in trials if t.state == TrialState.COMPLETE]
-        running = [t for t in trials if t.state == TrialState.RUNNING and "recipe" in t.user_attrs]
+        running = [t for t in trials if t.state == TrialState.RUNNING and has_recipe(t)]
         if len(done) >= 2 and running:
             victim = running[0]
             break

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from autoslim import config, storage, study
 from autoslim.cli import main
 from autoslim.cli.worker import load_config
-from autoslim.trials import is_interrupted, recipe_of
+from autoslim.trials import has_recipe, is_interrupted, recipe_of
 from tests.study.conftest import FAKE, postgres_url, run_fake_study
 
 pytestmark = pytest.mark.slow
@@ -108,7 +108,7 @@ def test_a_worker_killed_mid_trial_is_retried_by_another(study_file, tmp_path) -
                     t
                     for t in trials
                     if t.state == TrialState.RUNNING
-                    and "recipe" in t.user_attrs
+                    and has_recipe(t)
                     and t.user_attrs.get("worker", {}).get("worker_id") == 0
                     and not t.user_attrs.get("is_base")
                 ),
