@@ -674,6 +674,9 @@ def check_against_model(config: StudyConfig) -> None:
     except ModelError as e:
         raise ConfigError(f"{config.path}: model.name: {e}") from e
     _check_recipes(config, model_config)
+    from autoslim.budgets import check_reachable as check_budgets
+
+    check_budgets(config, model_config)
 
 
 def extreme_recipes(space: SearchSpace) -> list[Recipe]:
