@@ -124,15 +124,19 @@ class DataSection:
 @dataclass(frozen=True)
 class EarlyAbort:
     """Abandon a recipe whose perplexity after the cheap stages (structured prune, drop heads)
-    exceeds ``max_ppl_ratio`` × the base model's, measured on ``windows`` eval windows."""
+    exceeds ``max_ppl_ratio`` × the base model's, measured on ``windows`` eval windows (None:
+    derived from the measured cost model, :func:`autoslim.costs.early_abort_windows`)."""
 
     enabled: bool = True
     max_ppl_ratio: float = 4.0
-    windows: int = 8
+    windows: int | None = None
 
 
 @dataclass(frozen=True)
 class RunSection:
+    """``trial_timeout_seconds``: a trial's limit on its own clock (CPU wait excluded,
+    :class:`autoslim.costs.TrialClock`); None: derived per trial from the measured costs."""
+
     name: str
     storage: str
     n_trials: int | None = 20
@@ -141,8 +145,9 @@ class RunSection:
     seed: int = 0
     population_size: int = 8
     startup_trials: int = 4
-    trial_timeout_seconds: float = 1800.0
+    trial_timeout_seconds: float | None = None
     recycle_every: int = 25
+    heartbeat_seconds: int = 10
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,7 @@ class StudyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "study": asdict(self.study),
+            "study": {**asdict(self.study), "storage": mask_url(self.study.storage)},
             "model": asdict(self.model),
             "data": {"text": list(self.data.text), "dataset": self.data.dataset},
             "workload": dict(self.workload),
@@ -231,16 +236,33 @@ def _url(url: str) -> Any:
 
     try:
         return make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return None
 
 
+# Query parameters of a database URL that carry a credential (libpq's password and
+# sslpassword, drivers' tokens and keys); ``passfile`` names a file and is not one.
+CREDENTIAL_PARAM = re.compile(r"pass(?!file)|pwd|secret|token|key", re.IGNORECASE)
+
+
+def url_credentials(url: str) -> list[str]:
+    """The parts of ``url`` that carry a credential: ``password`` and query parameter names."""
+    parsed = _url(url)
+    if parsed is None:
+        return []
+    found = ["password"] if parsed.password is not None else []
+    return found + [k for k in parsed.query if CREDENTIAL_PARAM.search(k)]
+
+
 def mask_url(url: str) -> str:
-    """The URL as it may be shown: any password replaced by ``***``."""
+    """The URL as it may be shown or stored: every credential (the password, query
+    parameters such as ``password`` or ``sslpassword``) replaced by ``***``."""
     parsed = _url(url)
     if parsed is None:
         return url.split("://", 1)[0] + "://..." if "://" in url else url
-    return str(parsed.render_as_string(hide_password=True))
+    query = {k: "***" if CREDENTIAL_PARAM.search(k) else v for k, v in parsed.query.items()}
+    shown = str(parsed.set(query=query).render_as_string(hide_password=True))
+    return shown.replace("%2A%2A%2A", "***")
 
 
 class _Table:
@@ -321,6 +343,13 @@ def load(
         raise ConfigError(f"{where}: cannot read the file ({e})") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{where}: not valid TOML ({e}); fix the syntax there") from e
+    if not raw:
+        # An empty file is a mistake (a truncated copy, the wrong path), not a wish for a
+        # 20-trial study with no time limit on the default model: say so instead of guessing.
+        raise ConfigError(
+            f"{where}: the study file is empty; set at least [study] n_trials or "
+            "time_limit_seconds and [model] name (copy studies/demo.toml to start)"
+        )
     for table, values in (overrides or {}).items():
         current = raw.get(table, {})
         raw[table] = {**(current if isinstance(current, dict) else {}), **values}
@@ -375,9 +404,13 @@ def _positive(table: _Table, name: str, value: float | None, *, allow_none: bool
         raise table.error(name, f"{value!r}: must be a positive number")
 
 
+# What a study name may be made of (it names the study in its storage and its default file).
+STUDY_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def _run_section(t: _Table, file: Path) -> RunSection:
     name = t.get("name", str, file.stem)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+    if not STUDY_NAME.fullmatch(name):
         raise t.error("name", f"{name!r}: use letters, digits, '-', '_' or '.' only")
     storage = t.get("storage", str, "")
     n_trials = t.get("n_trials", int, 20)
@@ -399,11 +432,14 @@ def _run_section(t: _Table, file: Path) -> RunSection:
     startup = t.get("startup_trials", int, 4)
     if startup < 0:
         raise t.error("startup_trials", f"{startup}: must be >= 0")
-    trial_timeout = t.get("trial_timeout_seconds", (int, float), 1800.0)
-    _positive(t, "trial_timeout_seconds", trial_timeout, allow_none=False)
+    trial_timeout = t.get("trial_timeout_seconds", (int, float), None)
+    _positive(t, "trial_timeout_seconds", trial_timeout)
     recycle = t.get("recycle_every", int, 25)
     if recycle < 0:
         raise t.error("recycle_every", f"{recycle}: must be >= 0 (0 = never recycle)")
+    heartbeat = t.get("heartbeat_seconds", int, 10)
+    if heartbeat < 1:
+        raise t.error("heartbeat_seconds", f"{heartbeat}: must be >= 1")
     t.finish()
     return RunSection(
         name=name,
@@ -414,36 +450,45 @@ def _run_section(t: _Table, file: Path) -> RunSection:
         seed=seed,
         population_size=population,
         startup_trials=startup,
-        trial_timeout_seconds=float(trial_timeout),
+        trial_timeout_seconds=trial_timeout,
         recycle_every=recycle,
+        heartbeat_seconds=heartbeat,
     )
 
 
 def _storage(t: _Table, url: str, file: Path, name: str) -> str:
     """The storage URL, checked without creating anything (SQLite beside the study file)."""
+    from autoslim import integrity
+
     if not url:
         url = "sqlite:///" + str((file.parent / f"{name}.db").absolute())
     parsed = _url(url)
     if parsed is None:
         raise t.error(
             "storage",
-            f"{mask_url(url)!r} is not a database URL; write sqlite:///FILE.db or "
-            "postgresql://USER@HOST/DB",
+            f"{mask_url(url)!r} is not a database URL (a port must be a number); write "
+            "sqlite:///FILE.db or postgresql://USER@HOST:5432/DB",
         )
-    if parsed.password is not None:
+    credentials = url_credentials(url)
+    if credentials:
         raise t.error(
             "storage",
-            f"{mask_url(url)!r} holds a password; study files get shared, so remove it from "
-            "the URL and give it to the database client instead (PGPASSWORD or ~/.pgpass for "
-            "PostgreSQL)",
+            f"{mask_url(url)!r} holds a credential ({', '.join(credentials)}); study files "
+            "get shared, so remove it from the URL and give it to the database client "
+            "instead (PGPASSWORD, a passfile or ~/.pgpass for PostgreSQL)",
         )
-    scheme = url.split(":", 1)[0]
-    if scheme == "sqlite":
-        db = url.removeprefix("sqlite:///")
-        if not url.startswith("sqlite:///") or not db or db == ":memory:":
+    from autoslim.storage import SCHEMES, scheme_of
+
+    scheme = scheme_of(url)
+    if scheme not in SCHEMES:
+        kinds = ", ".join(f"{s.example} ({s.use})" for s in SCHEMES.values())
+        raise t.error("storage", f"{mask_url(url)!r}: use one of {kinds}")
+    if SCHEMES[scheme].file:
+        db = url.removeprefix(SCHEMES[scheme].prefix)
+        if not url.startswith(SCHEMES[scheme].prefix) or not db or db == ":memory:":
             raise t.error(
                 "storage",
-                f"{url!r}: write sqlite:///PATH/TO/FILE.db (a file, so the study survives)",
+                f"{url!r}: write {SCHEMES[scheme].example} (a file, so the study survives)",
             )
         target = Path(db)
         parent = target.parent
@@ -456,17 +501,11 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
             raise t.error(
                 "storage", f"folder {str(parent)!r} does not exist; create it or change the path"
             )
-        elif not os.access(parent, os.W_OK | os.X_OK):
+        elif (why := integrity.writable_folder(parent)) is not None:
             raise t.error(
                 "storage",
-                f"folder {str(parent)!r} is not writable; choose a writable folder",
+                f"folder {str(parent)!r} is not writable ({why}); choose a writable folder",
             )
-    elif scheme.split("+")[0] not in ("postgresql", "mysql"):
-        raise t.error(
-            "storage",
-            f"{mask_url(url)!r}: use sqlite:///FILE.db (one machine) or "
-            "postgresql://USER@HOST/DB (many machines)",
-        )
     return url
 
 
@@ -570,14 +609,14 @@ def _early_abort(t: _Table) -> EarlyAbort:
     section = EarlyAbort(
         enabled=t.get("enabled", bool, True),
         max_ppl_ratio=t.get("max_ppl_ratio", float, 4.0),
-        windows=t.get("windows", int, 8),
+        windows=t.get("windows", int, None),
     )
     if not (math.isfinite(section.max_ppl_ratio) and section.max_ppl_ratio > 1):
         raise t.error(
             "max_ppl_ratio",
             f"{section.max_ppl_ratio!r}: must be > 1 (times the base perplexity, e.g. 4)",
         )
-    if section.windows < 1:
+    if section.windows is not None and section.windows < 1:
         raise t.error("windows", f"{section.windows}: must be at least 1")
     t.finish()
     return section
@@ -663,8 +702,9 @@ def _check_value(t: _Table, name: str, key: str, value: Any, field_name: str = "
 
 
 def check_against_model(config: StudyConfig) -> None:
-    """Ask every operator whether the space's extreme recipes can be built for this model on
-    this device (its config only; no weights are loaded)."""
+    """Check the workload fits the model's context and ask every operator whether the space's
+    extreme recipes can be built for this model on this device (its config only; no weights
+    are loaded)."""
     from autoslim import models
 
     try:
@@ -673,6 +713,12 @@ def check_against_model(config: StudyConfig) -> None:
         )
     except ModelError as e:
         raise ConfigError(f"{config.path}: model.name: {e}") from e
+    from autoslim.measure.workload import Workload
+
+    try:
+        Workload.from_dict(config.workload).check_context(model_config)
+    except ConfigError as e:
+        raise ConfigError(f"{config.path}: {e} ({config.model.name})") from e
     _check_recipes(config, model_config)
     from autoslim.budgets import check_reachable as check_budgets
 
@@ -687,10 +733,7 @@ def extreme_recipes(space: SearchSpace) -> list[Recipe]:
 
     categorical = [n for n, k in space.knobs.items() if k.range is None and n != "drop_heads"]
     heads: list[dict[str, Any]] = [{"drop_heads": h} for h in space["drop_heads"].values()]
-    largest = {
-        n: max(space[n].extremes())
-        for n in ("prune_ratio", "drop_layers", "drop_heads_per_layer", "kd_steps")
-    }
+    largest = {n: max(space[n].extremes()) for n in space.knobs if KNOBS[n].extreme}
     out: list[Recipe] = []
     for combo in itertools.product(*(space[n].values() for n in categorical)):
         chosen = dict(zip(categorical, combo, strict=True))

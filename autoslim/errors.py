@@ -29,6 +29,10 @@ class UnsupportedError(AutoslimError):
     """An operator, backend or meter is not available for this model or machine."""
 
 
+class StorageError(AutoslimError):
+    """The study storage is damaged, full, read-only, locked or unreachable."""
+
+
 def reject_unknown(given: Iterable[str], known: Iterable[str], what: str) -> None:
     """Raise ConfigError naming every key of ``given`` that is not ``known``."""
     allowed = sorted(known)

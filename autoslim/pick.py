@@ -20,14 +20,26 @@ no larger than ``w_time * seconds CV + w_energy * joules CV`` (the larger CV of 
 over the repeats of their measurements) is a tie, and ties go to the lower perplexity, then the
 lower score, then the lower trial number. A user who gives up perplexity for speed should get
 speed, not timing noise.
+
+Only timings that can be trusted compete. A trial whose stored timing is flagged
+(:func:`autoslim.retime.untrusted_timing`: measured on a busy CPU, or too noisy) is kept off
+the front and out of the choice, and the reason says so; when no trial within the budget has
+a trusted timing, the stored figures rank them all and the reason says that they cannot be
+trusted (a pick that refused would leave a user on a busy machine with nothing). With
+``retimed`` figures (``pick
+--retime``: :func:`retime_numbers` — the top of the stored ranking, the untrusted trials the
+front would hold, and the base — re-timed side by side in one process), the choice is among
+the re-timed trials, on those figures and their spread, and the reason says when the winner's
+advantage over the base model is within noise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -37,6 +49,7 @@ from autoslim.budgets import BY_KEY, PERPLEXITY, Limit, hardware_limits, limits_
 from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError
 from autoslim.recipe import Recipe
+from autoslim.retime import DEFAULT_TOP, Retimed, untrusted_timing
 from autoslim.trials import TrialRecord, minimised, objective_names, pareto_mask, read_trials
 
 logger = logging.getLogger(__name__)
@@ -250,6 +263,9 @@ class Choice:
     budget: Budget
     ranking: tuple[Candidate, ...]
     reason: str
+    # Trials within the budget kept out because their stored timing is untrusted, and why.
+    held_back: dict[int, str] = field(default_factory=dict)
+    retimed: tuple[int, ...] = ()  # the trials whose figures come from a side-by-side re-timing
 
     @property
     def best(self) -> Candidate:
@@ -268,6 +284,8 @@ class Choice:
             },
             "best_trial": self.best.number,
             "reason": self.reason,
+            "held_back": {str(n): why for n, why in self.held_back.items()},
+            "retimed": list(self.retimed),
             "ranking": [c.to_dict() for c in self.ranking],
         }
 
@@ -280,24 +298,77 @@ def _normalise(values: list[float]) -> list[float]:
     return [v / best - 1 for v in values]
 
 
-def candidates(study: optuna.Study, budget: Budget) -> list[TrialRecord]:
-    """The trials that meet ``budget`` (and the study's stored constraints) and are Pareto-
-    optimal among those in the study's objectives (maximised ones negated), by number."""
-    names = objective_names(study)
-    within = [
+def within(study: optuna.Study, budget: Budget) -> list[TrialRecord]:
+    """The feasible COMPLETE trials that meet ``budget`` (and the study's stored
+    constraints), by number."""
+    return [
         r for r in read_trials(study, (TrialState.COMPLETE,)) if r.feasible and budget.admits(r)
     ]
-    front = pareto_mask([minimised(study, r, names) for r in within])
-    return [r for r, on in zip(within, front, strict=True) if on]
 
 
-def rank(
+def _front(study: optuna.Study, pool: list[TrialRecord]) -> list[TrialRecord]:
+    """The Pareto-optimal trials of ``pool`` in the study's objectives (maximised ones
+    negated)."""
+    names = objective_names(study)
+    mask = pareto_mask([minimised(study, r, names) for r in pool])
+    return [r for r, keep in zip(pool, mask, strict=True) if keep]
+
+
+def _with_retimed(trial: TrialRecord, figures: Retimed) -> TrialRecord:
+    """The trial with its seconds (and joules, where metered per run) from the re-timing."""
+    values = dict(trial.values)
+    measurement = dict(trial.measurement)
+    new = {"seconds": (figures.seconds, figures.seconds_cv)}
+    if math.isfinite(figures.joules):
+        new["joules"] = (figures.joules, figures.joules_cv)
+    for name, (value, cv) in new.items():
+        if name in values:
+            values[name] = value
+            measurement[f"{name}_cv"] = cv
+    return replace(trial, values=values, measurement=measurement)
+
+
+def candidates(
+    study: optuna.Study, budget: Budget, retimed: Mapping[int, Retimed] | None = None
+) -> list[TrialRecord]:
+    """The Pareto-optimal trials within ``budget`` among those whose timing is trusted, by
+    number: the ``retimed`` ones on their re-timed figures, else those whose stored timing
+    is not flagged (:func:`untrusted_timing`)."""
+    if retimed is not None:
+        pool = [
+            _with_retimed(r, retimed[r.number])
+            for r in within(study, budget)
+            if r.number in retimed
+        ]
+    else:
+        pool = [r for r in within(study, budget) if not untrusted_timing(r)]
+    return _front(study, pool)
+
+
+def retime_numbers(
     study: optuna.Study,
     weights: Weights,
     max_ppl_increase: float | None = None,
     tighten: Mapping[str, float] | None = None,
-) -> Choice:
-    """Rank the Pareto-optimal trials within the budget by weighted time and energy."""
+    top: int = DEFAULT_TOP,
+) -> list[int]:
+    """What ``pick --retime`` re-times: the base trial, the ``top`` of the stored ranking,
+    and the untrusted trials the front would hold if their timings stood."""
+    budget = _budget(study, max_ppl_increase, tighten)
+    pool = within(study, budget)
+    numbers = [r.number for r in pool if r.is_base]
+    with contextlib.suppress(ConfigError):  # no trusted candidate: the untrusted ones are
+        ranking = rank(study, weights, max_ppl_increase, tighten).ranking
+        numbers += [c.number for c in ranking[:top]]
+    numbers += [r.number for r in _front(study, pool) if untrusted_timing(r)]
+    return list(dict.fromkeys(numbers))
+
+
+def _budget(
+    study: optuna.Study,
+    max_ppl_increase: float | None,
+    tighten: Mapping[str, float] | None = None,
+) -> Budget:
     budget = study_budget(study, max_ppl_increase, tighten)
     if budget is None:
         raise ConfigError(
@@ -305,6 +376,20 @@ def rank(
             "has no perplexity budget; it was not written by `autoslim search`, or its base "
             "model trial never finished: run the search again"
         )
+    return budget
+
+
+def rank(
+    study: optuna.Study,
+    weights: Weights,
+    max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
+    retimed: Mapping[int, Retimed] | None = None,
+) -> Choice:
+    """Rank the Pareto-optimal trials within the budget by weighted time and energy, on
+    trusted stored timings or on ``retimed`` figures (see the module doc); ``tighten``:
+    budget flags, as for pick."""
+    budget = _budget(study, max_ppl_increase, tighten)
     names = objective_names(study)
     if "perplexity" not in names:
         raise ConfigError(
@@ -312,7 +397,12 @@ def rank(
             "ranks within a perplexity budget, so it needs a study that minimises perplexity"
         )
     weighted = objective_weights(weights, names)
-    front = candidates(study, budget)
+    held_back = {}
+    if retimed is None:
+        held_back = {r.number: why for r in within(study, budget) if (why := untrusted_timing(r))}
+    front = candidates(study, budget, retimed)
+    if not front and held_back:  # nothing trusted: rank the stored figures, and say so
+        front = _front(study, within(study, budget))
     if not front:
         raise ConfigError(_nothing_meets(study, budget))
     norms = {n: _normalise([r.values[n] for r in front]) for n in weighted}
@@ -326,8 +416,77 @@ def rank(
     winner = min(tied, key=lambda c: (c.perplexity, c.score, c.number))
     ranking = (winner, *(c for c in by_score if c is not winner))
     logger.info("ranked %d candidates under %s", len(ranking), budget.describe())
-    reason = _reason(ranking, lowest, weighted, budget)
-    return Choice(weights, weighted, names, budget, ranking, reason)
+    reason = _reason(ranking, lowest, weighted, budget) + _trust_note(
+        ranking, weighted, held_back, retimed
+    )
+    return Choice(
+        weights, weighted, names, budget, ranking, reason, held_back, tuple(sorted(retimed or ()))
+    )
+
+
+def choose(
+    study: optuna.Study,
+    weights: Weights,
+    max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
+    *,
+    retime: bool = False,
+) -> Choice:
+    """:func:`rank` on stored timings, or (``retime``) re-time :func:`retime_numbers` side by
+    side here first and rank on those figures."""
+    if not retime:
+        return rank(study, weights, max_ppl_increase, tighten)
+    from autoslim import retime as retiming
+
+    numbers = retime_numbers(study, weights, max_ppl_increase, tighten)
+    logger.info("re-timing trials %s side by side", numbers)
+    return rank(study, weights, max_ppl_increase, tighten, retiming.retime(study, numbers))
+
+
+def _trust_note(
+    ranking: tuple[Candidate, ...],
+    weights: dict[str, float],
+    held_back: dict[int, str],
+    retimed: Mapping[int, Retimed] | None,
+) -> str:
+    """What the choice's timings rest on: held-back trials, the re-timing, noise vs the base."""
+    text = ""
+    shown = "; ".join(f"trial {n}: {why}" for n, why in sorted(held_back.items()))
+    if held_back and ranking[0].number in held_back:
+        text += (
+            f". No candidate's timing can be trusted ({shown}), so these stored figures rank "
+            "them anyway: `autoslim pick --retime` re-times them side by side before you rely "
+            "on this choice"
+        )
+    elif held_back:
+        text += (
+            f". Kept out until re-timed ({shown}): `autoslim pick --retime` re-times them "
+            "beside the top candidates and the base"
+        )
+    if retimed:
+        some = next(iter(retimed.values()))
+        busy = [n for n, f in retimed.items() if f.contended]
+        text += (
+            f". Figures from re-timing trials {', '.join(map(str, sorted(retimed)))} side by "
+            f"side ({some.rounds} interleaved rounds)"
+            + (
+                f", trial(s) {', '.join(map(str, busy))} waited for a CPU meanwhile"
+                if busy
+                else ""
+            )
+        )
+    best = ranking[0]
+    base = next((c for c in ranking if c.is_base), None)
+    if weights and base is not None and base is not best:
+        gap = base.score - best.score
+        if gap <= best.noise(base, weights):
+            text += (
+                f". Its advantage over the base model (score {gap:.3f}) is within measurement "
+                f"noise ({best.noise(base, weights):.3f})"
+            )
+    elif weights and base is None and retimed is None:
+        text += ". The base model is not among the candidates: nothing here says it is slower"
+    return text
 
 
 def _candidate(

@@ -25,6 +25,7 @@ import itertools
 import logging
 import math
 import statistics
+import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -35,10 +36,13 @@ import optuna
 from optuna.trial import TrialState
 
 from autoslim import __version__
+from autoslim.config import RunSection
 from autoslim.errors import ConfigError
 from autoslim.operators import KNOBS
 from autoslim.pick import PRESETS, Budget, rank, study_budget
 from autoslim.recipe import Recipe, format_heads
+from autoslim.retime import stored_retimings
+from autoslim.storage import GRACE_BEATS, is_stale
 from autoslim.trials import (
     TrialRecord,
     best_numbers,
@@ -46,6 +50,7 @@ from autoslim.trials import (
     objective_names,
     pareto_mask,
     read_trials,
+    stored_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -138,12 +143,15 @@ class SummaryInfo(NamedTuple):
     # the flags seen.
     timing_flagged: tuple[int, tuple[str, ...]]
     choice: str  # the balanced pick and why, or why there is none
+    # RUNNING trials whose heartbeat stopped (their process is gone): not "running".
+    stalled: int = 0
+    stale_seconds: float = 0.0
     limits: tuple[tuple[str, int], ...] = ()  # each limit beside perplexity, trials it excludes
     task_savings: TaskSavings | None = None  # None when the study has no tasks
 
 
 def _label(trial: TrialRecord) -> str:
-    return f"{trial.label()} (trial {trial.number})"
+    return f"{trial.recipe.describe()} (trial {trial.number})"
 
 
 def _point(trial: TrialRecord, objectives: Sequence[str]) -> Point:
@@ -301,12 +309,23 @@ def get_summary_info(study: optuna.Study) -> SummaryInfo:
     counts = Counter(t.state.name for t in trials)
     sources = sorted({str(t.measurement.get("energy_source", "unknown")) for t in complete})
     try:
-        choice = rank(study, PRESETS["balanced"]).reason
+        # On the latest side-by-side re-timing where `pick --retime` stored one; else the
+        # trusted stored timings (the reason names the trials held back either way).
+        choice = rank(study, PRESETS["balanced"], retimed=stored_retimings(study) or None).reason
     except ConfigError as e:
         choice = f"no pick: {e}"
     front = best_numbers(study)
     flagged = [[str(f) for f in t.measurement.get("timing_flags", [])] for t in complete]
     flagged = [flags for flags in flagged if flags]
+    now = time.time()
+    try:
+        beat = stored_config(study).study.heartbeat_seconds
+    except ConfigError:  # a study autoslim did not write: the default beat
+        beat = RunSection.heartbeat_seconds
+    stalled = sum(
+        is_stale(t, beat, now)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    )
     return SummaryInfo(
         study_name=study.study_name,
         model=str(attrs.get("model", "unknown")),
@@ -319,12 +338,39 @@ def get_summary_info(study: optuna.Study) -> SummaryInfo:
         energy_sources=tuple(sources),
         timing_flagged=(len(flagged), tuple(sorted({f for t in flagged for f in t}))),
         choice=choice,
+        stalled=stalled,
+        stale_seconds=GRACE_BEATS * beat,
         limits=tuple(
             (lim.text, sum(not lim.allows(t.figures) for t in complete))
             for lim in (budget.limits if budget else ())
         ),
         task_savings=task_savings(trials) if _has_tasks(study) else None,
     )
+
+
+def empty_notice(info: SummaryInfo) -> str | None:
+    """What to say when the study has no completed trial (there is nothing to plot)."""
+    if dict(info.state_counts).get("COMPLETE"):
+        return None
+    return (
+        f"study {info.study_name!r} has no completed trial yet ({_counts(info)}), so there is "
+        "no front, knob plot or pick to show; run `autoslim search` on its study file to "
+        "continue it"
+    )
+
+
+def _counts(info: SummaryInfo) -> str:
+    parts = []
+    for state, n in info.state_counts:
+        if state == "RUNNING" and info.stalled:
+            parts.append(
+                f"{info.stalled} stopped without finishing (no heartbeat for over "
+                f"{info.stale_seconds:.0f} s; the next search marks it FAIL)"
+            )
+            n -= info.stalled
+        if n:
+            parts.append(f"{n} {state.lower()}")
+    return ", ".join(parts) or "no trials"
 
 
 def _has_tasks(study: optuna.Study) -> bool:
@@ -577,7 +623,7 @@ def render_table(info: TableInfo) -> str:
 def render_summary(info: SummaryInfo) -> str:
     e = html.escape
     budget = info.budget.describe() if info.budget else "unknown (no base perplexity stored)"
-    counts = ", ".join(f"{n} {state.lower()}" for state, n in info.state_counts) or "no trials"
+    counts = _counts(info)
     rows = (
         ("model", info.model),
         ("objectives", ", ".join(info.objective_names)),
@@ -600,7 +646,8 @@ def render_summary(info: SummaryInfo) -> str:
         (
             "timing flags",
             f"{info.timing_flagged[0]} trial(s): {', '.join(info.timing_flagged[1])} (measured "
-            "while waiting for a CPU: seconds and joules inflated; re-measure on a quiet machine)"
+            "while waiting for a CPU: seconds and joules inflated); kept out of the pick below "
+            "until re-timed side by side with `autoslim pick --retime`"
             if info.timing_flagged[0]
             else "none",
         ),
@@ -656,6 +703,16 @@ def render_page(study: optuna.Study) -> str:
     import plotly.offline
 
     summary = get_summary_info(study)
+    title = html.escape(f"autoslim report: {summary.study_name}")
+    notice = empty_notice(summary)
+    if notice is not None:  # no figure to draw: no 4.9 MB of plotly for empty axes
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{title}</title><style>{_STYLE}</style></head>"
+            f'<body><h1>{title}</h1><p class="notice"><strong>{html.escape(notice)}</strong>'
+            f"</p>{render_summary(summary)}<h2>Trials</h2>"
+            f"{render_table(get_table_info(study))}</body></html>\n"
+        )
     fronts = [
         _figure_div(plot_pareto(get_pareto_info(study, names)), "pareto-" + "-".join(names))
         for names in objective_sets(study)
@@ -671,7 +728,6 @@ def render_page(study: optuna.Study) -> str:
         ("Objective history", "".join(histories)),
         ("Trials (click a header to sort)", render_table(get_table_info(study))),
     ]
-    title = html.escape(f"autoslim report: {summary.study_name}")
     body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -684,11 +740,21 @@ def render_page(study: optuna.Study) -> str:
     )
 
 
+def _is_page(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(15).lower() == b"<!doctype html>"
+
+
 def write_report(study: optuna.Study, path: str | Path) -> Path:
     """Write the report page to ``path`` (its folder is created); returns the path."""
     out = Path(path)
     if out.is_dir():
         raise ConfigError(f"report path {str(out)!r} is a folder; give a file name ending .html")
+    if out.is_file() and not _is_page(out):
+        raise ConfigError(
+            f"report path {str(out)!r} exists and is not an HTML page (a study file or "
+            "storage?); it is not overwritten: give a new file name ending .html"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_page(study), encoding="utf-8")
     logger.info("wrote the report of %s to %s", study.study_name, out)

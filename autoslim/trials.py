@@ -63,10 +63,6 @@ class TrialRecord:
     def perplexity(self) -> float:
         return self.values["perplexity"]
 
-    def label(self) -> str:
-        """``base model`` or the recipe's summary."""
-        return "base model" if self.is_base else self.recipe.describe()
-
     def to_dict(self) -> dict[str, Any]:
         """The trial as every ``--json`` output shows it."""
         return {
@@ -132,6 +128,20 @@ def _constraints(trial: FrozenTrial) -> tuple[float, ...]:
     return tuple(float(v) for v in trial.user_attrs.get("constraint", ()))
 
 
+STALE_REASON = (
+    "Interrupted: its worker stopped mid-trial (killed, crashed or lost); recipe retried once"
+)
+
+
+def is_interrupted(trial: FrozenTrial) -> bool:
+    """A trial stopped mid-way: by the user, or failed as stale by the heartbeat (the only FAIL
+    the study does not give a ``fail_reason``)."""
+    attrs = trial.user_attrs
+    return bool(attrs.get("interrupted")) or (
+        trial.state == TrialState.FAIL and "fail_reason" not in attrs
+    )
+
+
 def record(trial: FrozenTrial, names: Sequence[str]) -> TrialRecord:
     """One stored trial as a :class:`TrialRecord`; ``names`` are the study's objectives."""
     complete = trial.state == TrialState.COMPLETE
@@ -150,7 +160,11 @@ def record(trial: FrozenTrial, names: Sequence[str]) -> TrialRecord:
         values=values,
         constraints=constraints,
         feasible=complete and all(c <= 0 for c in constraints),
-        reason=str(attrs.get("fail_reason") or attrs.get("prune_reason") or ""),
+        reason=str(
+            attrs.get("fail_reason")
+            or attrs.get("prune_reason")
+            or (STALE_REASON if is_interrupted(trial) else "")
+        ),
         is_base=bool(attrs.get("is_base", False)),
         build=dict(build) if isinstance(build, dict) else {},
         duration_seconds=duration,

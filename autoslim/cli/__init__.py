@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from autoslim import __version__
-from autoslim.cli import demo, export, measure, pick, report, search, zoo
+from autoslim.cli import demo, doctor, export, init, measure, pick, report, search, worker, zoo
+from autoslim.cli._common import DeferredParser
 from autoslim.errors import AutoslimError
 
-COMMANDS = (demo, search, measure, zoo, report, pick, export)
+COMMANDS = (demo, init, search, worker, measure, zoo, report, pick, export, doctor)
+# What a shell reports for a process ended by SIGPIPE (128 + 13): `autoslim pick | head -1`.
+BROKEN_PIPE_STATUS = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,9 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"autoslim {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=DeferredParser
+    )
     for command in COMMANDS:
         command.register(subparsers)
+    for sub in subparsers.choices.values():  # -v after the subcommand too
+        sub.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="log progress details",
+        )
     return parser
 
 
@@ -45,10 +59,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         status: int = args.func(args)
+        sys.stdout.flush()
     except AutoslimError as e:
         print(f"autoslim {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"autoslim {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away: stop quietly, and keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_STATUS
+    except Exception as e:
+        from autoslim.integrity import storage_fault
+
+        fault = storage_fault(e)
+        if fault is None:
+            raise
+        print(f"autoslim {args.command}: error: {fault}", file=sys.stderr)
+        return 2
     return status

@@ -31,9 +31,9 @@ def open_study(args: argparse.Namespace) -> Any:
     """Load the study named by ``args.study`` / ``args.study_name``; never creates one."""
     import optuna
 
-    from autoslim.study import make_storage
+    from autoslim.storage import make_storage
 
-    url, name = _storage_of(args.study)
+    url, name = storage_of(args.study)
     name = args.study_name or name
     shown = mask_url(url)
     storage = make_storage(url)
@@ -53,7 +53,7 @@ def open_study(args: argparse.Namespace) -> Any:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def _storage_of(study: str) -> tuple[str, str | None]:
+def storage_of(study: str) -> tuple[str, str | None]:
     """(storage URL, study name if STUDY says it); a missing SQLite file is an error."""
     if study.endswith(".toml"):
         from autoslim import config
@@ -70,9 +70,17 @@ def _storage_of(study: str) -> tuple[str, str | None]:
                 "its SQLite file or its storage URL (sqlite:///path.db, postgresql://...)"
             )
         url, name = f"sqlite:///{path.resolve()}", None
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+    from autoslim.storage import file_of
+
+    file = file_of(url)
+    if file is not None and not file.is_file():
         raise ConfigError(
-            f"STUDY {study!r}: the SQLite file {url.removeprefix('sqlite:///')!r} does not "
-            "exist; run `autoslim search` first or check the path"
+            f"STUDY {study!r}: the study file {str(file)!r} does not exist; run "
+            "`autoslim search` first or check the path"
         )
     return url, name
+
+
+def study_arg_files(args: argparse.Namespace) -> list[Path]:
+    """The study file or SQLite file that ``args.study`` names (nothing for a URL)."""
+    return [] if "://" in args.study else [Path(args.study)]

@@ -13,7 +13,10 @@ from autoslim.cli._study_args import add_study_args, open_study
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "report", help="write the study's Pareto fronts, knobs and trials as one HTML page"
+        "report",
+        help="write the study's Pareto fronts, knobs and trials as one HTML page",
+        description="Write one offline HTML page: Pareto fronts per pair of objectives, knobs "
+        "against objectives, parameter importances, history and a table of every trial.",
     )
     add_study_args(parser)
     parser.add_argument(
@@ -28,7 +31,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim.report import get_summary_info, write_report
+    from autoslim.report import empty_notice, get_summary_info, write_report
     from autoslim.trials import best_records
 
     study = open_study(args)
@@ -52,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
             },
         )
         return 0
+    notice = empty_notice(get_summary_info(study))
+    if notice is not None:
+        print(f"notice: {notice}")
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, works offline)")
     print(f"open {path.resolve().as_uri()}")
     return 0

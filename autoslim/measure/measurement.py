@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from autoslim import __version__
+from autoslim import __version__, progress
 from autoslim.data import Corpus, tokens
 from autoslim.errors import ConfigError, reject_unknown
 from autoslim.measure.drift import drift
@@ -172,7 +172,9 @@ def measure(
     load_before = os.getloadavg()[0]
     try:
         ids = tokens(tokenizer, corpus, "eval")
+        progress.report("measure: perplexity")
         ppl = perplexity(model, ids, workload.protocol)
+        progress.report("measure: drift")
         moved = drift(model, teacher, ids, workload.protocol) if teacher is not None else None
         model.eval()
         runner = WorkloadRunner(model, ids, workload, dev)
@@ -182,7 +184,10 @@ def measure(
         peak.start()
         synchronize(dev)
         pooled_start = energy.begin()
-        runs = [runner.timed(energy) for _ in range(workload.repeats)]
+        runs = []
+        for repeat in range(workload.repeats):
+            progress.report("measure: workload", repeat, workload.repeats)
+            runs.append(runner.timed(energy))
         synchronize(dev)
         pooled = energy.end(pooled_start)
         peak_bytes = peak.peak_bytes()
@@ -227,11 +232,12 @@ def measure(
         logger.warning(
             "the process waited for a CPU %.0f%% of the timed %.2f s (load average %.2f on "
             "%s CPUs): seconds and joules are inflated and noisy; stop other work on this "
-            "machine or lower workload.threads",
+            "machine%s",
             100 * cpu_wait,
             sum(seconds),
             load_after,
             os.cpu_count(),
+            " or lower workload.threads" if threads > 1 else "",
         )
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
     prefill_seconds = statistics.median(r.prefill_seconds for r in runs)

@@ -1,0 +1,268 @@
+"""Storage faults: checked before anything is written, explained in one line when they strike.
+
+- :func:`check_storage` runs SQLite's ``PRAGMA quick_check`` on a study file, read-only,
+  before Optuna opens (and writes to) it; a damaged file is refused with how to recover.
+- :func:`storage_fault` turns what the database driver raises (disk full, read-only file,
+  locked database, unreachable server, bad port) into an :class:`StorageError` naming the
+  storage and the fix. The CLI applies it to any exception that escapes a command.
+- :func:`writable_folder` proves a folder accepts a new file (``os.access`` says yes to
+  root on read-only mounts and on ``/proc``).
+- :func:`backup` and :func:`recover` are what ``autoslim doctor`` runs on a SQLite file.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from autoslim.config import mask_url
+from autoslim.errors import StorageError
+
+# The storages this process opened (masked), newest last: a fault names the one it hit.
+OPENED: list[str] = []
+
+RECOVER_HINT = "run `autoslim doctor STUDY` to back it up and recover the trials it still holds"
+
+# (what the driver says, what it means, the fix), first match wins.
+FAULTS: tuple[tuple[str, str, str], ...] = (
+    (
+        "database or disk is full",
+        "the disk is full",
+        "free space on the disk that holds it and run the command again; completed trials "
+        "are kept",
+    ),
+    (
+        "no space left on device",
+        "the disk is full",
+        "free space on the disk that holds it and run the command again; completed trials "
+        "are kept",
+    ),
+    (
+        "readonly database",
+        "the file or its folder is read-only",
+        "make both writable (chmod u+w), or copy the study to a writable folder",
+    ),
+    (
+        "read-only file system",
+        "the file system is read-only",
+        "copy the study to a writable disk and point [study].storage at the copy",
+    ),
+    (
+        "unable to open database file",
+        "SQLite cannot open it (its folder is read-only or missing; a study file in WAL mode "
+        "needs a writable folder even to be read)",
+        "make the folder writable, or copy the study to a writable folder",
+    ),
+    (
+        "database is locked",
+        "another process holds a lock on it for too long",
+        "wait for the other `autoslim` (or sqlite3 shell) to finish, or stop it",
+    ),
+    (
+        "disk i/o error",
+        "the disk failed a read or write",
+        "check the disk (dmesg) and free space, then " + RECOVER_HINT,
+    ),
+    (
+        "database disk image is malformed",
+        "the file is damaged",
+        RECOVER_HINT,
+    ),
+    (
+        "file is not a database",
+        "the file is not a SQLite database (or is damaged)",
+        "check [study].storage names the study's .db file, or " + RECOVER_HINT,
+    ),
+    (
+        "connection refused",
+        "no database server answers there",
+        "start the server or fix the host and port in the URL",
+    ),
+    (
+        "could not translate host name",
+        "the host name does not resolve",
+        "fix the host in the URL",
+    ),
+    (
+        "timeout expired",
+        "the database server did not answer in time",
+        "check the server is up and reachable from this machine",
+    ),
+    (
+        "port",
+        "the port in the URL is not a number from 1 to 65535",
+        "write HOST:PORT with a numeric port, e.g. localhost:5432",
+    ),
+)
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(error, sqlite3.Error | SQLAlchemyError) or (
+        type(error).__module__.split(".")[0] in ("optuna", "psycopg", "psycopg2")
+    )
+
+
+def storage_fault(error: BaseException, storage: str | None = None) -> StorageError | None:
+    """A one-line :class:`StorageError` for a storage fault somewhere in ``error``'s chain,
+    or None when it is not one (``storage``: the URL, default the last one opened)."""
+    chain = list(_chain(error))
+    if not any(_is_storage_error(e) for e in chain):
+        return None
+    text = " ".join(str(e) for e in chain).lower()
+    where = mask_url(storage) if storage else (OPENED[-1] if OPENED else "the study storage")
+    for needle, meaning, fix in FAULTS:
+        if needle == "port" and not (
+            "invalid port" in text or "port could not be cast" in text or "port must be" in text
+        ):
+            continue
+        if needle in text:
+            return StorageError(f"storage {where!r}: {meaning}; {fix}")
+    return None
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL, or None for other storages."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def _quick_check(url: str, path: Path) -> str:
+    """``ok``, or what SQLite found wrong, reading ``path`` without writing to it; a file
+    that cannot be read now (locked, unreadable) raises its :class:`StorageError`."""
+    from autoslim.storage import SQLITE_LOCK_TIMEOUT_SECONDS
+
+    try:
+        connection = sqlite3.connect(
+            f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=SQLITE_LOCK_TIMEOUT_SECONDS
+        )
+        try:
+            rows = connection.execute("PRAGMA quick_check").fetchall()
+        finally:
+            connection.close()
+    except sqlite3.OperationalError as e:
+        fault = storage_fault(e, url)
+        if fault is None:
+            raise
+        raise fault from e
+    except sqlite3.DatabaseError as e:  # not a database, malformed
+        return str(e)
+    found = [str(r[0]) for r in rows]
+    return "ok" if found == ["ok"] else "; ".join(found[:3])
+
+
+def check_storage(url: str) -> None:
+    """Refuse a URL that does not parse and a damaged SQLite study file, before anything
+    writes to it; remember ``url`` for the messages of later faults."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    shown = mask_url(url)
+    try:
+        make_url(url)
+    except ValueError as e:  # SQLAlchemy's port parsing: int("abc")
+        raise StorageError(
+            f"storage {shown!r}: the port in the URL is not a number ({e}); write HOST:PORT "
+            "with a numeric port, e.g. localhost:5432"
+        ) from e
+    except ArgumentError as e:
+        raise StorageError(
+            f"storage {shown!r} is not a database URL; write sqlite:///FILE.db or "
+            "postgresql://USER@HOST/DB"
+        ) from e
+    OPENED.append(shown)
+    path = sqlite_path(url)
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        return
+    found = _quick_check(url, path)
+    if found != "ok":
+        raise StorageError(
+            f"storage {mask_url(url)!r} is damaged (SQLite quick_check: {found}); nothing was "
+            f"written to it; {RECOVER_HINT}"
+        )
+
+
+def writable_folder(folder: Path) -> str | None:
+    """None when a file can be created in ``folder``, else why not (nothing is left behind)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as e:
+        return e.strerror or type(e).__name__
+
+
+def backup(path: Path) -> Path:
+    """Copy ``path`` (and its write-ahead log) to ``PATH.backup-YYYYmmdd-HHMMSS``, byte for
+    byte, without opening it as a database."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.backup-{stamp}")
+    shutil.copy2(path, target)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.is_file():
+            shutil.copy2(side, target.with_name(target.name + suffix))
+    return target
+
+
+def recover(path: Path, target: Path) -> dict[str, int]:
+    """Copy every row SQLite can still read from ``path`` into a new file ``target`` with the
+    same schema; returns rows recovered and rows lost per table."""
+    source = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    out = sqlite3.connect(target)
+    counts: dict[str, int] = {}
+    try:
+        schema = source.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL "
+            "AND name NOT LIKE 'sqlite_%' ORDER BY type = 'index'"
+        ).fetchall()
+        for kind, _name, sql in schema:
+            if kind in ("table", "index"):
+                out.execute(sql)
+        for kind, name, _sql in schema:
+            if kind == "table":
+                kept, lost = _copy_rows(source, out, name)
+                counts[name] = kept
+                if lost:
+                    counts[f"{name} (lost)"] = lost
+        out.commit()
+    finally:
+        source.close()
+        out.close()
+    return counts
+
+
+def _copy_rows(source: sqlite3.Connection, out: sqlite3.Connection, table: str) -> tuple[int, int]:
+    """Rows of ``table`` one rowid at a time, so a damaged page loses only its own rows."""
+    quoted = '"' + table.replace('"', '""') + '"'
+    try:
+        high = source.execute(f"SELECT max(rowid) FROM {quoted}").fetchone()[0] or 0
+    except sqlite3.DatabaseError:
+        high = 0
+    kept = lost = 0
+    for rowid in range(1, int(high) + 1):
+        try:
+            row = source.execute(f"SELECT * FROM {quoted} WHERE rowid = ?", (rowid,)).fetchone()
+        except sqlite3.DatabaseError:
+            lost += 1
+            continue
+        if row is None:
+            continue
+        marks = ", ".join("?" * len(row))
+        out.execute(f"INSERT INTO {quoted} VALUES ({marks})", row)
+        kept += 1
+    return kept, lost

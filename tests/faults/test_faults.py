@@ -1,0 +1,439 @@
+"""One test per fault: the real command in its own process, on a copy of a real study.
+
+Each asserts the exit status, the one-line message, and that every trial completed before
+the fault is still stored afterwards with the same values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.faults.conftest import (
+    ENV,
+    autoslim,
+    command,
+    completed,
+    remount_read_only,
+    states,
+    study_tables,
+    tmpfs,
+)
+from tests.study.conftest import write_study
+
+pytestmark = pytest.mark.slow
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _corrupt(db: Path) -> None:
+    """Overwrite 4 KB in the middle of the file, as a bad disk sector or a stray write does."""
+    data = bytearray(db.read_bytes())
+    middle = len(data) // 2 // 4096 * 4096
+    data[middle : middle + 4096] = b"\xab" * 4096
+    db.write_bytes(bytes(data))
+
+
+# --- nothing stored is deleted ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["folder", "parent"])
+def test_export_into_the_study_folder_is_refused_even_with_force(study_copy, target) -> None:
+    before = completed(study_copy / "s.db")
+    out = study_copy if target == "folder" else study_copy.parent
+    result = autoslim("export", study_copy / "s.toml", "--trial", "0", "--out", out, "--force")
+    assert result.status == 2
+    assert "a file of the study" in result.message and "even with --force" in result.message
+    assert (study_copy / "s.toml").is_file()
+    assert completed(study_copy / "s.db") == before
+
+
+def test_force_replaces_only_a_previous_export(study_copy, tmp_path) -> None:
+    before = completed(study_copy / "s.db")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    result = autoslim("export", study_copy / "s.toml", "--trial", "0", "--out", mine, "--force")
+    assert result.status == 2
+    assert "is not a previous export" in result.message
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    assert completed(study_copy / "s.db") == before
+
+
+def test_export_to_a_read_only_folder_fails_before_the_rebuild(study_copy, tmp_path) -> None:
+    before = completed(study_copy / "s.db")
+    with tmpfs(tmp_path / "ro", "1m", "ro") as folder:
+        result = autoslim("export", study_copy / "s.toml", "--trial", "0", "--out", folder / "x")
+    assert result.status == 2
+    assert "cannot write in" in result.message and "Read-only file system" in result.message
+    # Refused before the rebuild: the study's model has no weights, so a rebuild would fail
+    # with a model error instead of this message.
+    assert completed(study_copy / "s.db") == before
+
+
+@pytest.mark.parametrize(("number", "needle"), [(7, "has no such trial")])
+def test_unexportable_trial_is_refused(study_copy, tmp_path, number, needle) -> None:
+    result = autoslim("export", study_copy / "s.toml", "--trial", str(number), "--out", tmp_path)
+    assert result.status == 2 and needle in result.message
+
+
+# --- no secret leaks --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("storage", "part"),
+    [
+        ("postgresql://postgres@127.0.0.1/test?password=SECRET1", "password"),
+        (
+            "postgresql://postgres@127.0.0.1/test?sslpassword=SECRET1&sslmode=require",
+            "sslpassword",
+        ),
+        ("postgresql://bob:SECRET1@127.0.0.1/test", "password"),
+    ],
+)
+def test_credentials_in_a_study_file_are_refused_and_never_shown(
+    model_dir, tmp_path, storage, part
+) -> None:
+    path = write_study(tmp_path, study_tables(model_dir, storage=storage))
+    for args in (["search", path], ["search", path, "--check"], ["report", path]):
+        result = autoslim(*args)
+        assert result.status == 2
+        assert f"holds a credential ({part}" in result.message
+        assert "SECRET1" not in result.out + result.err
+
+
+def test_credentials_in_a_study_url_are_masked_in_errors(tmp_path) -> None:
+    url = "postgresql://bob:SECRET1@127.0.0.1:1/test?sslpassword=SECRET2"
+    result = autoslim("pick", url)
+    assert result.status == 2
+    assert "no database server answers there" in result.message
+    assert "bob:***@127.0.0.1:1" in result.message
+    assert "SECRET" not in result.out + result.err
+
+
+def test_stored_config_masks_the_storage_url(study_copy) -> None:
+    import json
+
+    with sqlite3.connect(study_copy / "s.db") as connection:
+        stored = connection.execute(
+            "SELECT value_json FROM study_user_attributes WHERE key = 'config'"
+        ).fetchone()[0]
+    from autoslim.config import mask_url
+
+    storage = json.loads(stored)["study"]["storage"]
+    assert storage == mask_url(storage) and storage.endswith("s.db")
+
+
+# --- storage faults ---------------------------------------------------------------------------
+
+
+def test_corrupted_sqlite_is_refused_before_any_write(study_copy) -> None:
+    db = study_copy / "s.db"
+    _corrupt(db)
+    digest = _digest(db)
+    for args in (
+        ["search", study_copy / "s.toml"],
+        ["report", study_copy / "s.toml", "--out", study_copy / "r.html"],
+        ["pick", study_copy / "s.toml"],
+    ):
+        result = autoslim(*args)
+        assert result.status == 2, result.err
+        assert "is damaged (SQLite quick_check:" in result.message
+        assert "autoslim doctor" in result.message
+        assert _digest(db) == digest, f"{args[0]} wrote into the damaged file"
+
+
+def test_doctor_backs_up_and_recovers_the_trials(searched, study_copy) -> None:
+    before = completed(searched / "s.db")
+    db = study_copy / "s.db"
+    _corrupt(db)
+    digest = _digest(db)
+    result = autoslim("doctor", study_copy / "s.toml")
+    assert result.status == 1, result.err
+    (backup,) = study_copy.glob("s.db.backup-*[0-9]")
+    assert _digest(backup) == digest and _digest(db) == digest
+    (recovered,) = study_copy.glob("s.recovered-*.db")
+    assert f"recovered    {recovered}" in result.out
+    assert completed(recovered) == before
+    again = autoslim("pick", f"sqlite:///{recovered}")
+    assert again.status == 0, again.err
+
+
+def test_doctor_on_a_sound_file_only_backs_it_up(study_copy) -> None:
+    before = completed(study_copy / "s.db")
+    result = autoslim("doctor", study_copy / "s.toml")
+    assert result.status == 0, result.err
+    assert "integrity    ok" in result.out and "s: 5 COMPLETE" in result.out
+    assert len(list(study_copy.glob("s.db.backup-*[0-9]"))) == 1
+    assert completed(study_copy / "s.db") == before
+
+
+def _wait_for_running(db: Path, process: subprocess.Popen[str], seconds: float = 120) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        running = [n for n, s in states(db).items() if s == "RUNNING"]
+        if running:
+            return running[0]
+        time.sleep(0.2)
+    raise AssertionError("no trial started")
+
+
+def test_disk_full_mid_trial(searched, model_dir, tmp_path) -> None:
+    before = completed(searched / "s.db")
+    with tmpfs(tmp_path / "small", "2m") as disk:
+        shutil.copy(searched / "s.db", disk / "s.db")
+        path = write_study(disk, study_tables(model_dir, n_trials=7))
+        process = subprocess.Popen(
+            command("search", path),
+            env={**ENV, "AUTOSLIM_FAKE_SLEEP": "4"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        in_flight = _wait_for_running(disk / "s.db", process)
+        with (disk / "filler").open("wb") as filler, pytest.raises(OSError):
+            while True:
+                filler.write(b"\0" * 65536)
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 2, err
+        lines = [line for line in err.splitlines() if line.startswith("autoslim ")]
+        assert "Traceback" not in err
+        assert lines == [
+            f"autoslim search: error: storage 'sqlite:///{disk / 's.db'}': the disk is full; "
+            "free space on the disk that holds it and run the command again; completed trials "
+            "are kept"
+        ]
+        assert completed(disk / "s.db") == before
+        (disk / "filler").unlink()
+        resumed = autoslim("search", path)
+        assert resumed.status == 0, resumed.err
+        after = completed(disk / "s.db")
+        assert {k: after[k] for k in before} == before
+        assert states(disk / "s.db")[in_flight] in ("FAIL", "COMPLETE")
+        assert "RUNNING" not in states(disk / "s.db").values()
+
+
+def test_read_only_storage(searched, model_dir, tmp_path) -> None:
+    before = completed(searched / "s.db")
+    with tmpfs(tmp_path / "ro", "4m") as disk:
+        shutil.copy(searched / "s.db", disk / "s.db")
+        path = write_study(disk, study_tables(model_dir))
+        remount_read_only(disk)
+        result = autoslim("search", path, "--n-trials", "7")
+        assert result.status == 2
+        assert "s.db' exists but is not writable" in result.message
+        shown = autoslim("pick", disk / "s.db")
+        assert shown.status == 2
+        assert "read-only" in shown.message, shown.message
+        subprocess.run(["mount", "-o", "remount,rw", disk], check=True)
+        assert completed(disk / "s.db") == before
+
+
+def test_locked_database(study_copy) -> None:
+    db = study_copy / "s.db"
+    before = completed(db)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(120)",
+            str(db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        result = autoslim("search", study_copy / "s.toml", "--n-trials", "7")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.status == 2
+    assert "another process holds a lock on it" in result.message
+    assert completed(db) == before
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("postgresql://postgres@127.0.0.1:1/test", "no database server answers there"),
+        ("postgresql://postgres@127.0.0.1:abc/test", "the port in the URL is not a number"),
+        ("postgresql://postgres@127.0.0.1:99999/test", "the port in the URL is not a number"),
+    ],
+)
+def test_unreachable_postgresql_and_bad_ports(url, needle) -> None:
+    result = autoslim("pick", url)
+    assert result.status == 2
+    assert needle in result.message and "127.0.0.1" in result.message
+
+
+def test_bad_port_in_a_study_file(model_dir, tmp_path) -> None:
+    path = write_study(
+        tmp_path, study_tables(model_dir, storage="postgresql://u@127.0.0.1:abc/test")
+    )
+    result = autoslim("search", path, "--check")
+    assert result.status == 2 and "a port must be a number" in result.message
+
+
+def test_proc_storage_is_refused_by_check(model_dir, tmp_path) -> None:
+    path = write_study(tmp_path, study_tables(model_dir, storage="sqlite:////proc/s.db"))
+    result = autoslim("search", path, "--check")
+    assert result.status == 2
+    assert "folder '/proc' is not writable" in result.message
+
+
+# --- processes that die -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_mid_trial_then_resumed(searched, model_dir, tmp_path, sig) -> None:
+    before = completed(searched / "s.db")
+    shutil.copy(searched / "s.db", tmp_path / "s.db")
+    path = write_study(tmp_path, study_tables(model_dir, n_trials=7))
+    process = subprocess.Popen(
+        command("search", path),
+        env={**ENV, "AUTOSLIM_FAKE_SLEEP": "30"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    in_flight = _wait_for_running(tmp_path / "s.db", process)
+    time.sleep(1)
+    os.killpg(process.pid, sig) if sig == signal.SIGKILL else process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert process.returncode == 130 and "autoslim search: interrupted" in err
+        assert "Traceback" not in err
+        assert states(tmp_path / "s.db")[in_flight] == "FAIL"
+    assert completed(tmp_path / "s.db") == before
+    resumed = autoslim("search", path)
+    assert resumed.status == 0, resumed.err
+    assert states(tmp_path / "s.db")[in_flight] == "FAIL"
+    # the reason as every command reads it: a trial failed as stale by Optuna's heartbeat
+    # carries no fail_reason attr (a finished trial cannot be written), Ctrl-C's does
+    assert "Interrupted" in _reason(tmp_path / "s.db", in_flight)
+    after = completed(tmp_path / "s.db")
+    assert {k: after[k] for k in before} == before and len(after) == 7
+
+
+def _reason(db: Path, number: int) -> str:
+    import optuna
+
+    from autoslim.trials import record
+
+    (study,) = optuna.get_all_study_summaries(f"sqlite:///{db}")
+    loaded = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{db}")
+    return record(loaded.trials[number], loaded.metric_names or ["perplexity"]).reason
+
+
+def test_two_searches_on_one_sqlite_study(searched, model_dir, tmp_path) -> None:
+    before = completed(searched / "s.db")
+    shutil.copy(searched / "s.db", tmp_path / "s.db")
+    path = write_study(tmp_path, study_tables(model_dir, n_trials=9))
+    processes = [
+        subprocess.Popen(command("search", path), env=ENV, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    assert [p.wait(timeout=300) for p in processes] == [0, 0]
+    after = completed(tmp_path / "s.db")
+    assert {k: after[k] for k in before} == before and len(after) >= 9
+
+
+# --- honest messages --------------------------------------------------------------------------
+
+
+def test_empty_study_file_is_refused(tmp_path) -> None:
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    result = autoslim("search", path)
+    assert result.status == 2 and "the study file is empty" in result.message
+    assert not (tmp_path / "empty.db").exists()
+
+
+def test_verbose_after_the_subcommand(study_copy) -> None:
+    result = autoslim("search", study_copy / "s.toml", "--check", "-v")
+    assert result.status == 0 and "valid" in result.out
+
+
+def test_pick_json_into_head_exits_quietly(study_copy) -> None:
+    shell = subprocess.run(
+        f"{subprocess.list2cmdline(command('pick', study_copy / 's.toml', '--json'))} | head -1;"
+        " echo status ${PIPESTATUS[0]}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    assert shell.stdout.splitlines() == ["{", "status 141"] or shell.stdout.splitlines() == [
+        "{",
+        "status 0",
+    ]
+    assert "BrokenPipeError" not in shell.stderr and "Traceback" not in shell.stderr
+
+
+def test_report_of_a_study_with_no_completed_trial(tmp_path) -> None:
+    import optuna
+
+    db = tmp_path / "e.db"
+    study = optuna.create_study(study_name="e", storage=f"sqlite:///{db}")
+    trial = study.ask()  # a process that died an hour ago left it RUNNING
+    trial.set_user_attr("heartbeat", time.time() - 3600)
+    out = tmp_path / "e.html"
+    result = autoslim("report", db, "--out", out)
+    assert result.status == 0, result.err
+    assert "notice: study 'e' has no completed trial yet" in result.out
+    assert "1 stopped without finishing" in result.out and "1 running" not in result.out
+    page = out.read_text()
+    assert "has no completed trial yet" in page and "1 running" not in page
+    assert out.stat().st_size < 100_000  # no plotly bundle for empty axes
+
+
+def test_failed_and_crashed_trials_are_not_exported(searched, model_dir, tmp_path) -> None:
+    before = completed(searched / "s.db")
+    shutil.copy(searched / "s.db", tmp_path / "s.db")
+    path = write_study(tmp_path, study_tables(model_dir, n_trials=8))
+    run = subprocess.run(
+        command("search", path),
+        env={**ENV, "AUTOSLIM_FAKE_FAULTS": "8:raise,4:segfault"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    failed = [n for n, s in states(tmp_path / "s.db").items() if s == "FAIL"]
+    assert failed, "the injected faults failed no trial"
+    for number in failed:
+        result = autoslim("export", path, "--trial", str(number), "--out", tmp_path / "x")
+        assert result.status == 2
+        assert f"--trial {number} is FAIL (" in result.message
+        assert "so there is nothing to export" in result.message
+    after = completed(tmp_path / "s.db")
+    assert {k: after[k] for k in before} == before
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("victim", ["s.db", "s.toml"])
+def test_report_never_overwrites_a_study_file(study_copy, victim) -> None:
+    before = completed(study_copy / "s.db")
+    digest = _digest(study_copy / victim)
+    result = autoslim("report", study_copy / "s.toml", "--out", study_copy / victim)
+    assert result.status == 2 and "is not an HTML page" in result.message
+    assert _digest(study_copy / victim) == digest
+    assert completed(study_copy / "s.db") == before
+    again = autoslim("report", study_copy / "s.toml", "--out", study_copy / "r.html")
+    assert again.status == 0, again.err
+    assert autoslim("report", study_copy / "s.toml", "--out", study_copy / "r.html").status == 0
