@@ -272,3 +272,66 @@ def _all_known(config: Any) -> dict[str, float]:
 
 def missed(limits: Sequence[Limit], figures: Mapping[str, Any]) -> list[Limit]:
     return [limit for limit in limits if not limit.allows(figures)]
+
+
+def smallest_size_bytes(model_config: Any, space: Any) -> tuple[float, str]:
+    """A lower bound of the stored size of the smallest model ``space`` can build from a model
+    with ``model_config`` (from its parameter shapes on the meta device; no weights), and the
+    recipe corner it assumes: the most layers dropped, the widest MLP prune, the most heads
+    dropped, the fewest weight bits and the narrowest float type. Quantization scales and
+    the rounding of pruned widths only add to it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from autoslim.compress.families import family_of
+
+    family = family_of(model_config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    layers = family.layers_path + "."
+    blocks = int(getattr(model_config, "num_hidden_layers", 0) or 1)
+    heads = int(getattr(model_config, "num_attention_heads", 0) or 1)
+    drop_layers = min(int(max(space["drop_layers"].extremes())), blocks - 1)
+    prune = float(max(space["prune_ratio"].extremes()))
+    explicit = [len(h) for h in space["drop_heads"].values() if h]
+    dropped_heads = max([int(max(space["drop_heads_per_layer"].extremes())), *explicit])
+    bits = min(int(b) for b in space["bits"].values())
+    floats = min(4 if p == "fp32" else 2 for p in space["precision"].values())
+    attention = f".{family.attention}." if family.attention else None
+    mlp = (*family.mlp_in, family.mlp_out)
+    embedding = model.get_input_embeddings().weight
+    total = 0.0
+    seen: set[int] = set()
+    for name, param in model.named_parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        keep = 1.0
+        if name.startswith(layers):
+            keep = (blocks - drop_layers) / blocks
+            if any(f".{m}." in name for m in mlp):
+                keep *= 1 - prune
+            elif attention and attention in name:
+                keep *= 1 - min(dropped_heads, heads - 1) / heads
+        quantized = param.dim() == 2 and bits < 16 and param is not embedding
+        total += param.numel() * keep * (bits / 8 if quantized else floats)
+    corner = (
+        f"{drop_layers} layer(s) dropped, MLP pruned {prune:.0%}, {dropped_heads} head(s) "
+        f"dropped per layer, {bits}-bit weights, {8 * floats}-bit floats"
+    )
+    return total, corner
+
+
+def check_reachable(config: Any, model_config: Any) -> None:
+    """Refuse a size budget no recipe of the space can meet, saying what the smallest needs."""
+    limit = config.budgets.get("max_size_bytes")
+    if limit is None:
+        return
+    smallest, corner = smallest_size_bytes(model_config, config.search)
+    if limit < smallest:
+        raise ConfigError(
+            f"{config.path}: budgets.max_size_bytes: {format_bytes(limit)} is below what the "
+            f"smallest model of the search space can reach (at least {format_bytes(smallest)}: "
+            f"{corner}); raise the budget or widen [search] (more bits options, pruning, "
+            "dropped layers)"
+        )

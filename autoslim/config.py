@@ -720,6 +720,9 @@ def check_against_model(config: StudyConfig) -> None:
     except ConfigError as e:
         raise ConfigError(f"{config.path}: {e} ({config.model.name})") from e
     _check_recipes(config, model_config)
+    from autoslim.budgets import check_reachable as check_budgets
+
+    check_budgets(config, model_config)
 
 
 def extreme_recipes(space: SearchSpace) -> list[Recipe]:

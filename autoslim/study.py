@@ -157,6 +157,8 @@ def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
         "model": config_dict["model"]["name"],
         "objectives": config_dict["objectives"],
         "search": config_dict["search"],
+        "budgets": config_dict.get("budgets", {}),
+        "tasks": config_dict.get("tasks", {}),
     }
 
 

@@ -110,3 +110,15 @@ def test_sizes_parse_with_units() -> None:
     with pytest.raises(ValueError, match="not a size"):
         parse_bytes("12 parsecs")
     assert BY_KEY["max_size_bytes"].flag == "--max-size"
+
+
+def test_changed_budgets_are_refused_on_resume(study_file) -> None:
+    from autoslim import config, study
+
+    first = config.load(study_file(budgets={"max_size_bytes": "6MB"}), check_model=False)
+    storage = study.make_storage(first.study.storage)
+    opened = study.open_study(first, storage)
+    assert opened.user_attrs["constraint_names"] == ["perplexity_increase", "max_size_bytes"]
+    looser = config.load(study_file(budgets={"max_size_bytes": "9MB"}), check_model=False)
+    with pytest.raises(ConfigError, match="different budgets"):
+        study.open_study(looser, storage)

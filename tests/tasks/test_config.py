@@ -108,3 +108,17 @@ def test_task_data_that_cannot_be_reached(study_file, tmp_path: Path, capsys) ->
     assert len(err.splitlines()) == 1
     assert "tasks.t: the data of 'gone' cannot be reached" in err
     assert "dataset_path: json" in err
+
+
+def test_a_size_budget_no_recipe_can_meet_says_what_the_smallest_needs(study_file) -> None:
+    from autoslim.budgets import parse_bytes
+
+    path = study_file(budgets={"max_size_bytes": "1kB"})
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    message = str(e.value)
+    assert "budgets.max_size_bytes: 1 kB is below what the smallest model" in message
+    assert "4-bit weights" in message
+    smallest = parse_bytes(message.split("(at least ")[1].split(":")[0].replace(" ", ""))
+    # twice the bound is within reach (the space holds 4-bit recipes of the tiny model)
+    assert config.load(study_file("ok", budgets={"max_size_bytes": 2 * smallest}))

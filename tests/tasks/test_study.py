@@ -1,0 +1,120 @@
+"""A real study on the reference model judged by tasks: a local lm-evaluation-harness task as
+an objective and one as a constraint, a user function as an objective, hardware budgets
+(size decided right after the build, drift before the tasks run), then report and pick."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autoslim import config, study
+from autoslim.pick import PRESETS, rank
+from autoslim.report import get_summary_info, get_table_info
+from autoslim.trials import read_trials
+from tests.study.conftest import write_study
+from tests.tasks.test_config import LOCAL_TASKS
+
+pytestmark = pytest.mark.slow
+
+SCORE = """
+import torch
+
+
+def score(model, tokenizer):
+    ids = tokenizer("def add(a, b):\\n    return a + b\\n", return_tensors="pt").input_ids
+    with torch.no_grad():
+        loss = model(ids.to(model.device), labels=ids.to(model.device)).loss
+    return {"loss": float(loss)}
+"""
+
+
+def test_a_study_judged_by_tasks_and_budgets(tmp_path: Path) -> None:
+    (tmp_path / "score.py").write_text(SCORE)
+    local = {"harness": "pydoc_mc", "include_path": str(LOCAL_TASKS), "limit": 8}
+    path = write_study(
+        tmp_path,
+        {
+            "study": {"n_trials": 3, "trial_timeout_seconds": 600},
+            "model": {"name": "reference", "dtype": "fp32"},
+            "workload": {
+                "prefill_windows": 1,
+                "prefill_batch": 1,
+                "decode_tokens": 2,
+                "decode_prompt_tokens": 8,
+                "warmup": 0,
+                "repeats": 1,
+                "protocol": {"window": 64, "max_windows": 4},
+            },
+            "tasks": {
+                "pydoc": {**local, "metric": "acc"},
+                "pydoc_norm": {**local, "metric": "acc_norm", "max_relative_loss": 0.5},
+                "mine": {"function": "score.py:score", "goal": "min"},
+            },
+            # the base (16 MB in fp32) misses the size budget but is measured in full; int8
+            # meets both; half the MLP pruned away without distillation drifts too far
+            "budgets": {"max_size_bytes": "12.5MB", "max_teacher_kl": 0.05},
+            "objectives": {"names": ["perplexity", "seconds", "pydoc", "mine"]},
+            "early_abort": {"enabled": False},
+            "search": {
+                "precision": ["fp32"],
+                "bits": [16, 8],
+                "quant_backend": ["torchao"],
+                "drop_layers": [0, 1],
+                "prune_ratio": [0.0, 0.5],
+                "prune_importance": ["activation"],
+                "drop_heads_per_layer": [0],
+                "kd_steps": [0],
+            },
+        },
+        name="tasks",
+    )
+    c = config.load(path)
+    summary = study.run_study(c)
+    assert summary.states == {"COMPLETE": 3}
+    s = optuna.load_study(study_name="tasks", storage=c.study.storage)
+    assert s.directions[2] == optuna.study.StudyDirection.MAXIMIZE
+    assert s.user_attrs["constraint_names"] == [
+        "perplexity_increase",
+        "max_size_bytes",
+        "max_teacher_kl",
+        "task:pydoc_norm",
+    ]
+    records = {r.number: r for r in read_trials(s)}
+    base, int8, pruned = records[0], records[1], records[2]
+    assert base.is_base and int8.recipe.bits == 8 and pruned.recipe.prune_ratio == 0.5
+    # every task ran on the base and on the trial that meets the cheaper budgets
+    for r in (base, int8):
+        assert set(r.tasks) == {"pydoc", "pydoc_norm", "mine"}
+        harness = r.tasks["pydoc"]
+        assert harness["metric"] == "acc" and harness["n"] == 8 and harness["version"] == "1.0"
+        assert 0 <= harness["value"] <= 1 and harness["stderr"] > 0
+        assert r.values["pydoc"] == harness["value"]
+        assert r.values["mine"] == r.tasks["mine"]["value"] > 0
+    assert not base.feasible  # 16 MB > 12.5 MB
+    assert int8.feasible, int8.constraints
+    # the pruned model drifted past max_teacher_kl: its tasks were never evaluated
+    assert not pruned.tasks and "missed teacher_kl <= 0.05" in pruned.tasks_skipped
+    assert pruned.values["pydoc"] == -math.inf and pruned.values["mine"] == math.inf
+    assert not pruned.feasible
+    choice = rank(s, PRESETS["balanced"])
+    assert [cand.number for cand in choice.ranking] == [1]
+    assert "met size_bytes <= 12.5 MB" in choice.reason
+    assert choice.best.tasks["pydoc_norm"] == int8.tasks["pydoc_norm"]["value"]
+    table = {row.number: row for row in get_table_info(s).rows}
+    assert table[2].budgets.endswith("tasks skipped") and "pydoc_norm" in table[0].tasks
+    savings = get_summary_info(s).task_savings
+    assert savings is not None and (savings.skipped, savings.evaluated) == (1, 2)
+
+    # Resumed with one more trial: a layer dropped in fp32 is 13 MB, over the size budget,
+    # and is given up right after the build, before it is measured.
+    s.enqueue_trial({"drop_layers": 1, "bits": 16, "prune_ratio": 0.0})
+    more = config.load(path, overrides={"study": {"n_trials": 4}})
+    assert study.run_study(more).states == {"PRUNED": 1}
+    last = read_trials(s)[-1]
+    assert last.state == TrialState.PRUNED and last.recipe.drop_layers == 1
+    assert last.reason.startswith("missed size_bytes <= 12.5 MB (13.")
+    assert "right after the build" in last.reason
