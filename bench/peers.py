@@ -348,8 +348,14 @@ def compare_loops(seconds: float, threads: int) -> None:
         f"hypervolume {hv_theirs:.4g} (load {theirs_load['load_average']:.1f}, cpu wait "
         f"{theirs_load['cpu_wait']:.0%})\n  reference point "
         f"({', '.join(f'{r:.4g}' for r in reference)}); hypervolume ratio autoslim / loop "
-        f"{hv_ours / hv_theirs if hv_theirs else math.inf:.2f} (goal > 1)"
+        f"{ratio(hv_ours, hv_theirs)} (goal > 1)"
     )
+
+
+def ratio(ours: float, theirs: float) -> str:
+    if theirs > 0:
+        return f"{ours / theirs:.2f}"
+    return "undefined (neither front has a feasible point inside the box)" if not ours else "inf"
 
 
 def main() -> None:
