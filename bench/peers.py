@@ -225,6 +225,11 @@ def smollm2() -> tuple[Path, models.LoadedModel]:
     gguf = next(folder.glob("*.gguf"))
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+    # The weights are dequantized to fp32, but transformers keeps its GGUF quantizer on the
+    # model, which refuses save_pretrained (the quantization backends reload through it).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.eval()
     return gguf, models.LoadedModel(model, tokenizer, "SmolLM2-135M-Instruct", str(gguf))
 
