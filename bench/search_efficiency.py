@@ -14,8 +14,8 @@ Step 2 replays the table as an oracle: each sampler proposes recipes through
 duplicates not counted, an abandoned recipe a pruned trial, the perplexity constraint set on
 the trial) and is told the stored result. Hypervolume of the feasible front comes from
 Optuna's public ``optuna.visualization.plot_hypervolume_history`` over one fixed reference
-point (the perplexity limit and the slowest and hungriest feasible grid row), and is shown as
-a share of the full grid's hypervolume.
+point (the perplexity limit, 1.1x the slowest and 1.1x the hungriest feasible grid row), shown
+as a share of the full grid's hypervolume.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ class Oracle:
         feasible = [values for values, ok in self.points() if ok]
         self.reference = [
             self.base_perplexity * (1 + self.max_increase),
-            *(max(v[i] for v in feasible) for i in (1, 2)),
+            *(1.1 * max(v[i] for v in feasible) for i in (1, 2)),
         ]
         self.grid_hv = self.grid_hypervolume()
 

@@ -56,6 +56,8 @@ def main() -> None:
                 "n_trials": args.trials,
                 "time_limit_seconds": 1e9,
                 "recycle_every": 0,
+                # A timed-out trial restarts the worker, which would hide memory creep.
+                "trial_timeout_seconds": 3600,
                 "storage": f"sqlite:///{db}",
                 "name": "overhead",
             }
