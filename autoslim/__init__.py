@@ -2,4 +2,8 @@
 
 from __future__ import annotations
 
+from autoslim import quiet
+
 __version__ = "0.1.0"
+
+quiet.install()

@@ -172,9 +172,6 @@ def load_model(
     """Load a causal LM and its tokenizer by name, ready for evaluation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from autoslim.quiet import import_quantizers
-
-    import_quantizers()
     where = resolve(name)
     config = load_config(name, trust_remote_code=trust_remote_code)
     try:

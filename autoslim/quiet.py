@@ -1,34 +1,37 @@
-"""Silence import-time warnings of optional dependencies that no user can act on.
+"""Drop import-time warnings of optional dependencies that no user can act on.
 
-torchao, when installed, is imported by transformers' quantizers on the first model load; on
-a CPU machine it warns that its CUDA-only extension libraries fail to load, and torch warns
-about a deprecated registration it makes. Neither says anything about the user's model.
+torchao, when installed, is imported by transformers' quantizers the first time any modeling
+code is (a model load, lm-evaluation-harness, a size estimate); on a CPU machine it warns that
+its CUDA-only extension libraries and Triton are missing, and torch warns about a deprecated
+registration torchao makes. None of it says anything about the user's model, and it opened
+every search, trial worker and check. :func:`install` (run when ``autoslim`` is imported)
+filters exactly those messages on exactly those loggers; everything else they log still shows.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
+import re
 
-_NOISY = ("torchao", "torch.utils._pytree")
-
-
-@contextlib.contextmanager
-def quiet_imports() -> Iterator[None]:
-    """Raise the noisy import-time loggers to ERROR for the duration of the block."""
-    loggers = [logging.getLogger(name) for name in _NOISY]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for log, level in zip(loggers, levels, strict=True):
-            log.setLevel(level)
+HARMLESS = {
+    "torchao": re.compile(r"^Failed to load .*\.so"),
+    "torchao.kernel.intmm": re.compile(r"Detected no triton"),
+    "torch.utils._pytree": re.compile(r"is an Enum subclass and is now natively supported"),
+}
 
 
-def import_quantizers() -> None:
-    """Import transformers' quantizers (and with them torchao, when installed) quietly."""
-    with quiet_imports():
-        import transformers.quantizers  # noqa: F401
+class _Harmless(logging.Filter):
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(record.getMessage())
+
+
+def install() -> None:
+    """Add the filters (once per logger)."""
+    for name, pattern in HARMLESS.items():
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _Harmless) for f in log.filters):
+            log.addFilter(_Harmless(pattern))

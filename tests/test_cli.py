@@ -122,3 +122,15 @@ def test_init_writes_a_study_that_passes_check(tmp_path):
         timeout=300,
     )
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_importing_modeling_code_after_autoslim_prints_no_torchao_noise():
+    # transformers' quantizers import torchao, which warns about its CUDA-only libraries
+    # and a deprecated torch registration on every CPU run; autoslim drops exactly those.
+    probe = "import autoslim, transformers.modeling_utils, torchao.quantization"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert "Failed to load" not in out.stderr
+    assert "Enum subclass" not in out.stderr
+    assert "Detected no triton" not in out.stderr

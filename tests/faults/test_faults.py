@@ -389,7 +389,10 @@ def test_report_of_a_study_with_no_completed_trial(tmp_path) -> None:
     import optuna
 
     db = tmp_path / "e.db"
-    study = optuna.create_study(study_name="e", storage=f"sqlite:///{db}")
+    study = optuna.create_study(
+        study_name="e", storage=f"sqlite:///{db}", directions=["minimize"] * 3
+    )
+    study.set_metric_names(["perplexity", "seconds", "joules"])
     trial = study.ask()  # a process that died an hour ago left it RUNNING
     trial.set_user_attr("heartbeat", time.time() - 3600)
     out = tmp_path / "e.html"

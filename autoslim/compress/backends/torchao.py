@@ -30,7 +30,6 @@ import torch
 
 from autoslim.compress.backends.base import QuantBackend, QuantSpec
 from autoslim.errors import UnsupportedError
-from autoslim.quiet import quiet_imports
 
 INT4_GROUP_SIZE = 32
 
@@ -81,15 +80,14 @@ class TorchaoBackend(QuantBackend):
                 )
 
     def quantization_config(self, spec: QuantSpec, device: str, dtype: torch.dtype) -> Any:
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+            IntxWeightOnlyConfig,
+            PerGroup,
+        )
         from transformers import TorchAoConfig
 
-        with quiet_imports():
-            from torchao.quantization import (
-                Int8DynamicActivationInt8WeightConfig,
-                Int8WeightOnlyConfig,
-                IntxWeightOnlyConfig,
-                PerGroup,
-            )
         scheme: Any
         if spec.bits == 4:
             scheme = IntxWeightOnlyConfig(
