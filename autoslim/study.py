@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -147,8 +147,25 @@ def _sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
             seed=seed,
         )
     if run.sampler == "grid":
-        return optuna.samplers.GridSampler(search_space.grid_space(config.search), seed=seed)
+        return _GridSampler(search_space.grid_space(config.search), seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, without its stop: ``GridSampler.after_trial`` calls
+    ``Study.stop()`` once the grid is used up, which only works inside ``Study.optimize``; in
+    ``run_study``'s ask-and-tell loop it raised inside ``tell`` and left the last trial
+    RUNNING. Here the study ends as for any sampler: at ``n_trials``, or when the grid only
+    re-proposes recipes already tried (the duplicate limit)."""
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        return None
 
 
 def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:

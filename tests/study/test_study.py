@@ -261,3 +261,24 @@ def test_workers_starting_together_on_an_empty_postgresql_database(tmp_path) -> 
     finally:
         admin.cursor().execute(f"DROP DATABASE {database} WITH (FORCE)")
         admin.close()
+
+
+def test_a_grid_study_ends_with_every_trial_told(study_file) -> None:
+    # Optuna's GridSampler stops the study from inside tell() once its grid is used up, which
+    # only works under Study.optimize; run_study asks and tells itself.
+    path = study_file(
+        study={"n_trials": 6, "sampler": "grid"},
+        search={
+            "drop_heads_per_layer": [0],
+            "kd_steps": [0],
+            "kd_temperature": [2.0],
+            "prune_ratio": [0.0],
+            "bits": [16, 8],
+        },
+    )
+    summary, s = run(path)
+    assert not [t.number for t in s.trials if t.state == TrialState.RUNNING]
+    assert {recipe_of(t) for t in s.trials if t.state == TrialState.COMPLETE} >= {
+        Recipe(),
+        Recipe(bits=8, quant_backend="bitsandbytes"),
+    }
