@@ -235,8 +235,14 @@ def mask_url(url: str) -> str:
     """The URL as it may be shown or stored: every credential (the password, query
     parameters such as ``password`` or ``sslpassword``) replaced by ``***``."""
     parsed = _url(url)
-    if parsed is None:
-        return url.split("://", 1)[0] + "://..." if "://" in url else url
+    if parsed is None:  # masked by hand: the host stays readable, the secrets do not
+        head, _, query_text = url.partition("?")
+        head = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", head)
+        params = [
+            f"{k}=***" if CREDENTIAL_PARAM.search(k) else f"{k}={v}"
+            for k, _, v in (p.partition("=") for p in query_text.split("&") if p)
+        ]
+        return head + ("?" + "&".join(params) if params else "")
     query = {k: "***" if CREDENTIAL_PARAM.search(k) else v for k, v in parsed.query.items()}
     shown = str(parsed.set(query=query).render_as_string(hide_password=True))
     return shown.replace("%2A%2A%2A", "***")
