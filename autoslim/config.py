@@ -15,12 +15,14 @@ import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from autoslim.budgets import BY_KEY as BUDGET_KEYS
 from autoslim.errors import ConfigError, ModelError
 from autoslim.operators import KNOBS
 from autoslim.operators.precision import PRECISIONS
 from autoslim.recipe import Recipe
+from autoslim.tasks.spec import TaskSpec, parse_tasks, unused
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,8 +33,10 @@ else:  # pragma: no cover - Python 3.10
         raise ImportError("Python 3.10 needs the 'tomli' package: pip install tomli") from e
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
-# Measurement fields a study may minimise.
+# Measurement fields a study may minimise (and any task of its [tasks] tables).
 OBJECTIVES = ("perplexity", "seconds", "joules", "size_bytes", "peak_memory_bytes")
+# Figures a task may not be named after.
+FIGURES = (*OBJECTIVES, *(b.figure for b in BUDGET_KEYS.values()))
 DEFAULT_OBJECTIVES = ("perplexity", "seconds", "joules")
 
 
@@ -120,15 +124,19 @@ class DataSection:
 @dataclass(frozen=True)
 class EarlyAbort:
     """Abandon a recipe whose perplexity after the cheap stages (structured prune, drop heads)
-    exceeds ``max_ppl_ratio`` × the base model's, measured on ``windows`` eval windows."""
+    exceeds ``max_ppl_ratio`` × the base model's, measured on ``windows`` eval windows (None:
+    derived from the measured cost model, :func:`autoslim.costs.early_abort_windows`)."""
 
     enabled: bool = True
     max_ppl_ratio: float = 4.0
-    windows: int = 8
+    windows: int | None = None
 
 
 @dataclass(frozen=True)
 class RunSection:
+    """``trial_timeout_seconds``: a trial's limit on its own clock (CPU wait excluded,
+    :class:`autoslim.costs.TrialClock`); None: derived per trial from the measured costs."""
+
     name: str
     storage: str
     n_trials: int | None = 20
@@ -137,8 +145,9 @@ class RunSection:
     seed: int = 0
     population_size: int = 8
     startup_trials: int = 4
-    trial_timeout_seconds: float = 1800.0
+    trial_timeout_seconds: float | None = None
     recycle_every: int = 25
+    heartbeat_seconds: int = 10
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,16 @@ class StudyConfig:
     max_ppl_increase: float
     early_abort: EarlyAbort
     search: SearchSpace = field(default_factory=lambda: SearchSpace({}))
+    budgets: dict[str, float] = field(default_factory=dict)  # [budgets] key -> limit
+    tasks: dict[str, TaskSpec] = field(default_factory=dict)
+
+    @property
+    def directions(self) -> list[Literal["minimize", "maximize"]]:
+        """Optuna's direction of each objective: a task's goal, else minimise."""
+        return [
+            "maximize" if n in self.tasks and self.tasks[n].goal == "max" else "minimize"
+            for n in self.objectives
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -167,6 +186,8 @@ class StudyConfig:
             },
             "early_abort": asdict(self.early_abort),
             "search": self.search.to_dict(),
+            "budgets": dict(self.budgets),
+            "tasks": {name: spec.to_dict() for name, spec in self.tasks.items()},
         }
 
     @classmethod
@@ -199,6 +220,8 @@ class StudyConfig:
                 max_ppl_increase=float(objectives["max_ppl_increase"]),
                 early_abort=EarlyAbort(**data["early_abort"]),
                 search=SearchSpace(search),
+                budgets={k: float(v) for k, v in data.get("budgets", {}).items()},
+                tasks={n: TaskSpec.from_dict(n, v) for n, v in data.get("tasks", {}).items()},
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ConfigError(
@@ -346,7 +369,16 @@ def parse(raw: Mapping[str, Any], file: Path, *, check_model: bool = True) -> St
     model = _model_section(root.table("model"))
     data = _data_section(root.table("data"))
     workload = _workload(root.table("workload"))
-    objectives, max_increase = _objectives(root.table("objectives"))
+    tasks = parse_tasks(root.table("tasks"), FIGURES)
+    objectives, max_increase = _objectives(root.table("objectives"), tuple(tasks))
+    idle = unused(tasks, objectives)
+    if idle:
+        raise root.error(
+            f"tasks.{idle[0]}",
+            "is neither an objective nor a constraint; list it in objectives.names or give "
+            "it max_relative_loss / at_least / at_most",
+        )
+    budgets = _budgets(root.table("budgets"), workload)
     early = _early_abort(root.table("early_abort"))
     search = _search(root.table("search"), model.device)
     root.finish()
@@ -360,9 +392,14 @@ def parse(raw: Mapping[str, Any], file: Path, *, check_model: bool = True) -> St
         max_ppl_increase=max_increase,
         early_abort=early,
         search=search,
+        budgets=budgets,
+        tasks=tasks,
     )
     if check_model:
         check_against_model(config)
+        from autoslim.tasks.spec import check_reachable
+
+        check_reachable(config.tasks)
     return config
 
 
@@ -373,9 +410,13 @@ def _positive(table: _Table, name: str, value: float | None, *, allow_none: bool
         raise table.error(name, f"{value!r}: must be a positive number")
 
 
+# What a study name may be made of (it names the study in its storage and its default file).
+STUDY_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def _run_section(t: _Table, file: Path) -> RunSection:
     name = t.get("name", str, file.stem)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+    if not STUDY_NAME.fullmatch(name):
         raise t.error("name", f"{name!r}: use letters, digits, '-', '_' or '.' only")
     storage = t.get("storage", str, "")
     n_trials = t.get("n_trials", int, 20)
@@ -397,11 +438,14 @@ def _run_section(t: _Table, file: Path) -> RunSection:
     startup = t.get("startup_trials", int, 4)
     if startup < 0:
         raise t.error("startup_trials", f"{startup}: must be >= 0")
-    trial_timeout = t.get("trial_timeout_seconds", (int, float), 1800.0)
-    _positive(t, "trial_timeout_seconds", trial_timeout, allow_none=False)
+    trial_timeout = t.get("trial_timeout_seconds", (int, float), None)
+    _positive(t, "trial_timeout_seconds", trial_timeout)
     recycle = t.get("recycle_every", int, 25)
     if recycle < 0:
         raise t.error("recycle_every", f"{recycle}: must be >= 0 (0 = never recycle)")
+    heartbeat = t.get("heartbeat_seconds", int, 10)
+    if heartbeat < 1:
+        raise t.error("heartbeat_seconds", f"{heartbeat}: must be >= 1")
     t.finish()
     return RunSection(
         name=name,
@@ -412,8 +456,9 @@ def _run_section(t: _Table, file: Path) -> RunSection:
         seed=seed,
         population_size=population,
         startup_trials=startup,
-        trial_timeout_seconds=float(trial_timeout),
+        trial_timeout_seconds=trial_timeout,
         recycle_every=recycle,
+        heartbeat_seconds=heartbeat,
     )
 
 
@@ -438,13 +483,18 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
             "get shared, so remove it from the URL and give it to the database client "
             "instead (PGPASSWORD, a passfile or ~/.pgpass for PostgreSQL)",
         )
-    scheme = url.split(":", 1)[0]
-    if scheme == "sqlite":
-        db = url.removeprefix("sqlite:///")
-        if not url.startswith("sqlite:///") or not db or db == ":memory:":
+    from autoslim.storage import SCHEMES, scheme_of
+
+    scheme = scheme_of(url)
+    if scheme not in SCHEMES:
+        kinds = ", ".join(f"{s.example} ({s.use})" for s in SCHEMES.values())
+        raise t.error("storage", f"{mask_url(url)!r}: use one of {kinds}")
+    if scheme in ("sqlite", "journal"):
+        db = url.removeprefix(SCHEMES[scheme].prefix)
+        if not url.startswith(SCHEMES[scheme].prefix) or not db or db == ":memory:":
             raise t.error(
                 "storage",
-                f"{url!r}: write sqlite:///PATH/TO/FILE.db (a file, so the study survives)",
+                f"{url!r}: write {SCHEMES[scheme].example} (a file, so the study survives)",
             )
         target = Path(db)
         parent = target.parent
@@ -462,12 +512,6 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
                 "storage",
                 f"folder {str(parent)!r} is not writable ({why}); choose a writable folder",
             )
-    elif scheme.split("+")[0] not in ("postgresql", "mysql"):
-        raise t.error(
-            "storage",
-            f"{mask_url(url)!r}: use sqlite:///FILE.db (one machine) or "
-            "postgresql://USER@HOST/DB (many machines)",
-        )
     return url
 
 
@@ -516,13 +560,16 @@ def _workload(t: _Table) -> dict[str, Any]:
     return workload
 
 
-def _objectives(t: _Table) -> tuple[tuple[str, ...], float]:
+def _objectives(t: _Table, tasks: tuple[str, ...]) -> tuple[tuple[str, ...], float]:
     names = t.get("names", list, list(DEFAULT_OBJECTIVES))
+    known = (*OBJECTIVES, *tasks)
     if not names:
-        raise t.error("names", "is empty; list at least one of " + ", ".join(OBJECTIVES))
+        raise t.error("names", "is empty; list at least one of " + ", ".join(known))
     for name in names:
-        if name not in OBJECTIVES:
-            raise t.error("names", f"{name!r}: choose from {', '.join(OBJECTIVES)}")
+        if name not in known:
+            raise t.error(
+                "names", f"{name!r}: choose from {', '.join(known)} (or declare [tasks.{name}])"
+            )
     if len(set(names)) != len(names):
         raise t.error("names", f"{names!r} repeats an objective")
     if "perplexity" not in names:
@@ -537,18 +584,45 @@ def _objectives(t: _Table) -> tuple[tuple[str, ...], float]:
     return tuple(names), increase
 
 
+def _budgets(t: _Table, workload: dict[str, Any]) -> dict[str, float]:
+    """The ``[budgets]`` table: each key one declared :data:`autoslim.budgets.BUDGETS`."""
+    from autoslim.measure import Workload
+
+    out = {}
+    for key, budget in BUDGET_KEYS.items():
+        t.read.add(key)
+        if key not in t.data:
+            continue
+        try:
+            out[key] = budget.parse(t.data[key])
+        except ValueError as e:
+            raise t.error(key, f"{e} ({budget.doc})") from e
+    t.finish(tuple(BUDGET_KEYS))
+    load = Workload.from_dict(workload)
+    idle = {
+        "min_prefill_tokens_per_second": ("prefill_windows", load.prefill_windows),
+        "min_decode_tokens_per_second": ("decode_tokens", load.decode_tokens),
+    }
+    for key, (what, count) in idle.items():
+        if key in out and count == 0:
+            raise t.error(
+                key, f"nothing measures it: workload.{what} is 0; set it above 0 or drop {key}"
+            )
+    return out
+
+
 def _early_abort(t: _Table) -> EarlyAbort:
     section = EarlyAbort(
         enabled=t.get("enabled", bool, True),
         max_ppl_ratio=t.get("max_ppl_ratio", float, 4.0),
-        windows=t.get("windows", int, 8),
+        windows=t.get("windows", int, None),
     )
     if not (math.isfinite(section.max_ppl_ratio) and section.max_ppl_ratio > 1):
         raise t.error(
             "max_ppl_ratio",
             f"{section.max_ppl_ratio!r}: must be > 1 (times the base perplexity, e.g. 4)",
         )
-    if section.windows < 1:
+    if section.windows is not None and section.windows < 1:
         raise t.error("windows", f"{section.windows}: must be at least 1")
     t.finish()
     return section
@@ -634,8 +708,9 @@ def _check_value(t: _Table, name: str, key: str, value: Any, field_name: str = "
 
 
 def check_against_model(config: StudyConfig) -> None:
-    """Ask every operator whether the space's extreme recipes can be built for this model on
-    this device (its config only; no weights are loaded)."""
+    """Check the workload fits the model's context and ask every operator whether the space's
+    extreme recipes can be built for this model on this device (its config only; no weights
+    are loaded)."""
     from autoslim import models
 
     try:
@@ -644,6 +719,12 @@ def check_against_model(config: StudyConfig) -> None:
         )
     except ModelError as e:
         raise ConfigError(f"{config.path}: model.name: {e}") from e
+    from autoslim.measure.workload import Workload
+
+    try:
+        Workload.from_dict(config.workload).check_context(model_config)
+    except ConfigError as e:
+        raise ConfigError(f"{config.path}: {e} ({config.model.name})") from e
     _check_recipes(config, model_config)
 
 
@@ -655,10 +736,7 @@ def extreme_recipes(space: SearchSpace) -> list[Recipe]:
 
     categorical = [n for n, k in space.knobs.items() if k.range is None and n != "drop_heads"]
     heads: list[dict[str, Any]] = [{"drop_heads": h} for h in space["drop_heads"].values()]
-    largest = {
-        n: max(space[n].extremes())
-        for n in ("prune_ratio", "drop_layers", "drop_heads_per_layer", "kd_steps")
-    }
+    largest = {n: max(space[n].extremes()) for n in space.knobs if KNOBS[n].extreme}
     out: list[Recipe] = []
     for combo in itertools.product(*(space[n].values() for n in categorical)):
         chosen = dict(zip(categorical, combo, strict=True))

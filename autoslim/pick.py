@@ -20,22 +20,34 @@ no larger than ``w_time * seconds CV + w_energy * joules CV`` (the larger CV of 
 over the repeats of their measurements) is a tie, and ties go to the lower perplexity, then the
 lower score, then the lower trial number. A user who gives up perplexity for speed should get
 speed, not timing noise.
+
+Only timings that can be trusted compete. A trial whose stored timing is flagged
+(:func:`autoslim.retime.untrusted_timing`: measured on a busy CPU, or too noisy) is kept off
+the front and out of the choice, and the reason says so. With ``retimed`` figures (``pick
+--retime``: :func:`retime_numbers` — the top of the stored ranking, the untrusted trials the
+front would hold, and the base — re-timed side by side in one process), the choice is among
+the re-timed trials, on those figures and their spread, and the reason says when the winner's
+advantage over the base model is within noise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from autoslim.budgets import BY_KEY, PERPLEXITY, Limit, hardware_limits, limits_of, missed
+from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError
 from autoslim.recipe import Recipe
-from autoslim.trials import TrialRecord, best_numbers, objective_names, read_trials
+from autoslim.retime import DEFAULT_TOP, Retimed, untrusted_timing
+from autoslim.trials import TrialRecord, minimised, objective_names, pareto_mask, read_trials
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +114,20 @@ def weights_from(prefer: str | None, weights: str | None) -> Weights:
 
 @dataclass(frozen=True)
 class Budget:
-    """The highest perplexity allowed: the base model's plus a relative increase."""
+    """The highest perplexity allowed (the base model's plus a relative increase) and the
+    study's other limits (hardware budgets, task constraints: :mod:`autoslim.budgets`)."""
 
     base_perplexity: float
     max_ppl_increase: float
+    limits: tuple[Limit, ...] = ()
+
+    def admits(self, trial: TrialRecord) -> bool:
+        """Whether ``trial`` meets the perplexity budget and every other limit."""
+        return self.allows(trial.perplexity) and not missed(self.limits, trial.figures)
+
+    def explain(self, trial: TrialRecord) -> str:
+        """Each limit met or missed by ``trial``, with its figure."""
+        return "; ".join(limit.explain(trial.figures) for limit in self.limits)
 
     @property
     def max_perplexity(self) -> float:
@@ -119,14 +141,19 @@ class Budget:
         return perplexity / self.base_perplexity - 1
 
     def describe(self) -> str:
-        return (
-            f"perplexity <= {self.max_perplexity:.4g} "
-            f"(base {self.base_perplexity:.4g} +{self.max_ppl_increase:.1%})"
+        return f"perplexity <= {self.max_perplexity:.4g} " + "".join(
+            [f"(base {self.base_perplexity:.4g} +{self.max_ppl_increase:.1%})"]
+            + [f", {limit.text}" for limit in self.limits]
         )
 
 
-def study_budget(study: optuna.Study, max_ppl_increase: float | None = None) -> Budget | None:
-    """The study's budget, or a tighter one; None when the study holds no base perplexity."""
+def study_budget(
+    study: optuna.Study,
+    max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
+) -> Budget | None:
+    """The study's budget, or a tighter one (``tighten``: ``[budgets]`` key → limit, only
+    tighter than the study's own); None when the study holds no base perplexity."""
     attrs = study.user_attrs
     stored = attrs.get("max_ppl_increase")
     base = attrs.get("base_perplexity")
@@ -145,7 +172,24 @@ def study_budget(study: optuna.Study, max_ppl_increase: float | None = None) -> 
         stored = max_ppl_increase
     if base is None or stored is None:
         return None
-    return Budget(base_perplexity=float(base), max_ppl_increase=float(stored))
+    return Budget(float(base), float(stored), tuple(_other_limits(study, tighten or {})))
+
+
+def _other_limits(study: optuna.Study, tighten: Mapping[str, float]) -> list[Limit]:
+    """The stored study's limits other than perplexity, each tightened where asked."""
+    stored = study.user_attrs.get("config")
+    base = study.user_attrs.get("base_figures")
+    limits = []
+    if isinstance(stored, dict):
+        config = StudyConfig.from_dict(stored)
+        limits = [limit for limit in limits_of(config, base) if limit.name != PERPLEXITY]
+    by_name = {limit.name: limit for limit in limits}
+    for key, value in tighten.items():
+        declared = BY_KEY[key]
+        unbounded = math.inf if declared.bound == "max" else 0.0
+        own = by_name.get(key) or hardware_limits({key: unbounded})[0]
+        by_name[key] = own.tighter(value, declared.flag)
+    return list(by_name.values())
 
 
 # The objectives a weight applies to.
@@ -179,6 +223,8 @@ class Candidate:
     energy_source: str
     is_base: bool
     cv: dict[str, float]  # each weighted objective's coefficient of variation over repeats
+    tasks: dict[str, float] = field(default_factory=dict)  # every task's score, by name
+    budgets: str = ""  # each limit beside perplexity, met or missed, with the figure
 
     @property
     def perplexity(self) -> float:
@@ -199,6 +245,8 @@ class Candidate:
             "is_base": self.is_base,
             "recipe": self.recipe.to_dict(),
             "recipe_summary": self.recipe.describe(),
+            "tasks": dict(self.tasks),
+            "budgets": self.budgets,
         }
 
 
@@ -212,6 +260,9 @@ class Choice:
     budget: Budget
     ranking: tuple[Candidate, ...]
     reason: str
+    # Trials within the budget kept out because their stored timing is untrusted, and why.
+    held_back: dict[int, str] = field(default_factory=dict)
+    retimed: tuple[int, ...] = ()  # the trials whose figures come from a side-by-side re-timing
 
     @property
     def best(self) -> Candidate:
@@ -226,9 +277,12 @@ class Choice:
                 "base_perplexity": self.budget.base_perplexity,
                 "max_ppl_increase": self.budget.max_ppl_increase,
                 "max_perplexity": self.budget.max_perplexity,
+                "limits": [limit.text for limit in self.budget.limits],
             },
             "best_trial": self.best.number,
             "reason": self.reason,
+            "held_back": {str(n): why for n, why in self.held_back.items()},
+            "retimed": list(self.retimed),
             "ranking": [c.to_dict() for c in self.ranking],
         }
 
@@ -241,30 +295,98 @@ def _normalise(values: list[float]) -> list[float]:
     return [v / best - 1 for v in values]
 
 
-def candidates(study: optuna.Study, budget: Budget) -> list[TrialRecord]:
-    """The Pareto-optimal trials within ``budget``, by number.
-
-    ``Study.best_trials`` is the front among the feasible trials; a trial within a budget at
-    most as loose as the study's is on it exactly when it is on the front of the trials
-    within that budget (whatever dominates it has a perplexity no higher).
-    """
-    best = best_numbers(study)
+def within(study: optuna.Study, budget: Budget) -> list[TrialRecord]:
+    """The feasible COMPLETE trials that meet ``budget`` (and the study's stored
+    constraints), by number."""
     return [
-        r
-        for r in read_trials(study, (TrialState.COMPLETE,))
-        if r.number in best and budget.allows(r.perplexity)
+        r for r in read_trials(study, (TrialState.COMPLETE,)) if r.feasible and budget.admits(r)
     ]
 
 
-def rank(study: optuna.Study, weights: Weights, max_ppl_increase: float | None = None) -> Choice:
-    """Rank the Pareto-optimal trials within the budget by weighted time and energy."""
-    budget = study_budget(study, max_ppl_increase)
+def _front(study: optuna.Study, pool: list[TrialRecord]) -> list[TrialRecord]:
+    """The Pareto-optimal trials of ``pool`` in the study's objectives (maximised ones
+    negated)."""
+    names = objective_names(study)
+    mask = pareto_mask([minimised(study, r, names) for r in pool])
+    return [r for r, keep in zip(pool, mask, strict=True) if keep]
+
+
+def _with_retimed(trial: TrialRecord, figures: Retimed) -> TrialRecord:
+    """The trial with its seconds (and joules, where metered per run) from the re-timing."""
+    values = dict(trial.values)
+    measurement = dict(trial.measurement)
+    new = {"seconds": (figures.seconds, figures.seconds_cv)}
+    if math.isfinite(figures.joules):
+        new["joules"] = (figures.joules, figures.joules_cv)
+    for name, (value, cv) in new.items():
+        if name in values:
+            values[name] = value
+            measurement[f"{name}_cv"] = cv
+    return replace(trial, values=values, measurement=measurement)
+
+
+def candidates(
+    study: optuna.Study, budget: Budget, retimed: Mapping[int, Retimed] | None = None
+) -> list[TrialRecord]:
+    """The Pareto-optimal trials within ``budget`` among those whose timing is trusted, by
+    number: the ``retimed`` ones on their re-timed figures, else those whose stored timing
+    is not flagged (:func:`untrusted_timing`)."""
+    if retimed is not None:
+        pool = [
+            _with_retimed(r, retimed[r.number])
+            for r in within(study, budget)
+            if r.number in retimed
+        ]
+    else:
+        pool = [r for r in within(study, budget) if not untrusted_timing(r)]
+    return _front(study, pool)
+
+
+def retime_numbers(
+    study: optuna.Study,
+    weights: Weights,
+    max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
+    top: int = DEFAULT_TOP,
+) -> list[int]:
+    """What ``pick --retime`` re-times: the base trial, the ``top`` of the stored ranking,
+    and the untrusted trials the front would hold if their timings stood."""
+    budget = _budget(study, max_ppl_increase, tighten)
+    pool = within(study, budget)
+    numbers = [r.number for r in pool if r.is_base]
+    with contextlib.suppress(ConfigError):  # no trusted candidate: the untrusted ones are
+        ranking = rank(study, weights, max_ppl_increase, tighten).ranking
+        numbers += [c.number for c in ranking[:top]]
+    numbers += [r.number for r in _front(study, pool) if untrusted_timing(r)]
+    return list(dict.fromkeys(numbers))
+
+
+def _budget(
+    study: optuna.Study,
+    max_ppl_increase: float | None,
+    tighten: Mapping[str, float] | None = None,
+) -> Budget:
+    budget = study_budget(study, max_ppl_increase, tighten)
     if budget is None:
         raise ConfigError(
             f"study {study.study_name!r} records no base_perplexity / max_ppl_increase, so it "
             "has no perplexity budget; it was not written by `autoslim search`, or its base "
             "model trial never finished: run the search again"
         )
+    return budget
+
+
+def rank(
+    study: optuna.Study,
+    weights: Weights,
+    max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
+    retimed: Mapping[int, Retimed] | None = None,
+) -> Choice:
+    """Rank the Pareto-optimal trials within the budget by weighted time and energy, on
+    trusted stored timings or on ``retimed`` figures (see the module doc); ``tighten``:
+    budget flags, as for pick."""
+    budget = _budget(study, max_ppl_increase, tighten)
     names = objective_names(study)
     if "perplexity" not in names:
         raise ConfigError(
@@ -272,12 +394,16 @@ def rank(study: optuna.Study, weights: Weights, max_ppl_increase: float | None =
             "ranks within a perplexity budget, so it needs a study that minimises perplexity"
         )
     weighted = objective_weights(weights, names)
-    front = candidates(study, budget)
+    held_back = {}
+    if retimed is None:
+        held_back = {r.number: why for r in within(study, budget) if (why := untrusted_timing(r))}
+    front = candidates(study, budget, retimed)
     if not front:
-        raise ConfigError(_nothing_meets(study, budget))
+        raise ConfigError(_nothing_meets(study, budget, held_back))
     norms = {n: _normalise([r.values[n] for r in front]) for n in weighted}
     ranked = [
-        _candidate(r, {n: norms[n][i] for n in weighted}, weighted) for i, r in enumerate(front)
+        _candidate(r, {n: norms[n][i] for n in weighted}, weighted, budget)
+        for i, r in enumerate(front)
     ]
     by_score = sorted(ranked, key=lambda c: (c.score, c.perplexity, c.number))
     lowest = by_score[0]
@@ -285,12 +411,71 @@ def rank(study: optuna.Study, weights: Weights, max_ppl_increase: float | None =
     winner = min(tied, key=lambda c: (c.perplexity, c.score, c.number))
     ranking = (winner, *(c for c in by_score if c is not winner))
     logger.info("ranked %d candidates under %s", len(ranking), budget.describe())
-    reason = _reason(ranking, lowest, weighted, budget)
-    return Choice(weights, weighted, names, budget, ranking, reason)
+    reason = _reason(ranking, lowest, weighted, budget) + _trust_note(
+        ranking, weighted, held_back, retimed
+    )
+    return Choice(
+        weights, weighted, names, budget, ranking, reason, held_back, tuple(sorted(retimed or ()))
+    )
+
+
+def choose(
+    study: optuna.Study,
+    weights: Weights,
+    max_ppl_increase: float | None = None,
+    tighten: Mapping[str, float] | None = None,
+    *,
+    retime: bool = False,
+) -> Choice:
+    """:func:`rank` on stored timings, or (``retime``) re-time :func:`retime_numbers` side by
+    side here first and rank on those figures."""
+    if not retime:
+        return rank(study, weights, max_ppl_increase, tighten)
+    from autoslim import retime as retiming
+
+    numbers = retime_numbers(study, weights, max_ppl_increase, tighten)
+    logger.info("re-timing trials %s side by side", numbers)
+    return rank(study, weights, max_ppl_increase, tighten, retiming.retime(study, numbers))
+
+
+def _trust_note(
+    ranking: tuple[Candidate, ...],
+    weights: dict[str, float],
+    held_back: dict[int, str],
+    retimed: Mapping[int, Retimed] | None,
+) -> str:
+    """What the choice's timings rest on: held-back trials, the re-timing, noise vs the base."""
+    text = ""
+    if held_back:
+        shown = "; ".join(f"trial {n}: {why}" for n, why in sorted(held_back.items()))
+        text += (
+            f". Kept out until re-timed ({shown}): `autoslim pick --retime` re-times them "
+            "beside the top candidates and the base"
+        )
+    if retimed:
+        some = next(iter(retimed.values()))
+        busy = [n for n, f in retimed.items() if f.contended]
+        text += (
+            f". Figures from re-timing trials {', '.join(map(str, sorted(retimed)))} side by "
+            f"side ({some.rounds} interleaved rounds)"
+            + (f", trials {busy} waited for a CPU meanwhile" if busy else "")
+        )
+    best = ranking[0]
+    base = next((c for c in ranking if c.is_base), None)
+    if weights and base is not None and base is not best:
+        gap = base.score - best.score
+        if gap <= best.noise(base, weights):
+            text += (
+                f". Its advantage over the base model (score {gap:.3f}) is within measurement "
+                f"noise ({best.noise(base, weights):.3f})"
+            )
+    elif weights and base is None and retimed is None:
+        text += ". The base model is not among the candidates: nothing here says it is slower"
+    return text
 
 
 def _candidate(
-    trial: TrialRecord, normalised: dict[str, float], weights: dict[str, float]
+    trial: TrialRecord, normalised: dict[str, float], weights: dict[str, float], budget: Budget
 ) -> Candidate:
     return Candidate(
         number=trial.number,
@@ -301,6 +486,8 @@ def _candidate(
         energy_source=str(trial.measurement.get("energy_source", "unknown")),
         is_base=trial.is_base,
         cv={n: _cv(trial.measurement.get(f"{n}_cv")) for n in weights},
+        tasks={n: float(r["value"]) for n, r in trial.tasks.items()},
+        budgets=budget.explain(trial),
     )
 
 
@@ -313,11 +500,25 @@ def _cv(value: Any) -> float:
     return cv if math.isfinite(cv) and cv > 0 else 0.0
 
 
-def _nothing_meets(study: optuna.Study, budget: Budget) -> str:
+def _nothing_meets(study: optuna.Study, budget: Budget, held_back: dict[int, str]) -> str:
     message = f"no completed trial of study {study.study_name!r} meets {budget.describe()}"
+    if held_back:
+        return (
+            f"{message} with a timing that can be trusted: trials "
+            f"{', '.join(map(str, sorted(held_back)))} were timed on a busy or noisy machine; "
+            "re-time them side by side with `autoslim pick --retime`"
+        )
     complete = read_trials(study, (TrialState.COMPLETE,))
     if not complete:
         return message + "; the study has no completed trial yet: run the search first"
+    within = [r for r in complete if budget.allows(r.perplexity)]
+    if within and budget.limits:
+        near = min(within, key=lambda r: (len(missed(budget.limits, r.figures)), r.number))
+        return (
+            f"{message}; of the {len(within)} within the perplexity budget, trial "
+            f"{near.number} ({near.recipe.describe()}) comes closest: {budget.explain(near)}; "
+            "loosen a budget flag (up to the study's own) or search again"
+        )
     closest = min(complete, key=lambda r: (r.perplexity, r.number))
     increase = budget.increase(closest.perplexity)
     return (
@@ -361,6 +562,8 @@ def _reason(
         + f"perplexity {best.perplexity:.4g} ({budget.increase(best.perplexity):+.1%} over "
         f"base, limit {budget.max_perplexity:.4g})"
     )
+    if best.budgets:
+        text += f"; budgets: {best.budgets}"
     if len(ranking) > 1:
         runner_up = ranking[1]
         text += f"; runner-up trial {runner_up.number} scores {runner_up.score:.3f}"

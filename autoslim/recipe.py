@@ -95,5 +95,9 @@ class Recipe:
         return cls(**{name: KNOBS[name].check(value) for name, value in params.items()})
 
     def describe(self) -> str:
-        parts = [op.describe(self) for op in OPERATORS if op.active(self)]
-        return ", ".join(p for p in parts if p) or "base model"
+        """A one-line summary: the applied stages, or ``base model (PRECISION)`` when only
+        the precision is chosen, so base trials at different precisions read apart."""
+        parts = {op.name: op.describe(self) for op in OPERATORS if op.active(self)}
+        if not any(text for name, text in parts.items() if name != "precision"):
+            return f"base model ({self.precision})"
+        return ", ".join(text for text in parts.values() if text)

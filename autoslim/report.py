@@ -23,6 +23,8 @@ from __future__ import annotations
 import html
 import itertools
 import logging
+import math
+import statistics
 import time
 import warnings
 from collections import Counter
@@ -34,12 +36,21 @@ import optuna
 from optuna.trial import TrialState
 
 from autoslim import __version__
+from autoslim.config import RunSection
 from autoslim.errors import ConfigError
 from autoslim.operators import KNOBS
 from autoslim.pick import PRESETS, Budget, rank, study_budget
 from autoslim.recipe import Recipe, format_heads
-from autoslim.study import STALE_SECONDS
-from autoslim.trials import TrialRecord, best_numbers, objective_names, pareto_mask, read_trials
+from autoslim.storage import GRACE_BEATS, is_stale
+from autoslim.trials import (
+    TrialRecord,
+    best_numbers,
+    minimised,
+    objective_names,
+    pareto_mask,
+    read_trials,
+    stored_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +66,12 @@ class Point(NamedTuple):
     label: str
 
 
+class BudgetLine(NamedTuple):
+    axis: str  # the objective it bounds
+    value: float
+    label: str
+
+
 class ParetoInfo(NamedTuple):
     axis_names: tuple[str, ...]
     front: tuple[Point, ...]  # Pareto-optimal in these objectives, within the budget
@@ -62,6 +79,7 @@ class ParetoInfo(NamedTuple):
     over_budget: tuple[Point, ...]
     base: Point | None
     budget_perplexity: float | None  # the perplexity limit, marked where perplexity is an axis
+    budget_lines: tuple[BudgetLine, ...] = ()  # every limit on an axis, perplexity's too
 
 
 class Dimension(NamedTuple):
@@ -90,11 +108,24 @@ class TableRow(NamedTuple):
     within_budget: bool | None
     is_base: bool
     reason: str  # fail_reason / prune_reason
+    tasks: dict[str, float]  # every task's score, by name
+    budgets: str  # the limits it missed; whether its tasks were skipped
 
 
 class TableInfo(NamedTuple):
     objective_names: tuple[str, ...]
     rows: tuple[TableRow, ...]
+    task_names: tuple[str, ...] = ()  # tasks that are not objectives, shown beside them
+
+
+class TaskSavings(NamedTuple):
+    """What evaluating tasks cheap-first saved: evaluations skipped because a cheaper budget
+    was already missed, evaluations run, and the task seconds the skipped ones would have
+    taken (the median of those run)."""
+
+    skipped: int
+    evaluated: int
+    seconds_saved: float
 
 
 class SummaryInfo(NamedTuple):
@@ -113,10 +144,13 @@ class SummaryInfo(NamedTuple):
     choice: str  # the balanced pick and why, or why there is none
     # RUNNING trials whose heartbeat stopped (their process is gone): not "running".
     stalled: int = 0
+    stale_seconds: float = 0.0
+    limits: tuple[tuple[str, int], ...] = ()  # each limit beside perplexity, trials it excludes
+    task_savings: TaskSavings | None = None  # None when the study has no tasks
 
 
 def _label(trial: TrialRecord) -> str:
-    return f"{trial.label()} (trial {trial.number})"
+    return f"{trial.recipe.describe()} (trial {trial.number})"
 
 
 def _point(trial: TrialRecord, objectives: Sequence[str]) -> Point:
@@ -128,7 +162,23 @@ def _budget_limit(budget: Budget | None) -> float | None:
 
 
 def _within(budget: Budget | None, trial: TrialRecord) -> bool:
-    return budget is None or budget.allows(trial.perplexity)
+    """Whether ``trial`` meets the perplexity budget and every other limit of the study."""
+    return budget is None or budget.admits(trial)
+
+
+def _finite(trial: TrialRecord, names: Sequence[str]) -> bool:
+    """Whether every value in ``names`` can be drawn (a task skipped by the cheap-first rule
+    scores infinitely badly)."""
+    return all(math.isfinite(trial.values[n]) for n in names)
+
+
+def _budget_lines(budget: Budget | None, axes: Sequence[str]) -> tuple[BudgetLine, ...]:
+    """Every limit on one of ``axes``: the perplexity budget and each budget or task limit."""
+    if budget is None:
+        return ()
+    lines = [BudgetLine("perplexity", budget.max_perplexity, "perplexity budget")]
+    lines += [BudgetLine(lim.figure, lim.value, lim.text) for lim in budget.limits]
+    return tuple(line for line in lines if line.axis in axes)
 
 
 def _complete(study: optuna.Study) -> list[TrialRecord]:
@@ -151,9 +201,9 @@ def get_pareto_info(study: optuna.Study, objectives: Sequence[str]) -> ParetoInf
             f"objectives={list(objectives)}: choose 2 or 3 of the study's {', '.join(names)}"
         )
     budget = study_budget(study)
-    complete = _complete(study)
+    complete = [t for t in _complete(study) if _finite(t, objectives)]
     within = [t for t in complete if _within(budget, t)]
-    on_front = pareto_mask([[t.values[n] for n in objectives] for t in within])
+    on_front = pareto_mask([minimised(study, t, objectives) for t in within])
     base = next((t for t in complete if t.is_base), None)
     pairs = list(zip(within, on_front, strict=True))
     return ParetoInfo(
@@ -163,6 +213,7 @@ def get_pareto_info(study: optuna.Study, objectives: Sequence[str]) -> ParetoInf
         over_budget=tuple(_point(t, objectives) for t in complete if not _within(budget, t)),
         base=None if base is None else _point(base, objectives),
         budget_perplexity=_budget_limit(budget) if "perplexity" in objectives else None,
+        budget_lines=_budget_lines(budget, objectives),
     )
 
 
@@ -209,8 +260,15 @@ def get_table_info(study: optuna.Study) -> TableInfo:
     budget = study_budget(study)
     front = best_numbers(study)
     rows = []
-    for trial in read_trials(study):
+    trials = read_trials(study)
+    objectives = objective_names(study)
+    tasks = sorted({n for t in trials for n in t.tasks} - set(objectives))
+    for trial in trials:
         measurement = trial.measurement
+        missing = [] if budget is None or not trial.complete else budget.limits
+        misses = "; ".join(
+            m.explain(trial.figures) for m in missing if not m.allows(trial.figures)
+        )
         rows.append(
             TableRow(
                 number=trial.number,
@@ -228,9 +286,18 @@ def get_table_info(study: optuna.Study) -> TableInfo:
                 within_budget=_within(budget, trial) if trial.complete and budget else None,
                 is_base=trial.is_base,
                 reason=trial.reason,
+                tasks={n: float(r["value"]) for n, r in trial.tasks.items()},
+                budgets="; ".join(filter(None, (misses, trial.tasks_skipped and "tasks skipped"))),
             )
         )
-    return TableInfo(objective_names=objective_names(study), rows=tuple(rows))
+    return TableInfo(objectives, tuple(rows), tuple(tasks))
+
+
+def task_savings(trials: Sequence[TrialRecord]) -> TaskSavings:
+    run = [sum(float(r.get("seconds", 0.0)) for r in t.tasks.values()) for t in trials if t.tasks]
+    skipped = sum(bool(t.tasks_skipped) for t in trials)
+    saved = skipped * statistics.median(run) if run else 0.0
+    return TaskSavings(skipped, len(run), saved)
 
 
 def get_summary_info(study: optuna.Study) -> SummaryInfo:
@@ -248,8 +315,12 @@ def get_summary_info(study: optuna.Study) -> SummaryInfo:
     flagged = [[str(f) for f in t.measurement.get("timing_flags", [])] for t in complete]
     flagged = [flags for flags in flagged if flags]
     now = time.time()
+    try:
+        beat = stored_config(study).study.heartbeat_seconds
+    except ConfigError:  # a study autoslim did not write: the default beat
+        beat = RunSection.heartbeat_seconds
     stalled = sum(
-        now - float(t.user_attrs.get("heartbeat", now)) > STALE_SECONDS
+        is_stale(t, beat, now)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     )
     return SummaryInfo(
@@ -265,6 +336,12 @@ def get_summary_info(study: optuna.Study) -> SummaryInfo:
         timing_flagged=(len(flagged), tuple(sorted({f for t in flagged for f in t}))),
         choice=choice,
         stalled=stalled,
+        stale_seconds=GRACE_BEATS * beat,
+        limits=tuple(
+            (lim.text, sum(not lim.allows(t.figures) for t in complete))
+            for lim in (budget.limits if budget else ())
+        ),
+        task_savings=task_savings(trials) if _has_tasks(study) else None,
     )
 
 
@@ -285,12 +362,17 @@ def _counts(info: SummaryInfo) -> str:
         if state == "RUNNING" and info.stalled:
             parts.append(
                 f"{info.stalled} stopped without finishing (no heartbeat for over "
-                f"{STALE_SECONDS:.0f} s; the next search marks it FAIL)"
+                f"{info.stale_seconds:.0f} s; the next search marks it FAIL)"
             )
             n -= info.stalled
         if n:
             parts.append(f"{n} {state.lower()}")
     return ", ".join(parts) or "no trials"
+
+
+def _has_tasks(study: optuna.Study) -> bool:
+    stored = study.user_attrs.get("config")
+    return isinstance(stored, dict) and bool(stored.get("tasks"))
 
 
 # --- renderers --------------------------------------------------------------------------------
@@ -352,15 +434,13 @@ def plot_pareto(info: ParetoInfo) -> Any:
             xaxis_title=_axis_title(info.axis_names[0]),
             yaxis_title=_axis_title(info.axis_names[1]),
         )
-        if info.budget_perplexity is not None:
-            where = {"x": info.budget_perplexity} if info.axis_names[0] == "perplexity" else {}
-            where = where or {"y": info.budget_perplexity}
-            add = fig.add_vline if "x" in where else fig.add_hline
+        for budget_line in info.budget_lines:
+            add = fig.add_vline if info.axis_names[0] == budget_line.axis else fig.add_hline
             add(
-                next(iter(where.values())),
+                budget_line.value,
                 line_dash="dash",
                 line_color="#d62728",
-                annotation_text="perplexity budget",
+                annotation_text=html.escape(budget_line.label),
             )
     fig.update_layout(title=f"Pareto front: {title}", height=520 if three_d else 420)
     return fig
@@ -501,11 +581,13 @@ def render_table(info: TableInfo) -> str:
         "state",
         "recipe",
         *info.objective_names,
+        *info.task_names,
         "energy source",
         "measurement flags",
         "size (MB)",
         "Pareto",
         "within budget",
+        "budgets missed",
         "fail / prune reason",
     )
     head = "".join(f"<th>{h}</th>" for h in headers)
@@ -518,11 +600,13 @@ def render_table(info: TableInfo) -> str:
             _cell(r.state),
             _cell(r.recipe + (" [base]" if r.is_base else "")),
             *(_cell(r.values.get(n)) for n in info.objective_names),
+            *(_cell(r.tasks.get(n)) for n in info.task_names),
             _cell(r.energy_source),
             _cell(r.flags),
             _cell(size),
             _cell("yes" if r.on_front else ""),
             _cell(budget),
+            _cell(r.budgets),
             _cell(r.reason),
         )
         row_class = ' class="front"' if r.on_front else ""
@@ -541,13 +625,26 @@ def render_summary(info: SummaryInfo) -> str:
         ("model", info.model),
         ("objectives", ", ".join(info.objective_names)),
         ("perplexity budget", budget),
+        *((f"budget {text}", f"excludes {n} completed trial(s)") for text, n in info.limits),
+        *(
+            (
+                (
+                    "task evaluations (cheap first)",
+                    f"{s.evaluated} run, {s.skipped} skipped on trials already over a cheaper "
+                    f"budget (about {s.seconds_saved:.0f} s saved)",
+                ),
+            )
+            if (s := info.task_savings)
+            else ()
+        ),
         ("trials", counts),
         ("Pareto-optimal within budget", str(info.n_front)),
         ("energy source(s)", ", ".join(info.energy_sources) or "none"),
         (
             "timing flags",
             f"{info.timing_flagged[0]} trial(s): {', '.join(info.timing_flagged[1])} (measured "
-            "while waiting for a CPU: seconds and joules inflated; re-measure on a quiet machine)"
+            "while waiting for a CPU: seconds and joules inflated); kept out of the pick below "
+            "until re-timed side by side with `autoslim pick --retime`"
             if info.timing_flagged[0]
             else "none",
         ),

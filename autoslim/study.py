@@ -5,27 +5,32 @@ same storage → same study), then asks for recipes and tells results until the 
 or the time limit is reached. What a stored study holds (other commands read it):
 
 - study user_attrs: ``config`` (the validated study file), ``base_perplexity``,
-  ``max_ppl_increase``, ``corpus_fingerprint``, ``model``, ``seed``; metric names set.
+  ``max_ppl_increase``, ``corpus_fingerprint``, ``model``, ``seed``, ``cost_model`` (the
+  stage costs measured at the latest start, :class:`autoslim.costs.CostModel`); metric names
+  set.
 - trial user_attrs (JSON only): ``recipe`` (full Recipe), every numeric figure of the
   measurement flat under its own name (``perplexity``, ``size_bytes``, ``peak_memory_bytes``,
   ``top1_agreement``, ``teacher_kl``, ``cpu_wait_fraction``, ``seconds_cv``…: sortable in
   dashboards) and ``energy_source``, ``build``,
   ``constraint`` (``[ppl / base − 1 − max_ppl_increase]``, ≤ 0 feasible), ``fail_reason``
   on FAIL, ``prune_reason`` on PRUNED, ``is_base`` on the base-model trial, plus
-  ``known`` (label of an enqueued known recipe), ``retry_of``, ``duplicate_of``,
-  ``interrupted``, ``worker`` and ``heartbeat`` bookkeeping.
+  ``known`` (label of an enqueued known recipe), ``duplicate_of``, ``over_budget``,
+  ``interrupted``, ``worker`` and (journal storage only) ``heartbeat`` bookkeeping.
 - trial system attrs: ``autoslim:measurement`` (the full Measurement record, out of plot
   hovers and the dashboard's 1,024-character attr cut), the constraint as Optuna 5's
   ``constraints:perplexity_increase`` and as the older ``constraints`` list, the only one
   optuna-dashboard 0.21 reads. Read all of it back with :func:`autoslim.trials.read_trials`.
 
 The base model and known recipes are enqueued first. A recipe already evaluated is not run
-again (the duplicate is recorded as PRUNED). A trial left RUNNING by a process that died is
-marked FAIL and its recipe re-enqueued once.
+again (the duplicate is recorded as PRUNED). Any number of processes may run one study; a
+trial whose process died goes stale (no heartbeat for ``GRACE_BEATS`` beats), is marked FAIL
+and its recipe is enqueued again once with Optuna's retry callback, which records the trial it
+retries (:func:`autoslim.storage.retried_trial_number`); see :mod:`autoslim.storage`.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -35,19 +40,31 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoslim import space as search_space
+from autoslim.budgets import constraint_names, limits_of
 from autoslim.config import StudyConfig, mask_url
+from autoslim.costs import UNMEASURED_TIMEOUT_SECONDS, CostModel
 from autoslim.errors import AutoslimError, ConfigError
+from autoslim.progress import TrialProgress
 from autoslim.recipe import Recipe
+from autoslim.storage import (
+    GRACE_BEATS,
+    has_heartbeat,
+    is_stale,
+    make_storage,
+    retried_trial_number,
+    retry_callback,
+)
 from autoslim.trials import (
-    CONSTRAINT,
     MEASUREMENT_ATTR,
     constraint_system_attrs,
+    is_interrupted,
     measurement_user_attrs,
     recipe_of,
 )
@@ -55,14 +72,8 @@ from autoslim.worker import DEFAULT_OBJECTIVE, TrialResult, Worker
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 10.0
-# A RUNNING trial whose heartbeat is older than this is stale, whatever its host.
-STALE_SECONDS = 60.0
 # Consecutive duplicate proposals after which the space counts as exhausted.
 MAX_DUPLICATES_IN_A_ROW = 30
-SQLITE_LOCK_TIMEOUT_SECONDS = 60
-# Attempts to open a database whose tables another worker is creating at the same moment.
-SCHEMA_RACE_RETRIES = 5
 # Loading a large base model in a fresh worker can take minutes.
 WORKER_START_SECONDS = 900.0
 
@@ -78,6 +89,7 @@ class Progress:
     pareto_size: int
     trial: FrozenTrial | None = None
     message: str = ""
+    notice: str = ""  # a line to keep (the cost model at start), not a running-trial status
 
 
 @dataclass
@@ -92,75 +104,6 @@ class RunSummary:
     worker_setup_seconds: list[float] = field(default_factory=list)
     overhead_seconds: list[float] = field(default_factory=list)
     stopped_because: str = ""
-
-
-def make_storage(url: str) -> optuna.storages.RDBStorage:
-    """The RDB storage behind ``url`` (SQLite gets a lock timeout for several processes)."""
-    from autoslim import integrity
-
-    integrity.check_storage(url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    given, url = url, _with_installed_driver(url)
-    if url.startswith("sqlite"):
-        kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}}
-    try:
-        storage = _open_rdb(url, kwargs)
-    except Exception as e:
-        fault = integrity.storage_fault(e, given)
-        if fault is not None:
-            raise fault from e
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConfigError(
-            f"cannot open storage {mask_url(url)!r}: {type(e).__name__}: {mask_url(first)}; "
-            "check the server, database name and user"
-        ) from e
-    if url.startswith("sqlite"):
-        _write_ahead_log(storage.engine)
-    return storage
-
-
-def _open_rdb(url: str, engine_kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
-    """Open (and on first use create) Optuna's tables. Workers that start together on an empty
-    database race to create them; the losers see the winner's tables half-made (a duplicate
-    type or table) and simply open them again once it is done."""
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-    for attempt in range(SCHEMA_RACE_RETRIES):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except (IntegrityError, ProgrammingError) as e:
-            if attempt == SCHEMA_RACE_RETRIES - 1:
-                raise
-            logger.info("storage schema being created by another worker (%s); retrying", e.orig)
-            time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-def _with_installed_driver(url: str) -> str:
-    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is
-    installed (the ``autoslim[postgres]`` extra)."""
-    import importlib.util
-
-    if not url.startswith("postgresql://"):
-        return url
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
-
-
-def _write_ahead_log(engine: Any) -> None:
-    """SQLite in WAL mode with normal sync: readers never block the writer and a commit
-    costs no fsync (a power cut may lose the last trials, never corrupt the file)."""
-    from sqlalchemy import event
-
-    def pragmas(connection: Any, _record: Any) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    event.listen(engine, "connect", pragmas)
-    engine.dispose()
 
 
 # Optuna 5 stores constraints on the trial (Trial.set_constraint) and deprecates
@@ -219,7 +162,7 @@ def open_study(config: StudyConfig, storage: optuna.storages.BaseStorage) -> opt
     study = optuna.create_study(
         study_name=name,
         storage=storage,
-        directions=["minimize"] * len(config.objectives),
+        directions=config.directions,
         load_if_exists=True,
     )
     current = config.to_dict()
@@ -249,7 +192,11 @@ def open_study(config: StudyConfig, storage: optuna.storages.BaseStorage) -> opt
     study.set_user_attr("base_precision", precision)
     study.set_user_attr("config", current)
     study.set_user_attr("max_ppl_increase", config.max_ppl_increase)
+    study.set_user_attr("constraint_names", constraint_names(config))
     study.set_user_attr("model", config.model.name)
+    from autoslim import models
+
+    study.set_user_attr("model_source", models.source(config.model.name))
     study.set_user_attr("seed", config.study.seed)
     return study
 
@@ -267,68 +214,75 @@ def base_recipe(config: StudyConfig) -> Recipe:
 
 
 def counts_toward_total(trial: FrozenTrial) -> bool:
-    """Finished trials that evaluated a recipe (not duplicates, not interrupted ones)."""
+    """Finished trials that evaluated a recipe (not duplicates, not over the budget, not
+    interrupted ones)."""
     attrs = trial.user_attrs
     return (
         trial.state.is_finished()
         and "duplicate_of" not in attrs
-        and not attrs.get("interrupted", False)
+        and "over_budget" not in attrs
+        and not is_interrupted(trial)
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def recover_stale_trials(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, heartbeat_seconds: int
+) -> list[int]:
+    """Fail the RUNNING trials whose worker went silent (killed, crashed or lost) and enqueue
+    each one's recipe again, once (see :mod:`autoslim.storage`); returns their numbers."""
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not running:
+        return []
+    if has_heartbeat(storage):
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    else:
+        _fail_silent_trials(study, heartbeat_seconds)
+    return [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.number in running and is_interrupted(t)
+    ]
 
 
-def _is_stale(trial: FrozenTrial, now: float) -> bool:
-    worker = trial.user_attrs.get("worker") or {}
-    same_host = worker.get("host") == socket.gethostname()
-    if same_host and "study_pid" in worker and not _pid_alive(int(worker["study_pid"])):
-        return True
-    beat = trial.user_attrs.get("heartbeat")
-    if beat is None and trial.datetime_start is not None:
-        beat = trial.datetime_start.timestamp()
-    return beat is not None and now - float(beat) > STALE_SECONDS
-
-
-def _fail_and_retry(study: optuna.Study, trial: FrozenTrial, why: str) -> bool:
-    """Mark a RUNNING trial FAIL (interrupted) and re-enqueue its recipe once."""
-    handle = optuna.trial.Trial(study, trial._trial_id)
-    retried = "retry_of" in trial.user_attrs
-    reason = f"Interrupted: {why}"
-    reason += "; already a retry, not retried again" if retried else "; recipe re-enqueued"
-    try:
-        handle.set_user_attr("fail_reason", reason)
-        handle.set_user_attr("interrupted", True)
-        study.tell(trial.number, state=TrialState.FAIL)
-    except (RuntimeError, ValueError):  # another worker got there first
-        return False
-    logger.warning("trial %d: %s", trial.number, reason)
-    if not retried:
-        attrs: dict[str, Any] = {"retry_of": trial.number}
-        for key in ("is_base", "known"):
-            if key in trial.user_attrs:
-                attrs[key] = trial.user_attrs[key]
-        study.enqueue_trial(dict(trial.params), user_attrs=attrs)
-    return True
-
-
-def recover_stale_trials(study: optuna.Study) -> list[int]:
-    """Fail RUNNING trials whose process is gone (or silent too long); retry their recipe."""
+def _fail_silent_trials(study: optuna.Study, heartbeat_seconds: int) -> None:
+    """What :func:`optuna.storages.fail_stale_trials` does, for a storage without Optuna's
+    heartbeat: the beat is the trial's ``heartbeat`` user attr."""
     now = time.time()
-    recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _is_stale(trial, now) and _fail_and_retry(
-            study, trial, "its process stopped mid-trial (killed, crashed or lost)"
-        ):
-            recovered.append(trial.number)
-    return recovered
+        if not is_stale(trial, heartbeat_seconds, now):
+            continue
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (RuntimeError, ValueError):  # another worker got there first
+            continue
+        _retry(study, study.get_trials(deepcopy=False)[trial.number])
+
+
+# What a retry keeps of the trial it retries (the rest is about the run that stopped).
+RETRY_KEEPS = ("is_base", "known")
+
+
+def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue a stopped trial's recipe again with Optuna's retry callback (it records the
+    trial it retries, see :func:`autoslim.storage.retried_trial_number`), at most once."""
+    kept = copy.deepcopy(trial)
+    kept.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in RETRY_KEEPS}
+    retry_callback()(study, kept)
+    logger.warning("trial %d stopped mid-trial; its recipe is enqueued again", trial.number)
+
+
+def _stop(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
+    """Ctrl-C or a storage fault: the running trial ends FAIL (interrupted, ``why``) and its
+    recipe is retried later."""
+    try:
+        trial.set_user_attr("fail_reason", f"Interrupted: {why}; recipe retried")
+        trial.set_user_attr("interrupted", True)
+        study.tell(trial, state=TrialState.FAIL)
+    except (RuntimeError, ValueError):  # it finished meanwhile
+        return
+    _retry(study, study.get_trials(deepcopy=False)[trial.number])
 
 
 def enqueue_starting_points(study: optuna.Study, config: StudyConfig) -> list[str]:
@@ -381,21 +335,38 @@ def recipe_for(trial: optuna.Trial, config: StudyConfig) -> Recipe:
 
 
 class _Heartbeat:
-    """Writes the trial's ``heartbeat`` user attr every few seconds while it runs."""
+    """Beats for a running trial every ``seconds``: the trial's ``heartbeat`` user attr (what
+    a journal storage's recovery and the report read), and Optuna's heartbeat where the
+    storage has one (see :mod:`autoslim.storage`)."""
 
-    def __init__(self, trial: optuna.Trial) -> None:
+    def __init__(
+        self, storage: optuna.storages.BaseStorage, trial: optuna.Trial, seconds: int
+    ) -> None:
         self.trial = trial
+        self.seconds = seconds
+        self.optuna_beat: Callable[[], None] | None = None
+        if isinstance(storage, optuna.storages.RDBStorage) and has_heartbeat(storage):
+            trial_id = _trial_id(trial)
+            self.optuna_beat = lambda: storage.record_heartbeat(trial_id)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
+    def record(self) -> None:
+        if self.optuna_beat is not None:
+            self.optuna_beat()
+        self.trial.set_user_attr("heartbeat", time.time())
+
     def _beat(self) -> None:
-        while not self.stop.wait(HEARTBEAT_SECONDS):
+        while not self.stop.wait(self.seconds):
             try:
-                self.trial.set_user_attr("heartbeat", time.time())
-            except Exception:  # the trial may have finished meanwhile
+                self.record()
+            except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale meanwhile
                 return
+            except Exception as e:  # a storage hiccup: the next beat may get through
+                logger.info("trial %d: heartbeat not recorded (%s)", self.trial.number, e)
 
     def __enter__(self) -> _Heartbeat:
+        self.record()  # a trial that never beat is never found stale
         self.thread.start()
         return self
 
@@ -408,12 +379,25 @@ def pareto_size(study: optuna.Study) -> int:
     return len(study.best_trials)
 
 
-def _wait_for_base(study: optuna.Study, timeout: float) -> float | None:
+def base_figures(figures: dict[str, Any]) -> dict[str, float]:
+    """The base model's numeric figures (measurement and tasks), as relative limits need."""
+    return {
+        k: float(v)
+        for k, v in figures.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _wait_for_base(study: optuna.Study, timeout: float) -> dict[str, Any] | None:
+    """The base model's figures, once its trial is done (None after ``timeout``)."""
     deadline = time.monotonic() + timeout
     while True:
-        base = study.user_attrs.get("base_perplexity")
+        attrs = study.user_attrs
+        base = attrs.get("base_figures")
+        if base is None and "base_perplexity" in attrs:  # a study made before base_figures
+            base = {"perplexity": attrs["base_perplexity"]}
         if base is not None or time.monotonic() > deadline:
-            return None if base is None else float(base)
+            return None if base is None else dict(base)
         time.sleep(2.0)
 
 
@@ -423,6 +407,7 @@ def _record(
     result: TrialResult,
     config: StudyConfig,
     is_base: bool,
+    timeout: float,
 ) -> TrialState:
     """Store a worker's result on the trial and tell the study; returns the final state."""
     trial.set_user_attr("worker", {**trial.user_attrs.get("worker", {}), **result.worker})
@@ -440,47 +425,71 @@ def _record(
     for key, value in measurement_user_attrs(measurement).items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("build", result.payload.get("build", {}))
+    tasks = result.payload.get("tasks", {})
+    skipped = result.payload.get("tasks_skipped")
+    if tasks:
+        trial.set_user_attr("tasks", tasks)
+    if skipped:
+        trial.set_user_attr("tasks_skipped", skipped)
+    figures = {**measurement, **{name: r["value"] for name, r in tasks.items()}}
+    for name in tasks:
+        trial.set_user_attr(name, figures[name])
+    worst = {"minimize": math.inf, "maximize": -math.inf}
     try:
-        values = [float(measurement[name]) for name in config.objectives]
+        # A task skipped because a cheaper budget was missed scores the worst value: the
+        # trial is infeasible anyway, so the samplers compare it by its violations only.
+        values = [
+            float(figures[name]) if name in figures or not skipped else worst[direction]
+            for name, direction in zip(config.objectives, config.directions, strict=True)
+        ]
     except (KeyError, TypeError, ValueError) as e:
         trial.set_user_attr("fail_reason", f"BadMeasurement: {type(e).__name__}: {e}")
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
     bad = [
-        f"{n}={v}" for n, v in zip(config.objectives, values, strict=True) if not math.isfinite(v)
+        f"{n}={v}"
+        for n, v in zip(config.objectives, values, strict=True)
+        if not math.isfinite(v) and not (skipped and n in config.tasks)
     ]
     if bad:
         trial.set_user_attr("fail_reason", f"NonFiniteObjective: {', '.join(bad)}")
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
-    ppl = values[config.objectives.index("perplexity")]
     if is_base:
-        study.set_user_attr("base_perplexity", ppl)
-        base: float | None = ppl
+        study.set_user_attr("base_perplexity", float(measurement["perplexity"]))
+        study.set_user_attr("base_figures", base_figures(figures))
+        base: dict[str, Any] | None = figures
     else:
-        base = _wait_for_base(study, config.study.trial_timeout_seconds)
+        base = _wait_for_base(study, timeout)
     if base is None:
         trial.set_user_attr(
             "fail_reason", "BaseModelUnknown: the base-model trial has not completed"
         )
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
-    violation = ppl / base - 1.0 - config.max_ppl_increase
-    trial.set_user_attr("constraint", [violation])
-    attrs = constraint_system_attrs(violation)
+    violations = {limit.name: limit.violation(figures) for limit in limits_of(config, base)}
+    trial.set_user_attr("constraint", list(violations.values()))
+    attrs = constraint_system_attrs(violations)
     if NATIVE_CONSTRAINTS:
-        trial.set_constraint(CONSTRAINT, violation)
-        attrs.pop(f"constraints:{CONSTRAINT}")
+        for name, violation in violations.items():
+            trial.set_constraint(name, violation)
+            attrs.pop(f"constraints:{name}")
     _set_system_attrs(study, trial, attrs)
     study.tell(trial, values)
     return TrialState.COMPLETE
 
 
+def _trial_id(trial: optuna.Trial) -> int:
+    """The storage's id of a trial, through the storage's public API."""
+    storage = trial.storage
+    study_id = storage.get_study_id_from_name(trial.study.study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+
+
 def _set_system_attrs(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Trial system attrs through the storage's public API (Trial has no setter for them)."""
     storage = trial.storage
-    study_id = storage.get_study_id_from_name(study.study_name)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    trial_id = _trial_id(trial)
     for key, value in attrs.items():
         storage.set_trial_system_attr(trial_id, key, value)
 
@@ -490,46 +499,60 @@ def run_study(
     *,
     objective: str = DEFAULT_OBJECTIVE,
     progress: Callable[[Progress], None] | None = None,
+    worker_id: int = 0,
 ) -> RunSummary:
-    """Create or resume the study and run trials until the count or the time limit."""
+    """Create or resume the study and run trials until the count or the time limit.
+
+    Any number of processes may run it on one study (``autoslim worker``), each with its own
+    ``worker_id``: the sampler seed is the study seed plus the trials stored plus a step per
+    worker id, and ``n_trials`` is the budget of the whole study, not of each process.
+    """
     run = config.study
     started = time.monotonic()
-    storage = make_storage(run.storage)
+    storage = make_storage(run.storage, heartbeat_seconds=run.heartbeat_seconds)
     study = open_study(config, storage)
     summary = RunSummary(study_name=run.name, storage=mask_url(run.storage))
-    recovered = recover_stale_trials(study)
+    recovered = recover_stale_trials(study, storage, run.heartbeat_seconds)
     added = enqueue_starting_points(study, config)
     trials = study.get_trials(deepcopy=False)
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    seed = run.seed + len(trials) + 1_000_003 * running
+    seed = run.seed + len(trials) + 1_000_003 * worker_id
     study.sampler = make_sampler(config, seed)
     logger.info(
-        "study %s: %d trials stored, %d recovered, enqueued %s, sampler %s seed %d",
-        run.name, len(trials), len(recovered), added or "nothing", run.sampler, seed,
+        "study %s: %d trials stored, %d recovered, enqueued %s, sampler %s seed %d, worker %d",
+        run.name, len(trials), len(recovered), added or "nothing", run.sampler, seed, worker_id,
     )  # fmt: skip
     worker = Worker(
-        config, objective, start_timeout=max(run.trial_timeout_seconds, WORKER_START_SECONDS)
+        config, objective, start_timeout=max(run.trial_timeout_seconds or 0, WORKER_START_SECONDS)
     )
-    host = {"host": socket.gethostname(), "study_pid": os.getpid()}
+    costs: CostModel | None = None
+    host = {"host": socket.gethostname(), "study_pid": os.getpid(), "worker_id": worker_id}
     durations: list[float] = []
     duplicates_in_a_row = 0
+    current: optuna.Trial | None = None
 
-    def report(done: int, trial: FrozenTrial | None, message: str = "") -> None:
+    def report(done: int, trial: FrozenTrial | None, message: str = "", notice: str = "") -> None:
         if progress is None:
             return
         elapsed = time.monotonic() - started
         eta = None
-        if durations:
-            left = [] if run.n_trials is None else [(run.n_trials - done) * _mean(durations)]
+        per_trial = _mean(durations) if durations else None
+        if per_trial is None and costs is not None:
+            per_trial = costs.trial_seconds(_typical_kd_steps(config))
+        if per_trial is not None:
+            left = [] if run.n_trials is None else [(run.n_trials - done) * per_trial]
             if run.time_limit_seconds is not None:
                 left.append(max(0.0, run.time_limit_seconds - elapsed))
             eta = min(left) if left else None
-        progress(Progress(done, run.n_trials, elapsed, eta, pareto_size(study), trial, message))
+        progress(
+            Progress(done, run.n_trials, elapsed, eta, pareto_size(study), trial, message, notice)
+        )
 
     try:
         while True:
+            recover_stale_trials(study, storage, run.heartbeat_seconds)
             trials = study.get_trials(deepcopy=False)
             done = sum(counts_toward_total(t) for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
             elapsed = time.monotonic() - started
             if run.n_trials is not None and done >= run.n_trials:
                 summary.stopped_because = f"reached n_trials={run.n_trials}"
@@ -540,31 +563,68 @@ def run_study(
             if duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
                 summary.stopped_because = "the search space looks exhausted (only duplicates)"
                 break
+            if run.n_trials is not None and done + running >= run.n_trials:
+                # Other workers run the rest of the budget: wait for them to finish, or to go
+                # stale and have their recipe retried here.
+                time.sleep(min(1.0, run.heartbeat_seconds))
+                continue
             if not worker.alive:
                 info = worker.start()
                 summary.worker_setup_seconds.append(info["setup_seconds"])
                 _check_corpus(study, config, info)
-            trial = study.ask()
-            is_base = bool(trial.user_attrs.get("is_base"))
-            recipe = recipe_for(trial, config)
-            trial.set_user_attr("recipe", recipe.to_dict())
-            trial.set_user_attr("worker", host)
-            trial.set_user_attr("heartbeat", time.time())
-            # Read the trials again after writing our recipe: of two workers that drew the
-            # same recipe at once, the later-numbered trial then always sees the other.
-            latest = study.get_trials(deepcopy=False)
-            earlier = _find_evaluated(latest, recipe, trial.number)
-            if earlier is not None:
-                duplicates_in_a_row += 1
-                trial.set_user_attr("duplicate_of", earlier)
-                trial.set_user_attr("prune_reason", f"duplicate of trial {earlier}")
-                study.tell(trial, state=TrialState.PRUNED)
+                if "costs" in info and costs is None:
+                    costs = CostModel.from_dict(info["costs"])
+                    study.set_user_attr("cost_model", costs.to_dict())
+                    line = costs.describe(_typical_kd_steps(config), run.time_limit_seconds)
+                    logger.info("cost model: %s", line)
+                    report(done, None, notice=f"cost model: {line}")
+            with warnings.catch_warnings():  # we beat ourselves (Optuna's does in optimize)
+                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                trial = current = study.ask()
+            try:
+                with _Heartbeat(storage, trial, run.heartbeat_seconds):
+                    is_base = bool(trial.user_attrs.get("is_base"))
+                    recipe = recipe_for(trial, config)
+                    trial.set_user_attr("recipe", recipe.to_dict())
+                    trial.set_user_attr("worker", host)
+                    latest = study.get_trials(deepcopy=False)
+                    if _over_budget(latest, trial, run.n_trials):
+                        trial.set_user_attr("over_budget", True)
+                        trial.set_user_attr(
+                            "prune_reason", f"n_trials={run.n_trials} taken by other workers"
+                        )
+                        study.tell(trial, state=TrialState.PRUNED)
+                        continue
+                    if _prune_if_duplicate(study, trial, recipe, latest):
+                        duplicates_in_a_row += 1
+                        continue
+                    duplicates_in_a_row = 0
+                    status = f"trial {trial.number}: {recipe.describe()}"
+                    report(done, None, status)
+                    timeout = trial_timeout(config, costs, recipe)
+
+                    def show(step: TrialProgress, done: int = done, status: str = status) -> None:
+                        report(done, None, f"{status} | {step.describe()}")
+
+                    limits = (
+                        [] if is_base else limits_of(config, study.user_attrs.get("base_figures"))
+                    )
+                    result = worker.run(recipe, timeout, limits, show)
+                    # Checked again once every worker that took this recipe with us has
+                    # written it: one that took it first and wrote it last was not seen.
+                    if _prune_if_duplicate(study, trial, recipe):
+                        continue
+                    state = _record(study, trial, result, config, is_base, timeout)
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+                if not is_interrupted(study.get_trials(deepcopy=False)[trial.number]):
+                    raise
+                logger.warning(
+                    "trial %d was failed as stale by another worker while it ran here (this "
+                    "process stalled for over %d s); its recipe is retried",
+                    trial.number, GRACE_BEATS * run.heartbeat_seconds,
+                )  # fmt: skip
                 continue
-            duplicates_in_a_row = 0
-            report(done, None, f"trial {trial.number}: {recipe.describe()}")
-            with _Heartbeat(trial):
-                result = worker.run(recipe, run.trial_timeout_seconds)
-            state = _record(study, trial, result, config, is_base)
+            current = None
             if result.status in ("done", "abandoned"):
                 summary.overhead_seconds.append(result.wall_seconds - result.seconds)
             durations.append(result.wall_seconds)
@@ -579,7 +639,8 @@ def run_study(
                     "is compared with it, so fix that first (try `autoslim measure`)"
                 )
     except KeyboardInterrupt:
-        _fail_own_trials(study, "stopped by the user")
+        if current is not None:
+            _stop(study, current, "stopped by the user")
         raise
     except Exception as e:
         from autoslim.integrity import storage_fault
@@ -588,7 +649,8 @@ def run_study(
         if fault is None:
             raise
         try:  # the storage may take this small write again; if not, the next run recovers
-            _fail_own_trials(study, str(fault))
+            if current is not None:
+                _stop(study, current, str(fault))
         except Exception as again:
             logger.info("trial not marked FAIL, the storage still refuses writes: %s", again)
         raise fault from e
@@ -598,11 +660,32 @@ def run_study(
     return summary
 
 
-def _fail_own_trials(study: optuna.Study, why: str) -> None:
-    """Mark FAIL (and retry) the RUNNING trials this process started."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if (t.user_attrs.get("worker") or {}).get("study_pid") == os.getpid():
-            _fail_and_retry(study, t, why)
+def trial_timeout(config: StudyConfig, costs: CostModel | None, recipe: Recipe) -> float:
+    """A trial's limit on its own clock: the study file's, else derived from the cost model."""
+    if config.study.trial_timeout_seconds is not None:
+        return config.study.trial_timeout_seconds
+    if costs is None:
+        return UNMEASURED_TIMEOUT_SECONDS
+    return costs.timeout_seconds(recipe.kd_steps)
+
+
+def _typical_kd_steps(config: StudyConfig) -> int:
+    """The KD steps of the longest trials the space holds (what the start line quotes)."""
+    return int(max(config.search["kd_steps"].extremes()))
+
+
+def _over_budget(trials: list[FrozenTrial], trial: optuna.Trial, n_trials: int | None) -> bool:
+    """Whether a freshly sampled trial is one more than the study's budget: workers that asked
+    at the same moment all see each other's RUNNING trials here, and the later starters back
+    off (an enqueued trial, a retry or a starting point, always runs: nothing is lost)."""
+    if n_trials is None or trial.user_attrs.get("is_base") or "known" in trial.user_attrs:
+        return False
+    if any(t.number == trial.number and retried_trial_number(t) is not None for t in trials):
+        return False
+    done = sum(counts_toward_total(t) for t in trials)
+    running = sorted((t for t in trials if t.state == TrialState.RUNNING), key=_start_order)
+    position = [t.number for t in running].index(trial.number)
+    return done + position >= n_trials
 
 
 def _mean(values: list[float]) -> float:
@@ -622,15 +705,40 @@ def _check_corpus(study: optuna.Study, config: StudyConfig, info: dict[str, Any]
         study.set_user_attr("corpus_fingerprint", fingerprint)
 
 
+def _prune_if_duplicate(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    recipe: Recipe,
+    trials: list[FrozenTrial] | None = None,
+) -> bool:
+    """Record ``trial`` as a duplicate (PRUNED, not counted) if another trial evaluated its
+    recipe, or is evaluating it and was taken first."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
+    earlier = _find_evaluated(trials, recipe, trial.number)
+    if earlier is None:
+        return False
+    trial.set_user_attr("duplicate_of", earlier)
+    trial.set_user_attr("prune_reason", f"duplicate of trial {earlier}")
+    study.tell(trial, state=TrialState.PRUNED)
+    return True
+
+
+def _start_order(trial: FrozenTrial) -> tuple[datetime, int]:
+    """Trials by the moment a worker took them (an enqueued trial's number is older)."""
+    return (trial.datetime_start or datetime.max, trial.number)
+
+
 def _find_evaluated(trials: list[FrozenTrial], recipe: Recipe, number: int) -> int | None:
-    """The number of a trial that evaluated ``recipe``, or is evaluating it and started
-    first (a lower number)."""
+    """The number of a trial that evaluated ``recipe``, or is evaluating it and was taken
+    first (by start time: an enqueued trial's number is older than the moment it is taken)."""
+    mine = next(t for t in trials if t.number == number)
     for t in trials:
-        if t.number == number or "duplicate_of" in t.user_attrs:
+        if t.number == number or "duplicate_of" in t.user_attrs or "over_budget" in t.user_attrs:
             continue
-        if t.state == TrialState.WAITING or t.user_attrs.get("interrupted"):
+        if t.state == TrialState.WAITING or is_interrupted(t):
             continue
-        if t.state == TrialState.RUNNING and t.number > number:
+        if t.state == TrialState.RUNNING and _start_order(t) > _start_order(mine):
             continue
         if "recipe" in t.user_attrs and recipe_of(t) == recipe:
             return t.number

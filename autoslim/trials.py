@@ -14,7 +14,7 @@ modules. :func:`pareto_mask` and :func:`hypervolume` are small exact implementat
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autoslim.budgets import PERPLEXITY
 from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError
 from autoslim.recipe import Recipe
@@ -46,6 +47,13 @@ class TrialRecord:
     is_base: bool
     build: dict[str, Any] = field(default_factory=dict)
     duration_seconds: float | None = None
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → TaskResult dict
+    tasks_skipped: str = ""  # the cheaper budgets missed, when the tasks were not run
+
+    @property
+    def figures(self) -> dict[str, Any]:
+        """Every figure of the trial by name: the measurement's and each task's score."""
+        return {**self.measurement, **{n: r.get("value") for n, r in self.tasks.items()}}
 
     @property
     def complete(self) -> bool:
@@ -54,10 +62,6 @@ class TrialRecord:
     @property
     def perplexity(self) -> float:
         return self.values["perplexity"]
-
-    def label(self) -> str:
-        """``base model`` or the recipe's summary."""
-        return "base model" if self.is_base else self.recipe.describe()
 
     def to_dict(self) -> dict[str, Any]:
         """The trial as every ``--json`` output shows it."""
@@ -114,11 +118,28 @@ def recipe_of(trial: FrozenTrial) -> Recipe:
 
 
 def _constraints(trial: FrozenTrial) -> tuple[float, ...]:
+    stored = trial.user_attrs.get("constraint")
+    if isinstance(stored, list):  # autoslim's own list: one value per constraint, in order
+        return tuple(float(v) for v in stored)
     if trial.constraints:
         # Optuna 5 reads both the ``constraints`` list and ``constraints:NAME`` keys, which
         # autoslim writes with one value: count each value once.
         return tuple(dict.fromkeys(float(v) for v in trial.constraints.values()))
     return tuple(float(v) for v in trial.user_attrs.get("constraint", ()))
+
+
+STALE_REASON = (
+    "Interrupted: its worker stopped mid-trial (killed, crashed or lost); recipe retried once"
+)
+
+
+def is_interrupted(trial: FrozenTrial) -> bool:
+    """A trial stopped mid-way: by the user, or failed as stale by the heartbeat (the only FAIL
+    the study does not give a ``fail_reason``)."""
+    attrs = trial.user_attrs
+    return bool(attrs.get("interrupted")) or (
+        trial.state == TrialState.FAIL and "fail_reason" not in attrs
+    )
 
 
 def record(trial: FrozenTrial, names: Sequence[str]) -> TrialRecord:
@@ -139,10 +160,16 @@ def record(trial: FrozenTrial, names: Sequence[str]) -> TrialRecord:
         values=values,
         constraints=constraints,
         feasible=complete and all(c <= 0 for c in constraints),
-        reason=str(attrs.get("fail_reason") or attrs.get("prune_reason") or ""),
+        reason=str(
+            attrs.get("fail_reason")
+            or attrs.get("prune_reason")
+            or (STALE_REASON if is_interrupted(trial) else "")
+        ),
         is_base=bool(attrs.get("is_base", False)),
         build=dict(build) if isinstance(build, dict) else {},
         duration_seconds=duration,
+        tasks=dict(attrs.get("tasks") or {}),
+        tasks_skipped=str(attrs.get("tasks_skipped") or ""),
     )
 
 
@@ -153,6 +180,16 @@ def read_trials(
     names = objective_names(study)
     trials = study.get_trials(deepcopy=False, states=None if states is None else tuple(states))
     return [record(t, names) for t in sorted(trials, key=lambda t: t.number)]
+
+
+def minimised(study: optuna.Study, record: TrialRecord, names: Sequence[str]) -> list[float]:
+    """The trial's values of ``names`` (study objectives), negated where maximised, so
+    :func:`pareto_mask` can compare them."""
+    signs = {
+        n: -1.0 if d == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        for n, d in zip(objective_names(study), study.directions, strict=True)
+    }
+    return [signs[n] * record.values[n] for n in names]
 
 
 def best_numbers(study: optuna.Study) -> set[int]:
@@ -209,14 +246,17 @@ def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -
 
 
 # The name of the perplexity-budget constraint (Optuna 5's ``constraints:NAME`` system attr).
-CONSTRAINT = "perplexity_increase"
+CONSTRAINT = PERPLEXITY
 
 
-def constraint_system_attrs(violation: float) -> dict[str, Any]:
-    """The system attrs that store the budget constraint (<= 0 feasible) for every client:
-    Optuna 5 reads ``constraints:perplexity_increase``; optuna-dashboard 0.21 (and Optuna 4's
+def constraint_system_attrs(violations: Mapping[str, float]) -> dict[str, Any]:
+    """The system attrs that store the constraints (name → violation, <= 0 feasible) for
+    every client: Optuna 5 reads ``constraints:NAME``; optuna-dashboard 0.21 (and Optuna 4's
     samplers) only the older ``constraints`` list."""
-    return {"constraints": [violation], f"constraints:{CONSTRAINT}": violation}
+    return {
+        "constraints": list(violations.values()),
+        **{f"constraints:{name}": v for name, v in violations.items()},
+    }
 
 
 def measurement_user_attrs(measurement: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,11 @@ The study process never imports a model. A worker process (``multiprocessing`` s
 CUDA state or threads are inherited) builds its objective once (base model, corpus, teacher
 cache), then serves recipes one at a time over a pipe. A trial that raises, produces a
 non-finite value, crashes the process (segfault, the kernel's OOM killer) or hangs past the
-per-trial timeout is recorded as a failure and the worker is replaced; the study goes on.
+per-trial timeout is recorded as a failure and the worker is replaced; the study goes on. The
+timeout runs on the trial's own clock (:class:`autoslim.costs.TrialClock`: time spent waiting
+for a CPU on a busy machine does not count, a hang does). While a trial runs, the worker
+forwards its stage and step (:mod:`autoslim.progress`) and the study process shows the latest
+at least every ``progress.SHOW_SECONDS``.
 Workers are also recycled every ``recycle_every`` trials so memory cannot creep, and a worker
 whose study process dies (``kill -9``) exits on its own.
 
@@ -26,12 +30,15 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
-from autoslim import errors
+from autoslim import errors, progress
+from autoslim.budgets import Limit
 from autoslim.config import StudyConfig
+from autoslim.costs import MAX_STRETCH, TrialClock
 from autoslim.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -42,13 +49,16 @@ DEFAULT_OBJECTIVE = "autoslim.worker:BuildAndMeasure"
 class Objective(Protocol):
     """What a worker runs: ``info`` describes the setup, a call evaluates one recipe.
 
-    A call returns ``{"measurement": {...}, "build": {...}}`` (JSON only) or raises
-    :class:`TrialAbandoned` to give a recipe up early.
+    A call returns ``{"measurement": {...}, "build": {...}}`` (JSON only; ``"tasks"`` and
+    ``"tasks_skipped"`` too when the study has tasks) or raises :class:`TrialAbandoned` to
+    give a recipe up early. ``limits`` are the study's constraints the trial must meet (none
+    for the base model): the objective may abandon a recipe that misses one early, and skips
+    task evaluations on a recipe that already misses a cheaper one.
     """
 
     info: dict[str, Any]
 
-    def __call__(self, recipe: Recipe) -> dict[str, Any]: ...
+    def __call__(self, recipe: Recipe, limits: Sequence[Limit] = ()) -> dict[str, Any]: ...
 
 
 class TrialAbandoned(Exception):
@@ -105,6 +115,8 @@ def _describe(e: BaseException) -> str:
 
 def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pid: int) -> None:
     """The worker process's main loop."""
+    from autoslim import memory
+
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     # The worker's stderr is the user's terminal: keep per-call library chatter off it.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -120,6 +132,7 @@ def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pi
     info = dict(objective.info)
     info["setup_seconds"] = time.perf_counter() - started
     conn.send(("ready", info))
+    progress.listen(lambda p: conn.send(("progress", p.to_dict())))
     while True:
         try:
             message = conn.recv()
@@ -128,9 +141,13 @@ def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pi
         if message[0] == "stop":
             return
         recipe = Recipe.from_params(message[1])
+        device = config.model.device
+        if device == "cuda":
+            device = "cuda:0"
+        memory.mark_trial(device)
         started = time.perf_counter()
         try:
-            payload = objective(recipe)
+            payload = objective(recipe, message[2])
             reply: tuple[Any, ...] = ("done", payload, "")
         except TrialAbandoned as e:
             reply = ("abandoned", e.details, e.reason)
@@ -139,7 +156,12 @@ def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pi
             reply = ("error", {}, _describe(e))
         seconds = time.perf_counter() - started
         gc.collect()
-        conn.send((*reply, seconds, {"pid": os.getpid(), "rss_bytes": _rss_bytes()}))
+        usage = {
+            "pid": os.getpid(),
+            "rss_bytes": _rss_bytes(),
+            "peak_memory_bytes": memory.trial_peak_bytes(device),
+        }
+        conn.send((*reply, seconds, usage))
         if reply[0] == "error":
             return
 
@@ -158,6 +180,12 @@ class Worker:
         self.trials_served = 0
         self._process: Any = None
         self._conn: Connection | None = None
+        self.own_seconds = 0.0  # the last trial's seconds on its own clock
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id while it runs."""
+        return None if self._process is None else int(self._process.pid)
 
     @property
     def alive(self) -> bool:
@@ -200,18 +228,35 @@ class Worker:
         logger.info("worker %d ready in %.1f s", process.pid, self.info["setup_seconds"])
         return self.info
 
-    def _receive(self, timeout: float) -> tuple[Any, ...] | None:
-        """The next message, or None if the process died or ``timeout`` passed."""
+    def _receive(
+        self, timeout: float, on_progress: Callable[[progress.TrialProgress], None] | None = None
+    ) -> tuple[Any, ...] | None:
+        """The next result message, or None if the process died or ``timeout`` passed on its
+        own clock (or ``MAX_STRETCH`` × ``timeout`` of wall time). Progress messages go to
+        ``on_progress``; the latest is repeated there every ``progress.SHOW_SECONDS``."""
         assert self._conn is not None and self._process is not None
-        deadline = time.monotonic() + timeout
+        clock = TrialClock(self._process.pid)
+        latest = progress.TrialProgress("starting")
+        shown = time.monotonic()
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            own, wall = clock.read()
+            if own >= timeout or wall >= MAX_STRETCH * timeout:
+                self.own_seconds = own
                 return None
+            if on_progress is not None and time.monotonic() - shown >= progress.SHOW_SECONDS:
+                on_progress(latest)
+                shown = time.monotonic()
             try:
-                if self._conn.poll(min(left, 0.5)):
+                if self._conn.poll(min(timeout - own, 0.5)):
                     message: tuple[Any, ...] = self._conn.recv()
-                    return message
+                    if message[0] != "progress":
+                        self.own_seconds = clock.read()[0]
+                        return message
+                    latest = progress.TrialProgress(**message[1])
+                    if on_progress is not None:
+                        on_progress(latest)
+                        shown = time.monotonic()
+                    continue
             except (EOFError, OSError):
                 return None
             if not self._process.is_alive() and not self._conn.poll(0):
@@ -229,23 +274,34 @@ class Worker:
             return f"died from {name}{hint}"
         return f"exited with status {code}"
 
-    def run(self, recipe: Recipe, timeout: float) -> TrialResult:
-        """Evaluate one recipe; never raises for a trial's own failure."""
+    def run(
+        self,
+        recipe: Recipe,
+        timeout: float,
+        limits: Sequence[Limit] = (),
+        on_progress: Callable[[progress.TrialProgress], None] | None = None,
+    ) -> TrialResult:
+        """Evaluate one recipe under ``limits`` within ``timeout`` seconds of its own clock;
+        never raises for a trial's own failure."""
         if not self.alive:
             self.start()
         assert self._conn is not None
         started = time.perf_counter()
-        self._conn.send(("run", recipe.to_params()))
-        message = self._receive(timeout)
+        self.own_seconds = 0.0
+        self._conn.send(("run", recipe.to_params(), list(limits)))
+        message = self._receive(timeout, on_progress)
         wall = time.perf_counter() - started
         if message is None:
             death = self._death()
             self.close()
-            if wall >= timeout:
+            if self.own_seconds >= timeout or wall >= MAX_STRETCH * timeout:
+                waited = wall - self.own_seconds
                 return TrialResult(
                     "timeout",
-                    reason=f"TrialTimeout: no result after {timeout:.0f} s "
-                    "(study.trial_timeout_seconds); the worker process was killed",
+                    reason=f"TrialTimeout: no result after {self.own_seconds:.0f} s of its "
+                    f"own time ({wall:.0f} s wall, {waited:.0f} s of it waiting for a CPU), "
+                    f"limit {timeout:.0f} s (study.trial_timeout_seconds, or derived from "
+                    "the cost model); the worker process was killed",
                     wall_seconds=wall,
                 )
             return TrialResult(
@@ -254,6 +310,7 @@ class Worker:
                 wall_seconds=wall,
             )
         status, payload, reason, seconds, worker = message
+        worker = {**worker, "own_seconds": self.own_seconds, "timeout_seconds": timeout}
         self.trials_served += 1
         result = TrialResult(status, payload, reason, seconds, wall, worker)
         recycle = self.config.study.recycle_every
@@ -281,9 +338,12 @@ class Worker:
 class BuildAndMeasure:
     """The product objective: ``compress.build`` the recipe, then ``measure`` the result.
 
-    Loaded once per worker: the base model, the corpus, the teacher cache, and the base
-    model's quick perplexity on ``early_abort.windows`` eval windows, which the early abort
-    compares against after the cheap stages.
+    Loaded once per worker: the base model, the corpus, the teacher cache, the base model's
+    quick perplexity on ``early_abort.windows`` eval windows (derived from the cost model it
+    measures at setup when the study file sets none), which the early abort compares against
+    after the cheap stages, and the study's task evaluations. Cheap first: a budget decidable
+    from the built model (its size) abandons the recipe before it is measured, and the task
+    evaluations run only on a recipe that meets every other budget.
     """
 
     def __init__(self, config: StudyConfig) -> None:
@@ -291,6 +351,7 @@ class BuildAndMeasure:
 
         from autoslim import compress, data, models
         from autoslim.compress.calibration import calibration_batch, context_window
+        from autoslim.costs import measure_costs
         from autoslim.measure import Workload
         from autoslim.measure.perplexity import perplexity
         from autoslim.operators.precision import torch_dtype
@@ -322,18 +383,30 @@ class BuildAndMeasure:
             seed=config.study.seed,
         )
         self.quick_ids = data.tokens(self.base.tokenizer, self.corpus, "eval")
-        self.quick_protocol = replace(
-            self.workload.protocol, max_windows=config.early_abort.windows
+        self.costs = measure_costs(
+            self.base,
+            teacher_cache=self.teacher_cache,
+            eval_ids=self.quick_ids,
+            workload=self.workload,
+            device=self.device,
+            kd_steps_space=[int(v) for v in config.search["kd_steps"].extremes()],
+            early_abort_windows_set=config.early_abort.windows,
         )
+        self.early_windows = self.costs.early_abort_windows
+        self.quick_protocol = replace(self.workload.protocol, max_windows=self.early_windows)
         self._perplexity = perplexity
         self.base_quick_perplexity = perplexity(
             self.base.model, self.quick_ids, self.quick_protocol
         ).perplexity
+        from autoslim.tasks.run import TaskEvaluator
+
+        self.tasks = TaskEvaluator(config.tasks, self.device) if config.tasks else None
         self.info: dict[str, Any] = {
             "corpus_fingerprint": self.corpus.fingerprint,
             "model": config.model.name,
             "base_quick_perplexity": self.base_quick_perplexity,
             "base_precision": self.base_recipe.precision,
+            "costs": self.costs.to_dict(),
         }
 
     def _check(self, stage: str, model: Any) -> None:
@@ -345,16 +418,18 @@ class BuildAndMeasure:
         if not math.isfinite(quick) or ratio > early.max_ppl_ratio:
             raise TrialAbandoned(
                 f"perplexity {quick:.4g} after {stage} is {ratio:.3g}x the base model's "
-                f"{self.base_quick_perplexity:.4g} on the same {early.windows} eval windows "
+                f"{self.base_quick_perplexity:.4g} on the same {self.early_windows} eval windows "
                 "(a quick check, not the full protocol), above "
                 f"early_abort.max_ppl_ratio={early.max_ppl_ratio:g}: distillation is unlikely "
                 "to recover it",
                 {"stage": stage, "quick_perplexity": quick, "ratio": ratio},
             )
 
-    def __call__(self, recipe: Recipe) -> dict[str, Any]:
+    def __call__(self, recipe: Recipe, limits: Sequence[Limit] = ()) -> dict[str, Any]:
         from autoslim import compress
+        from autoslim.budgets import missed
         from autoslim.measure import measure
+        from autoslim.measure.footprint import size_bytes
 
         built = compress.build(
             self.base,
@@ -366,6 +441,15 @@ class BuildAndMeasure:
             check=self._check,
             device=self.device,
         )
+        early = [limit for limit in limits if limit.early]
+        if early:
+            shapes = {"size_bytes": size_bytes(built.model)}
+            for limit in missed(early, shapes):
+                raise TrialAbandoned(
+                    f"{limit.explain(shapes)} right after the build: not measured",
+                    {"stage": "budget", "budget": limit.name, **shapes},
+                )
+        progress.report("measure")
         measurement = measure(
             built.model,
             self.base.tokenizer,
@@ -373,8 +457,18 @@ class BuildAndMeasure:
             self.workload,
             teacher=self.base.model,
             device=self.device,
-        )
-        return {
-            "measurement": measurement.to_dict(),
+        ).to_dict()
+        payload: dict[str, Any] = {
+            "measurement": measurement,
             "build": {"stage_seconds": built.stage_seconds, "info": built.info},
         }
+        if self.tasks is None:
+            return payload
+        cheaper = [limit for limit in limits if limit.figure not in self.config.tasks]
+        misses = missed(cheaper, measurement)
+        if misses:
+            payload["tasks_skipped"] = "; ".join(m.explain(measurement) for m in misses)
+        else:
+            results = self.tasks.evaluate(built.model, self.base.tokenizer)
+            payload["tasks"] = {name: r.to_dict() for name, r in results.items()}
+        return payload

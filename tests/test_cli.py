@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -47,6 +48,7 @@ def test_measure_prints_a_table(capsys):
         (["--model", "/does/not/exist"], "does not exist"),
         (["--text", "/does/not/exist.txt"], "exist.txt"),
         (["--window", "64", "--stride", "65"], "stride=65"),
+        (["--window", "100000"], "window of at most 256"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, needle):
@@ -70,3 +72,53 @@ def test_text_too_small_for_the_workload(tmp_path, name, lines, needle):
     assert needle in proc.stderr
     assert "give more text" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_every_subcommand_and_option_says_what_it_does():
+    from autoslim.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {c.dest for c in commands._choices_actions} == set(commands.choices)
+    for name, sub in commands.choices.items():
+        assert sub.description, f"autoslim {name} has no description"
+        sub.format_help()  # adds a deferred parser's arguments
+        for action in sub._actions:
+            assert action.help, f"autoslim {name} {action.option_strings or action.dest}"
+
+
+def test_help_imports_neither_torch_nor_optuna():
+    probe = (
+        "import sys\n"
+        "from autoslim.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'optuna') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip().endswith("[]"), out.stdout
+
+
+def test_init_writes_a_study_that_passes_check(tmp_path):
+    made = subprocess.run(
+        [sys.executable, "-m", "autoslim", "init", "mine"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr
+    checked = run_cli("search", str(tmp_path / "mine.toml"), "--check")
+    assert checked.returncode == 0, checked.stderr
+    again = subprocess.run(
+        [sys.executable, "-m", "autoslim", "init", "mine"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 2 and "--force" in again.stderr

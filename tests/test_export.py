@@ -8,9 +8,10 @@ import optuna
 import pytest
 import torch
 
+from autoslim.card import measure_flags, model_card
 from autoslim.cli import main
 from autoslim.errors import ConfigError, DataError, ModelError
-from autoslim.export import MANIFEST, export, select_trial
+from autoslim.export import CARD, MANIFEST, export, select_trial
 from autoslim.pick import PRESETS
 from autoslim.recipe import Recipe
 from autoslim.testing import save_tiny_model
@@ -266,3 +267,82 @@ def test_exported_weights_equal_the_base(built, tmp_path):
     exported = load_file(str(tmp_path / "b" / "model.safetensors"))
     assert base.keys() == exported.keys()
     assert all(torch.equal(base[k], exported[k]) for k in base)
+
+
+@pytest.mark.parametrize("number", [0, 1], ids=["base", "int8"])
+def test_export_is_hugging_face_native(built, tmp_path, number):
+    from huggingface_hub import ModelCard
+    from transformers import pipeline
+
+    study, _ = built
+    out = tmp_path / "card"
+    export(study, out, trial_number=number)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in out.iterdir():  # safetensors' own 0600 included
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
+
+    card = ModelCard.load(out / CARD)
+    assert card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == "text-generation"
+    assert card.data.base_model is None  # a local folder is no hub id
+    assert card.data.autoslim["trial"] == number
+    assert Recipe.from_params(card.data.autoslim["recipe"]) == RECIPES[number]
+    stored = study.trials[number].values[0]
+    assert f"| perplexity (`perplexity`) | {stored:.4f} |" in card.text
+    assert "energy source: `" in card.text and "autoslim export STUDY" in card.text
+    assert ("MatMul8bitLt" in card.text) == (RECIPES[number].bits == 8)
+
+    generate = pipeline("text-generation", model=str(out))
+    text = generate("def f(x):", max_new_tokens=4, do_sample=False)[0]["generated_text"]
+    assert text.startswith("def f(x):") and len(text) > len("def f(x):")
+
+
+def test_card_names_a_hub_base_model_and_the_flags_that_rebuild_the_recipe():
+    recipe = Recipe(bits=4, quant_type="fp4", double_quant=False, prune_ratio=0.25)
+    card = model_card(
+        model="Qwen/Qwen3-0.6B",
+        study="s",
+        trial=3,
+        recipe=recipe,
+        reason="--trial 3",
+        measurement={"perplexity": 12.0, "energy_source": "rapl", "size_bytes": 1000.0},
+        verification={
+            "perplexity": 12.0,
+            "stored_perplexity": 12.0,
+            "relative_difference": 0.0,
+            "tolerance": 0.01,
+        },
+        workload="w",
+        corpus={"name": "stdlib", "fingerprint": "f"},
+        seed=0,
+        out="me/model",
+    )
+    assert card.data.base_model == "Qwen/Qwen3-0.6B"
+    assert "| size of the weights (`size_bytes`) | 1,000 bytes |" in card.text
+    flags = measure_flags(recipe)
+    assert "--no-double-quant" in flags and "--drop-layers" not in flags  # defaults left out
+    assert recipe == _recipe_from_flags(flags)
+
+
+def _recipe_from_flags(flags):
+    import argparse
+
+    from autoslim.cli._common import add_recipe_args, recipe_from_args
+
+    parser = argparse.ArgumentParser()
+    add_recipe_args(parser)
+    return recipe_from_args(parser.parse_args(flags))
+
+
+def test_push_to_an_unreachable_hub_is_one_line_and_keeps_the_export(built, tmp_path, capsys):
+    # HF_HUB_OFFLINE=1 (tests/conftest.py): no hub is reachable from the test machines, so a
+    # real upload is not tested here; the refusal is.
+    _, storage = built
+    out = tmp_path / "pushed"
+    argv = ["export", storage, "--study-name", "built", "--trial", "0", "--out", str(out)]
+    assert main([*argv, "--push-to-hub", "me/tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("autoslim export: error: --push-to-hub me/tiny:")
+    assert len(err.splitlines()) == 1 and str(out) in err
+    assert (out / CARD).is_file() and (out / MANIFEST).is_file()

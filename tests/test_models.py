@@ -55,3 +55,14 @@ def test_a_folder_holding_no_causal_lm_is_refused(tmp_path):
     )
     with pytest.raises(ModelError, match="not a causal LM"):
         models.load_model(str(tmp_path / "vit"))
+
+
+def test_a_folder_holding_an_encoder_head_is_refused(tmp_path):
+    from transformers import BertConfig
+
+    # BERT is in AutoModelForCausalLM's mapping, but masked-LM weights would get a random head
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config.architectures = ["BertForMaskedLM"]
+    config.save_pretrained(tmp_path / "bert")
+    with pytest.raises(ModelError, match="BertForMaskedLM, not a causal LM head"):
+        models.load_config(str(tmp_path / "bert"))

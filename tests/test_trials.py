@@ -37,8 +37,8 @@ def test_records_carry_values_by_objective_name(tmp_path):
     assert int8.values == {"seconds": 0.9, "perplexity": 101.0}
     assert int8.perplexity == 101.0 and int8.recipe == Recipe(bits=8)
     assert int8.measurement["size_bytes"] == 5_000_000  # the full record, from its system attr
-    assert int8.feasible and not int8.is_base and int8.label() == "int8"
-    assert records[0].is_base and records[0].label() == "base model"
+    assert int8.feasible and not int8.is_base and int8.recipe.describe() == "int8"
+    assert records[0].is_base and records[0].recipe.describe() == "base model (fp32)"
     # trial 6 (perplexity 150) is over the 120 budget: its stored constraint says so once
     assert records[6].constraints == (pytest.approx(150 / 120 - 1),)
     assert not records[6].feasible

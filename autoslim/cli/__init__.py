@@ -13,10 +13,11 @@ import sys
 from collections.abc import Sequence
 
 from autoslim import __version__
-from autoslim.cli import demo, doctor, export, measure, pick, report, search, zoo
+from autoslim.cli import demo, doctor, export, init, measure, pick, report, search, worker, zoo
+from autoslim.cli._common import DeferredParser
 from autoslim.errors import AutoslimError
 
-COMMANDS = (demo, search, measure, zoo, report, pick, export, doctor)
+COMMANDS = (demo, init, search, worker, measure, zoo, report, pick, export, doctor)
 # What a shell reports for a process ended by SIGPIPE (128 + 13): `autoslim pick | head -1`.
 BROKEN_PIPE_STATUS = 141
 
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"autoslim {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=DeferredParser
+    )
     for command in COMMANDS:
         command.register(subparsers)
     for sub in subparsers.choices.values():  # -v after the subcommand too

@@ -4,12 +4,50 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from autoslim.measure.perplexity import PerplexityProtocol
-from autoslim.measure.workload import Workload
 from autoslim.operators import OPERATORS
 from autoslim.recipe import Recipe
+
+if TYPE_CHECKING:
+    from autoslim.measure.perplexity import PerplexityProtocol
+    from autoslim.measure.workload import Workload
+
+
+class DeferredParser(argparse.ArgumentParser):
+    """A subcommand parser that adds its arguments only when it parses or shows its help.
+
+    ``add_parser(NAME, ..., arguments=ADD)`` calls ``ADD(parser)`` then, so what the arguments'
+    defaults need (the workload's defaults import torch) is imported only for that subcommand:
+    ``autoslim --help`` and every other subcommand start without it.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._arguments = arguments
+
+    def _add_deferred(self) -> None:
+        if self._arguments is not None:
+            add, self._arguments = self._arguments, None
+            add(self)
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        self._add_deferred()
+        return super().parse_known_args(*args, **kwargs)
+
+    def format_help(self) -> str:
+        self._add_deferred()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._add_deferred()
+        return super().format_usage()
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +73,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_protocol_args(parser: argparse.ArgumentParser) -> None:
+    from autoslim.measure.perplexity import PerplexityProtocol
+
     default = PerplexityProtocol()
     parser.add_argument("--window", type=int, default=default.window, help="tokens per window")
     parser.add_argument(
@@ -46,11 +86,18 @@ def add_protocol_args(parser: argparse.ArgumentParser) -> None:
         default=default.max_windows,
         help="evenly spaced windows scored (0 = all)",
     )
-    parser.add_argument("--batch-size", type=int, default=default.batch_size)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=default.batch_size,
+        help=f"windows scored per forward pass (default {default.batch_size})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def protocol_from(args: argparse.Namespace) -> PerplexityProtocol:
+    from autoslim.measure.perplexity import PerplexityProtocol
+
     return PerplexityProtocol(
         window=args.window,
         stride=args.stride,
@@ -61,6 +108,8 @@ def protocol_from(args: argparse.Namespace) -> PerplexityProtocol:
 
 def add_workload_args(parser: argparse.ArgumentParser) -> None:
     """The timed workload (prefill + decode, warm-up, repeats) and the energy meter."""
+    from autoslim.measure.workload import Workload
+
     default = Workload()
     group = parser.add_argument_group("timed workload")
     group.add_argument(
@@ -101,6 +150,8 @@ def add_workload_args(parser: argparse.ArgumentParser) -> None:
 
 
 def workload_from(args: argparse.Namespace) -> Workload:
+    from autoslim.measure.workload import Workload
+
     return Workload(
         protocol=protocol_from(args),
         prefill_batch=args.prefill_batch,

@@ -31,7 +31,7 @@ def open_study(args: argparse.Namespace) -> Any:
     """Load the study named by ``args.study`` / ``args.study_name``; never creates one."""
     import optuna
 
-    from autoslim.study import make_storage
+    from autoslim.storage import make_storage
 
     url, name = storage_of(args.study)
     name = args.study_name or name
@@ -70,10 +70,13 @@ def storage_of(study: str) -> tuple[str, str | None]:
                 "its SQLite file or its storage URL (sqlite:///path.db, postgresql://...)"
             )
         url, name = f"sqlite:///{path.resolve()}", None
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+    from autoslim.storage import file_of
+
+    file = file_of(url)
+    if file is not None and not file.is_file():
         raise ConfigError(
-            f"STUDY {study!r}: the SQLite file {url.removeprefix('sqlite:///')!r} does not "
-            "exist; run `autoslim search` first or check the path"
+            f"STUDY {study!r}: the study file {str(file)!r} does not exist; run "
+            "`autoslim search` first or check the path"
         )
     return url, name
 

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import autoslim
-
-# The demo's study file ships with the project (studies/demo.toml at the repository root).
-DEMO_FILE = Path(autoslim.__file__).resolve().parent.parent / "studies" / "demo.toml"
+# The bundled study the demo runs (autoslim/studies/demo.toml, package data).
+DEMO = "demo"
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="search compression recipes for the bundled reference model (about 10 minutes)",
-        description=f"Copy the small study {DEMO_FILE.name} into --out, run it on the bundled "
+        description=f"Copy the small bundled study {DEMO}.toml into --out, run it on the bundled "
         "reference model and show where everything is. Re-running it resumes the study.",
     )
     parser.add_argument(
@@ -33,26 +30,21 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autoslim import config as study_config
+    from autoslim import studies
     from autoslim import study as search
     from autoslim.cli.search import run_search
-    from autoslim.errors import ConfigError
     from autoslim.export import export
     from autoslim.pick import PRESETS
     from autoslim.report import write_report
 
-    if not DEMO_FILE.is_file():
-        raise ConfigError(
-            f"the demo study file {DEMO_FILE} is missing; run the demo from a checkout of "
-            "autoslim (it ships studies/demo.toml)"
-        )
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    study_file = out / DEMO_FILE.name
-    db = out / f"{DEMO_FILE.stem}.db"
+    study_file = out / f"{DEMO}.toml"
+    db = out / f"{DEMO}.db"
     if args.fresh:
         db.unlink(missing_ok=True)
     if args.fresh or not study_file.exists():
-        shutil.copyfile(DEMO_FILE, study_file)
+        study_file.write_text(studies.read_text(DEMO), encoding="utf-8")
     config = study_config.load(study_file)
     started = time.monotonic()
     summary, study = run_search(config)
@@ -72,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     exported = export(study, out / "balanced", weights=PRESETS["balanced"], force=True)
     print(f"demo finished in {time.monotonic() - started:.0f} s")
     shown = os.path.relpath(study_file)
-    print(f"study file   {shown} (a copy of {DEMO_FILE}; edit it and re-run to continue)")
+    print(
+        f"study file   {shown} (a copy of autoslim's {DEMO}.toml; edit it and re-run to continue)"
+    )
     print(f"study        {config.study.name!r} in {db}")
     print(f"dashboard    optuna-dashboard sqlite:///{db}")
     print(f"report       {os.path.relpath(page)} (open it in a browser; works offline)")

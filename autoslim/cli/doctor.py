@@ -71,7 +71,7 @@ def _trials_line(url: str) -> str:
     """``trials       STUDY: 9 COMPLETE, 1 FAIL`` for each study the storage holds."""
     import optuna
 
-    from autoslim.study import make_storage
+    from autoslim.storage import make_storage
 
     storage = make_storage(url)
     parts = []

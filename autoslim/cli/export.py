@@ -8,14 +8,21 @@ from typing import Any
 
 from autoslim.cli._common import print_json
 from autoslim.cli._study_args import add_study_args, open_study, study_arg_files
-from autoslim.cli.pick import add_choice_args
+from autoslim.cli.pick import add_choice_args, tightened
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    subparsers.add_parser(
         "export",
         help="rebuild a trial (--trial N, or the pick) and save it as a Hugging Face checkpoint",
+        description="Rebuild one trial from its stored recipe, save it as a checkpoint that "
+        "AutoModelForCausalLM.from_pretrained loads, with a README.md model card and "
+        "autoslim.json, and check its reloaded perplexity against the stored one.",
+        arguments=add_arguments,
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_study_args(parser)
     parser.add_argument("--trial", type=int, metavar="N", help="the trial number to export")
     add_choice_args(parser)
@@ -23,13 +30,25 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--force", action="store_true", help="replace --out when it exists and is not empty"
     )
+    parser.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="then upload the verified folder to this Hub model repository (owner/name)",
+    )
+    parser.add_argument(
+        "--private", action="store_true", help="with --push-to-hub: create the repository private"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim.export import export
+    from autoslim.errors import ConfigError
+    from autoslim.export import export, push_to_hub
     from autoslim.pick import weights_from
+
+    if args.private and not args.push_to_hub:
+        raise ConfigError("--private needs --push-to-hub REPO")
 
     study = open_study(args)
     weights = weights_from(args.prefer, args.weights) if args.prefer or args.weights else None
@@ -39,8 +58,16 @@ def run(args: argparse.Namespace) -> int:
         trial_number=args.trial,
         weights=weights,
         max_ppl_increase=args.max_ppl_increase,
+        tighten=tightened(args),
         force=args.force,
+        retime=args.retime,
         protected=study_arg_files(args),
+        hub_repo=args.push_to_hub,
+    )
+    pushed = (
+        push_to_hub(result.folder, args.push_to_hub, private=args.private)
+        if args.push_to_hub
+        else None
     )
     summary = {
         "study": study.study_name,
@@ -53,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         "measured_perplexity": result.measured_perplexity,
         "relative_difference": result.relative_difference,
         "files": sorted(result.files),
+        "pushed_to": pushed,
     }
     if args.json:
         print_json("export", summary)
@@ -64,4 +92,6 @@ def run(args: argparse.Namespace) -> int:
         f"(stored {result.stored_perplexity:.4f}, {result.relative_difference:+.3%})"
     )
     print(f"  load it with: AutoModelForCausalLM.from_pretrained({str(result.folder)!r})")
+    if pushed:
+        print(f"  pushed to the Hub: {pushed}")
     return 0

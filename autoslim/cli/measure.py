@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoslim.cli._common import (
     add_data_args,
@@ -22,14 +22,23 @@ from autoslim.cli._common import (
     recipe_from_args,
     workload_from,
 )
-from autoslim.measure import Measurement, Workload
+
+if TYPE_CHECKING:
+    from autoslim.measure import Measurement, Workload
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    subparsers.add_parser(
         "measure",
         help="measure a model: perplexity, seconds, joules, memory, size and drift",
+        description="Measure a model under the fixed perplexity protocol and the timed "
+        "workload; with recipe flags, build that recipe and measure it too, against the base "
+        "model as teacher, side by side.",
+        arguments=add_arguments,
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_args(parser)
     add_data_args(parser)
     add_protocol_args(parser)
@@ -94,10 +103,12 @@ def run(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args, precision=base_precision)
     compress = not recipe.is_identity(base_precision)
     built = None
+    model_config = models.load_config(args.model, args.trust_remote_code)
+    workload.check_context(model_config)
     if compress:
         from autoslim.compress import validate
 
-        validate(recipe, models.load_config(args.model, args.trust_remote_code), device)
+        validate(recipe, model_config, device)
     corpus = data.load_corpus(text=args.text, dataset=args.dataset)
     with get_meter(args.energy, device=device) as meter:
         loaded = models.load_model(
@@ -120,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         report: dict[str, Any] = {
             "model": args.model,
+            "model_source": models.source(args.model),
             "family": loaded.family,
             "corpus_fingerprint": corpus.fingerprint,
             "tokens_per_second": workload.prefill_tokens / base.prefill_seconds
@@ -136,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
     rows: list[tuple[str, Any]] = [
         ("model", f"{args.model} ({loaded.family})"),
     ]
+    origin = models.source(args.model)
+    if "note" in origin:
+        rows.append(("weights", f"{origin['file']}: {origin['note']}"))
     if built is not None:
         stages = ", ".join(f"{k} {v:.2f} s" for k, v in built.stage_seconds.items())
         rows += [("recipe", f"{recipe.describe()} (seed {args.seed})"), ("build", stages)]

@@ -27,13 +27,51 @@ def add_choice_args(parser: argparse.ArgumentParser) -> None:
         metavar="X",
         help="tighten the study's perplexity budget to base * (1 + X), e.g. 0.05",
     )
+    parser.add_argument(
+        "--retime",
+        action="store_true",
+        help="before choosing, rebuild the top candidates and the base here and time them side "
+        "by side, interleaved (minutes: distillation runs again); rank on those figures",
+    )
+    from autoslim.budgets import BUDGETS
+
+    for budget in BUDGETS:
+        parser.add_argument(
+            budget.flag,
+            dest=budget.key,
+            metavar="50MB" if budget.kind == "bytes" else "X",
+            help=f"{budget.bound} {budget.figure}: {budget.doc}; tightens the study's own",
+        )
+
+
+def tightened(args: argparse.Namespace) -> dict[str, float]:
+    """The budget flags given, parsed: ``[budgets]`` key → limit."""
+    from autoslim.budgets import BUDGETS
+    from autoslim.errors import ConfigError
+
+    out = {}
+    for budget in BUDGETS:
+        given = getattr(args, budget.key, None)
+        if given is None:
+            continue
+        try:
+            out[budget.key] = budget.parse(given)
+        except ValueError as e:
+            raise ConfigError(f"{budget.flag}: {e}") from e
+    return out
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    subparsers.add_parser(
         "pick",
         help="rank the Pareto-optimal trials within the perplexity budget by time and energy",
+        description="Keep the completed, Pareto-optimal trials within the perplexity budget, "
+        "rank them by weighted time and energy, and say why the first one won.",
+        arguments=add_arguments,
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_study_args(parser)
     add_choice_args(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -41,15 +79,17 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim.pick import rank, weights_from
+    from autoslim.pick import choose, weights_from
 
     study = open_study(args)
-    choice = rank(study, weights_from(args.prefer, args.weights), args.max_ppl_increase)
+    weights = weights_from(args.prefer, args.weights)
+    choice = choose(study, weights, args.max_ppl_increase, tightened(args), retime=args.retime)
     if args.json:
         print_json("pick", {"study": study.study_name, **choice.to_dict()})
         return 0
     print(f"study {study.study_name}: {choice.budget.describe()}, {choice.weights.describe()}")
-    header = ("rank", "trial", "score", *choice.objectives, "recipe")
+    tasks = sorted({n for c in choice.ranking for n in c.tasks} - set(choice.objectives))
+    header = ("rank", "trial", "score", *choice.objectives, *tasks, "recipe")
     rows = [
         (
             str(i),
@@ -59,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{c.values[n]:.4g}" + (f" {c.energy_source}" if n == "joules" else "")
                 for n in choice.objectives
             ),
+            *(f"{c.tasks[n]:.4g}" if n in c.tasks else "-" for n in tasks),
             c.recipe.describe(),
         )
         for i, c in enumerate(choice.ranking, start=1)
@@ -66,5 +107,8 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(r[k]) for r in (header, *rows)) for k in range(len(header))]
     for row in (header, *rows):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for c in choice.ranking:
+        if c.budgets:
+            print(f"trial {c.number}: {c.budgets}")
     print(f"chosen: {choice.reason}")
     return 0

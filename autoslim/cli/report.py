@@ -13,7 +13,10 @@ from autoslim.cli._study_args import add_study_args, open_study
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "report", help="write the study's Pareto fronts, knobs and trials as one HTML page"
+        "report",
+        help="write the study's Pareto fronts, knobs and trials as one HTML page",
+        description="Write one offline HTML page: Pareto fronts per pair of objectives, knobs "
+        "against objectives, parameter importances, history and a table of every trial.",
     )
     add_study_args(parser)
     parser.add_argument(

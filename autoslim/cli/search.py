@@ -41,8 +41,10 @@ def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     from autoslim import config as study_config
+    from autoslim.storage import check_driver
 
     config = study_config.load(args.study_file, overrides=overrides_from(args))
+    check_driver(config.study.storage)
     if args.check:
         print(f"{args.study_file}: valid (study {config.study.name!r})")
         return 0
@@ -52,12 +54,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_search(config: Any, *, quiet: bool = False) -> tuple[Any, Any]:
+def run_search(config: Any, *, quiet: bool = False, worker_id: int = 0) -> tuple[Any, Any]:
     """Run the study with a progress line per trial; returns the summary and the study."""
     import optuna
 
     from autoslim import study as search
     from autoslim.config import mask_url
+    from autoslim.storage import make_storage
     from autoslim.trials import record
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
@@ -78,6 +81,9 @@ def run_search(config: Any, *, quiet: bool = False) -> tuple[Any, Any]:
     def progress(p: search.Progress) -> None:
         if quiet:
             return
+        if p.notice:
+            print(f"{chr(27)}[2K{p.notice}" if tty else p.notice, flush=True)
+            return
         total = f"{p.total}" if p.total else "?"
         head = (
             f"[{p.done:>3}/{total}] {_clock(p.elapsed_seconds)} elapsed, ETA "
@@ -91,8 +97,8 @@ def run_search(config: Any, *, quiet: bool = False) -> tuple[Any, Any]:
         line = describe_record(record(p.trial, config.objectives))
         print(f"{clear}{head} | {line}", flush=True)
 
-    summary = search.run_study(config, progress=progress)
-    study = optuna.load_study(study_name=run.name, storage=search.make_storage(run.storage))
+    summary = search.run_study(config, progress=progress, worker_id=worker_id)
+    study = optuna.load_study(study_name=run.name, storage=make_storage(run.storage))
     if not quiet:
         states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items()))
         print(
@@ -115,8 +121,8 @@ def describe_record(trial: Any) -> str:
             f"{name} {_figure(trial.values.get(name, trial.measurement.get(name)))}"
             for name in dict.fromkeys(("perplexity", "seconds", "joules", *trial.values))
         )
-        return f"#{trial.number} {trial.label()}: {figures}{seconds}"
-    return f"#{trial.number} {trial.label()}: {trial.state.name} {trial.reason}{seconds}"
+        return f"#{trial.number} {trial.recipe.describe()}: {figures}{seconds}"
+    return f"#{trial.number} {trial.recipe.describe()}: {trial.state.name} {trial.reason}{seconds}"
 
 
 def _figure(value: Any) -> str:
@@ -137,7 +143,9 @@ def print_pareto(study: Any) -> None:
     rows = []
     for t in best:
         change = f"{t.perplexity / base - 1:+.1%}" if base else ""
-        rows.append([f"#{t.number}", t.label(), *(f"{t.values[n]:.4g}" for n in names), change])
+        rows.append(
+            [f"#{t.number}", t.recipe.describe(), *(f"{t.values[n]:.4g}" for n in names), change]
+        )
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -10,10 +10,19 @@ from autoslim.cli._common import print_json
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("zoo", help="the bundled reference model")
-    zoo_sub = parser.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
+    parser = subparsers.add_parser(
+        "zoo",
+        help="the bundled reference model",
+        description="Rebuild the bundled reference model (autoslim/zoo/reference) from scratch.",
+    )
+    zoo_sub = parser.add_subparsers(
+        dest="zoo_command", metavar="ZOO_COMMAND", required=True, help="what to do"
+    )
     train = zoo_sub.add_parser(
-        "train", help="train the reference model from scratch (fixed seed and steps)"
+        "train",
+        help="train the reference model from scratch (fixed seed and steps)",
+        description="Train the reference model from scratch on the stdlib corpus with a fixed "
+        "seed and step count, and write it with its model card facts.",
     )
     train.add_argument("--out", required=True, type=Path, help="folder to write the model to")
     train.add_argument(

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from autoslim import progress
 from autoslim.compress.distill import TeacherCache
 from autoslim.compress.families import family_of
 from autoslim.data import Corpus
@@ -103,6 +104,7 @@ def build(
     for op in OPERATORS:
         started = time.perf_counter()
         if op.active(recipe):
+            progress.report(op.name)
             op.apply(ctx)
         stage_seconds[op.name] = time.perf_counter() - started
         if op is cheap[-1]:

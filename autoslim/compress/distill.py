@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoslim import progress
 from autoslim.errors import ConfigError, DataError
 from autoslim.operators.distill import TEMPERATURES
 
@@ -280,19 +281,27 @@ def distill(
     lr: float,
     keep_zero: dict[str, torch.Tensor] | None = None,
     autocast: torch.dtype | None = None,
+    optimizer: str = "adamw",
+    checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Train ``student`` in place for ``steps`` steps; ``keep_zero`` weights (by parameter
     name, True = keep at zero) get no gradient, so masked heads stay masked.
 
     ``autocast`` is the dtype the forward pass computes in (the recipe's precision; None or
-    float32: none); the weights and optimizer state stay in the student's own dtype."""
+    float32: none); the weights stay in the student's own dtype. ``optimizer`` is ``adamw``
+    (torch, state in the weights' dtype) or ``adamw8bit`` (bitsandbytes, 8-bit state);
+    ``checkpointing`` recomputes each decoder layer's activations in the backward pass
+    (transformers' gradient checkpointing), switched off again afterwards."""
     device = next(student.parameters()).device
     params = dict(student.named_parameters())
     hooks = [
         params[name].register_hook(lambda grad, mask=mask: grad.masked_fill(mask, 0.0))
         for name, mask in (keep_zero or {}).items()
     ]
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
+    step_with = _optimizer(optimizer, student, lr)
+    transformer: Any = student  # a transformers model: its checkpointing switch
+    if checkpointing:
+        transformer.gradient_checkpointing_enable({"use_reentrant": False})
     dtype = None if autocast in (None, torch.float32) else autocast
     context = (
         torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
@@ -308,11 +317,14 @@ def distill(
             with context:
                 logits = student(input_ids=batch.inputs.to(device), use_cache=False).logits
             loss, kl, ce = kd_loss(logits, batch, temperature, alpha)
-            optimizer.zero_grad(set_to_none=True)
+            step_with.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            step_with.step()
             losses.append(float(loss.detach()))
+            progress.report("distill", step + 1, steps)
     finally:
+        if checkpointing:
+            transformer.gradient_checkpointing_disable()
         student.eval()
         for hook in hooks:
             hook.remove()
@@ -333,4 +345,15 @@ def distill(
         "kd_seconds_per_step": seconds / steps if steps else 0.0,
         "kd_teacher_seconds": teacher.teacher_seconds - teacher_before,
         "kd_autocast": str(dtype).removeprefix("torch.") if dtype is not None else "none",
+        "kd_optimizer": optimizer,
+        "kd_checkpointing": checkpointing,
     }
+
+
+def _optimizer(name: str, student: nn.Module, lr: float) -> torch.optim.Optimizer:
+    if name == "adamw8bit":
+        from bitsandbytes.optim.adamw import AdamW8bit
+
+        eight_bit: torch.optim.Optimizer = AdamW8bit(student.parameters(), lr=lr, weight_decay=0.0)
+        return eight_bit
+    return torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)

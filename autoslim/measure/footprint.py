@@ -18,22 +18,23 @@ process's resident set (Linux ``VmHWM``, reset at the start of the window throug
 ``/proc/self/clear_refs``): everything the process holds, including Python, torch, the corpus
 and a teacher model if one is loaded, so compare it only between runs of the same script. Where
 the reset is impossible it is ``ru_maxrss``, the high-water since the process started.
+
+The counters and their resets live in :mod:`autoslim.memory`, which also keeps the peak of a
+whole trial across the windows' resets.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import resource
 import sys
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from autoslim.memory import reset, vm_hwm_bytes
 
-PROC_STATUS = Path("/proc/self/status")
-PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+if TYPE_CHECKING:
+    import torch
 
 
 def _stored(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -51,6 +52,8 @@ def _stored(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
 def size_bytes(model: torch.nn.Module) -> int:
     """Bytes of the weights as stored: ``state_dict`` tensors, shared memory once, read after
     the model's quantization backend (if any) restored the state it saves."""
+    import torch
+
     from autoslim.compress.backends import backend_of
 
     backend = backend_of(model)
@@ -84,14 +87,6 @@ def parameter_count(model: torch.nn.Module) -> int:
     return total
 
 
-def _vm_hwm_bytes() -> int | None:
-    try:
-        found = re.search(r"VmHWM:\s+(\d+) kB", PROC_STATUS.read_text())
-    except OSError:
-        return None
-    return int(found.group(1)) * 1024 if found else None
-
-
 class PeakMemory:
     """Peak memory over a window: ``start()``, the work, then ``peak_bytes()``."""
 
@@ -100,22 +95,22 @@ class PeakMemory:
         self.method = ""
 
     def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.method = "cuda max_memory_allocated over the workload"
-            return
-        try:
-            PROC_CLEAR_REFS.write_text("5")
-        except OSError:
-            self.method = "process ru_maxrss since start (could not reset)"
+        if reset(str(self.device)):
+            self.method = (
+                "cuda max_memory_allocated over the workload"
+                if self.device.type == "cuda"
+                else "process resident-set high-water (VmHWM) over the workload"
+            )
         else:
-            self.method = "process resident-set high-water (VmHWM) over the workload"
+            self.method = "process ru_maxrss since start (could not reset)"
 
     def peak_bytes(self) -> int:
         if self.device.type == "cuda":
+            import torch
+
             return int(torch.cuda.max_memory_allocated(self.device))
         if self.method.startswith("process resident-set"):
-            hwm = _vm_hwm_bytes()
+            hwm = vm_hwm_bytes()
             if hwm is not None:
                 return hwm
         usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

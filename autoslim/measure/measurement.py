@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from autoslim import __version__
+from autoslim import __version__, progress
 from autoslim.data import Corpus, tokens
 from autoslim.errors import ConfigError, reject_unknown
 from autoslim.measure.drift import drift
@@ -78,6 +78,8 @@ class Measurement:
     scored_tokens: int = 0
     prefill_seconds: float = float("nan")
     decode_seconds: float = float("nan")
+    prefill_tokens_per_second: float = float("nan")
+    decode_tokens_per_second: float = float("nan")
     seconds_samples: list[float] = field(default_factory=list)
     joules_samples: list[float] = field(default_factory=list)
     energy_flags: list[str] = field(default_factory=list)
@@ -128,6 +130,10 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def _rate(tokens: int, seconds: float) -> float:
+    return tokens / seconds if tokens and seconds > 0 else float("nan")
+
+
 def versions(*extra: str) -> dict[str, str]:
     """Versions of autoslim, Python and the packages behind a figure (plus ``extra`` ones)."""
     found = {"autoslim": __version__, "python": platform.python_version()}
@@ -166,7 +172,9 @@ def measure(
     load_before = os.getloadavg()[0]
     try:
         ids = tokens(tokenizer, corpus, "eval")
+        progress.report("measure: perplexity")
         ppl = perplexity(model, ids, workload.protocol)
+        progress.report("measure: drift")
         moved = drift(model, teacher, ids, workload.protocol) if teacher is not None else None
         model.eval()
         runner = WorkloadRunner(model, ids, workload, dev)
@@ -176,7 +184,10 @@ def measure(
         peak.start()
         synchronize(dev)
         pooled_start = energy.begin()
-        runs = [runner.timed(energy) for _ in range(workload.repeats)]
+        runs = []
+        for repeat in range(workload.repeats):
+            progress.report("measure: workload", repeat, workload.repeats)
+            runs.append(runner.timed(energy))
         synchronize(dev)
         pooled = energy.end(pooled_start)
         peak_bytes = peak.peak_bytes()
@@ -229,6 +240,8 @@ def measure(
             " or lower workload.threads" if threads > 1 else "",
         )
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    prefill_seconds = statistics.median(r.prefill_seconds for r in runs)
+    decode_seconds = statistics.median(r.decode_seconds for r in runs)
     return Measurement(
         perplexity=ppl.perplexity,
         seconds=statistics.median(seconds),
@@ -243,8 +256,10 @@ def measure(
         teacher_kl=moved.teacher_kl if moved else None,
         nll_per_token=ppl.nll_per_token,
         scored_tokens=ppl.scored_tokens,
-        prefill_seconds=statistics.median(r.prefill_seconds for r in runs),
-        decode_seconds=statistics.median(r.decode_seconds for r in runs),
+        prefill_seconds=prefill_seconds,
+        decode_seconds=decode_seconds,
+        prefill_tokens_per_second=_rate(workload.prefill_tokens, prefill_seconds),
+        decode_tokens_per_second=_rate(workload.decode_tokens, decode_seconds),
         seconds_samples=seconds,
         joules_samples=joules_samples,
         energy_flags=flags,

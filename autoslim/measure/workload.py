@@ -70,6 +70,24 @@ class Workload:
     def prefill_tokens(self) -> int:
         return self.prefill_windows * self.protocol.window
 
+    def check_context(self, model_config: Any) -> None:
+        """Refuse a workload whose windows or decode prompt exceed the model's context."""
+        context = context_length(model_config)
+        window = self.protocol.window
+        decode = self.decode_prompt_tokens + self.decode_tokens
+        if context is None or max(window, decode) <= context:
+            return
+        if window > context:
+            raise ConfigError(
+                f"workload.protocol.window={window} (--window) exceeds the model's context of "
+                f"{context} tokens; use a window of at most {context}"
+            )
+        raise ConfigError(
+            f"workload.decode_prompt_tokens={self.decode_prompt_tokens} + "
+            f"decode_tokens={self.decode_tokens} exceed the model's context of {context} "
+            "tokens; lower them"
+        )
+
     def describe(self) -> str:
         return (
             f"prefill {self.prefill_windows}x{self.protocol.window} tokens "
@@ -113,8 +131,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def context_length(model: Any) -> int | None:
-    config = model.config
+def context_length(config: Any) -> int | None:
+    """The longest sequence a model with this config attends over (None if it does not say)."""
     for key in ("max_position_embeddings", "n_positions"):
         value = getattr(config, key, None)
         if isinstance(value, int):
@@ -172,14 +190,7 @@ class WorkloadRunner:
             torch.stack(windows[i : i + workload.prefill_batch]).to(device)
             for i in range(0, len(windows), workload.prefill_batch)
         ]
-        context = context_length(model)
-        longest = max(protocol.window, workload.decode_prompt_tokens + workload.decode_tokens)
-        if context is not None and longest > context:
-            raise ConfigError(
-                f"workload: window {protocol.window} / decode_prompt_tokens "
-                f"{workload.decode_prompt_tokens} + decode_tokens {workload.decode_tokens} "
-                f"exceed the model's context of {context} tokens; lower them"
-            )
+        workload.check_context(model.config)
         self.prompt = ids[: workload.decode_prompt_tokens].unsqueeze(0).to(device)
 
     @torch.no_grad()

@@ -44,7 +44,9 @@ class Knob:
     (an inactive knob keeps its default and is never sampled). ``search`` is the default
     ``[search]`` entry: a list of choices, a ``{low, high, step}`` range, or a callable of the
     device returning one. ``encode``/``decode`` convert a value to and from its flat,
-    JSON-able param (only ``drop_heads`` needs them).
+    JSON-able param (only ``drop_heads`` needs them). ``extreme`` marks a numeric knob whose
+    largest value is a corner of the space that decides whether all of it can be built (the
+    narrowest shape, the longest distillation).
     """
 
     name: str
@@ -61,6 +63,7 @@ class Knob:
     decode: Callable[[Any], Any] | None = None
     metavar: str | None = None
     allowed_doc: str = ""
+    extreme: bool = False
 
     @property
     def flag(self) -> str:

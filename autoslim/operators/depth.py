@@ -28,7 +28,8 @@ def _apply(ctx: BuildContext) -> None:
 
 
 def _describe(recipe: Any) -> str:
-    return f"drop {recipe.drop_layers} layers" if recipe.drop_layers else ""
+    n = recipe.drop_layers
+    return f"drop {n} layer{'s' if n > 1 else ''}" if n else ""
 
 
 OPERATOR = Operator(
@@ -43,6 +44,7 @@ OPERATOR = Operator(
             minimum=0,
             search=[0],
             metavar="N",
+            extreme=True,
         ),
     ),
     active=_active,

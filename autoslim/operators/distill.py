@@ -10,6 +10,8 @@ from autoslim.operators import BuildContext, Knob, Operator
 # The teacher cache keeps log-normalisers at these temperatures; KD temperatures must lie
 # within the grid (the loss interpolates between grid points).
 TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+# kd_optimizer values: torch.optim.AdamW, bitsandbytes.optim.AdamW8bit.
+OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 def _distilling(chosen: Mapping[str, Any]) -> bool:
@@ -45,6 +47,8 @@ def _apply(ctx: BuildContext) -> None:
         lr=recipe.kd_lr,
         keep_zero=ctx.keep_zero,
         autocast=torch_dtype(recipe.precision),
+        optimizer=recipe.kd_optimizer,
+        checkpointing=recipe.kd_checkpointing,
     )
 
 
@@ -64,6 +68,7 @@ OPERATOR = Operator(
             minimum=0,
             search=[0, 50],
             metavar="N",
+            extreme=True,
         ),
         Knob(
             "kd_temperature",
@@ -93,6 +98,25 @@ OPERATOR = Operator(
             minimum=1e-8,
             maximum=1.0,
             search=[1e-4],
+            active=_distilling,
+        ),
+        Knob(
+            "kd_optimizer",
+            str,
+            "adamw",
+            "distillation optimizer: torch AdamW (fp32 state), or bitsandbytes AdamW8bit "
+            "(8-bit state: 2 bytes per parameter instead of 8)",
+            choices=OPTIMIZERS,
+            search=["adamw"],
+            active=_distilling,
+        ),
+        Knob(
+            "kd_checkpointing",
+            bool,
+            False,
+            "gradient checkpointing while distilling: recompute activations in the backward "
+            "pass instead of keeping them (less memory, more time per step)",
+            search=[False],
             active=_distilling,
         ),
     ),

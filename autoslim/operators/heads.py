@@ -141,6 +141,7 @@ OPERATOR = Operator(
             search=[0],
             active=_no_explicit_heads,
             metavar="N",
+            extreme=True,
         ),
     ),
     active=_active,

@@ -54,6 +54,7 @@ OPERATOR = Operator(
             maximum=1.0,
             maximum_exclusive=True,
             search={"low": 0.0, "high": 0.5, "step": 0.1},
+            extreme=True,
         ),
         Knob(
             "prune_importance",

@@ -8,7 +8,7 @@ search: every trial carries the same ``user_attrs`` a real search stores (``reci
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from autoslim.budgets import Limit, hardware_limits
 from autoslim.config import (
     DEFAULT_OBJECTIVES,
     DataSection,
@@ -33,6 +34,7 @@ from autoslim.config import (
 from autoslim.measure.measurement import CONTENDED
 from autoslim.recipe import BITS, QUANT_TYPES, Recipe
 from autoslim.trials import (
+    CONSTRAINT,
     MEASUREMENT_ATTR,
     constraint_system_attrs,
     measurement_user_attrs,
@@ -62,6 +64,7 @@ class FakeTrial:
     energy_source: str = "estimate"
     timing_flags: tuple[str, ...] = ()
     extra_attrs: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)  # measurement figures to override
 
 
 def base(perplexity: float, seconds: float, joules: float) -> FakeTrial:
@@ -117,8 +120,11 @@ def measurement_dict(trial: FakeTrial, corpus_fingerprint: str) -> dict[str, Any
         "parameters": int(4_900_000 * (1 - trial.recipe.prune_ratio)),
         "top1_agreement": 1.0 if trial.is_base else 0.9,
         "teacher_kl": 0.0 if trial.is_base else 0.05,
+        "prefill_tokens_per_second": 20_000.0,
+        "decode_tokens_per_second": 400.0,
         "timing_flags": list(trial.timing_flags),
         "provenance": {"device": "cpu", "corpus_fingerprint": corpus_fingerprint},
+        **trial.figures,
     }
 
 
@@ -134,9 +140,11 @@ def make_study(
     seed: int = 0,
     workload: dict[str, Any] | None = None,
     objectives: Sequence[str] = DEFAULT_OBJECTIVES,
+    budgets: Mapping[str, float] | None = None,
 ) -> optuna.Study:
     """Create ``study_name`` in ``storage`` holding ``trials`` in the search's layout,
-    minimising ``objectives`` (in that order; each trial's values are its figures by name).
+    minimising ``objectives`` (in that order; each trial's values are its figures by name),
+    under the hardware ``budgets`` (``[budgets]`` key → limit).
 
     ``base_perplexity`` defaults to the perplexity of the trial marked ``is_base``.
     """
@@ -157,6 +165,7 @@ def make_study(
         objectives=tuple(objectives),
         max_ppl_increase=max_ppl_increase,
         early_abort=EarlyAbort(),
+        budgets=dict(budgets or {}),
     ).to_dict()
     for key, value in {
         "config": study_config,
@@ -168,8 +177,9 @@ def make_study(
     }.items():
         study.set_user_attr(key, value)
     budget = base_perplexity * (1 + max_ppl_increase)
+    limits = hardware_limits(budgets or {})
     for trial in trials:
-        study.add_trial(_frozen(trial, budget, corpus_fingerprint, objectives))
+        study.add_trial(_frozen(trial, budget, corpus_fingerprint, objectives, limits))
     return study
 
 
@@ -181,7 +191,11 @@ def make_study_file(folder: Path, study_name: str = "demo", **kwargs: Any) -> st
 
 
 def _frozen(
-    trial: FakeTrial, budget: float, fingerprint: str, objectives: Sequence[str]
+    trial: FakeTrial,
+    budget: float,
+    fingerprint: str,
+    objectives: Sequence[str],
+    limits: Sequence[Limit],
 ) -> optuna.trial.FrozenTrial:
     params = {k: v for k, v in trial.recipe.to_params().items() if k in DISTRIBUTIONS}
     user_attrs: dict[str, Any] = {"recipe": trial.recipe.to_dict(), **trial.extra_attrs}
@@ -192,12 +206,13 @@ def _frozen(
     if trial.state == TrialState.COMPLETE:
         measurement = measurement_dict(trial, fingerprint)
         values = [float(measurement[name]) for name in objectives]
-        violation = trial.perplexity / budget - 1.0
+        violations = {CONSTRAINT: trial.perplexity / budget - 1.0}
+        violations |= {limit.name: limit.violation(measurement) for limit in limits}
         user_attrs |= measurement_user_attrs(measurement)
         user_attrs["build"] = {"stage_seconds": {"quantize": 0.1}, "info": {}}
-        user_attrs["constraint"] = [violation]
+        user_attrs["constraint"] = list(violations.values())
         system_attrs[MEASUREMENT_ATTR] = measurement
-        system_attrs |= constraint_system_attrs(violation)
+        system_attrs |= constraint_system_attrs(violations)
     elif trial.state == TrialState.FAIL:
         user_attrs["fail_reason"] = trial.reason
     elif trial.state == TrialState.PRUNED:

@@ -50,6 +50,7 @@ def study_file(tmp_path: Path, tiny_model_dir: Path):
         base: dict[str, dict[str, Any]] = {
             "study": {"n_trials": 3, "trial_timeout_seconds": 60},
             "model": {"name": str(tiny_model_dir)},
+            "workload": {"protocol": {"window": 128}},  # the tiny model's whole context
             "search": {
                 "drop_heads_per_layer": [0, 2],
                 "kd_steps": [0, 20],
@@ -65,14 +66,37 @@ def study_file(tmp_path: Path, tiny_model_dir: Path):
     return make
 
 
-def run_fake_study(path: Path, env: dict[str, str] | None = None, **popen: Any) -> Any:
-    """Start ``run_study`` on the fake objective in a real, separate process."""
+def run_fake_study(
+    path: Path, env: dict[str, str] | None = None, worker_id: int = 0, **popen: Any
+) -> Any:
+    """Start ``run_study`` on the fake objective in a real, separate process (what
+    ``autoslim worker`` runs, with the fake objective)."""
     import os
 
     code = (  # check_model=False: the model checks import torch, slow on a busy machine
         "import sys; from autoslim import config, study; "
-        f"study.run_study(config.load(sys.argv[1], check_model=False), objective={FAKE!r})"
+        "study.run_study(config.load(sys.argv[1], check_model=False), "
+        f"objective={FAKE!r}, worker_id=int(sys.argv[2]))"
     )
     return subprocess.Popen(
-        [sys.executable, "-c", code, str(path)], env={**os.environ, **(env or {})}, **popen
+        [sys.executable, "-c", code, str(path), str(worker_id)],
+        env={**os.environ, **(env or {})},
+        **popen,
     )
+
+
+def postgres_url() -> str | None:
+    """The local PostgreSQL server's test database (127.0.0.1:5432, trust auth), if up."""
+    try:
+        import psycopg2
+    except ImportError:
+        return None
+    for user in ("postgres", "root"):
+        try:
+            psycopg2.connect(
+                host="127.0.0.1", port=5432, user=user, dbname="test", connect_timeout=3
+            ).close()
+        except psycopg2.OperationalError:
+            continue
+        return f"postgresql://{user}@127.0.0.1:5432/test"
+    return None

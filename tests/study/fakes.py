@@ -6,7 +6,8 @@ head dropping and quantization cost perplexity and save time, distillation recov
 the damage, best near temperature 2. :class:`FakeObjective` serves it from a worker process
 and injects faults keyed by the recipe's bit width, read from the environment (spawned
 workers inherit it): ``AUTOSLIM_FAKE_FAULTS="8:raise,4:segfault"`` with faults ``raise``,
-``nan``, ``segfault``, ``hang`` and ``oom``; ``AUTOSLIM_FAKE_SLEEP`` seconds per trial.
+``nan``, ``segfault``, ``hang``, ``oom`` and ``burn`` (spend ``AUTOSLIM_FAKE_CPU_SECONDS`` of
+its own CPU time, reporting progress, then answer); ``AUTOSLIM_FAKE_SLEEP`` seconds per trial.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from autoslim import progress
+from autoslim.budgets import Limit
 from autoslim.config import StudyConfig
 from autoslim.recipe import Recipe
 from autoslim.worker import TrialAbandoned
@@ -58,6 +62,15 @@ def synthetic_measurement(recipe: Recipe) -> dict[str, Any]:
     }
 
 
+def burn(cpu_seconds: float, steps: int = 10) -> None:
+    """Spin until this process has used ``cpu_seconds`` of CPU time, in ``steps`` steps."""
+    start = time.process_time()
+    for step in range(1, steps + 1):
+        while time.process_time() - start < cpu_seconds * step / steps:
+            pass
+        progress.report("burn", step, steps)
+
+
 def _faults() -> dict[int, str]:
     spec = os.environ.get("AUTOSLIM_FAKE_FAULTS", "")
     pairs = (item.split(":", 1) for item in spec.split(",") if item)
@@ -77,7 +90,7 @@ class FakeObjective:
             "pid": os.getpid(),
         }
 
-    def __call__(self, recipe: Recipe) -> dict[str, Any]:
+    def __call__(self, recipe: Recipe, limits: Sequence[Limit] = ()) -> dict[str, Any]:
         early = self.config.early_abort
         ratio = 1 + cheap_stage_damage(recipe)
         if early.enabled and ratio > early.max_ppl_ratio:
@@ -99,4 +112,6 @@ class FakeObjective:
             os.kill(os.getpid(), signal.SIGSEGV)
         if fault == "hang":
             time.sleep(3600)
+        if fault == "burn":
+            burn(float(os.environ.get("AUTOSLIM_FAKE_CPU_SECONDS", "1")))
         return {"measurement": measurement, "build": {"stage_seconds": {}, "info": {}}}

@@ -26,6 +26,24 @@ def test_bad_study_file_exits_2_naming_the_key(study_file, capsys) -> None:
     assert not path.with_suffix(".db").exists()
 
 
+@pytest.mark.parametrize(
+    ("workload", "needle"),
+    [
+        ({"protocol": {"window": 100000}}, "workload.protocol.window=100000"),
+        ({"protocol": {"window": 64}, "decode_prompt_tokens": 200}, "decode_prompt_tokens=200"),
+    ],
+)
+def test_workload_longer_than_the_model_context_exits_2_before_any_trial(
+    study_file, capsys, workload, needle
+) -> None:
+    path = study_file("long", workload=workload)
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "context of 128 tokens" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not path.with_suffix(".db").exists()
+
+
 def test_password_is_never_echoed(study_file, capsys) -> None:
     path = study_file(study={"storage": "postgresql://bob:s3cret@127.0.0.1/test"})
     assert main(["search", str(path), "--n-trials", "2"]) == 2

@@ -79,6 +79,12 @@ def test_overrides_take_precedence(study_file) -> None:
             ["study.storage", "does not exist"],
         ),
         ({"study": {"storage": "redis://host/1"}}, ["study.storage", "postgresql://"]),
+        (
+            {"study": {"storage": "journal:////no/such/folder/x.log"}},
+            ["study.storage", "does not exist"],
+        ),
+        ({"study": {"storage": "journal:///"}}, ["study.storage", "journal:///FILE.log"]),
+        ({"study": {"heartbeat_seconds": 0}}, ["study.heartbeat_seconds", ">= 1"]),
         ({"model": {"name": "/no/such/model"}}, ["model.name", "does not exist"]),
         ({"model": {"device": "gpu"}}, ["model.device", "cuda"]),
     ],

@@ -9,6 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autoslim import config, study
+from autoslim.costs import CostModel
 from autoslim.measure import Measurement
 from autoslim.trials import measurement_of
 from tests.study.conftest import write_study
@@ -23,7 +24,7 @@ def test_three_real_trials_on_a_tiny_model(tmp_path: Path) -> None:
     path = write_study(
         tmp_path,
         {
-            "study": {"n_trials": 3, "trial_timeout_seconds": 300},
+            "study": {"n_trials": 3},
             "model": {"name": str(model)},
             "workload": {
                 "prefill_windows": 1,
@@ -34,7 +35,6 @@ def test_three_real_trials_on_a_tiny_model(tmp_path: Path) -> None:
                 "repeats": 1,
                 "protocol": {"window": 64, "max_windows": 4},
             },
-            "early_abort": {"windows": 2},
             "search": {
                 "kd_steps": [0],
                 "precision": ["fp32"],
@@ -53,7 +53,12 @@ def test_three_real_trials_on_a_tiny_model(tmp_path: Path) -> None:
         "bitsandbytes int8",
         "bitsandbytes 4-bit",
     ]
+    # The study file sets no timeout: each trial's comes from the costs measured at start.
+    costs = CostModel.from_dict(s.user_attrs["cost_model"])
+    assert costs.kd_step_seconds > 0 and costs.eval_windows == 4
+    assert costs.early_abort_windows == 2  # the cheapest KD trial would not pay for more
     for t in s.trials:
+        assert t.user_attrs["worker"]["timeout_seconds"] == costs.timeout_seconds(0)
         assert t.state == TrialState.COMPLETE
         m = Measurement.from_dict(measurement_of(t))
         assert t.values == [getattr(m, name) for name in s.metric_names]

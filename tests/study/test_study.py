@@ -12,10 +12,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autoslim import config, study
+from autoslim import config, storage, study
 from autoslim.recipe import Recipe
-from autoslim.trials import MEASUREMENT_ATTR, measurement_of, recipe_of
-from tests.study.conftest import FAKE, run_fake_study
+from autoslim.trials import MEASUREMENT_ATTR, is_interrupted, measurement_of, recipe_of, record
+from tests.study.conftest import FAKE, postgres_url, run_fake_study
 
 pytestmark = pytest.mark.slow
 
@@ -159,12 +159,12 @@ def test_changed_search_space_is_refused_on_resume(study_file) -> None:
 
 
 def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    storage = study.make_storage(url)  # picks the installed PostgreSQL driver
-    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    opened = storage.make_storage(url)  # picks the installed PostgreSQL driver
+    return optuna.load_study(study_name=name, storage=opened).get_trials(deepcopy=False)
 
 
 def test_kill_minus_9_mid_trial_then_resume(study_file) -> None:
-    path = study_file(study={"n_trials": 6})
+    path = study_file(study={"n_trials": 6, "heartbeat_seconds": 1})
     c = config.load(path)
     env = {"AUTOSLIM_FAKE_SLEEP": "1.5"}
     proc = run_fake_study(path, env)
@@ -207,9 +207,9 @@ def test_kill_minus_9_mid_trial_then_resume(study_file) -> None:
     by_number = {t.number: t for t in trials}
     killed = by_number[victim.number]
     assert killed.state == TrialState.FAIL
-    assert killed.user_attrs["interrupted"] is True
-    assert killed.user_attrs["fail_reason"].startswith("Interrupted:")
-    retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert is_interrupted(killed) and not study.counts_toward_total(killed)
+    assert record(killed, c.objectives).reason.startswith("Interrupted:")
+    retries = [t for t in trials if storage.retried_trial_number(t) == victim.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert recipe_of(retries[0]) == recipe_of(killed)
     for number, values in before.items():
@@ -219,49 +219,8 @@ def test_kill_minus_9_mid_trial_then_resume(study_file) -> None:
     assert len(complete) == len(set(complete)) == 6
 
 
-def _postgres_url() -> str | None:
-    try:
-        import psycopg2
-    except ImportError:
-        return None
-    for user in ("postgres", "root"):
-        try:
-            psycopg2.connect(
-                host="127.0.0.1", port=5432, user=user, dbname="test", connect_timeout=3
-            ).close()
-        except psycopg2.OperationalError:
-            continue
-        return f"postgresql://{user}@127.0.0.1:5432/test"
-    return None
-
-
-def test_postgresql_workers_share_one_study(study_file) -> None:
-    url = _postgres_url()
-    if url is None:
-        pytest.skip(
-            "PostgreSQL at 127.0.0.1:5432 (database 'test') is unreachable or psycopg2 is missing"
-        )
-    name = f"pg-{os.getpid()}-{int(time.time())}"
-    path = study_file(name=name, study={"n_trials": 10, "storage": url})
-    env = {"AUTOSLIM_FAKE_SLEEP": "0.5"}
-    workers = [run_fake_study(path, env) for _ in range(2)]
-    try:
-        assert [w.wait(180) for w in workers] == [0, 0]
-        trials = _trials(url, name)
-        measured = [t for t in trials if study.counts_toward_total(t)]
-        assert 10 <= len(measured) <= 11  # each worker stops once the count is reached
-        hosts = {t.user_attrs["worker"]["study_pid"] for t in measured}
-        assert len(hosts) == 2
-        complete = [recipe_of(t) for t in trials if t.state == TrialState.COMPLETE]
-        assert len(complete) == len(set(complete))
-        # both workers enqueue the starting points; the second copies end as duplicates
-        assert sum(bool(t.user_attrs.get("is_base")) for t in measured) == 1
-    finally:
-        optuna.delete_study(study_name=name, storage=study.make_storage(url))
-
-
 def test_workers_starting_together_on_an_empty_postgresql_database(tmp_path) -> None:
-    url = _postgres_url()
+    url = postgres_url()
     if url is None:
         pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable or psycopg2 is missing")
     import psycopg2
@@ -277,7 +236,7 @@ def test_workers_starting_together_on_an_empty_postgresql_database(tmp_path) -> 
     fresh = url.rsplit("/", 1)[0] + "/" + database
     start_at = time.time() + 4  # every process opens the storage at the same moment
     code = (
-        "import sys, time\nfrom autoslim.study import make_storage\n"
+        "import sys, time\nfrom autoslim.storage import make_storage\n"
         "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\nmake_storage(sys.argv[1])"
     )
     try:
@@ -289,7 +248,7 @@ def test_workers_starting_together_on_an_empty_postgresql_database(tmp_path) -> 
         ]
         errors = [w.communicate(timeout=120)[1].decode() for w in workers]
         assert [w.returncode for w in workers] == [0] * 4, "\n".join(errors)
-        assert study.make_storage(fresh).get_all_studies() == []
+        assert storage.make_storage(fresh).get_all_studies() == []
     finally:
         admin.cursor().execute(f"DROP DATABASE {database} WITH (FORCE)")
         admin.close()

@@ -23,31 +23,16 @@ silently left unquantized.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from autoslim.compress.backends.base import QuantBackend, QuantSpec
 from autoslim.errors import UnsupportedError
+from autoslim.quiet import quiet_imports
 
 INT4_GROUP_SIZE = 32
-
-
-@contextlib.contextmanager
-def _quiet_import() -> Iterator[None]:
-    """torchao warns at import that its CUDA-only extension libraries fail to load on a CPU
-    machine; harmless, and not something a user can act on."""
-    torchao_logger = logging.getLogger("torchao")
-    level = torchao_logger.level
-    torchao_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        torchao_logger.setLevel(level)
 
 
 class TorchaoBackend(QuantBackend):
@@ -98,7 +83,7 @@ class TorchaoBackend(QuantBackend):
     def quantization_config(self, spec: QuantSpec, device: str, dtype: torch.dtype) -> Any:
         from transformers import TorchAoConfig
 
-        with _quiet_import():
+        with quiet_imports():
             from torchao.quantization import (
                 Int8DynamicActivationInt8WeightConfig,
                 Int8WeightOnlyConfig,

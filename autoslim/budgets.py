@@ -1,0 +1,274 @@
+"""Budgets: the limits a recipe must meet, declared once.
+
+Every hardware budget is one :class:`HardwareBudget` in :data:`BUDGETS`: its ``[budgets]``
+key in the study file, the figure it bounds, whether that figure must stay below (``max``) or
+above (``min``) the limit, its ``pick`` / ``export`` flag and how its values are written. The
+study-file keys, the CLI flags, the Optuna constraints, pick's filter and explanation and the
+report's budget lines all derive from it.
+
+A study's constraints are :class:`Limit` values (:func:`limits_of`): the perplexity budget
+(relative to the base model), each hardware budget, and each task constraint (relative to the
+base's score or absolute). A limit's violation is ``(value - limit) / scale`` for a ``max``
+bound and ``(limit - value) / scale`` for a ``min`` one, ≤ 0 feasible, where ``scale`` is the
+base model's figure for a relative limit (so the perplexity constraint stays
+``perplexity / base - 1 - max_ppl_increase``) and the limit itself for an absolute one.
+
+``peak_memory_bytes`` is, on CUDA, ``torch.cuda.max_memory_allocated`` over the workload
+(tensors on the GPU); on the CPU the process's resident-set high-water (VmHWM) over the
+workload, which includes Python, torch, the corpus and the teacher model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from autoslim.errors import ConfigError
+
+# The name of the perplexity-budget constraint (Optuna's ``constraints:NAME`` system attr).
+PERPLEXITY = "perplexity_increase"
+
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_bytes(text: str | float) -> float:
+    """``50MB``, ``12 GiB``, ``1e9`` or a number → bytes."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return float(text)
+    found = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", str(text))
+    unit = found.group(2).lower() if found else ""
+    if found is None or unit not in _BYTE_UNITS:
+        raise ValueError(f"{text!r} is not a size; write e.g. 50MB, 12GiB or 8000000")
+    return float(found.group(1)) * _BYTE_UNITS[unit]
+
+
+def format_bytes(value: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.4g} {unit}"
+    return f"{value:.0f} B"
+
+
+@dataclass(frozen=True)
+class HardwareBudget:
+    """One declared budget: ``[budgets] key = limit`` bounds the figure ``figure``."""
+
+    key: str  # the study-file key and the constraint name
+    figure: str  # the measured figure it bounds
+    bound: str  # "max": figure <= limit; "min": figure >= limit
+    flag: str  # pick / export flag that tightens it
+    kind: str  # "bytes" | "rate" | "fraction" | "nats": how values are read and shown
+    doc: str
+    early: bool = False  # decidable from the built model, before measuring it
+
+    def parse(self, value: Any) -> float:
+        """A limit as the study file or a flag gives it; ValueError says what is wrong."""
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is a boolean; write a number")
+        number = parse_bytes(value) if self.kind == "bytes" else _number(value)
+        if not math.isfinite(number) or number < 0 or (self.kind != "nats" and number == 0):
+            raise ValueError(f"{value!r}: must be a positive number")
+        if self.kind == "fraction" and number > 1:
+            raise ValueError(f"{value!r}: a fraction between 0 and 1")
+        return number
+
+    def show(self, value: float) -> str:
+        if self.kind == "bytes":
+            return format_bytes(value)
+        return f"{value:.4g}" + (" tokens/s" if self.kind == "rate" else "")
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{value!r} is not a number") from e
+
+
+BUDGETS: tuple[HardwareBudget, ...] = (
+    HardwareBudget(
+        "max_size_bytes",
+        "size_bytes",
+        "max",
+        "--max-size",
+        "bytes",
+        "weight bytes as stored (decided right after the build, before measuring)",
+        early=True,
+    ),
+    HardwareBudget(
+        "max_peak_memory_bytes",
+        "peak_memory_bytes",
+        "max",
+        "--max-peak-memory",
+        "bytes",
+        "peak memory over the workload: CUDA max_memory_allocated on a GPU, the process's "
+        "resident-set high-water (VmHWM) on the CPU",
+    ),
+    HardwareBudget(
+        "min_prefill_tokens_per_second",
+        "prefill_tokens_per_second",
+        "min",
+        "--min-prefill-tps",
+        "rate",
+        "prompt tokens processed per second in the workload's batched prefill",
+    ),
+    HardwareBudget(
+        "min_decode_tokens_per_second",
+        "decode_tokens_per_second",
+        "min",
+        "--min-decode-tps",
+        "rate",
+        "tokens generated per second in the workload's batch-1 greedy decode",
+    ),
+    HardwareBudget(
+        "min_top1_agreement",
+        "top1_agreement",
+        "min",
+        "--min-top1-agreement",
+        "fraction",
+        "share of eval tokens where the model's argmax matches the base model's",
+    ),
+    HardwareBudget(
+        "max_teacher_kl",
+        "teacher_kl",
+        "max",
+        "--max-teacher-kl",
+        "nats",
+        "mean KL(base ‖ model) per eval token, in nats",
+    ),
+)
+BY_KEY = {b.key: b for b in BUDGETS}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One constraint on a trial's figure ``figure``: ``name`` is its constraint name."""
+
+    name: str
+    figure: str
+    bound: str  # "max" | "min"
+    value: float  # the limit on the figure
+    scale: float  # what a violation is relative to (the base's figure, or the limit)
+    text: str  # how the limit is shown, e.g. "size_bytes <= 50 MB"
+    early: bool = False
+
+    def violation(self, figures: Mapping[str, Any]) -> float:
+        """≤ 0 when ``figures`` meet the limit; +inf when the figure was not measured."""
+        value = _figure(figures, self.figure)
+        if value is None:
+            return math.inf
+        gap = value - self.value if self.bound == "max" else self.value - value
+        return gap / self.scale if self.scale > 0 else gap
+
+    def allows(self, figures: Mapping[str, Any]) -> bool:
+        return self.violation(figures) <= 0
+
+    def explain(self, figures: Mapping[str, Any]) -> str:
+        """``met size_bytes <= 50 MB (12 MB)`` or ``missed ...``."""
+        value = _figure(figures, self.figure)
+        shown = "not measured" if value is None else _show(self.figure, value)
+        return f"{'met' if self.allows(figures) else 'missed'} {self.text} ({shown})"
+
+    def tighter(self, value: float, flag: str) -> Limit:
+        """This limit with a new bound that may only be tighter (``flag`` names it)."""
+        looser = value > self.value if self.bound == "max" else value < self.value
+        if looser:
+            raise ConfigError(
+                f"{flag} {_show(self.figure, value)} is looser than the study's "
+                f"{self.text}: only a tighter budget can be chosen after the search (the search "
+                "skipped work on recipes beyond its own); give a tighter value or search again"
+            )
+        return _absolute(self.name, self.figure, self.bound, value, self.early)
+
+
+def _show(figure: str, value: float) -> str:
+    budget = next((b for b in BUDGETS if b.figure == figure), None)
+    return budget.show(value) if budget else f"{value:.4g}"
+
+
+def _figure(figures: Mapping[str, Any], name: str) -> float | None:
+    try:
+        value = float(figures[name])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _absolute(name: str, figure: str, bound: str, value: float, early: bool = False) -> Limit:
+    sign = "<=" if bound == "max" else ">="
+    return Limit(
+        name, figure, bound, value, abs(value), f"{figure} {sign} {_show(figure, value)}", early
+    )
+
+
+def relative(name: str, figure: str, bound: str, base: float, change: float) -> Limit:
+    """A limit ``change`` (a fraction) worse than the base model's ``base``."""
+    value = base * (1 + change) if bound == "max" else base * (1 - change)
+    sign = "<=" if bound == "max" else ">="
+    text = f"{figure} {sign} {value:.4g} (base {base:.4g} {'+' if bound == 'max' else '-'}"
+    return Limit(name, figure, bound, value, abs(base), f"{text}{change:.1%})")
+
+
+def hardware_limits(budgets: Mapping[str, float]) -> list[Limit]:
+    """The limits of a study's ``[budgets]`` table, in declaration order."""
+    return [
+        _absolute(b.key, b.figure, b.bound, budgets[b.key], b.early)
+        for b in BUDGETS
+        if b.key in budgets
+    ]
+
+
+def task_limits(tasks: Mapping[str, Any], base: Mapping[str, Any] | None) -> list[Limit]:
+    """Each task's constraint: absolute (``at_least`` / ``at_most``) or relative to the base
+    model's score (``max_relative_loss``, only once the base's score is known)."""
+    out: list[Limit] = []
+    for name, task in tasks.items():
+        bound = "min" if task.goal == "max" else "max"
+        if task.at_least is not None:
+            out.append(_absolute(f"task:{name}", name, "min", task.at_least))
+        if task.at_most is not None:
+            out.append(_absolute(f"task:{name}", name, "max", task.at_most))
+        if task.max_relative_loss is not None:
+            score = None if base is None else _figure(base, name)
+            if score is not None:
+                out.append(relative(f"task:{name}", name, bound, score, task.max_relative_loss))
+    return out
+
+
+def limits_of(config: Any, base: Mapping[str, Any] | None) -> list[Limit]:
+    """Every constraint of a study, perplexity first, then budgets, then tasks. ``base`` is
+    the base model's figures (None before the base trial is done: relative limits are left
+    out then)."""
+    out: list[Limit] = []
+    ppl = None if base is None else _figure(base, "perplexity")
+    if ppl is not None:
+        out.append(relative(PERPLEXITY, "perplexity", "max", ppl, config.max_ppl_increase))
+    return [*out, *hardware_limits(config.budgets), *task_limits(config.tasks, base)]
+
+
+def constraint_names(config: Any) -> list[str]:
+    """The names of a study's constraints in the order a trial stores their violations."""
+    limits = limits_of(config, _all_known(config))
+    return [limit.name for limit in limits]
+
+
+def _all_known(config: Any) -> dict[str, float]:
+    return {"perplexity": 1.0, **{name: 1.0 for name in config.tasks}}
+
+
+def missed(limits: Sequence[Limit], figures: Mapping[str, Any]) -> list[Limit]:
+    return [limit for limit in limits if not limit.allows(figures)]

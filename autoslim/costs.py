@@ -1,0 +1,258 @@
+"""What a trial costs on this machine, measured once per study, and the defaults derived from it.
+
+At setup the trial worker times the base model once per stage (:func:`measure_costs`): one
+copy (every trial starts from an fp32 copy of the base), one eval window, one distillation
+step, one workload run. Each figure is *quiet* seconds: wall time less the share of it the
+process waited for a CPU (Linux schedstat, :func:`quiet_seconds`), so a busy machine at study
+start does not inflate the model. :class:`CostModel` predicts a trial from its recipe
+(``copy + early-abort check + kd_steps × step + perplexity and drift over the eval windows +
+(warm-up + repeats) × run``) and derives what a study file does not set:
+
+- the trial timeout: ``TIMEOUT_FACTOR`` × the trial's predicted seconds, at least
+  ``MIN_TIMEOUT_SECONDS``; quantized or pruned models may run slower than the base, which the
+  factor leaves room for;
+- the early-abort windows: as many as cost at most ``EARLY_ABORT_SHARE`` of the cheapest
+  trial with distillation, between ``EARLY_ABORT_WINDOWS`` bounds;
+- the ETA printed at start (trials that fit the time limit, or the time n_trials take).
+
+Timeouts run on the trial's own clock (:class:`TrialClock`): wall time advances it only in the
+share that the worker process had the CPU it asked for (CPU time over CPU time plus run-queue
+wait, per poll). A healthy trial starved by other work on the machine runs on; a hang (asleep,
+deadlocked, blocked) or a busy loop advances it at the wall rate and is killed. However starved,
+a trial is killed after ``MAX_STRETCH`` × its timeout of wall time.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# A trial may run this many times its predicted seconds (on its own clock) before it is killed.
+TIMEOUT_FACTOR = 6.0
+MIN_TIMEOUT_SECONDS = 120.0
+# However starved it is, a trial is killed after this many times its timeout of wall time.
+MAX_STRETCH = 10.0
+# Timeout of a trial whose objective publishes no cost model (test fakes).
+UNMEASURED_TIMEOUT_SECONDS = 1800.0
+EARLY_ABORT_SHARE = 0.05
+EARLY_ABORT_WINDOWS = (2, 8)
+# Perplexity windows per eval window in measure(): the student's perplexity, then drift
+# (the teacher and the student again).
+MEASURE_PASSES = 3
+
+
+def schedstat_seconds(pid: int | str = "self") -> tuple[float, float] | None:
+    """(CPU seconds, seconds runnable but waiting for a CPU) summed over ``pid``'s threads;
+    None where the kernel does not expose schedstat (or the process is gone)."""
+    cpu = wait = 0
+    found = False
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                fields = f.read().split()
+            cpu += int(fields[0])
+            wait += int(fields[1])
+            found = True
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that exited between the listing and the read
+    return (cpu / 1e9, wait / 1e9) if found else None
+
+
+def quiet_seconds(
+    wall: float, before: tuple[float, float] | None, after: tuple[float, float] | None
+) -> float:
+    """``wall`` less the share of it spent waiting for a CPU between two schedstat reads.
+
+    Nothing used and nothing waited (asleep, blocked, or no schedstat) counts in full."""
+    if before is None or after is None:
+        return wall
+    cpu, wait = after[0] - before[0], after[1] - before[1]
+    if cpu < 0 or wait < 0 or cpu + wait <= 0:
+        return wall
+    return wall * cpu / (cpu + wait)
+
+
+class TrialClock:
+    """The own clock of the trial running in process ``pid``: :meth:`read` returns its own
+    seconds (wall time while it had the CPU it asked for) and the wall seconds so far."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.own_seconds = 0.0
+        self._wall = time.monotonic()
+        self._started = self._wall
+        self._stat = schedstat_seconds(pid)
+
+    def read(self) -> tuple[float, float]:
+        now = time.monotonic()
+        stat = schedstat_seconds(self.pid)
+        self.own_seconds += quiet_seconds(now - self._wall, self._stat, stat)
+        self._wall, self._stat = now, stat
+        return self.own_seconds, now - self._started
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Quiet seconds of each stage for the base model on this machine, and the study's shape."""
+
+    copy_seconds: float
+    eval_window_seconds: float
+    kd_step_seconds: float
+    workload_run_seconds: float
+    eval_windows: int  # windows a trial's perplexity evaluates
+    workload_runs: int  # warm-up + repeats
+    early_abort_windows: int
+    cpu_wait_fraction: float  # while the costs were measured
+    teacher_seconds: float = 0.0  # the teacher's share of the measured KD step (cached later)
+
+    def trial_seconds(self, kd_steps: int, *, cheap_stages: bool = True) -> float:
+        """Predicted quiet seconds of a trial with ``kd_steps`` distillation steps."""
+        check = self.early_abort_windows * self.eval_window_seconds if cheap_stages else 0.0
+        return (
+            self.copy_seconds
+            + check
+            + kd_steps * self.kd_step_seconds
+            + MEASURE_PASSES * self.eval_windows * self.eval_window_seconds
+            + self.workload_runs * self.workload_run_seconds
+        )
+
+    def timeout_seconds(self, kd_steps: int) -> float:
+        """The trial timeout (own seconds) a study file that sets none gets."""
+        return max(MIN_TIMEOUT_SECONDS, TIMEOUT_FACTOR * self.trial_seconds(kd_steps))
+
+    def describe(self, kd_steps: int, time_limit_seconds: float | None = None) -> str:
+        """One line for the start of a study, e.g. ``one KD step 7.9 s, one trial with 50 KD
+        steps ≈ 8 min (timeout 48 min), about 60 trials in 8 h``."""
+        trial = self.trial_seconds(kd_steps)
+        text = (
+            f"one KD step {_short(self.kd_step_seconds)}, one eval window "
+            f"{_short(self.eval_window_seconds)}, one workload run "
+            f"{_short(self.workload_run_seconds)}; one trial with {kd_steps} KD steps ≈ "
+            f"{_duration(trial)} (timeout {_duration(self.timeout_seconds(kd_steps))})"
+        )
+        if time_limit_seconds is not None:
+            count = math.floor(time_limit_seconds / trial)
+            text += f", about {count} trials in {_duration(time_limit_seconds)}"
+        if self.cpu_wait_fraction > 0.05:
+            text += f" (measured with {self.cpu_wait_fraction:.0%} CPU wait, taken out)"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CostModel:
+        return cls(**d)
+
+
+def _short(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def early_abort_windows(
+    eval_window_seconds: float, cheapest_kd_trial_seconds: float, available: int
+) -> int:
+    """Windows the early-abort check evaluates: at most ``EARLY_ABORT_SHARE`` of the cheapest
+    trial it may save, within ``EARLY_ABORT_WINDOWS`` and the eval split."""
+    low, high = EARLY_ABORT_WINDOWS
+    affordable = math.floor(EARLY_ABORT_SHARE * cheapest_kd_trial_seconds / eval_window_seconds)
+    return max(1, min(available, max(low, min(high, affordable))))
+
+
+class _Stopwatch:
+    """Quiet seconds of a block, and what the process waited meanwhile."""
+
+    def __enter__(self) -> _Stopwatch:
+        self._stat = schedstat_seconds()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._started
+        stat = schedstat_seconds()
+        self.quiet = quiet_seconds(self.wall, self._stat, stat)
+
+
+def measure_costs(
+    base: Any,
+    *,
+    teacher_cache: Any,
+    eval_ids: Any,
+    workload: Any,
+    device: str,
+    kd_steps_space: list[int],
+    early_abort_windows_set: int | None,
+) -> CostModel:
+    """Time each stage once on the base model (``base``: a LoadedModel); see the module doc."""
+    import copy
+    from dataclasses import replace
+
+    import torch
+
+    from autoslim.compress.distill import distill
+    from autoslim.measure.perplexity import perplexity
+    from autoslim.measure.workload import WorkloadRunner
+    from autoslim.recipe import Recipe
+
+    model = base.model
+    protocol = workload.protocol
+    available = len(protocol.window_starts(len(eval_ids)))
+    eval_windows = min(available, protocol.max_windows or available)
+    probe = min(EARLY_ABORT_WINDOWS[0], available)
+    waits = []
+    with _Stopwatch() as copied:
+        student = copy.deepcopy(model).to(device=device, dtype=torch.float32)
+    with _Stopwatch() as evaluated:
+        perplexity(model, eval_ids, replace(protocol, max_windows=probe))
+    defaults = Recipe()
+    teacher_before = teacher_cache.teacher_seconds
+    with _Stopwatch() as stepped:
+        distill(
+            student,
+            teacher_cache,
+            steps=1,
+            temperature=defaults.kd_temperature,
+            alpha=defaults.kd_alpha,
+            lr=defaults.kd_lr,
+        )
+    del student
+    teacher = teacher_cache.teacher_seconds - teacher_before
+    runner = WorkloadRunner(model, eval_ids, workload, torch.device(device))
+    with _Stopwatch() as ran:
+        runner.run()
+    for watch in (copied, evaluated, stepped, ran):
+        waits.append((watch.wall, watch.quiet))
+    wall = sum(w for w, _ in waits)
+    # The teacher runs once per KD window for the whole study, not per step: count the step
+    # without it (its seconds are the wall share of the measured step).
+    step_seconds = max(0.0, stepped.quiet - teacher * stepped.quiet / max(stepped.wall, 1e-9))
+    partial = CostModel(
+        copy_seconds=copied.quiet,
+        eval_window_seconds=evaluated.quiet / probe,
+        kd_step_seconds=step_seconds,
+        workload_run_seconds=ran.quiet,
+        eval_windows=eval_windows,
+        workload_runs=workload.warmup + workload.repeats,
+        early_abort_windows=0,
+        cpu_wait_fraction=1 - sum(q for _, q in waits) / wall if wall > 0 else 0.0,
+        teacher_seconds=teacher,
+    )
+    cheapest = min((s for s in kd_steps_space if s > 0), default=0)
+    windows = early_abort_windows_set or early_abort_windows(
+        partial.eval_window_seconds, partial.trial_seconds(cheapest), available
+    )
+    return replace(partial, early_abort_windows=windows)

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoslim import memory
+from autoslim.measure.footprint import PeakMemory
+
+
+@pytest.mark.skipif(not memory.PROC_CLEAR_REFS.exists(), reason="needs Linux VmHWM")
+def test_a_trial_peak_survives_a_measurement_window_reset() -> None:
+    memory.mark_trial("cpu")
+    big = torch.ones(64 * 2**20 // 4)  # 64 MiB touched, as distillation would before measuring
+    peak_with_big = memory.trial_peak_bytes("cpu")
+    del big
+    window = PeakMemory(torch.device("cpu"))
+    window.start()  # the workload window resets the counter...
+    trial_peak = memory.trial_peak_bytes("cpu")  # ...but not the trial's peak
+    assert trial_peak is not None and peak_with_big is not None
+    assert window.peak_bytes() < trial_peak - 32 * 2**20
+    # the kernel syncs its RSS counters in batches: equal up to a few pages
+    assert trial_peak >= peak_with_big - 2**20

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+
+from autoslim.config import parse
+from autoslim.costs import (
+    MIN_TIMEOUT_SECONDS,
+    TIMEOUT_FACTOR,
+    CostModel,
+    early_abort_windows,
+    quiet_seconds,
+)
+from autoslim.recipe import Recipe
+from autoslim.study import trial_timeout
+
+MODEL = CostModel(
+    copy_seconds=2.0,
+    eval_window_seconds=1.0,
+    kd_step_seconds=7.9,
+    workload_run_seconds=20.0,
+    eval_windows=16,
+    workload_runs=6,
+    early_abort_windows=8,
+    cpu_wait_fraction=0.3,
+)
+
+
+def test_waiting_for_a_cpu_is_taken_out_and_sleeping_is_not() -> None:
+    # 10 s of wall time: 2 s on a CPU, 6 s waiting for one -> a quarter of it was its own.
+    assert quiet_seconds(10.0, (0.0, 0.0), (2.0, 6.0)) == pytest.approx(2.5)
+    assert quiet_seconds(10.0, (1.0, 1.0), (1.0, 1.0)) == 10.0  # asleep or hung
+    assert quiet_seconds(10.0, None, (2.0, 6.0)) == 10.0  # no schedstat
+
+
+def test_a_trial_is_predicted_from_its_stages_and_its_timeout_scales_with_it() -> None:
+    # copy + early-abort check + 50 KD steps + perplexity and drift + 6 workload runs
+    assert MODEL.trial_seconds(50) == pytest.approx(2 + 8 + 50 * 7.9 + 3 * 16 + 6 * 20)
+    assert MODEL.timeout_seconds(50) == pytest.approx(TIMEOUT_FACTOR * MODEL.trial_seconds(50))
+    tiny = CostModel(0.01, 0.001, 0.01, 0.01, 8, 4, 8, 0.0)
+    assert tiny.timeout_seconds(0) == MIN_TIMEOUT_SECONDS
+
+
+def test_the_start_line_says_what_a_trial_costs_and_how_many_fit() -> None:
+    line = MODEL.describe(50, 8 * 3600)
+    assert line.startswith("one KD step 7.9 s, one eval window 1.0 s, one workload run 20.0 s")
+    assert "one trial with 50 KD steps ≈ 10 min (timeout 57 min)" in line
+    assert line.endswith("about 50 trials in 8.0 h (measured with 30% CPU wait, taken out)")
+
+
+def test_early_abort_windows_cost_at_most_a_twentieth_of_the_trial_they_may_save() -> None:
+    assert early_abort_windows(0.001, 10.0, available=64) == 8  # cheap: the most useful
+    assert early_abort_windows(1.0, 100.0, available=64) == 5
+    assert early_abort_windows(10.0, 100.0, available=64) == 2  # never fewer than 2
+    assert early_abort_windows(0.001, 10.0, available=3) == 3  # the eval split is short
+
+
+def test_a_study_file_timeout_wins_and_an_unset_one_is_derived(tmp_path) -> None:
+    recipe = Recipe(kd_steps=50)
+    derived = parse({}, tmp_path / "s.toml", check_model=False)
+    assert derived.study.trial_timeout_seconds is None
+    assert derived.early_abort.windows is None
+    assert trial_timeout(derived, MODEL, recipe) == MODEL.timeout_seconds(50)
+    fixed = parse({"study": {"trial_timeout_seconds": 90}}, tmp_path / "s.toml", check_model=False)
+    assert trial_timeout(fixed, MODEL, recipe) == 90.0
