@@ -162,7 +162,7 @@ def _quick_check(url: str, path: Path) -> str:
         raise fault from e
     except sqlite3.DatabaseError as e:  # not a database, malformed
         return str(e)
-    found = [str(r[0]) for r in rows]
+    found = [" ".join(str(r[0]).split()) for r in rows]  # one line, whatever SQLite says
     return "ok" if found == ["ok"] else "; ".join(found[:3])
 
 

@@ -106,6 +106,7 @@ def study_tables(model_dir: Path, **study: object) -> dict[str, dict[str, object
     return {
         "study": {"n_trials": TRIALS, "trial_timeout_seconds": 60, **study},
         "model": {"name": str(model_dir)},
+        "workload": {"protocol": {"window": 128}},  # the tiny model's whole context
         "search": {
             "precision": ["fp32"],
             "bits": [16, 8, 4],

@@ -421,7 +421,7 @@ def test_report_of_a_study_with_no_completed_trial(model_dir, tmp_path) -> None:
     dead = tmp_path / "dead.html"
     result = autoslim("report", path, "--out", dead)
     assert result.status == 0, result.err
-    assert "1 stopped without finishing (no heartbeat for over 60 s" in result.out
+    assert "1 stopped without finishing (no heartbeat for over " in result.out
     assert "running" not in result.out
     page = dead.read_text()
     assert "has no completed trial yet" in page and "1 running" not in page
