@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from autoslim.trials import STALE_REASON
 from tests.faults.conftest import (
     ENV,
     autoslim,
@@ -180,6 +181,12 @@ def test_doctor_on_a_sound_file_only_backs_it_up(study_copy) -> None:
     assert completed(study_copy / "s.db") == before
 
 
+def _reason(db: Path, number: int) -> str:
+    """Why a FAIL trial failed: its ``fail_reason``, or the heartbeat's stale verdict (Optuna
+    fails a stale trial without one)."""
+    return str(user_attr(db, number, "fail_reason") or STALE_REASON)
+
+
 def _wait_for_running(db: Path, process: subprocess.Popen[str], seconds: float = 120) -> int:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and process.poll() is None:
@@ -225,7 +232,7 @@ def test_disk_full_mid_trial(searched, model_dir, tmp_path) -> None:
         after = completed(disk / "s.db")
         assert {k: after[k] for k in before} == before
         assert states(disk / "s.db")[in_flight] == "FAIL"
-        assert "Interrupted" in str(user_attr(disk / "s.db", in_flight, "fail_reason"))
+        assert _reason(disk / "s.db", in_flight).startswith(("Interrupted", STALE_REASON))
         assert "RUNNING" not in states(disk / "s.db").values()
 
 
@@ -327,7 +334,7 @@ def test_killed_mid_trial_then_resumed(searched, model_dir, tmp_path, sig) -> No
     resumed = autoslim("search", path)
     assert resumed.status == 0, resumed.err
     assert states(tmp_path / "s.db")[in_flight] == "FAIL"
-    assert "Interrupted" in str(user_attr(tmp_path / "s.db", in_flight, "fail_reason"))
+    assert _reason(tmp_path / "s.db", in_flight).startswith(("Interrupted", STALE_REASON))
     after = completed(tmp_path / "s.db")
     assert {k: after[k] for k in before} == before and len(after) == 7
 
