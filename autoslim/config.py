@@ -489,7 +489,7 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
     if scheme not in SCHEMES:
         kinds = ", ".join(f"{s.example} ({s.use})" for s in SCHEMES.values())
         raise t.error("storage", f"{mask_url(url)!r}: use one of {kinds}")
-    if scheme in ("sqlite", "journal"):
+    if SCHEMES[scheme].file:
         db = url.removeprefix(SCHEMES[scheme].prefix)
         if not url.startswith(SCHEMES[scheme].prefix) or not db or db == ":memory:":
             raise t.error(

@@ -13,7 +13,8 @@ start does not inflate the model. :class:`CostModel` predicts a trial from its r
   factor leaves room for;
 - the early-abort windows: as many as cost at most ``EARLY_ABORT_SHARE`` of the cheapest
   trial with distillation, between ``EARLY_ABORT_WINDOWS`` bounds;
-- the ETA printed at start (trials that fit the time limit, or the time n_trials take).
+- the ETA printed at start (trials that fit the time limit), and, when fewer than
+  ``FEW_TRIALS`` of the longest kind fit it, the KD steps that would let that many run.
 
 Timeouts run on the trial's own clock (:class:`TrialClock`): wall time advances it only in the
 share that the worker process had the CPU it asked for (CPU time over CPU time plus run-queue
@@ -28,6 +29,7 @@ import glob
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,6 +43,8 @@ MAX_STRETCH = 10.0
 # Timeout of a trial whose objective publishes no cost model (test fakes).
 UNMEASURED_TIMEOUT_SECONDS = 1800.0
 EARLY_ABORT_SHARE = 0.05
+# A time limit that fits fewer trials of the space's longest kind than this gets a hint.
+FEW_TRIALS = 10
 EARLY_ABORT_WINDOWS = (2, 8)
 # Perplexity windows per eval window in measure(): the student's perplexity, then drift
 # (the teacher and the student again).
@@ -139,9 +143,22 @@ class CostModel:
         if time_limit_seconds is not None:
             count = math.floor(time_limit_seconds / trial)
             text += f", about {count} trials in {_duration(time_limit_seconds)}"
+            fitting = self.kd_steps_fitting(FEW_TRIALS, time_limit_seconds)
+            if count < FEW_TRIALS and kd_steps and fitting < kd_steps:
+                text += (
+                    f"; for {FEW_TRIALS} trials in that time, keep search.kd_steps at or below "
+                    f"{fitting}"
+                    if fitting > 0
+                    else f"; not even {FEW_TRIALS} trials without distillation fit that time"
+                )
         if self.cpu_wait_fraction > 0.05:
             text += f" (measured with {self.cpu_wait_fraction:.0%} CPU wait, taken out)"
         return text
+
+    def kd_steps_fitting(self, trials: int, seconds: float) -> int:
+        """The most KD steps per trial that let ``trials`` trials run in ``seconds``."""
+        spare = seconds / trials - self.trial_seconds(0)
+        return max(0, math.floor(spare / self.kd_step_seconds)) if self.kd_step_seconds else 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,14 +191,19 @@ def early_abort_windows(
 
 
 class _Stopwatch:
-    """Quiet seconds of a block, and what the process waited meanwhile."""
+    """Quiet seconds of a block, the accelerator synchronised at both edges."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
 
     def __enter__(self) -> _Stopwatch:
+        self.sync()
         self._stat = schedstat_seconds()
         self._started = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.sync()
         self.wall = time.perf_counter() - self._started
         stat = schedstat_seconds()
         self.quiet = quiet_seconds(self.wall, self._stat, stat)
@@ -205,22 +227,26 @@ def measure_costs(
 
     from autoslim.compress.distill import distill
     from autoslim.measure.perplexity import perplexity
-    from autoslim.measure.workload import WorkloadRunner
+    from autoslim.measure.workload import WorkloadRunner, synchronize
     from autoslim.recipe import Recipe
 
     model = base.model
+    dev = torch.device(device)
+
+    def watch() -> _Stopwatch:
+        return _Stopwatch(lambda: synchronize(dev))
+
     protocol = workload.protocol
     available = len(protocol.window_starts(len(eval_ids)))
     eval_windows = min(available, protocol.max_windows or available)
     probe = min(EARLY_ABORT_WINDOWS[0], available)
-    waits = []
-    with _Stopwatch() as copied:
+    with watch() as copied:
         student = copy.deepcopy(model).to(device=device, dtype=torch.float32)
-    with _Stopwatch() as evaluated:
+    with watch() as evaluated:
         perplexity(model, eval_ids, replace(protocol, max_windows=probe))
     defaults = Recipe()
     teacher_before = teacher_cache.teacher_seconds
-    with _Stopwatch() as stepped:
+    with watch() as stepped:
         distill(
             student,
             teacher_cache,
@@ -231,12 +257,11 @@ def measure_costs(
         )
     del student
     teacher = teacher_cache.teacher_seconds - teacher_before
-    runner = WorkloadRunner(model, eval_ids, workload, torch.device(device))
-    with _Stopwatch() as ran:
+    runner = WorkloadRunner(model, eval_ids, workload, dev)
+    with watch() as ran:
         runner.run()
-    for watch in (copied, evaluated, stepped, ran):
-        waits.append((watch.wall, watch.quiet))
-    wall = sum(w for w, _ in waits)
+    watches = (copied, evaluated, stepped, ran)
+    wall = sum(w.wall for w in watches)
     # The teacher runs once per KD window for the whole study, not per step: count the step
     # without it (its seconds are the wall share of the measured step).
     step_seconds = max(0.0, stepped.quiet - teacher * stepped.quiet / max(stepped.wall, 1e-9))
@@ -248,7 +273,7 @@ def measure_costs(
         eval_windows=eval_windows,
         workload_runs=workload.warmup + workload.repeats,
         early_abort_windows=0,
-        cpu_wait_fraction=1 - sum(q for _, q in waits) / wall if wall > 0 else 0.0,
+        cpu_wait_fraction=1 - sum(w.quiet for w in watches) / wall if wall > 0 else 0.0,
         teacher_seconds=teacher,
     )
     cheapest = min((s for s in kd_steps_space if s > 0), default=0)

@@ -23,7 +23,10 @@ speed, not timing noise.
 
 Only timings that can be trusted compete. A trial whose stored timing is flagged
 (:func:`autoslim.retime.untrusted_timing`: measured on a busy CPU, or too noisy) is kept off
-the front and out of the choice, and the reason says so. With ``retimed`` figures (``pick
+the front and out of the choice, and the reason says so; when no trial within the budget has
+a trusted timing, the stored figures rank them all and the reason says that they cannot be
+trusted (a pick that refused would leave a user on a busy machine with nothing). With
+``retimed`` figures (``pick
 --retime``: :func:`retime_numbers` — the top of the stored ranking, the untrusted trials the
 front would hold, and the base — re-timed side by side in one process), the choice is among
 the re-timed trials, on those figures and their spread, and the reason says when the winner's
@@ -398,8 +401,10 @@ def rank(
     if retimed is None:
         held_back = {r.number: why for r in within(study, budget) if (why := untrusted_timing(r))}
     front = candidates(study, budget, retimed)
+    if not front and held_back:  # nothing trusted: rank the stored figures, and say so
+        front = _front(study, within(study, budget))
     if not front:
-        raise ConfigError(_nothing_meets(study, budget, held_back))
+        raise ConfigError(_nothing_meets(study, budget))
     norms = {n: _normalise([r.values[n] for r in front]) for n in weighted}
     ranked = [
         _candidate(r, {n: norms[n][i] for n in weighted}, weighted, budget)
@@ -446,8 +451,14 @@ def _trust_note(
 ) -> str:
     """What the choice's timings rest on: held-back trials, the re-timing, noise vs the base."""
     text = ""
-    if held_back:
-        shown = "; ".join(f"trial {n}: {why}" for n, why in sorted(held_back.items()))
+    shown = "; ".join(f"trial {n}: {why}" for n, why in sorted(held_back.items()))
+    if held_back and ranking[0].number in held_back:
+        text += (
+            f". No candidate's timing can be trusted ({shown}), so these stored figures rank "
+            "them anyway: `autoslim pick --retime` re-times them side by side before you rely "
+            "on this choice"
+        )
+    elif held_back:
         text += (
             f". Kept out until re-timed ({shown}): `autoslim pick --retime` re-times them "
             "beside the top candidates and the base"
@@ -458,7 +469,11 @@ def _trust_note(
         text += (
             f". Figures from re-timing trials {', '.join(map(str, sorted(retimed)))} side by "
             f"side ({some.rounds} interleaved rounds)"
-            + (f", trials {busy} waited for a CPU meanwhile" if busy else "")
+            + (
+                f", trial(s) {', '.join(map(str, busy))} waited for a CPU meanwhile"
+                if busy
+                else ""
+            )
         )
     best = ranking[0]
     base = next((c for c in ranking if c.is_base), None)
@@ -500,14 +515,8 @@ def _cv(value: Any) -> float:
     return cv if math.isfinite(cv) and cv > 0 else 0.0
 
 
-def _nothing_meets(study: optuna.Study, budget: Budget, held_back: dict[int, str]) -> str:
+def _nothing_meets(study: optuna.Study, budget: Budget) -> str:
     message = f"no completed trial of study {study.study_name!r} meets {budget.describe()}"
-    if held_back:
-        return (
-            f"{message} with a timing that can be trusted: trials "
-            f"{', '.join(map(str, sorted(held_back)))} were timed on a busy or noisy machine; "
-            "re-time them side by side with `autoslim pick --retime`"
-        )
     complete = read_trials(study, (TrialState.COMPLETE,))
     if not complete:
         return message + "; the study has no completed trial yet: run the search first"

@@ -41,6 +41,7 @@ from autoslim.errors import ConfigError
 from autoslim.operators import KNOBS
 from autoslim.pick import PRESETS, Budget, rank, study_budget
 from autoslim.recipe import Recipe, format_heads
+from autoslim.retime import stored_retimings
 from autoslim.storage import GRACE_BEATS, is_stale
 from autoslim.trials import (
     TrialRecord,
@@ -308,7 +309,9 @@ def get_summary_info(study: optuna.Study) -> SummaryInfo:
     counts = Counter(t.state.name for t in trials)
     sources = sorted({str(t.measurement.get("energy_source", "unknown")) for t in complete})
     try:
-        choice = rank(study, PRESETS["balanced"]).reason
+        # On the latest side-by-side re-timing where `pick --retime` stored one; else the
+        # trusted stored timings (the reason names the trials held back either way).
+        choice = rank(study, PRESETS["balanced"], retimed=stored_retimings(study) or None).reason
     except ConfigError as e:
         choice = f"no pick: {e}"
     front = best_numbers(study)

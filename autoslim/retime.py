@@ -19,12 +19,13 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import optuna
 
+from autoslim import progress
 from autoslim.trials import TrialRecord
 
 logger = logging.getLogger(__name__)
@@ -87,10 +88,10 @@ def retime(
     *,
     rounds: int | None = None,
     store: bool = True,
-    on_round: Callable[[int, int], None] | None = None,
 ) -> dict[int, Retimed]:
     """Rebuild ``numbers`` (COMPLETE trials of ``study``) here and time them interleaved for
-    ``rounds`` rounds (default: the study's workload repeats); store each as ``retimed``."""
+    ``rounds`` rounds (default: the study's workload repeats); store each as ``retimed``.
+    Reports its stages through :mod:`autoslim.progress`."""
     import torch
 
     from autoslim import compress, data, models
@@ -121,6 +122,7 @@ def retime(
     runners = {}
     for number in chosen:
         logger.info("rebuilding trial %d for re-timing", number)
+        progress.report(f"rebuild trial {number}")
         recipe = records[number].recipe
         built = compress.build(base, recipe, corpus=corpus, seed=seed, device=device)
         built.model.eval()
@@ -143,8 +145,7 @@ def retime(
                 seconds[number].append(run.seconds)
                 joules[number].append(run.energy.joules)
                 waited[number].append(run.waited_seconds)
-            if on_round is not None:
-                on_round(r + 1, rounds)
+            progress.report("interleaved rounds", r + 1, rounds)
     finally:
         meter.close()
         torch.set_num_threads(threads_before)
@@ -170,7 +171,7 @@ def retime(
             rounds=rounds,
         )
     if store:
-        _store(study, out)
+        store_retimings(study, out)
     return out
 
 
@@ -178,7 +179,7 @@ def _finite(value: float) -> float:
     return value if value == value else 0.0  # NaN (one round) allows no noise
 
 
-def _store(study: optuna.Study, retimed: Mapping[int, Retimed]) -> None:
+def store_retimings(study: optuna.Study, retimed: Mapping[int, Retimed]) -> None:
     """Merge ``retimed`` into the study's ``retimed`` user attr (trial number → figures)."""
     stored = dict(study.user_attrs.get(RETIMED_ATTR) or {})
     stamp = time.time()

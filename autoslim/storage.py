@@ -54,12 +54,13 @@ class Scheme:
     use: str
     drivers: tuple[str, ...] = ()  # importable modules, any one of which will do
     extra: str = ""  # the pip extra that installs a driver
+    file: bool = False  # the URL names a local file (after ``prefix``), not a server
 
 
 SCHEMES = {
-    "sqlite": Scheme("sqlite:///", "sqlite:///FILE.db", "one process on one machine"),
+    "sqlite": Scheme("sqlite:///", "sqlite:///FILE.db", "one process on one machine", file=True),
     "journal": Scheme(
-        "journal:///", "journal:///FILE.log", "many processes on one machine, no server"
+        "journal:///", "journal:///FILE.log", "many processes on one machine, no server", file=True
     ),
     "postgresql": Scheme(
         "postgresql://",
@@ -82,7 +83,7 @@ def scheme_of(url: str) -> str:
 def file_of(url: str) -> Path | None:
     """The file a sqlite or journal URL names (``None`` for a server)."""
     scheme = SCHEMES.get(scheme_of(url))
-    if scheme is None or scheme_of(url) not in ("sqlite", "journal"):
+    if scheme is None or not scheme.file:
         return None
     return Path(url.removeprefix(scheme.prefix))
 
@@ -96,9 +97,8 @@ def check_driver(url: str) -> None:
     wanted = (explicit,) if explicit else scheme.drivers
     if any(importlib.util.find_spec(module) for module in wanted):
         return
-    install = (
-        f"pip install 'autoslim[{scheme.extra}]'" if scheme.extra else f"pip install {wanted[0]}"
-    )
+    ours = scheme.extra and set(wanted) <= set(scheme.drivers)
+    install = f"pip install 'autoslim[{scheme.extra}]'" if ours else f"pip install {wanted[0]}"
     raise ConfigError(
         f"storage {mask_url(url)!r} needs a database driver ({' or '.join(wanted)}) and none "
         f"is installed; {install}"

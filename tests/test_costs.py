@@ -62,3 +62,13 @@ def test_a_study_file_timeout_wins_and_an_unset_one_is_derived(tmp_path) -> None
     assert trial_timeout(derived, MODEL, recipe) == MODEL.timeout_seconds(50)
     fixed = parse({"study": {"trial_timeout_seconds": 90}}, tmp_path / "s.toml", check_model=False)
     assert trial_timeout(fixed, MODEL, recipe) == 90.0
+
+
+def test_a_time_limit_too_short_for_the_kd_steps_says_how_many_steps_fit() -> None:
+    # 10 trials in 1 h leave 360 s each: 178 s without distillation, 7.9 s per step -> 23.
+    line = MODEL.describe(50, 3600)
+    assert line.endswith(
+        "about 6 trials in 60 min; for 10 trials in that time, keep "
+        "search.kd_steps at or below 23 (measured with 30% CPU wait, taken out)"
+    )
+    assert "keep search.kd_steps" not in MODEL.describe(50, 8 * 3600)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autoslim.card import measure_flags, model_card
-from autoslim.cli import main
+from autoslim.cli import build_parser, main
 from autoslim.errors import ConfigError, DataError, ModelError
 from autoslim.export import CARD, MANIFEST, export, select_trial
 from autoslim.pick import PRESETS
@@ -123,6 +123,13 @@ def test_quantized_trial_reloads_with_its_quantization_config(built, tmp_path, n
     assert abs(result.relative_difference) <= 0.01
 
 
+def test_export_re_times_before_it_chooses_unless_told_not_to_or_given_a_trial():
+    parser = build_parser()
+    assert parser.parse_args(["export", "s.toml", "--out", "x"]).retime is True
+    assert parser.parse_args(["export", "s.toml", "--out", "x", "--no-retime"]).retime is False
+    assert parser.parse_args(["pick", "s.toml"]).retime is False
+
+
 def test_cli_exports_the_pick(built, tmp_path, capsys):
     _, storage = built
     out = tmp_path / "picked"
@@ -135,6 +142,7 @@ def test_cli_exports_the_pick(built, tmp_path, capsys):
                 "built",
                 "--prefer",
                 "time",
+                "--no-retime",
                 "--out",
                 str(out),
                 "--json",

@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from autoslim import retime
 from autoslim.measure.measurement import CONTENDED
 from autoslim.pick import choose, parse_weights, rank, retime_numbers
 from autoslim.recipe import Recipe
@@ -41,6 +42,7 @@ def test_a_base_timed_on_a_busy_cpu_is_held_back_and_named(tmp_path: Path) -> No
         max_ppl_increase=0.25,
     )
     records = read_trials(study)
+    assert retime.CONTENDED == CONTENDED  # declared torch-free there, for pick and report
     assert untrusted_timing(records[0]).startswith(CONTENDED)
     assert not untrusted_timing(records[2])
     choice = rank(study, TIME)
@@ -89,3 +91,43 @@ def test_pick_retime_is_not_fooled_by_a_base_timed_slow(tmp_path: Path, corpus) 
     again = stored_retimings(optuna.load_study(study_name="built", storage=storage))
     assert set(again) == {0, 1} and again[0].beside == (1,) and len(again[1].seconds_samples) == 5
     assert again[1].seconds > again[0].seconds
+
+
+def test_the_report_says_which_trials_were_held_back_and_which_re_timed(tmp_path: Path) -> None:
+    from autoslim.report import get_summary_info
+    from autoslim.retime import store_retimings
+
+    busy_base = replace(base(8.36, 11.04, 110.0), timing_flags=(CONTENDED,))
+    study = make_study(
+        f"sqlite:///{tmp_path / 's.db'}",
+        trials=[busy_base, complete(NF4, 10.26, 6.04, 60.0)],
+        max_ppl_increase=0.25,
+    )
+    before = get_summary_info(study).choice
+    assert "trial 1 (" in before and "Kept out until re-timed (trial 0: cpu_contended" in before
+
+    def figures(number: int, seconds: float, beside: int) -> Retimed:
+        return Retimed(number, seconds, 0.01, 1.0, 0.01, (seconds,) * 3, 0.0, (beside,), 3)
+
+    store_retimings(study, {0: figures(0, 4.0, 1), 1: figures(1, 6.5, 0)})
+    after = get_summary_info(study).choice
+    assert after.startswith("trial 0 (base model")
+    assert "Figures from re-timing trials 0, 1 side by side (3 interleaved rounds)" in after
+    assert "Kept out" not in after
+
+
+def test_with_no_trusted_timing_pick_ranks_the_stored_figures_and_says_so(tmp_path: Path) -> None:
+    busy = (CONTENDED,)
+    study = make_study(
+        f"sqlite:///{tmp_path / 's.db'}",
+        trials=[
+            replace(base(8.36, 11.04, 110.0), timing_flags=busy),
+            replace(complete(NF4, 8.9, 6.04, 60.0), timing_flags=busy),
+        ],
+        max_ppl_increase=0.25,
+    )
+    choice = rank(study, TIME)
+    assert choice.best.number == 1
+    assert set(choice.held_back) == {0, 1}
+    assert "No candidate's timing can be trusted" in choice.reason
+    assert "autoslim pick --retime" in choice.reason

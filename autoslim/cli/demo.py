@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
             f"{sum(overhead) / len(overhead):.2f} s per trial"
         )
     page = write_report(study, out / "report.html")
-    exported = export(study, out / "balanced", weights=PRESETS["balanced"], force=True)
+    exported = export(
+        study, out / "balanced", weights=PRESETS["balanced"], force=True, retime=True
+    )
     print(f"demo finished in {time.monotonic() - started:.0f} s")
     shown = os.path.relpath(study_file)
     print(

@@ -8,7 +8,7 @@ from typing import Any
 
 from autoslim.cli._common import print_json
 from autoslim.cli._study_args import add_study_args, open_study, study_arg_files
-from autoslim.cli.pick import add_choice_args, tightened
+from autoslim.cli.pick import add_choice_args, show_progress, tightened
 
 
 def register(subparsers: Any) -> None:
@@ -25,7 +25,7 @@ def register(subparsers: Any) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_study_args(parser)
     parser.add_argument("--trial", type=int, metavar="N", help="the trial number to export")
-    add_choice_args(parser)
+    add_choice_args(parser, retime_by_default=True)
     parser.add_argument("--out", type=Path, required=True, help="the folder to write")
     parser.add_argument(
         "--force", action="store_true", help="replace --out when it exists and is not empty"
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     study = open_study(args)
     weights = weights_from(args.prefer, args.weights) if args.prefer or args.weights else None
+    show_progress(args)
     result = export(
         study,
         args.out,
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         max_ppl_increase=args.max_ppl_increase,
         tighten=tightened(args),
         force=args.force,
-        retime=args.retime,
+        retime=args.retime and args.trial is None,
         protected=study_arg_files(args),
         hub_repo=args.push_to_hub,
     )

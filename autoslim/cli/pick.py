@@ -9,8 +9,9 @@ from autoslim.cli._common import print_json
 from autoslim.cli._study_args import add_study_args, open_study
 
 
-def add_choice_args(parser: argparse.ArgumentParser) -> None:
-    """``--prefer`` / ``--weights`` / ``--max-ppl-increase``, shared with ``export``."""
+def add_choice_args(parser: argparse.ArgumentParser, *, retime_by_default: bool = False) -> None:
+    """``--prefer`` / ``--weights`` / ``--max-ppl-increase`` / budgets and the re-timing,
+    shared with ``export`` (which re-times by default: it rebuilds a model anyway)."""
     from autoslim.pick import PRESETS
 
     parser.add_argument(
@@ -27,12 +28,21 @@ def add_choice_args(parser: argparse.ArgumentParser) -> None:
         metavar="X",
         help="tighten the study's perplexity budget to base * (1 + X), e.g. 0.05",
     )
-    parser.add_argument(
-        "--retime",
-        action="store_true",
-        help="before choosing, rebuild the top candidates and the base here and time them side "
-        "by side, interleaved (minutes: distillation runs again); rank on those figures",
-    )
+    if retime_by_default:
+        parser.add_argument(
+            "--no-retime",
+            dest="retime",
+            action="store_false",
+            help="choose on the stored timings instead of re-timing the top candidates and the "
+            "base side by side first (the default when no --trial is given)",
+        )
+    else:
+        parser.add_argument(
+            "--retime",
+            action="store_true",
+            help="before choosing, rebuild the top candidates and the base here and time them "
+            "side by side, interleaved (minutes: distillation runs again); rank on those figures",
+        )
     from autoslim.budgets import BUDGETS
 
     for budget in BUDGETS:
@@ -61,6 +71,17 @@ def tightened(args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
+def show_progress(args: argparse.Namespace) -> None:
+    """With ``--retime``, print the rebuilds and rounds as they go (to stderr: ``--json``
+    keeps stdout to one object)."""
+    import sys
+
+    from autoslim import progress
+
+    if args.retime:
+        progress.listen(lambda p: print(f"re-timing: {p.describe()}", file=sys.stderr))
+
+
 def register(subparsers: Any) -> None:
     subparsers.add_parser(
         "pick",
@@ -83,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     study = open_study(args)
     weights = weights_from(args.prefer, args.weights)
+    show_progress(args)
     choice = choose(study, weights, args.max_ppl_increase, tightened(args), retime=args.retime)
     if args.json:
         print_json("pick", {"study": study.study_name, **choice.to_dict()})

@@ -64,18 +64,6 @@ def states(db: Path) -> dict[int, str]:
         return dict(connection.execute("SELECT number, state FROM trials").fetchall())
 
 
-def user_attr(db: Path, number: int, key: str) -> object:
-    import json
-
-    with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as connection:
-        row = connection.execute(
-            "SELECT a.value_json FROM trial_user_attributes a JOIN trials t "
-            "ON t.trial_id = a.trial_id WHERE t.number = ? AND a.key = ?",
-            (number, key),
-        ).fetchone()
-    return None if row is None else json.loads(row[0])
-
-
 def completed(db: Path) -> dict[int, tuple[float, ...]]:
     """COMPLETE trials → their objective values, read with plain sqlite3 (not autoslim)."""
     with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as connection:

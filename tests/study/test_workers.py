@@ -191,3 +191,58 @@ def test_search_check_names_the_extra_when_no_postgresql_driver(
     err = capsys.readouterr().err
     assert "pip install 'autoslim[postgres]'" in err and "psycopg2" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_two_autoslim_workers_run_real_trials_on_a_journal_file(tmp_path) -> None:
+    """The real command, the product objective, a tiny model: two `autoslim worker`
+    processes started together share one journal study and its budget."""
+    import subprocess
+    import sys
+
+    from autoslim.testing import save_tiny_model
+    from tests.study.conftest import write_study
+
+    model = save_tiny_model("qwen3", tmp_path / "tiny")
+    url = f"journal:///{tmp_path / 'real.log'}"
+    path = write_study(
+        tmp_path,
+        {
+            "study": {"n_trials": 4, "storage": url, "heartbeat_seconds": 2},
+            "model": {"name": str(model)},
+            "workload": {
+                "prefill_windows": 1,
+                "prefill_batch": 1,
+                "decode_tokens": 2,
+                "decode_prompt_tokens": 8,
+                "warmup": 0,
+                "repeats": 1,
+                "protocol": {"window": 64, "max_windows": 4},
+            },
+            "search": {
+                "kd_steps": [0],
+                "precision": ["fp32"],
+                "bits": [16, 8],
+                "quant_backend": ["bitsandbytes", "torchao"],
+                "drop_heads_per_layer": [0, 2],
+            },
+        },
+        name="real",
+    )
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "autoslim", "worker", str(path), "--worker-id", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [w.communicate(timeout=400) for w in workers]
+        assert [w.returncode for w in workers] == [0, 0], outputs
+        _check_one_budget(_trials(url, "real"), 4)
+        assert all("stopped: reached n_trials=4" in out for out, _ in outputs), outputs
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()

@@ -1,4 +1,5 @@
-"""The container files users build and run: parsed, not built (no Docker daemon in CI)."""
+"""What scaling out ships: the container files (parsed, not built: no Docker daemon in CI) and
+the GPU check's plan (its --dry-run)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,21 @@ def test_entrypoint_reads_the_secret_file_and_runs_autoslim() -> None:
     script = (DOCKER / "entrypoint.sh").read_text()
     assert "/run/secrets/postgres_password" in script and 'exec autoslim "$@"' in script
     assert (DOCKER / "entrypoint.sh").stat().st_mode & 0o111
+
+
+def test_gpu_check_plan_is_valid_without_a_gpu() -> None:
+    """bench/gpu_check.py --dry-run: its study file validates, its OOM objective imports."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "study: 4 trials on reference (cuda)" in done.stdout
+    assert "objective: OomAtFourBits (importable)" in done.stdout
+    assert "nf4" in done.stdout and "[torchao]" in done.stdout
