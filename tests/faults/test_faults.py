@@ -205,7 +205,7 @@ def test_disk_full_mid_trial(searched, model_dir, tmp_path) -> None:
             text=True,
         )
         in_flight = _wait_for_running(disk / "s.db", process)
-        with (disk / "filler").open("wb") as filler, pytest.raises(OSError):
+        with (disk / "filler").open("wb", buffering=0) as filler, pytest.raises(OSError):
             while True:
                 filler.write(b"\0" * 65536)
         _, err = process.communicate(timeout=120)
