@@ -258,29 +258,17 @@ def mask_url(url: str) -> str:
     """The URL as it may be shown or stored: every credential (the password, query
     parameters such as ``password`` or ``sslpassword``) replaced by ``***``."""
     parsed = _url(url)
-    if parsed is None:
-        return _mask_unparsed(url)
+    if parsed is None:  # masked by hand: the host stays readable, the secrets do not
+        head, _, query_text = url.partition("?")
+        head = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", head)
+        params = [
+            f"{k}=***" if CREDENTIAL_PARAM.search(k) else f"{k}={v}"
+            for k, _, v in (p.partition("=") for p in query_text.split("&") if p)
+        ]
+        return head + ("?" + "&".join(params) if params else "")
     query = {k: "***" if CREDENTIAL_PARAM.search(k) else v for k, v in parsed.query.items()}
     shown = str(parsed.set(query=query).render_as_string(hide_password=True))
     return shown.replace("%2A%2A%2A", "***")
-
-
-def _mask_unparsed(url: str) -> str:
-    """:func:`mask_url` for a URL SQLAlchemy cannot parse (a port that is not a number):
-    the text after ``user:`` up to ``@`` and every credential query value become ``***``,
-    so a message can still name the host."""
-    if "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    where, _, query = rest.partition("?")
-    if "@" in where:
-        login, host = where.rsplit("@", 1)
-        where = login.split(":", 1)[0] + (":***" if ":" in login else "") + "@" + host
-    params = []
-    for part in query.split("&") if query else []:
-        key, sep, _value = part.partition("=")
-        params.append(f"{key}{sep}***" if CREDENTIAL_PARAM.search(key) else part)
-    return f"{scheme}://{where}" + ("?" + "&".join(params) if params else "")
 
 
 class _Table:

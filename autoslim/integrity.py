@@ -162,12 +162,8 @@ def _quick_check(url: str, path: Path) -> str:
         raise fault from e
     except sqlite3.DatabaseError as e:  # not a database, malformed
         return str(e)
-    found = [str(r[0]) for r in rows]
-    if found == ["ok"]:
-        return "ok"
-    # SQLite's report may span lines ("*** in database main ***\nPage 5: ..."): one line here
-    lines = [line.strip() for row in found for line in row.splitlines() if line.strip()]
-    return "; ".join(lines[:3])
+    found = [" ".join(str(r[0]).split()) for r in rows]  # one line, whatever SQLite says
+    return "ok" if found == ["ok"] else "; ".join(found[:3])
 
 
 def check_storage(url: str) -> None:

@@ -208,6 +208,7 @@ def test_waiting_for_a_cpu_is_measured_and_flagged(
     assert m.cpu_wait_fraction is not None and m.cpu_wait_fraction > CONTENDED_FRACTION
     assert m.timing_flags == [CONTENDED]
     assert "waited for a CPU" in caplog.text
+    assert "lower workload.threads" not in caplog.text  # it measured on 1 thread already
     assert Measurement.from_dict(json.loads(json.dumps(m.to_dict()))).timing_flags == [CONTENDED]
 
 

@@ -276,7 +276,7 @@ def test_a_grid_study_ends_with_every_trial_told(study_file) -> None:
             "bits": [16, 8],
         },
     )
-    summary, s = run(path)
+    _, s = run(path)
     assert not [t.number for t in s.trials if t.state == TrialState.RUNNING]
     assert {recipe_of(t) for t in s.trials if t.state == TrialState.COMPLETE} >= {
         Recipe(),
