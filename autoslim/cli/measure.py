@@ -104,11 +104,11 @@ def run(args: argparse.Namespace) -> int:
     compress = not recipe.is_identity(base_precision)
     built = None
     model_config = models.load_config(args.model, args.trust_remote_code)
-    workload.check_context(model_config)
     if compress:
         from autoslim.compress import validate
 
         validate(recipe, model_config, device)
+    workload.check_context(model_config)
     corpus = data.load_corpus(text=args.text, dataset=args.dataset)
     with get_meter(args.energy, device=device) as meter:
         loaded = models.load_model(

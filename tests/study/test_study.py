@@ -99,6 +99,11 @@ def test_workers_are_recycled_so_memory_cannot_creep(study_file) -> None:
     pids = [t.user_attrs["worker"]["pid"] for t in s.trials]
     assert pids[0] == pids[1] != pids[2] == pids[3]  # a fresh process every 2 trials
     assert all(t.user_attrs["worker"]["rss_bytes"] > 0 for t in s.trials)
+    # the peak of the whole trial, never below what the worker holds after it
+    assert all(
+        t.user_attrs["worker"]["peak_memory_bytes"] >= t.user_attrs["worker"]["rss_bytes"]
+        for t in s.trials
+    )
     assert len(summary.worker_setup_seconds) == 2
 
 
