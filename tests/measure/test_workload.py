@@ -44,7 +44,12 @@ def test_bad_values_name_the_key(values: dict[str, Any], needle: str) -> None:
 def test_decode_must_fit_the_context() -> None:
     model = tiny_model("qwen3")  # context 128
     ids = torch.arange(2000) % 100
-    workload = Workload(decode_tokens=120, decode_prompt_tokens=32, prefill_windows=1)
+    workload = Workload(
+        decode_tokens=120,
+        decode_prompt_tokens=32,
+        prefill_windows=1,
+        protocol=PerplexityProtocol(window=64),
+    )
     with pytest.raises(ConfigError, match="exceed the model's context of 128"):
         WorkloadRunner(model, ids, workload, torch.device("cpu"))
 
