@@ -92,27 +92,13 @@ def test_teacher_runs_once_per_window_and_is_reused(
     assert first.indices is not None and first.indices.dtype == torch.int32
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "checkpointing"), [("adamw", False), ("adamw8bit", False), ("adamw", True)]
+)
 def test_distillation_moves_the_student_towards_the_teacher(
-    base: Callable[..., Any], kd_ids: torch.Tensor
-) -> None:
-    teacher = base("qwen3").model
-    student = base("qwen3", seed=1).model
-    cache = TeacherCache(teacher, kd_ids, window=64, batch_size=4)
-    batch = cache.batch(0)
-    with torch.no_grad():
-        before = float(kd_loss(student(input_ids=batch.inputs).logits, batch, 1.0, 1.0)[1])
-    info = distill(student, cache, steps=6, temperature=1.0, alpha=1.0, lr=3e-3)
-    with torch.no_grad():
-        after = float(kd_loss(student(input_ids=batch.inputs).logits, batch, 1.0, 1.0)[1])
-    assert after < before
-    assert info["kd_steps"] == 6
-    assert not student.training
-
-
-@pytest.mark.parametrize(("optimizer", "checkpointing"), [("adamw8bit", False), ("adamw", True)])
-def test_memory_savers_still_distill(
     base: Callable[..., Any], kd_ids: torch.Tensor, optimizer: str, checkpointing: bool
 ) -> None:
+    # plain AdamW, and each memory saver (bitsandbytes 8-bit AdamW, gradient checkpointing)
     teacher = base("qwen3").model
     student = base("qwen3", seed=1).model
     cache = TeacherCache(teacher, kd_ids, window=64, batch_size=4)
@@ -132,5 +118,7 @@ def test_memory_savers_still_distill(
     with torch.no_grad():
         after = float(kd_loss(student(input_ids=batch.inputs).logits, batch, 1.0, 1.0)[1])
     assert after < before
+    assert info["kd_steps"] == 6
     assert (info["kd_optimizer"], info["kd_checkpointing"]) == (optimizer, checkpointing)
+    assert not student.training
     assert not student.is_gradient_checkpointing  # switched off for the measurement

@@ -31,6 +31,18 @@ def toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
+# The smallest workload a real trial measures: one short prefill, two decode tokens, one run.
+TINY_WORKLOAD: dict[str, Any] = {
+    "prefill_windows": 1,
+    "prefill_batch": 1,
+    "decode_tokens": 2,
+    "decode_prompt_tokens": 8,
+    "warmup": 0,
+    "repeats": 1,
+    "protocol": {"window": 64, "max_windows": 4},
+}
+
+
 def write_study(folder: Path, tables: dict[str, dict[str, Any]], name: str = "s") -> Path:
     """A study file from ``{table: {key: value}}`` (JSON values are valid TOML here)."""
     lines = []

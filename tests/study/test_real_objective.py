@@ -12,7 +12,7 @@ from autoslim import config, study
 from autoslim.costs import CostModel
 from autoslim.measure import Measurement
 from autoslim.trials import measurement_of, record
-from tests.study.conftest import write_study
+from tests.study.conftest import TINY_WORKLOAD, write_study
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +26,7 @@ def test_three_real_trials_on_a_tiny_model(tmp_path: Path) -> None:
         {
             "study": {"n_trials": 3},
             "model": {"name": str(model)},
-            "workload": {
-                "prefill_windows": 1,
-                "prefill_batch": 1,
-                "decode_tokens": 2,
-                "decode_prompt_tokens": 8,
-                "warmup": 0,
-                "repeats": 1,
-                "protocol": {"window": 64, "max_windows": 4},
-            },
+            "workload": TINY_WORKLOAD,
             "search": {
                 "kd_steps": [0],
                 "precision": ["fp32"],

@@ -18,7 +18,7 @@ from autoslim import config, storage, study
 from autoslim.cli import main
 from autoslim.cli.worker import load_config
 from autoslim.trials import has_recipe, is_interrupted, recipe_of
-from tests.study.conftest import FAKE, postgres_url, run_fake_study
+from tests.study.conftest import FAKE, TINY_WORKLOAD, postgres_url, run_fake_study
 
 pytestmark = pytest.mark.slow
 
@@ -209,15 +209,7 @@ def test_two_autoslim_workers_run_real_trials_on_a_journal_file(tmp_path) -> Non
         {
             "study": {"n_trials": 4, "storage": url, "heartbeat_seconds": 2},
             "model": {"name": str(model)},
-            "workload": {
-                "prefill_windows": 1,
-                "prefill_batch": 1,
-                "decode_tokens": 2,
-                "decode_prompt_tokens": 8,
-                "warmup": 0,
-                "repeats": 1,
-                "protocol": {"window": 64, "max_windows": 4},
-            },
+            "workload": TINY_WORKLOAD,
             "search": {
                 "kd_steps": [0],
                 "precision": ["fp32"],

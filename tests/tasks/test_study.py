@@ -15,7 +15,7 @@ from autoslim import config, study
 from autoslim.pick import PRESETS, rank
 from autoslim.report import get_summary_info, get_table_info
 from autoslim.trials import read_trials
-from tests.study.conftest import write_study
+from tests.study.conftest import TINY_WORKLOAD, write_study
 from tests.tasks.test_config import LOCAL_TASKS
 
 pytestmark = pytest.mark.slow
@@ -40,15 +40,7 @@ def test_a_study_judged_by_tasks_and_budgets(tmp_path: Path) -> None:
         {
             "study": {"n_trials": 3, "trial_timeout_seconds": 600},
             "model": {"name": "reference", "dtype": "fp32"},
-            "workload": {
-                "prefill_windows": 1,
-                "prefill_batch": 1,
-                "decode_tokens": 2,
-                "decode_prompt_tokens": 8,
-                "warmup": 0,
-                "repeats": 1,
-                "protocol": {"window": 64, "max_windows": 4},
-            },
+            "workload": TINY_WORKLOAD,
             "tasks": {
                 "pydoc": {**local, "metric": "acc"},
                 "pydoc_norm": {**local, "metric": "acc_norm", "max_relative_loss": 0.5},
