@@ -165,6 +165,32 @@ def test_torchao_int4_refuses_inputs_that_are_not_whole_groups() -> None:
     get_backend("torchao").check(QuantSpec(bits=8), "cpu", shapes, torch.float32)
 
 
+@pytest.mark.parametrize("activations", [False, True], ids=["weight-only", "dynamic"])
+def test_torchao_int8_in_fp16_on_cpu_is_refused_because_it_overflows(activations: bool) -> None:
+    from torchao.quantization import (
+        Int8DynamicActivationInt8WeightConfig,
+        Int8WeightOnlyConfig,
+        quantize_,
+    )
+
+    spec = QuantSpec(bits=8, activations=activations)
+    with pytest.raises(UnsupportedError, match="in fp16 on cpu.*overflow fp16.*'bf16' or 'fp32'"):
+        get_backend("torchao").check(spec, "cpu", {}, torch.float16)
+    for dtype in (torch.bfloat16, torch.float32):
+        get_backend("torchao").check(spec, "cpu", {}, dtype)
+    # Why: outputs below 100 overflow. If a torchao release scales first, this fails and the
+    # refusal can go.
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(1536, 576, bias=False).half()
+    with torch.no_grad():
+        layer.weight.mul_(0.02 / layer.weight.std())
+    x = (torch.randn(4, 1536) * 30).half()
+    assert float(layer(x).abs().max()) < 100
+    scheme = Int8DynamicActivationInt8WeightConfig if activations else Int8WeightOnlyConfig
+    quantize_(layer, scheme(set_inductor_config=False))
+    assert torch.isinf(layer(x)).any()
+
+
 def test_bitsandbytes_int8_does_not_log_a_cast_message_per_matmul(
     base: Callable[..., Any], ppl: Callable[[Any], float], caplog: pytest.LogCaptureFixture
 ) -> None:

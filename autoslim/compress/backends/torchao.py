@@ -14,6 +14,10 @@ What torchao 0.18 runs on this CPU (checked on tiny models, fp32 / bf16 / fp16):
   ``IntxWeightOnlyConfig``'s opaque packings need torchao's C++ kernel library.
 - bits=4 with int8 dynamic activations is refused: without the kernel library it runs the same
   unpacked int8 weights with an extra activation round trip.
+- bits=8 computing in fp16 on the CPU is refused: both int8 schemes multiply by the raw int8
+  weights before applying the per-row scale, so a layer whose true outputs are below 100 sums
+  past fp16's 65,504 (a SmolLM2-135M MLP: inf perplexity; bf16 and fp32 lose under 1 %).
+  bits=4 (grouped scales) stays finite in fp16.
 
 Every scheme above saves with safetensors and reloads through plain ``from_pretrained`` to the
 same outputs (``config.json`` carries the serialized torchao config). transformers' torchao
@@ -68,7 +72,13 @@ class TorchaoBackend(QuantBackend):
     def check_shapes(
         self, spec: QuantSpec, device: str, shapes: dict[str, tuple[int, int]], dtype: torch.dtype
     ) -> None:
-        """int4 groups of 32 input channels: every layer's in_features must be a multiple."""
+        """int8 overflows fp16 on the CPU; int4 groups of 32 input channels: every layer's
+        in_features must be a multiple."""
+        if spec.bits == 8 and dtype == torch.float16 and torch.device(device).type == "cpu":
+            raise UnsupportedError(
+                "bits=8 with torchao in fp16 on cpu: its int8 kernels multiply by the unscaled "
+                "int8 weights and overflow fp16 (inf perplexity); use precision='bf16' or 'fp32'"
+            )
         if spec.bits != 4:
             return
         for name, (n_in, _) in shapes.items():
