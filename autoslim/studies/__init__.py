@@ -14,6 +14,7 @@ from pathlib import Path
 
 from autoslim.config import STUDY_NAME
 from autoslim.errors import ConfigError
+from autoslim.operators import precision
 
 # The commented study that ``autoslim init`` starts from: it shows every key.
 TEMPLATE = "example-llama"
@@ -37,18 +38,35 @@ def read_text(name: str) -> str:
     return path(name).read_text(encoding="utf-8")
 
 
-def _set(text: str, section: str, key: str, value: str) -> str:
-    """``text`` with the string value of ``[section] key = ...`` replaced, its comment kept."""
+def _find(text: str, section: str, key: str) -> re.Match[str]:
+    """Where ``[section] key = VALUE`` is in ``text`` (a string or a one-line list; group 2)."""
     start = re.search(rf"^\[{re.escape(section)}\]", text, flags=re.MULTILINE)
     if start is None:
         raise ValueError(f"{TEMPLATE}.toml has no [{section}]")
-    line = re.compile(rf'^({re.escape(key)} = )"[^"\n]*"', flags=re.MULTILINE)
+    line = re.compile(rf'^({re.escape(key)} = )("[^"\n]*"|\[[^\]\n]*\])', flags=re.MULTILINE)
     found = line.search(text, start.end())
     if found is None:
-        raise ValueError(f"{TEMPLATE}.toml has no {section}.{key} string")
+        raise ValueError(f"{TEMPLATE}.toml has no {section}.{key} string or list")
+    return found
+
+
+def _set(text: str, section: str, key: str, value: str | list[str]) -> str:
+    """``text`` with the value of ``[section] key = ...`` replaced, its comment kept."""
+    found = _find(text, section, key)
     # padded to the old width so the comment after it stays in its column
     line_text = (found.group(1) + json.dumps(value)).ljust(found.end() - found.start())
     return text[: found.start()] + line_text + text[found.end() :]
+
+
+def _precisions(body: str, device: str) -> list[str] | None:
+    """The template's ``[search] precision`` choices that ``device`` computes natively; on a
+    CPU that computes none of them, what it does compute. None: keep the template's (a GPU
+    study written where that GPU is not)."""
+    choices = json.loads(_find(body, "search", "precision").group(2))
+    usable = [p for p in choices if precision.why_not(p, device) is None]
+    if not usable and device.split(":", 1)[0] != "cpu":
+        return None
+    return usable or precision.supported(device)
 
 
 def init_text(
@@ -56,8 +74,9 @@ def init_text(
 ) -> str:
     """A commented study file named ``name`` for ``model`` on ``device``: the text of
     ``example-llama.toml`` with its study name, model and device set, and its perplexity window
-    shortened to ``context`` (the model's context length, when known) if it is longer; every
-    other key and comment as they are."""
+    shortened to ``context`` (the model's context length, when known) if it is longer, and its
+    precision choices cut to those ``device`` computes natively (a CPU without AVX512-FP16
+    would refuse fp16 at `search --check`); every other key and comment as they are."""
     if not STUDY_NAME.fullmatch(name):
         raise ConfigError(f"study name {name!r}: use letters, digits, '-', '_' or '.' only")
     text = read_text(TEMPLATE)
@@ -66,6 +85,9 @@ def init_text(
     body = _set(body, "study", "name", name)
     body = _set(body, "model", "name", model)
     body = _set(body, "model", "device", device)
+    precisions = _precisions(body, device)
+    if precisions is not None:
+        body = _set(body, "search", "precision", precisions)
     window = re.search(r"^protocol = \{ window = (\d+)", body, flags=re.MULTILINE)
     if window is None:
         raise ValueError(f"{TEMPLATE}.toml has no workload.protocol window")
