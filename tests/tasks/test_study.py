@@ -1,6 +1,6 @@
 """A real study on the reference model judged by tasks: a local lm-evaluation-harness task as
 an objective and one as a constraint, a user function as an objective, hardware budgets
-(size decided right after the build, drift before the tasks run), then report and pick."""
+(size bounded before the build, drift before the tasks run), then report and pick."""
 
 from __future__ import annotations
 
@@ -102,11 +102,11 @@ def test_a_study_judged_by_tasks_and_budgets(tmp_path: Path) -> None:
     assert savings is not None and (savings.skipped, savings.evaluated) == (1, 2)
 
     # Resumed with one more trial: a layer dropped in fp32 is 13 MB, over the size budget,
-    # and is given up right after the build, before it is measured.
+    # and is given up before the build, from its parameter shapes.
     s.enqueue_trial({"drop_layers": 1, "bits": 16, "prune_ratio": 0.0})
     more = config.load(path, overrides={"study": {"n_trials": 4}})
     assert study.run_study(more).states == {"PRUNED": 1}
     last = read_trials(s)[-1]
     assert last.state == TrialState.PRUNED and last.recipe.drop_layers == 1
     assert last.reason.startswith("missed size_bytes <= 12.5 MB (13.")
-    assert "right after the build" in last.reason
+    assert last.reason.endswith("from the parameter shapes, before the build")
