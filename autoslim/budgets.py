@@ -87,13 +87,18 @@ class HardwareBudget:
     kind: str  # "bytes" | "rate" | "fraction" | "nats": how values are read and shown
     doc: str
     known: str = MEASURE  # the stage (:data:`STAGES`) at which its figure is first known
+    # Set where the figure is never below the model's stored weight bytes: what the smallest
+    # model of the search space would need, said when the limit is below its size.
+    floor: str = ""
 
     def parse(self, value: Any) -> float:
         """A limit as the study file or a flag gives it; ValueError says what is wrong."""
         if isinstance(value, bool):
             raise ValueError(f"{value!r} is a boolean; write a number")
         number = parse_bytes(value) if self.kind == "bytes" else _number(value)
-        if not math.isfinite(number) or number < 0 or (self.kind != "nats" and number == 0):
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"{value!r}: must be a finite number >= 0")
+        if self.kind != "nats" and number == 0:
             raise ValueError(f"{value!r}: must be a positive number")
         if self.kind == "fraction" and number > 1:
             raise ValueError(f"{value!r}: a fraction between 0 and 1")
@@ -122,6 +127,7 @@ BUDGETS: tuple[HardwareBudget, ...] = (
         "weight bytes as stored (bounded from the parameter shapes before the build, decided "
         "right after it, before measuring)",
         known=SHAPES,
+        floor="the smallest model of the search space can reach",
     ),
     HardwareBudget(
         "max_peak_memory_bytes",
@@ -132,6 +138,8 @@ BUDGETS: tuple[HardwareBudget, ...] = (
         "peak memory over the workload: CUDA max_memory_allocated on a GPU, the process's "
         "resident-set high-water (VmHWM) on the CPU (a dry run decides it before measuring)",
         known=DRY_RUN,
+        floor="the weights of the smallest model of the search space take, which the "
+        "workload's peak memory holds",
     ),
     HardwareBudget(
         "min_prefill_tokens_per_second",
@@ -388,15 +396,17 @@ def smallest_size_bytes(model_config: Any, space: Any) -> tuple[float, str]:
 
 
 def check_reachable(config: Any, model_config: Any) -> None:
-    """Refuse a size budget no recipe of the space can meet, saying what the smallest needs."""
-    limit = config.budgets.get("max_size_bytes")
-    if limit is None:
+    """Refuse a budget no recipe of the space can meet where the stored size bounds its figure
+    from below (:attr:`HardwareBudget.floor`), saying what the smallest model needs."""
+    given = [b for b in BUDGETS if b.floor and b.key in config.budgets]
+    if not given:
         return
     smallest, corner = smallest_size_bytes(model_config, config.search)
-    if limit < smallest:
-        raise ConfigError(
-            f"{config.path}: budgets.max_size_bytes: {format_bytes(limit)} is below what the "
-            f"smallest model of the search space can reach (at least {format_bytes(smallest)}: "
-            f"{corner}); raise the budget or widen [search] (more bits options, pruning, "
-            "dropped layers)"
-        )
+    for budget in given:
+        limit = config.budgets[budget.key]
+        if limit < smallest:
+            raise ConfigError(
+                f"{config.path}: budgets.{budget.key}: {format_bytes(limit)} is below what "
+                f"{budget.floor} (at least {format_bytes(smallest)}: {corner}); raise the "
+                "budget or widen [search] (more bits options, pruning, dropped layers)"
+            )

@@ -5,12 +5,14 @@ before distillation or measuring, on the reference model in the product objectiv
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from autoslim import compress, config, progress
 from autoslim.budgets import SizeBound, hardware_limits
+from autoslim.errors import ConfigError
 from autoslim.measure import size_bytes
 from autoslim.recipe import Recipe
 from autoslim.worker import BuildAndMeasure, TrialAbandoned
@@ -110,3 +112,18 @@ def test_a_quantized_recipe_is_dry_run_after_the_build(objective: BuildAndMeasur
     assert isinstance(abandoned, TrialAbandoned), abandoned
     assert abandoned.reason.endswith("in a dry run after the build: not measured")
     assert "quantize" in stages and "measure" not in stages
+
+
+def test_a_memory_budget_below_the_smallest_weights_is_refused(study_file: Any) -> None:
+    from autoslim.cli import main
+
+    path: Path = study_file(budgets={"max_peak_memory_bytes": "1kB"})
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    message = str(e.value)
+    assert "\n" not in message
+    assert "budgets.max_peak_memory_bytes: 1 kB is below what the weights of the smallest" in (
+        message
+    )
+    assert "(at least " in message and "4-bit weights" in message
+    assert main(["search", str(path), "--check"]) == 2
