@@ -30,8 +30,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from autoslim.errors import ConfigError
@@ -43,6 +43,10 @@ PERPLEXITY = "perplexity_increase"
 # (before the build; exact right after it), from a dry run of the workload, from measuring.
 SHAPES, DRY_RUN, MEASURE = "shapes", "dry_run", "measure"
 STAGES = (SHAPES, DRY_RUN, MEASURE)
+
+# A task's absolute bounds: the ``[tasks.NAME]`` key and the bound it sets on the score; pick
+# and export tighten them with :func:`task_flag` (``--task-at-least NAME=VALUE``).
+TASK_BOUNDS = {"at_least": "min", "at_most": "max"}
 
 _BYTE_UNITS = {
     "": 1,
@@ -206,12 +210,13 @@ class Limit:
         shown = "not measured" if value is None else _show(self.figure, value)
         return f"{'met' if self.allows(figures) else 'missed'} {self.text} ({shown})"
 
-    def tighter(self, value: float, flag: str) -> Limit:
-        """This limit with a new bound that may only be tighter (``flag`` names it)."""
+    def tighter(self, value: float, given: str) -> Limit:
+        """This limit with a new bound that may only be tighter (``given``: the flag and
+        value as the user gave them)."""
         looser = value > self.value if self.bound == "max" else value < self.value
         if looser:
             raise ConfigError(
-                f"{flag} {_show(self.figure, value)} is looser than the study's "
+                f"{given} is looser than the study's "
                 f"{self.text}: only a tighter budget can be chosen after the search (the search "
                 "skipped work on recipes beyond its own); give a tighter value or search again"
             )
@@ -256,19 +261,66 @@ def hardware_limits(budgets: Mapping[str, float]) -> list[Limit]:
 
 
 def task_limits(tasks: Mapping[str, Any], base: Mapping[str, Any] | None) -> list[Limit]:
-    """Each task's constraint: absolute (``at_least`` / ``at_most``) or relative to the base
+    """Each task's constraint: absolute (:data:`TASK_BOUNDS`) or relative to the base
     model's score (``max_relative_loss``, only once the base's score is known)."""
     out: list[Limit] = []
     for name, task in tasks.items():
         bound = "min" if task.goal == "max" else "max"
-        if task.at_least is not None:
-            out.append(_absolute(f"task:{name}", name, "min", task.at_least))
-        if task.at_most is not None:
-            out.append(_absolute(f"task:{name}", name, "max", task.at_most))
+        for key, fixed in TASK_BOUNDS.items():
+            if getattr(task, key) is not None:
+                out.append(_absolute(_task_limit(name), name, fixed, getattr(task, key)))
         if task.max_relative_loss is not None:
             score = None if base is None else _figure(base, name)
             if score is not None:
-                out.append(relative(f"task:{name}", name, bound, score, task.max_relative_loss))
+                out.append(relative(_task_limit(name), name, bound, score, task.max_relative_loss))
+    return out
+
+
+def _task_limit(name: str) -> str:
+    return f"task:{name}"
+
+
+def task_key(name: str, bound_key: str) -> str:
+    """The study-file key of a task's absolute bound (``tasks.NAME.at_least``): how
+    :func:`tightened` names it."""
+    return f"tasks.{name}.{bound_key}"
+
+
+def task_flag(bound_key: str) -> str:
+    """The pick / export flag of a task bound (``--task-at-least NAME=VALUE``)."""
+    return "--task-" + bound_key.replace("_", "-")
+
+
+def tightened(
+    limits: Sequence[Limit], tighten: Mapping[str, float], tasks: Collection[str]
+) -> list[Limit]:
+    """``limits`` with the bounds of ``tighten`` (a ``[budgets]`` key or a :func:`task_key`
+    of one of ``tasks`` → limit) applied; each may only tighten the study's own (a bound the
+    study does not set is new). ConfigError names the flag of a looser bound or an unknown
+    task."""
+    out = list(limits)
+    for key, value in tighten.items():
+        if key in BY_KEY:
+            budget = BY_KEY[key]
+            name, figure, bound, known = key, budget.figure, budget.bound, budget.known
+            given = f"{budget.flag} {budget.show(value)}"
+        else:
+            task, _, bound_key = key.removeprefix("tasks.").rpartition(".")
+            given = f"{task_flag(bound_key)} {task}={value:g}"
+            if task not in tasks:
+                declared = ", ".join(sorted(tasks)) or "none"
+                raise ConfigError(
+                    f"{given}: the study has no task {task!r} (its tasks: {declared}); name "
+                    "one of its [tasks]"
+                )
+            name, figure, bound, known = _task_limit(task), task, TASK_BOUNDS[bound_key], MEASURE
+        same = [i for i, limit in enumerate(out) if limit.name == name and limit.bound == bound]
+        unbounded = _absolute(name, figure, bound, math.inf if bound == "max" else -math.inf)
+        own = out[same[0]] if same else replace(unbounded, known=known)
+        if same:
+            out[same[0]] = own.tighter(value, given)
+        else:
+            out.append(own.tighter(value, given))
     return out
 
 
