@@ -31,7 +31,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from autoslim.errors import ConfigError
@@ -315,12 +315,11 @@ def tightened(
                 )
             name, figure, bound, known = _task_limit(task), task, TASK_BOUNDS[bound_key], MEASURE
         same = [i for i, limit in enumerate(out) if limit.name == name and limit.bound == bound]
-        unbounded = _absolute(name, figure, bound, math.inf if bound == "max" else -math.inf)
-        own = out[same[0]] if same else replace(unbounded, known=known)
-        if same:
-            out[same[0]] = own.tighter(value, given)
-        else:
-            out.append(own.tighter(value, given))
+        if not same:  # a bound the study does not set: any value tightens it
+            unbounded = math.inf if bound == "max" else -math.inf
+            out.append(_absolute(name, figure, bound, unbounded, known))
+        index = same[0] if same else len(out) - 1
+        out[index] = out[index].tighter(value, given)
     return out
 
 
@@ -417,10 +416,10 @@ class SizeBound:
         """The bound for the smallest model ``space`` can build, and the corner it assumes:
         the most layers dropped, the widest MLP prune, the most heads dropped, the fewest
         weight bits and the narrowest float type."""
-        drop_layers = int(max(space["drop_layers"].extremes()))
-        prune = float(max(space["prune_ratio"].extremes()))
         from autoslim.operators import KNOBS
 
+        drop_layers = int(max(space["drop_layers"].extremes()))
+        prune = float(max(space["prune_ratio"].extremes()))
         heads_knob = KNOBS["drop_heads"]
         explicit = [_most_per_layer(heads_knob.check(h)) for h in space["drop_heads"].values()]
         heads = max([int(max(space["drop_heads_per_layer"].extremes())), *explicit])

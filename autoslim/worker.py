@@ -405,7 +405,6 @@ class BuildAndMeasure:
         from autoslim.tasks.run import TaskEvaluator
 
         self.size_bound = SizeBound(model_config)
-
         self.tasks = TaskEvaluator(config.tasks, self.device) if config.tasks else None
         self.info: dict[str, Any] = {
             "corpus_fingerprint": self.corpus.fingerprint,
@@ -447,14 +446,14 @@ class BuildAndMeasure:
         sized = [limit for limit in limits if limit.known == SHAPES]
         dry = [limit for limit in limits if limit.known == DRY_RUN]
         bound = {"size_bytes": self.size_bound.of_recipe(recipe)}
-        _give_up(sized, bound, "at least, from the parameter shapes, before the build")
+        _give_up(sized, bound, "as a lower bound from the parameter shapes, before the build")
         dry_before_distillation = bool(dry) and compress.final_before_distillation(recipe)
 
         def check(stages: str, model: Any) -> None:
+            if dry_before_distillation:  # one forward: cheaper than the quick perplexity
+                self._dry_run(model, dry, "before distillation: not distilled or measured")
             if stages:
                 self._check(stages, model)
-            if dry_before_distillation:
-                self._dry_run(model, dry, "before distillation: not distilled nor measured")
 
         built = compress.build(
             self.base,

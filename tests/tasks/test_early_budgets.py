@@ -92,7 +92,7 @@ def test_a_dry_run_over_the_memory_budget_gives_up_before_distillation(
     stages, abandoned = _stages(lambda: objective(recipe, tight))
     assert isinstance(abandoned, TrialAbandoned), abandoned
     assert abandoned.reason.startswith("missed peak_memory_bytes <= 50 MB (")
-    assert "in a dry run before distillation: not distilled nor measured" in abandoned.reason
+    assert "in a dry run before distillation: not distilled or measured" in abandoned.reason
     assert "distill" not in stages and "measure" not in stages and stages[-1] == "dry run"
     dry_peak = abandoned.details["peak_memory_bytes"]
     assert dry_peak > 50e6
