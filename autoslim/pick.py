@@ -45,7 +45,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from autoslim.budgets import BY_KEY, PERPLEXITY, Limit, hardware_limits, limits_of, missed
+from autoslim.budgets import PERPLEXITY, Limit, limits_of, missed, tightened
 from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError
 from autoslim.recipe import Recipe
@@ -155,8 +155,9 @@ def study_budget(
     max_ppl_increase: float | None = None,
     tighten: Mapping[str, float] | None = None,
 ) -> Budget | None:
-    """The study's budget, or a tighter one (``tighten``: ``[budgets]`` key → limit, only
-    tighter than the study's own); None when the study holds no base perplexity."""
+    """The study's budget, or a tighter one (``tighten``: a ``[budgets]`` key or a task bound's
+    :func:`autoslim.budgets.task_key` → limit, only tighter than the study's own); None when
+    the study holds no base perplexity."""
     attrs = study.user_attrs
     stored = attrs.get("max_ppl_increase")
     base = attrs.get("base_perplexity")
@@ -182,17 +183,11 @@ def _other_limits(study: optuna.Study, tighten: Mapping[str, float]) -> list[Lim
     """The stored study's limits other than perplexity, each tightened where asked."""
     stored = study.user_attrs.get("config")
     base = study.user_attrs.get("base_figures")
-    limits = []
-    if isinstance(stored, dict):
-        config = StudyConfig.from_dict(stored)
-        limits = [limit for limit in limits_of(config, base) if limit.name != PERPLEXITY]
-    by_name = {limit.name: limit for limit in limits}
-    for key, value in tighten.items():
-        declared = BY_KEY[key]
-        unbounded = math.inf if declared.bound == "max" else 0.0
-        own = by_name.get(key) or hardware_limits({key: unbounded})[0]
-        by_name[key] = own.tighter(value, declared.flag)
-    return list(by_name.values())
+    if not isinstance(stored, dict):
+        return tightened([], tighten, ())
+    config = StudyConfig.from_dict(stored)
+    limits = [limit for limit in limits_of(config, base) if limit.name != PERPLEXITY]
+    return tightened(limits, tighten, config.tasks)
 
 
 # The objectives a weight applies to.

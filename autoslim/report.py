@@ -3,9 +3,11 @@
 Objectives are read by name (:mod:`autoslim.trials`): a study may minimise any subset of
 perplexity, seconds, joules, size_bytes and peak_memory_bytes, in any order.
 
-Optuna's ``plot_param_importances`` (PED-ANOVA, every objective) and
-``plot_optimization_history`` (one per objective) draw those sections; autoslim only adds the
-budget line. Autoslim draws by hand only what ``optuna.visualization`` cannot: the Pareto
+Optuna's ``plot_param_importances`` (PED-ANOVA, every objective) draws that section.
+Autoslim draws by hand what ``optuna.visualization`` cannot: the history of each objective
+without the trials whose value cannot be drawn (a task skipped by the cheap-first rule scores
+±inf; ``plot_optimization_history`` has no way to leave a trial out), with every limit on that
+objective as a line, as the fronts and the parallel coordinates leave them out; the Pareto
 front of each *pair* of objectives among the trials within the perplexity budget, with the
 budget line (2D) or plane (3D) and the base model marked (``plot_pareto_front`` draws one set
 of objectives with feasible/infeasible colours and a hover that dumps every attr); and the
@@ -95,6 +97,17 @@ class ParallelInfo(NamedTuple):
     dimensions: tuple[Dimension, ...]  # varying recipe knobs, then the objectives
     color: tuple[float, ...]  # perplexity
     constant_knobs: tuple[str, ...]  # knobs with one value in every trial, left out
+    left_out: tuple[int, ...] = ()  # completed trials with an objective that cannot be drawn
+
+
+class HistoryInfo(NamedTuple):
+    objective: str
+    maximize: bool
+    feasible: tuple[Point, ...]  # completed trials that meet every constraint, by number
+    infeasible: tuple[Point, ...]
+    best: tuple[tuple[int, float], ...]  # the best feasible value so far, at each trial
+    left_out: tuple[int, ...]  # completed trials whose value cannot be drawn (±inf)
+    budget_lines: tuple[BudgetLine, ...]  # every limit on the objective
 
 
 class TableRow(NamedTuple):
@@ -223,9 +236,18 @@ def _knob_value(recipe: Recipe, name: str) -> Any:
     return format_heads(value) if name == "drop_heads" else value
 
 
-def get_parallel_info(study: optuna.Study) -> ParallelInfo:
-    """Recipe knobs that vary across the completed trials, then the study's objectives."""
+def _drawable(study: optuna.Study, names: Sequence[str]) -> tuple[list[TrialRecord], list[int]]:
+    """The completed trials whose values in ``names`` can be drawn, and the numbers of those
+    left out."""
     complete = _complete(study)
+    drawn = [t for t in complete if _finite(t, names)]
+    return drawn, [t.number for t in complete if not _finite(t, names)]
+
+
+def get_parallel_info(study: optuna.Study) -> ParallelInfo:
+    """Recipe knobs that vary across the completed trials, then the study's objectives (the
+    trials with an objective that cannot be drawn left out)."""
+    complete, left_out = _drawable(study, objective_names(study))
     recipes = [t.recipe for t in complete]
     dimensions: list[Dimension] = []
     constant: list[str] = []
@@ -253,6 +275,35 @@ def get_parallel_info(study: optuna.Study) -> ParallelInfo:
         dimensions=tuple(dimensions),
         color=tuple(t.perplexity for t in complete),
         constant_knobs=tuple(constant),
+        left_out=tuple(left_out),
+    )
+
+
+def get_history_info(study: optuna.Study, name: str) -> HistoryInfo:
+    """The objective ``name`` of each completed trial whose value can be drawn, by trial
+    number, feasible or not, with the best feasible value so far."""
+    names = objective_names(study)
+    if name not in names:
+        raise ConfigError(f"objective={name!r}: choose one of the study's {', '.join(names)}")
+    drawn, left_out = _drawable(study, (name,))
+    maximize = study.directions[names.index(name)] == optuna.study.StudyDirection.MAXIMIZE
+    best: list[tuple[int, float]] = []
+    for t in sorted(drawn, key=lambda r: r.number):
+        if t.feasible:
+            value = t.values[name]
+            if best:
+                value = max(value, best[-1][1]) if maximize else min(value, best[-1][1])
+            best.append((t.number, value))
+        elif best:
+            best.append((t.number, best[-1][1]))
+    return HistoryInfo(
+        objective=name,
+        maximize=maximize,
+        feasible=tuple(_point(t, (name,)) for t in drawn if t.feasible),
+        infeasible=tuple(_point(t, (name,)) for t in drawn if not t.feasible),
+        best=tuple(best),
+        left_out=tuple(left_out),
+        budget_lines=_budget_lines(study_budget(study), (name,)),
     )
 
 
@@ -510,6 +561,7 @@ def plot_parallel(info: ParallelInfo) -> Any:
     title = "Recipe knobs against objectives"
     if info.constant_knobs:
         title += f" (constant, not shown: {', '.join(info.constant_knobs)})"
+    title += _left_out_note(info.left_out)
     fig.update_layout(title=html.escape(title), height=460)
     return fig
 
@@ -553,20 +605,56 @@ def plot_importances(study: optuna.Study) -> Any:
     return fig
 
 
-def plot_history(study: optuna.Study, name: str) -> Any:
-    """Optuna's optimization history of the objective ``name``, with the perplexity budget."""
-    index = objective_names(study).index(name)
+def _left_out_note(numbers: Sequence[int]) -> str:
+    if not numbers:
+        return ""
+    return f" (not drawn, tasks skipped: trial {', '.join(str(n) for n in numbers)})"
 
-    def target(trial: optuna.trial.FrozenTrial) -> float:
-        return float(trial.values[index])
 
-    fig = optuna.visualization.plot_optimization_history(
-        study, target=target, target_name=_axis_title(name)
+def plot_history(info: HistoryInfo) -> Any:
+    """Each trial's value of one objective by trial number, the best feasible value so far,
+    and every limit on it."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for label, points, color in (
+        ("objective value", info.feasible, "#1f77b4"),
+        ("infeasible trial", info.infeasible, "#cccccc"),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=[p.number for p in points],
+                y=[p.values[0] for p in points],
+                mode="markers",
+                name=label,
+                marker={"color": color},
+                text=[_hover(p, (info.objective,)) for p in points],
+                hoverinfo="text",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[n for n, _ in info.best],
+            y=[v for _, v in info.best],
+            mode="lines",
+            name="best value",
+            line={"color": "#ff7f0e"},
+        )
     )
-    limit = _budget_limit(study_budget(study))
-    if name == "perplexity" and limit is not None:
-        fig.add_hline(limit, line_dash="dash", line_color="#d62728", annotation_text="budget")
-    fig.update_layout(title=f"History of {name}", height=360)
+    for line in info.budget_lines:
+        fig.add_hline(
+            line.value,
+            line_dash="dash",
+            line_color="#d62728",
+            annotation_text=html.escape(line.label),
+        )
+    title = f"History of {info.objective}" + _left_out_note(info.left_out)
+    fig.update_layout(
+        title=html.escape(title),
+        xaxis_title="trial",
+        yaxis_title=_axis_title(info.objective),
+        height=360,
+    )
     return fig
 
 
@@ -718,7 +806,7 @@ def render_page(study: optuna.Study) -> str:
         for names in objective_sets(study)
     ]
     histories = [
-        _figure_div(plot_history(study, name), f"history-{name}")
+        _figure_div(plot_history(get_history_info(study, name)), f"history-{name}")
         for name in summary.objective_names
     ]
     sections = [

@@ -341,8 +341,11 @@ class BuildAndMeasure:
     Loaded once per worker: the base model, the corpus, the teacher cache, the base model's
     quick perplexity on ``early_abort.windows`` eval windows (derived from the cost model it
     measures at setup when the study file sets none), which the early abort compares against
-    after the cheap stages, and the study's task evaluations. Cheap first: a budget decidable
-    from the built model (its size) abandons the recipe before it is measured, and the task
+    after the cheap stages, and the study's task evaluations. Cheap first: a budget decided
+    before the expensive stages (:data:`autoslim.budgets.STAGES`) abandons the recipe with
+    the reason — the size bound from the parameter shapes before the build and the exact size
+    right after it; the peak memory of a dry run before distillation (where the model then
+    already holds the built one's memory) or else before measuring — and the task
     evaluations run only on a recipe that meets every other budget.
     """
 
@@ -398,8 +401,10 @@ class BuildAndMeasure:
         self.base_quick_perplexity = perplexity(
             self.base.model, self.quick_ids, self.quick_protocol
         ).perplexity
+        from autoslim.budgets import SizeBound
         from autoslim.tasks.run import TaskEvaluator
 
+        self.size_bound = SizeBound(model_config)
         self.tasks = TaskEvaluator(config.tasks, self.device) if config.tasks else None
         self.info: dict[str, Any] = {
             "corpus_fingerprint": self.corpus.fingerprint,
@@ -425,11 +430,30 @@ class BuildAndMeasure:
                 {"stage": stage, "quick_perplexity": quick, "ratio": ratio},
             )
 
+    def _dry_run(self, model: Any, limits: Sequence[Limit], when: str) -> None:
+        from autoslim.measure import dry_run_peak_bytes
+
+        progress.report("dry run")
+        peak = dry_run_peak_bytes(model, self.quick_ids, self.workload)
+        _give_up(limits, {"peak_memory_bytes": peak}, f"in a dry run {when}")
+
     def __call__(self, recipe: Recipe, limits: Sequence[Limit] = ()) -> dict[str, Any]:
         from autoslim import compress
-        from autoslim.budgets import missed
+        from autoslim.budgets import DRY_RUN, SHAPES, missed
         from autoslim.measure import measure
         from autoslim.measure.footprint import size_bytes
+
+        sized = [limit for limit in limits if limit.known == SHAPES]
+        dry = [limit for limit in limits if limit.known == DRY_RUN]
+        bound = {"size_bytes": self.size_bound.of_recipe(recipe)}
+        _give_up(sized, bound, "as a lower bound from the parameter shapes, before the build")
+        dry_before_distillation = bool(dry) and compress.final_before_distillation(recipe)
+
+        def check(stages: str, model: Any) -> None:
+            if dry_before_distillation:  # one forward: cheaper than the quick perplexity
+                self._dry_run(model, dry, "before distillation: not distilled or measured")
+            if stages:
+                self._check(stages, model)
 
         built = compress.build(
             self.base,
@@ -438,17 +462,13 @@ class BuildAndMeasure:
             seed=self.config.study.seed,
             teacher_cache=self.teacher_cache,
             calibration=self.calibration,
-            check=self._check,
+            check=check,
             device=self.device,
         )
-        early = [limit for limit in limits if limit.early]
-        if early:
-            shapes = {"size_bytes": size_bytes(built.model)}
-            for limit in missed(early, shapes):
-                raise TrialAbandoned(
-                    f"{limit.explain(shapes)} right after the build: not measured",
-                    {"stage": "budget", "budget": limit.name, **shapes},
-                )
+        exact = {"size_bytes": size_bytes(built.model)}
+        _give_up(sized, exact, "right after the build: not measured")
+        if dry and not dry_before_distillation:
+            self._dry_run(built.model, dry, "after the build: not measured")
         progress.report("measure")
         measurement = measure(
             built.model,
@@ -472,3 +492,14 @@ class BuildAndMeasure:
             results = self.tasks.evaluate(built.model, self.base.tokenizer)
             payload["tasks"] = {name: r.to_dict() for name, r in results.items()}
         return payload
+
+
+def _give_up(limits: Sequence[Limit], figures: dict[str, Any], when: str) -> None:
+    """Abandon the trial when ``figures`` already miss one of ``limits``, saying ``when``."""
+    from autoslim.budgets import missed
+
+    for limit in missed(limits, figures):
+        raise TrialAbandoned(
+            f"{limit.explain(figures)} {when}",
+            {"stage": "budget", "budget": limit.name, **figures},
+        )

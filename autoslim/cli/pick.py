@@ -43,7 +43,7 @@ def add_choice_args(parser: argparse.ArgumentParser, *, retime_by_default: bool 
             help="before choosing, rebuild the top candidates and the base here and time them "
             "side by side, interleaved (minutes: distillation runs again); rank on those figures",
         )
-    from autoslim.budgets import BUDGETS
+    from autoslim.budgets import BUDGETS, TASK_BOUNDS, task_flag
 
     for budget in BUDGETS:
         parser.add_argument(
@@ -52,11 +52,24 @@ def add_choice_args(parser: argparse.ArgumentParser, *, retime_by_default: bool 
             metavar="50MB" if budget.kind == "bytes" else "X",
             help=f"{budget.bound} {budget.figure}: {budget.doc}; tightens the study's own",
         )
+    for key, bound in TASK_BOUNDS.items():
+        parser.add_argument(
+            task_flag(key),
+            dest=f"task_{key}",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"{bound} score of the study's task NAME (one of its [tasks]); tightens the "
+            "study's own; repeatable",
+        )
 
 
 def tightened(args: argparse.Namespace) -> dict[str, float]:
-    """The budget flags given, parsed: ``[budgets]`` key → limit."""
-    from autoslim.budgets import BUDGETS
+    """The budget and task-bound flags given, parsed: ``[budgets]`` key or
+    :func:`autoslim.budgets.task_key` → limit."""
+    import math
+
+    from autoslim.budgets import BUDGETS, TASK_BOUNDS, task_flag, task_key
     from autoslim.errors import ConfigError
 
     out = {}
@@ -68,6 +81,19 @@ def tightened(args: argparse.Namespace) -> dict[str, float]:
             out[budget.key] = budget.parse(given)
         except ValueError as e:
             raise ConfigError(f"{budget.flag}: {e}") from e
+    for key in TASK_BOUNDS:
+        for text in getattr(args, f"task_{key}", ()):
+            name, _, value = text.partition("=")
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not name.strip() or not math.isfinite(number):
+                raise ConfigError(
+                    f"{task_flag(key)} {text!r}: write NAME=VALUE with a finite number, e.g. "
+                    f"{task_flag(key)} pydoc=0.5"
+                )
+            out[task_key(name.strip(), key)] = number
     return out
 
 

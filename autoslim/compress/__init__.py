@@ -4,7 +4,7 @@ declared order (``autoslim.operators.OPERATORS``)."""
 from __future__ import annotations
 
 from autoslim.compress.backends import save
-from autoslim.compress.build import STAGES, BuildResult, build, validate
+from autoslim.compress.build import STAGES, BuildResult, build, final_before_distillation, validate
 from autoslim.compress.distill import TeacherCache
 from autoslim.compress.families import FAMILIES
 
@@ -14,6 +14,7 @@ __all__ = [
     "BuildResult",
     "TeacherCache",
     "build",
+    "final_before_distillation",
     "save",
     "validate",
 ]

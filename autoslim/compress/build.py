@@ -54,6 +54,13 @@ def needs_calibration(recipe: Recipe) -> bool:
     return bool(recipe.drop_layers or (scored and recipe.prune_importance != "magnitude"))
 
 
+def final_before_distillation(recipe: Recipe) -> bool:
+    """Whether the model ``check`` sees (the fp32 working copy after the cheap stages) holds
+    the memory of the built one: distillation changes only values, so it does unless the
+    recipe casts to another precision or quantizes."""
+    return bool(recipe.precision == "fp32" and recipe.bits == 16)
+
+
 def build(
     base: LoadedModel,
     recipe: Recipe,
@@ -68,7 +75,9 @@ def build(
     """Build ``recipe`` from ``base`` (left unmodified).
 
     ``check(stages, model)`` runs after the cheap stages (those that only cut), before
-    distillation, and may raise to abandon the recipe; ``stages`` names the ones applied.
+    distillation, and may raise to abandon the recipe; ``stages`` names the ones applied
+    ("" when none was). The model it sees is the built one's shape in fp32: the later stages
+    change its values, its dtype (:func:`final_before_distillation`) or its storage.
     ``teacher_cache`` (built from ``base.model`` on the KD split) and ``calibration`` (token
     windows of the KD split) let trials share them; without them private ones are made.
     """
@@ -110,7 +119,7 @@ def build(
         if op is cheap[-1]:
             ctx.info["parameters_after"] = parameter_count(ctx.model)
             applied = [c.name for c in cheap if c.active(recipe)]
-            if check is not None and applied:
+            if check is not None:
                 check(", ".join(applied), ctx.model)
     ctx.info["stage_seconds"] = dict(stage_seconds)
     return BuildResult(model=ctx.model, stage_seconds=stage_seconds, info=ctx.info)

@@ -14,7 +14,7 @@ from autoslim.measure.energy import (
     probe_meters,
 )
 from autoslim.measure.footprint import parameter_count, size_bytes
-from autoslim.measure.measurement import Measurement, measure
+from autoslim.measure.measurement import Measurement, dry_run_peak_bytes, measure
 from autoslim.measure.perplexity import PerplexityProtocol, PerplexityResult, perplexity
 from autoslim.measure.workload import Workload
 
@@ -31,6 +31,7 @@ __all__ = [
     "RaplMeter",
     "Workload",
     "drift",
+    "dry_run_peak_bytes",
     "get_meter",
     "measure",
     "parameter_count",

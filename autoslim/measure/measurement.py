@@ -145,6 +145,25 @@ def versions(*extra: str) -> dict[str, str]:
     return found
 
 
+def dry_run_peak_bytes(model: Any, ids: torch.Tensor, workload: Workload) -> int:
+    """The peak memory of one forward of ``workload``'s largest input over the eval tokens
+    ``ids``, on the meter :func:`measure` reports ``peak_memory_bytes`` with: the workload
+    runs that forward too, so its peak is at least this (what decides a memory budget before
+    measuring)."""
+    dev = _model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        runner = WorkloadRunner(model, ids, workload, dev)
+        peak = PeakMemory(dev)
+        peak.start()
+        runner.largest()
+        synchronize(dev)
+        return peak.peak_bytes()
+    finally:
+        model.train(was_training)
+
+
 def measure(
     model: Any,
     tokenizer: Any,

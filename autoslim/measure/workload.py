@@ -212,6 +212,13 @@ class WorkloadRunner:
         self.prefill()
         self.decode()
 
+    @torch.no_grad()
+    def largest(self) -> None:
+        """One forward of the workload's largest input (a dry run): the first prefill batch,
+        or the decode prompt when it holds more tokens."""
+        inputs = [*self.prefill_batches[:1], self.prompt]
+        self.model(input_ids=max(inputs, key=lambda batch: batch.numel()))
+
     def timed(self, meter: EnergyMeter) -> TimedRun:
         """One run, metered and timed; synchronised at both edges and between phases."""
         synchronize(self.device)

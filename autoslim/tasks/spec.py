@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from autoslim.budgets import TASK_BOUNDS
+
 GOALS = ("max", "min")
 
 
@@ -90,7 +92,7 @@ def _task(t: Any, name: str) -> TaskSpec:
     fewshot = t.get("num_fewshot", int, 0)
     if fewshot < 0:
         raise t.error("num_fewshot", f"{fewshot}: must be >= 0")
-    bounds = {k: t.get(k, float, None) for k in ("max_relative_loss", "at_least", "at_most")}
+    bounds = {k: t.get(k, float, None) for k in ("max_relative_loss", *TASK_BOUNDS)}
     for key, value in bounds.items():
         if value is not None and not math.isfinite(value):
             raise t.error(key, f"{value!r}: must be a finite number")
@@ -99,7 +101,8 @@ def _task(t: Any, name: str) -> TaskSpec:
         raise t.error("max_relative_loss", f"{loss!r}: a fraction in [0, 1), e.g. 0.05 = -5 %")
     if sum(v is not None for v in bounds.values()) > 1:
         raise t.error(
-            "max_relative_loss", "give one of max_relative_loss, at_least and at_most per task"
+            "max_relative_loss",
+            f"give one of max_relative_loss, {' and '.join(TASK_BOUNDS)} per task",
         )
     metric = t.get("metric", str, "")
     t.finish()

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -9,6 +11,7 @@ from autoslim.cli import main
 from autoslim.errors import ConfigError
 from autoslim.recipe import Recipe
 from autoslim.report import (
+    get_history_info,
     get_parallel_info,
     get_pareto_info,
     get_summary_info,
@@ -145,16 +148,43 @@ def test_importances_guarded_for_too_few_trials(tmp_path):
     assert "at least 5 completed trials" in fig.layout.annotations[0].text
 
 
-def test_history_per_objective_by_optuna_with_the_budget(study):
-    fig = plot_history(study, "seconds")
-    assert list(fig.data[0].x) == [0, 1, 2, 3, 4, 5]
-    assert list(fig.data[0].y) == [1.0, 0.9, 0.6, 0.5, 0.55, 0.7]
-    # the stored constraint puts trial 6 (over the budget) apart
-    assert fig.data[1].name == "Infeasible Trial" and list(fig.data[1].x) == [6]
+def test_history_info_per_objective_with_the_budget(study):
+    info = get_history_info(study, "seconds")
+    assert [p.number for p in info.feasible] == [0, 1, 2, 3, 4, 5]
+    assert [p.values[0] for p in info.feasible] == [1.0, 0.9, 0.6, 0.5, 0.55, 0.7]
+    # the stored constraint puts trial 6 (over the budget) apart, and out of the best line
+    assert [p.number for p in info.infeasible] == [6]
+    assert info.best == ((0, 1.0), (1, 0.9), (2, 0.6), (3, 0.5), (4, 0.5), (5, 0.5), (6, 0.5))
+    assert not info.maximize and not info.budget_lines and not info.left_out
+    fig = plot_history(info)
+    assert [t.name for t in fig.data] == ["objective value", "infeasible trial", "best value"]
     assert not fig.layout.shapes
-    assert [s.y0 for s in plot_history(study, "perplexity").layout.shapes] == [
-        pytest.approx(120.0)
+    perplexity = plot_history(get_history_info(study, "perplexity"))
+    assert [s.y0 for s in perplexity.layout.shapes] == [pytest.approx(120.0)]
+    with pytest.raises(ConfigError, match="objective='pydoc'"):
+        get_history_info(study, "pydoc")
+
+
+def test_plots_leave_out_the_values_of_skipped_tasks(tmp_path):
+    """A trial whose task was skipped scores ±inf: the history and the parallel coordinates
+    leave it out, as the fronts do."""
+    objectives = ("perplexity", "seconds", "pydoc")
+    trials = [
+        replace(base(100.0, 1.0, 10.0), figures={"pydoc": 0.2}),
+        replace(complete(Recipe(bits=8), 101.0, 0.8, 6.0), figures={"pydoc": 0.3}),
+        replace(complete(Recipe(bits=4), 102.0, 0.6, 4.0), figures={"pydoc": math.inf}),
     ]
+    url = make_study_file(tmp_path, trials=trials, objectives=objectives)
+    s = optuna.load_study(study_name="demo", storage=url)
+    assert numbers(get_pareto_info(s, ("seconds", "pydoc")).front) == [0, 1]
+    history = get_history_info(s, "pydoc")
+    assert [p.number for p in (*history.feasible, *history.infeasible)] == [0, 1]
+    assert history.left_out == (2,) and history.best == ((0, 0.2), (1, 0.2))
+    assert "not drawn, tasks skipped: trial 2" in plot_history(history).layout.title.text
+    assert [p.number for p in get_history_info(s, "seconds").feasible] == [0, 1, 2]
+    parallel = get_parallel_info(s)
+    assert parallel.trial_numbers == (0, 1) and parallel.left_out == (2,)
+    assert all(math.isfinite(v) for d in parallel.dimensions for v in d.values)
 
 
 def test_table_info_every_state_with_reasons(study):

@@ -103,6 +103,18 @@ def test_pick_cli_tightens_by_flag_and_explains_the_budgets(tmp_path: Path):
     assert bad.returncode == 2 and "--max-size" in bad.stderr
 
 
+def test_task_flags_name_a_task_of_the_study(tmp_path: Path):
+    _, url = _study(tmp_path, "max_size_bytes", None)
+    args = [sys.executable, "-m", "autoslim", "pick", url]
+    for flag, value, needle in [
+        ("--task-at-least", "pydoc=0.5", "the study has no task 'pydoc' (its tasks: none)"),
+        ("--task-at-most", "pydoc=fast", "--task-at-most 'pydoc=fast': write NAME=VALUE"),
+    ]:
+        refused = subprocess.run([*args, flag, value], capture_output=True, text=True)
+        assert refused.returncode == 2, refused.stderr
+        assert needle in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
 def test_sizes_parse_with_units() -> None:
     assert parse_bytes("50MB") == 50e6
     assert parse_bytes("12 GiB") == 12 * 2**30

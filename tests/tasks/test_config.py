@@ -67,6 +67,7 @@ def test_tasks_are_objectives_and_constraints(study_file, tmp_path: Path) -> Non
         ({"budgets": {"max_size_bytes": "12XB"}}, ["budgets.max_size_bytes", "not a size"]),
         ({"budgets": {"max_flops": 3}}, ["budgets.max_flops", "unknown key", "max_size_bytes"]),
         ({"budgets": {"min_top1_agreement": 1.5}}, ["budgets.min_top1_agreement", "0 and 1"]),
+        ({"budgets": {"max_teacher_kl": -0.1}}, ["budgets.max_teacher_kl", "-0.1: must be a"]),
         (
             {
                 "budgets": {"min_decode_tokens_per_second": 10},

@@ -1,10 +1,13 @@
 """A real study on the reference model judged by tasks: a local lm-evaluation-harness task as
 an objective and one as a constraint, a user function as an objective, hardware budgets
-(size decided right after the build, drift before the tasks run), then report and pick."""
+(size bounded before the build, drift before the tasks run), then report, and pick and export
+tightening a task constraint by flag."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -12,6 +15,9 @@ import pytest
 from optuna.trial import TrialState
 
 from autoslim import config, study
+from autoslim.budgets import task_key
+from autoslim.errors import ConfigError
+from autoslim.export import select_trial
 from autoslim.pick import PRESETS, rank
 from autoslim.report import get_summary_info, get_table_info
 from autoslim.trials import read_trials
@@ -101,12 +107,36 @@ def test_a_study_judged_by_tasks_and_budgets(tmp_path: Path) -> None:
     savings = get_summary_info(s).task_savings
     assert savings is not None and (savings.skipped, savings.evaluated) == (1, 2)
 
+    # pick and export tighten a task's constraint by flag, never loosen it
+    norm = int8.tasks["pydoc_norm"]["value"]
+    at_least = task_key("pydoc_norm", "at_least")
+    assert rank(s, PRESETS["balanced"], tighten={at_least: norm}).best.number == 1
+    with pytest.raises(ConfigError, match="no completed trial"):
+        rank(s, PRESETS["balanced"], tighten={at_least: norm + 0.01})
+    with pytest.raises(ConfigError, match=r"--task-at-least pydoc_norm=-1 is looser"):
+        rank(s, PRESETS["balanced"], tighten={at_least: -1.0})
+    at_most = {task_key("mine", "at_most"): int8.tasks["mine"]["value"] / 2}
+    with pytest.raises(ConfigError, match="no completed trial"):
+        select_trial(s, tighten=at_most)
+    args = [sys.executable, "-m", "autoslim", "pick", c.study.storage, "--study-name", "tasks"]
+    shown = subprocess.run([*args, "--task-at-least", f"pydoc_norm={norm}"], capture_output=True)
+    assert shown.returncode == 0, shown.stderr
+    assert f"met pydoc_norm >= {norm:.4g}" in shown.stdout.decode()
+    for bad, needle in [
+        ("nope=0.5", "--task-at-least nope=0.5: the study has no task 'nope' (its tasks: mine,"),
+        ("pydoc_norm", "--task-at-least 'pydoc_norm': write NAME=VALUE"),
+        ("pydoc_norm=-1", "--task-at-least pydoc_norm=-1 is looser than the study's"),
+    ]:
+        refused = subprocess.run([*args, "--task-at-least", bad], capture_output=True, text=True)
+        assert refused.returncode == 2 and needle in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+
     # Resumed with one more trial: a layer dropped in fp32 is 13 MB, over the size budget,
-    # and is given up right after the build, before it is measured.
+    # and is given up before the build, from its parameter shapes.
     s.enqueue_trial({"drop_layers": 1, "bits": 16, "prune_ratio": 0.0})
     more = config.load(path, overrides={"study": {"n_trials": 4}})
     assert study.run_study(more).states == {"PRUNED": 1}
     last = read_trials(s)[-1]
     assert last.state == TrialState.PRUNED and last.recipe.drop_layers == 1
     assert last.reason.startswith("missed size_bytes <= 12.5 MB (13.")
-    assert "right after the build" in last.reason
+    assert last.reason.endswith("from the parameter shapes, before the build")
