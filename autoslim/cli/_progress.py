@@ -61,16 +61,21 @@ class StageBar:
     """The bar (on a terminal) or the plain line (elsewhere) of one running piece of work.
 
     ``show(status, stage)``: ``status`` names the work (``trial 3: int8``), ``stage`` is its
-    latest :class:`TrialProgress`. ``head`` prefixes plain lines (the study's counts).
+    latest :class:`TrialProgress`. ``head`` prefixes plain lines (the study's counts). A plain
+    line is written for a new status and then every ``PLAIN_SECONDS``; with ``each_stage``,
+    for each new stage too (for work of a few long stages: a trial has a dozen).
     """
 
-    def __init__(self, stream: TextIO, tty: bool, position: int = 0) -> None:
+    def __init__(
+        self, stream: TextIO, tty: bool, position: int = 0, *, each_stage: bool = False
+    ) -> None:
         self.stream = stream
         self.tty = tty
         self.position = position
+        self.each_stage = each_stage
         self._bar: Any = None
         self._key: tuple[str, str, int] | None = None
-        self._status = ""
+        self._plain = ("", "")
         self._shown = -float("inf")
 
     def show(self, status: str, stage: TrialProgress, head: str = "") -> None:
@@ -78,10 +83,11 @@ class StageBar:
             self._draw(status, stage)
             return
         now = time.monotonic()
-        if status != self._status or now - self._shown >= PLAIN_SECONDS:
+        plain = (status, stage.stage if self.each_stage else "")
+        if plain != self._plain or now - self._shown >= PLAIN_SECONDS:
             line = f"{status} | {stage.describe()}"
             print(f"{head} | {line}" if head else line, file=self.stream, flush=True)
-            self._status, self._shown = status, now
+            self._plain, self._shown = plain, now
 
     def _draw(self, status: str, stage: TrialProgress) -> None:
         key = (status, stage.stage, stage.steps)
@@ -107,7 +113,7 @@ class StageBar:
         if self._bar is not None:
             self._bar.close()
         self._bar = self._key = None
-        self._status = ""
+        self._plain = ("", "")
 
 
 class StudyProgress:
