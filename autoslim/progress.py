@@ -3,8 +3,9 @@
 Library code calls :func:`report` (``report("distill", 20, 50)``); it costs nothing unless a
 listener is installed. The trial worker installs one that forwards each update over its pipe
 (at most every ``FORWARD_SECONDS`` within a stage, at once on a new stage); the study process
-repeats the latest one to the user at least every ``SHOW_SECONDS``
-(:mod:`autoslim.worker`), so a long stage that reports nothing still shows a line.
+passes the latest one on at least every ``SHOW_SECONDS`` (:mod:`autoslim.worker`), so what
+shows it (the CLI's bars and lines, :mod:`autoslim.cli._progress`) keeps its clocks moving
+through a long stage that reports nothing.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 # Within one stage, updates reach the listener at most this often.
 FORWARD_SECONDS = 2.0
-# The study process shows the running trial's latest stage at least this often.
-SHOW_SECONDS = 10.0
+# The study process passes the running trial's latest stage on at least this often.
+SHOW_SECONDS = 1.0
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,27 @@ its CUDA-only extension libraries and Triton are missing, and torch warns about 
 registration torchao makes. None of it says anything about the user's model, and it opened
 every search, trial worker and check. :func:`install` (run when ``autoslim`` is imported)
 filters exactly those messages on exactly those loggers; everything else they log still shows.
+
+In a Jupyter kernel without ipywidgets, ``import optuna`` (its ``tqdm.auto`` import) warns
+``IProgress not found`` about notebook progress bars, which neither autoslim nor its notebook
+draws (tqdm falls back to text bars where one is drawn): :func:`install` ignores that one
+warning too, for an ``import optuna`` after ``import autoslim``.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import warnings
 
 HARMLESS = {
     "torchao": re.compile(r"^Failed to load .*\.so"),
     "torchao.kernel.intmm": re.compile(r"Detected no triton"),
     "torch.utils._pytree": re.compile(r"is an Enum subclass and is now natively supported"),
 }
+# The start of tqdm.notebook's WARN_NOIPYW (a TqdmWarning; matched by text, so that importing
+# autoslim does not import tqdm).
+NO_IPYWIDGETS = "IProgress not found"
 
 
 class _Harmless(logging.Filter):
@@ -30,8 +39,9 @@ class _Harmless(logging.Filter):
 
 
 def install() -> None:
-    """Add the filters (once per logger)."""
+    """Add the filters (once per logger; the warning filter once)."""
     for name, pattern in HARMLESS.items():
         log = logging.getLogger(name)
         if not any(isinstance(f, _Harmless) for f in log.filters):
             log.addFilter(_Harmless(pattern))
+    warnings.filterwarnings("ignore", message=re.escape(NO_IPYWIDGETS))

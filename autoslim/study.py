@@ -84,7 +84,8 @@ WORKER_START_SECONDS = 900.0
 
 @dataclass
 class Progress:
-    """What the CLI shows after each trial."""
+    """What the CLI shows: a finished ``trial``, a ``notice`` (a line to keep: the cost model at
+    start), or the running work (``message``: ``trial 3: int8``) at its latest ``stage``."""
 
     done: int
     total: int | None
@@ -93,7 +94,8 @@ class Progress:
     pareto_size: int
     trial: FrozenTrial | None = None
     message: str = ""
-    notice: str = ""  # a line to keep (the cost model at start), not a running-trial status
+    notice: str = ""
+    stage: TrialProgress | None = None
 
 
 @dataclass
@@ -554,10 +556,20 @@ def run_study(
     durations: list[float] = []
     duplicates_in_a_row = 0
     current: optuna.Trial | None = None
+    front = 0
 
-    def report(done: int, trial: FrozenTrial | None, message: str = "", notice: str = "") -> None:
+    def report(
+        done: int,
+        trial: FrozenTrial | None,
+        message: str = "",
+        notice: str = "",
+        stage: TrialProgress | None = None,
+    ) -> None:
+        nonlocal front
         if progress is None:
             return
+        if stage is None:  # not a repeat from inside a trial: the front may have moved
+            front = pareto_size(study)
         elapsed = time.monotonic() - started
         eta = None
         per_trial = _mean(durations) if durations else None
@@ -568,9 +580,7 @@ def run_study(
             if run.time_limit_seconds is not None:
                 left.append(max(0.0, run.time_limit_seconds - elapsed))
             eta = min(left) if left else None
-        progress(
-            Progress(done, run.n_trials, elapsed, eta, pareto_size(study), trial, message, notice)
-        )
+        progress(Progress(done, run.n_trials, elapsed, eta, front, trial, message, notice, stage))
 
     try:
         while True:
@@ -594,7 +604,12 @@ def run_study(
                 time.sleep(min(1.0, run.heartbeat_seconds))
                 continue
             if not worker.alive:
-                info = worker.start()
+
+                def starting(step: TrialProgress, done: int = done) -> None:
+                    report(done, None, "starting the trial worker", stage=step)
+
+                report(done, None, "starting the trial worker")
+                info = worker.start(starting)
                 summary.worker_setup_seconds.append(info["setup_seconds"])
                 _check_corpus(study, config, info)
                 if "costs" in info and costs is None:
@@ -632,7 +647,7 @@ def run_study(
                     timeout = trial_timeout(config, costs, recipe)
 
                     def show(step: TrialProgress, done: int = done, status: str = status) -> None:
-                        report(done, None, f"{status} | {step.describe()}")
+                        report(done, None, status, stage=step)
 
                     limits = (
                         [] if is_base else limits_of(config, study.user_attrs.get("base_figures"))

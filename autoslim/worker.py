@@ -7,8 +7,8 @@ non-finite value, crashes the process (segfault, the kernel's OOM killer) or han
 per-trial timeout is recorded as a failure and the worker is replaced; the study goes on. The
 timeout runs on the trial's own clock (:class:`autoslim.costs.TrialClock`: time spent waiting
 for a CPU on a busy machine does not count, a hang does). While a trial runs, the worker
-forwards its stage and step (:mod:`autoslim.progress`) and the study process shows the latest
-at least every ``progress.SHOW_SECONDS``.
+forwards its stage and step (:mod:`autoslim.progress`), as it does during its setup, and the
+study process passes the latest on at least every ``progress.SHOW_SECONDS``.
 Workers are also recycled every ``recycle_every`` trials so memory cannot creep, and a worker
 whose study process dies (``kill -9``) exits on its own.
 
@@ -124,6 +124,7 @@ def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pi
     # bitsandbytes logs a cast warning on every int8 matmul on CPU.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     started = time.perf_counter()
+    progress.listen(lambda p: conn.send(("progress", p.to_dict())))
     try:
         objective = _resolve(objective_path)(config)
     except BaseException as e:
@@ -132,7 +133,6 @@ def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pi
     info = dict(objective.info)
     info["setup_seconds"] = time.perf_counter() - started
     conn.send(("ready", info))
-    progress.listen(lambda p: conn.send(("progress", p.to_dict())))
     while True:
         try:
             message = conn.recv()
@@ -191,8 +191,11 @@ class Worker:
     def alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
-    def start(self) -> dict[str, Any]:
-        """Start the process and wait for its objective to be ready; returns its info."""
+    def start(
+        self, on_progress: Callable[[progress.TrialProgress], None] | None = None
+    ) -> dict[str, Any]:
+        """Start the process and wait for its objective to be ready (its setup's stages go to
+        ``on_progress``, as a trial's do in :meth:`run`); returns its info."""
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         process = context.Process(
@@ -206,7 +209,7 @@ class Worker:
         self._process, self._conn = process, parent
         self.starts += 1
         self.trials_served = 0
-        message = self._receive(self.start_timeout)
+        message = self._receive(self.start_timeout, on_progress)
         if message is None or message[0] != "ready":
             death = self._death()
             self.close()
@@ -364,6 +367,7 @@ class BuildAndMeasure:
         self.config = config
         self.device = config.model.device
         self.base_recipe = base_recipe(config)
+        progress.report("setup: load the base model")
         self.base = models.load_model(
             config.model.name,
             device=self.device,
@@ -386,6 +390,7 @@ class BuildAndMeasure:
             seed=config.study.seed,
         )
         self.quick_ids = data.tokens(self.base.tokenizer, self.corpus, "eval")
+        progress.report("setup: cost model")
         self.costs = measure_costs(
             self.base,
             teacher_cache=self.teacher_cache,
@@ -398,6 +403,7 @@ class BuildAndMeasure:
         self.early_windows = self.costs.early_abort_windows
         self.quick_protocol = replace(self.workload.protocol, max_windows=self.early_windows)
         self._perplexity = perplexity
+        progress.report("setup: base perplexity")
         self.base_quick_perplexity = perplexity(
             self.base.model, self.quick_ids, self.quick_protocol
         ).perplexity

@@ -4,6 +4,7 @@ timed while the machine was busy)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import optuna
 import pytest
 
 from autoslim import retime
+from autoslim.cli import main
 from autoslim.measure.measurement import CONTENDED
-from autoslim.pick import choose, parse_weights, rank, retime_numbers
+from autoslim.pick import parse_weights, rank, retime_numbers
 from autoslim.recipe import Recipe
 from autoslim.retime import Retimed, stored_retimings, untrusted_timing
 from autoslim.testing import save_tiny_model
@@ -76,7 +78,9 @@ def test_retimed_figures_decide_and_a_gap_within_noise_goes_to_the_lower_perplex
 
 
 @pytest.mark.slow
-def test_pick_retime_is_not_fooled_by_a_base_timed_slow(tmp_path: Path, corpus) -> None:
+def test_pick_retime_is_not_fooled_by_a_base_timed_slow(tmp_path: Path, corpus, capsys) -> None:
+    """Through the CLI (``autoslim pick --retime --json``), which shows the re-timing's stages
+    on stderr while it runs."""
     model = save_tiny_model("qwen3", tmp_path / "tiny")
     storage = f"sqlite:///{tmp_path / 'b.db'}"
     # Real builds; the stored seconds are made up: the base 1.0 s, NF4 0.9 s (the base "timed
@@ -85,9 +89,15 @@ def test_pick_retime_is_not_fooled_by_a_base_timed_slow(tmp_path: Path, corpus) 
         storage, model, corpus, [Recipe(), NF4], workload={**TINY_WORKLOAD, "repeats": 5}
     )
     assert rank(study, TIME).best.recipe == NF4  # fooled by the stored figures
-    choice = choose(study, TIME, retime=True)
-    assert choice.retimed == (0, 1)
-    assert choice.best.is_base, choice.reason
+    capsys.readouterr()
+    assert main(["pick", storage, "--weights", "time=1", "--retime", "--json"]) == 0
+    out, err = capsys.readouterr()
+    choice = json.loads(out)
+    assert choice["retimed"] == [0, 1]
+    assert choice["best_trial"] == 0, choice["reason"]  # the base model
+    # off a terminal: a line per stage (each rebuild, the rounds), no bar
+    assert "re-timing | rebuild trial 0\n" in err and "re-timing | rebuild trial 1\n" in err
+    assert "re-timing | interleaved rounds " in err and "\r" not in err
     again = stored_retimings(optuna.load_study(study_name="built", storage=storage))
     assert set(again) == {0, 1} and again[0].beside == (1,) and len(again[1].seconds_samples) == 5
     assert again[1].seconds > again[0].seconds

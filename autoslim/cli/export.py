@@ -53,19 +53,19 @@ def run(args: argparse.Namespace) -> int:
     study = open_study(args)
     weights = weights_from(args.prefer, args.weights) if args.prefer or args.weights else None
     args.retime = args.retime and args.trial is None  # a given trial is not chosen: no re-timing
-    show_progress(args)
-    result = export(
-        study,
-        args.out,
-        trial_number=args.trial,
-        weights=weights,
-        max_ppl_increase=args.max_ppl_increase,
-        tighten=tightened(args),
-        force=args.force,
-        retime=args.retime,
-        protected=study_arg_files(args),
-        hub_repo=args.push_to_hub,
-    )
+    with show_progress(args):
+        result = export(
+            study,
+            args.out,
+            trial_number=args.trial,
+            weights=weights,
+            max_ppl_increase=args.max_ppl_increase,
+            tighten=tightened(args),
+            force=args.force,
+            retime=args.retime,
+            protected=study_arg_files(args),
+            hub_repo=args.push_to_hub,
+        )
     pushed = (
         push_to_hub(result.folder, args.push_to_hub, private=args.private)
         if args.push_to_hub

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from autoslim.cli._common import print_json
@@ -97,15 +99,26 @@ def tightened(args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
-def show_progress(args: argparse.Namespace) -> None:
-    """With ``--retime``, print the rebuilds and rounds as they go (to stderr: ``--json``
-    keeps stdout to one object)."""
+@contextlib.contextmanager
+def show_progress(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--retime``, the rebuilds and interleaved rounds as they go, on stderr (``--json``
+    keeps stdout to one object): a bar on a terminal, else a line per stage and at least
+    every 30 s (:mod:`autoslim.cli._progress`)."""
     import sys
 
     from autoslim import progress
+    from autoslim.cli._progress import StageBar, is_terminal
 
-    if args.retime:
-        progress.listen(lambda p: print(f"re-timing: {p.describe()}", file=sys.stderr))
+    if not args.retime:
+        yield
+        return
+    shown = StageBar(sys.stderr, is_terminal(sys.stderr), each_stage=True)
+    progress.listen(lambda p: shown.show("re-timing", p))
+    try:
+        yield
+    finally:
+        progress.listen(None)
+        shown.close()
 
 
 def register(subparsers: Any) -> None:
@@ -130,8 +143,8 @@ def run(args: argparse.Namespace) -> int:
 
     study = open_study(args)
     weights = weights_from(args.prefer, args.weights)
-    show_progress(args)
-    choice = choose(study, weights, args.max_ppl_increase, tightened(args), retime=args.retime)
+    with show_progress(args):
+        choice = choose(study, weights, args.max_ppl_increase, tightened(args), retime=args.retime)
     if args.json:
         print_json("pick", {"study": study.study_name, **choice.to_dict()})
         return 0

@@ -55,10 +55,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_search(config: Any, *, quiet: bool = False, worker_id: int = 0) -> tuple[Any, Any]:
-    """Run the study with a progress line per trial; returns the summary and the study."""
+    """Run the study with its progress on stderr (:mod:`autoslim.cli._progress`) and a line
+    per finished trial (on stdout; with ``quiet``, for ``--json``, on stderr and without the
+    opening and closing lines); returns the summary and the study."""
     import optuna
 
     from autoslim import study as search
+    from autoslim.cli._progress import StudyProgress, clock
     from autoslim.config import mask_url
     from autoslim.storage import make_storage
     from autoslim.trials import record
@@ -68,42 +71,29 @@ def run_search(config: Any, *, quiet: bool = False, worker_id: int = 0) -> tuple
     run = config.study
     limits = [f"{run.n_trials} trials"] if run.n_trials else []
     if run.time_limit_seconds:
-        limits.append(f"{_clock(run.time_limit_seconds)} time limit")
+        limits.append(f"{clock(run.time_limit_seconds)} time limit")
     if not quiet:
         print(
             f"study {run.name!r}: {' / '.join(limits)}, sampler {run.sampler}, objectives "
             f"{', '.join(config.objectives)}, perplexity at most "
             f"+{config.max_ppl_increase:.0%} over the base model"
         )
-        print(f"storage {mask_url(run.storage)}")
-    tty = sys.stdout.isatty()
-
-    def progress(p: search.Progress) -> None:
-        if quiet:
-            return
-        if p.notice:
-            print(f"{chr(27)}[2K{p.notice}" if tty else p.notice, flush=True)
-            return
-        total = f"{p.total}" if p.total else "?"
-        head = (
-            f"[{p.done:>3}/{total}] {_clock(p.elapsed_seconds)} elapsed, ETA "
-            f"{_clock(p.eta_seconds) if p.eta_seconds is not None else '?'}, "
-            f"Pareto {p.pareto_size}"
-        )
-        if p.trial is None:
-            print(f"{head} | running {p.message}", end="\r" if tty else "\n", flush=True)
-            return
-        clear = "\x1b[2K" if tty else ""
-        line = describe_record(record(p.trial, config.objectives))
-        print(f"{clear}{head} | {line}", flush=True)
-
-    summary = search.run_study(config, progress=progress, worker_id=worker_id)
+        print(f"storage {mask_url(run.storage)}", flush=True)
+    shown = StudyProgress(
+        lambda trial: describe_record(record(trial, config.objectives)),
+        time_limit_seconds=run.time_limit_seconds,
+        results=sys.stderr if quiet else sys.stdout,
+    )
+    try:
+        summary = search.run_study(config, progress=shown.update, worker_id=worker_id)
+    finally:
+        shown.close()
     study = optuna.load_study(study_name=run.name, storage=make_storage(run.storage))
     if not quiet:
         states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items()))
         print(
             f"stopped: {summary.stopped_because}; this run: {summary.trials_run} trials "
-            f"({states or 'none'}) in {_clock(summary.wall_seconds)}"
+            f"({states or 'none'}) in {clock(summary.wall_seconds)}"
         )
         print_pareto(study)
         print(
@@ -166,8 +156,3 @@ def summary_dict(summary: Any, study: Any) -> dict[str, Any]:
         "pareto": [r.to_dict() for r in best_records(study)],
         "early_abort": asdict(abort_savings(study)),
     }
-
-
-def _clock(seconds: float) -> str:
-    whole = round(seconds)
-    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
+import sys
 
 import pytest
 
@@ -72,3 +74,39 @@ def test_search_output_and_json_name_the_objectives(study_file, capsys, monkeypa
         assert set(trial["values"]) == {"seconds", "perplexity"}
         assert isinstance(Recipe.from_params(trial["recipe"]), Recipe)
         assert trial["feasible"] and trial["state"] == "COMPLETE"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tty", [False, True], ids=["piped", "terminal"])
+def test_search_shows_progress_on_stderr_and_keeps_json_on_stdout(
+    study_file, capsys, monkeypatch, tty
+) -> None:
+    """Trials of 1.5 s in a real worker process that reports nothing while it runs."""
+    from autoslim.cli import _progress
+
+    monkeypatch.setattr(study, "run_study", functools.partial(study.run_study, objective=FAKE))
+    monkeypatch.setenv("AUTOSLIM_FAKE_SLEEP", "1.5")
+    monkeypatch.setattr(_progress, "PLAIN_SECONDS", 0.5)  # the 30 s of a real run, scaled
+    monkeypatch.setattr(_progress, "MININTERVAL", 0.0)
+    terminal = Terminal()
+    if tty:
+        monkeypatch.setattr(sys, "stderr", terminal)
+    path = study_file("shown", study={"n_trials": 2})
+    assert main(["search", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["run"]["trials_run"] == 2  # stdout: the JSON alone
+    err = terminal.getvalue() if tty else captured.err
+    if tty:
+        assert "study 0/2 trials |" in err and "study 1/2 trials |" in err
+        assert "\r" in err and "trial 1: int8 | starting " in err
+    else:
+        assert "\r" not in err
+        running = [line for line in err.splitlines() if line.endswith("trial 1: int8 | starting")]
+        assert len(running) >= 2, err  # the trial's start, then again while it runs
+        assert running[0].startswith("[  1/2] ")
+    assert "| #1 int8: perplexity 80.32, seconds " in err  # the per-trial line

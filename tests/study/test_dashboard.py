@@ -7,6 +7,8 @@ on the unconstrained Pareto front (fewest joules) but over the perplexity budget
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ optuna_dashboard = pytest.importorskip(
 pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+UPSTREAM = README.parent / "docs" / "upstream" / "optuna-dashboard-best-trials.md"
 WARNING = "optuna-dashboard's best-trials list ignores the perplexity budget"
 
 
@@ -92,3 +95,18 @@ def test_dashboard_sees_the_budget_and_the_key_figures(dashboard) -> None:
         assert WARNING in text and "optuna-dashboard sqlite://" in text
     else:
         assert best == {t.number for t in stored.best_trials}
+
+
+def test_the_upstream_report_reproduces_on_the_installed_dashboard() -> None:
+    """The report's script prints what the report says it prints (a dashboard release that
+    fixes it fails this: then update README's warning and the report)."""
+    text = UPSTREAM.read_text(encoding="utf-8")
+    script = text.split("```python\n", 1)[1].split("```", 1)[0]
+    reported = text.split("**Actual output:**\n\n```\n", 1)[1].split("```", 1)[0]
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    # the first line names the versions; the rest is the bug
+    assert run.stdout.splitlines()[1:] == reported.splitlines()[1:]
+    assert "dashboard best_trials [0, 1, 2]" in run.stdout
+    assert str(UPSTREAM.relative_to(README.parent)) in README.read_text(encoding="utf-8")

@@ -37,8 +37,13 @@ def test_three_real_trials_on_a_tiny_model(tmp_path: Path) -> None:
         name="real",
     )
     c = config.load(path)
-    summary = study.run_study(c)
+    seen: list[study.Progress] = []
+    summary = study.run_study(c, progress=seen.append)
     assert summary.states == {"COMPLETE": 3}
+    stages = {(p.message, p.stage.stage) for p in seen if p.stage is not None}
+    # The worker's setup reports its stages as a trial does (a big model loads for minutes).
+    assert ("starting the trial worker", "setup: cost model") in stages
+    assert ("trial 1: int8", "measure: workload") in stages
     s = optuna.load_study(study_name="real", storage=f"sqlite:///{tmp_path / 'real.db'}")
     assert [t.user_attrs.get("known") for t in s.trials] == [
         None,
