@@ -33,9 +33,10 @@ from autoslim.card import model_card
 from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError, DataError, ModelError
 from autoslim.measure.measurement import versions
-from autoslim.pick import PRESETS, Weights, choose
+from autoslim.pick import choose
 from autoslim.recipe import Recipe
 from autoslim.trials import TrialRecord, read_trials, stored_config
+from autoslim.weights import PRESETS, Weights
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from autoslim import __version__
 from autoslim.config import RunSection
 from autoslim.errors import ConfigError
 from autoslim.operators import KNOBS
-from autoslim.pick import PRESETS, Budget, rank, study_budget
+from autoslim.pick import Budget, rank, study_budget
 from autoslim.recipe import Recipe, format_heads
 from autoslim.retime import stored_retimings
 from autoslim.storage import GRACE_BEATS, is_stale
@@ -54,6 +54,7 @@ from autoslim.trials import (
     read_trials,
     stored_config,
 )
+from autoslim.weights import PRESETS
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from autoslim.card import measure_flags, model_card
 from autoslim.cli import build_parser, main
 from autoslim.errors import ConfigError, DataError, ModelError
 from autoslim.export import CARD, MANIFEST, export, select_trial
-from autoslim.pick import PRESETS
 from autoslim.recipe import Recipe
 from autoslim.testing import save_tiny_model
 from autoslim.testing.studies import (
@@ -31,6 +30,7 @@ from autoslim.testing.studies import (
     pruned,
     running,
 )
+from autoslim.weights import PRESETS
 
 RECIPES = (
     Recipe(),

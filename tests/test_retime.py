@@ -14,7 +14,7 @@ import pytest
 from autoslim import retime
 from autoslim.cli import main
 from autoslim.measure.measurement import CONTENDED
-from autoslim.pick import parse_weights, rank, retime_numbers
+from autoslim.pick import rank, retime_numbers
 from autoslim.recipe import Recipe
 from autoslim.retime import Retimed, stored_retimings, untrusted_timing
 from autoslim.testing import save_tiny_model
@@ -26,6 +26,7 @@ from autoslim.testing.studies import (
     make_study,
 )
 from autoslim.trials import read_trials
+from autoslim.weights import parse_weights
 
 TIME = parse_weights("time=1")
 NF4 = Recipe(bits=4, quant_backend="bitsandbytes")

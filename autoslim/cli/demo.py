@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from autoslim import study as search
     from autoslim.cli.search import run_search
     from autoslim.export import export
-    from autoslim.pick import PRESETS
     from autoslim.report import write_report
+    from autoslim.weights import PRESETS
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from autoslim.cli._study_args import add_study_args, open_study
 def add_choice_args(parser: argparse.ArgumentParser, *, retime_by_default: bool = False) -> None:
     """``--prefer`` / ``--weights`` / ``--max-ppl-increase`` / budgets and the re-timing,
     shared with ``export`` (which re-times by default: it rebuilds a model anyway)."""
-    from autoslim.pick import PRESETS
+    from autoslim.weights import PRESETS
 
     parser.add_argument(
         "--prefer",
@@ -139,7 +139,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim.pick import choose, weights_from
+    from autoslim.pick import choose
+    from autoslim.weights import weights_from
 
     study = open_study(args)
     weights = weights_from(args.prefer, args.weights)

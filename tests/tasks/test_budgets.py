@@ -17,10 +17,11 @@ from optuna.trial import TrialState
 from autoslim.budgets import BY_KEY, parse_bytes
 from autoslim.errors import ConfigError
 from autoslim.export import select_trial
-from autoslim.pick import PRESETS, rank
+from autoslim.pick import rank
 from autoslim.recipe import Recipe
 from autoslim.report import get_pareto_info, get_summary_info, get_table_info
 from autoslim.testing.studies import FakeTrial, base, make_study_file
+from autoslim.weights import PRESETS
 
 # For each budget: a limit, a figure that meets it and one that misses it.
 CASES: dict[str, tuple[float, float, float]] = {

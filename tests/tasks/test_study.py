@@ -18,9 +18,10 @@ from autoslim import config, study
 from autoslim.budgets import task_key
 from autoslim.errors import ConfigError
 from autoslim.export import select_trial
-from autoslim.pick import PRESETS, rank
+from autoslim.pick import rank
 from autoslim.report import get_summary_info, get_table_info
 from autoslim.trials import read_trials
+from autoslim.weights import PRESETS
 from tests.study.conftest import TINY_WORKLOAD, write_study
 from tests.tasks.test_config import LOCAL_TASKS
 
