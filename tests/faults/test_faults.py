@@ -194,12 +194,13 @@ def _wait_for_running(db: Path, process: subprocess.Popen[str], seconds: float =
 
 def test_disk_full_mid_trial(searched, model_dir, tmp_path) -> None:
     before = completed(searched / "s.db")
+    cache = {"AUTOSLIM_CACHE": str(tmp_path / "cache")}  # where the deferred reason is kept
     with tmpfs(tmp_path / "small", "2m") as disk:
         shutil.copy(searched / "s.db", disk / "s.db")
         path = write_study(disk, study_tables(model_dir, n_trials=7))
         process = subprocess.Popen(
             command("search", path),
-            env={**ENV, "AUTOSLIM_FAKE_SLEEP": "4"},
+            env={**ENV, **cache, "AUTOSLIM_FAKE_SLEEP": "4"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -212,20 +213,29 @@ def test_disk_full_mid_trial(searched, model_dir, tmp_path) -> None:
         assert process.returncode == 2, err
         lines = [line for line in err.splitlines() if line.startswith("autoslim ")]
         assert "Traceback" not in err
-        assert lines == [
-            f"autoslim search: error: storage 'sqlite:///{disk / 's.db'}': the disk is full; "
-            "free space on the disk that holds it and run the command again; completed trials "
-            "are kept"
-        ]
+        full = (
+            f"storage 'sqlite:///{disk / 's.db'}': the disk is full; free space on the disk "
+            "that holds it and run the command again; completed trials are kept"
+        )
+        assert lines == [f"autoslim search: error: {full}"]
         assert completed(disk / "s.db") == before
+        assert states(disk / "s.db")[in_flight] == "RUNNING"  # the storage took no write
         (disk / "filler").unlink()
-        resumed = autoslim("search", path)
+        doctor = autoslim("doctor", path, env=cache)
+        assert doctor.status == 0, doctor.err
+        assert f"deferred     s trial {in_flight}: stays RUNNING until the next" in doctor.out
+        for backup in disk.glob("s.db.backup-*"):  # room the resumed search needs on 2 MB
+            backup.unlink()
+        resumed = autoslim("search", path, env=cache)
         assert resumed.status == 0, resumed.err
         after = completed(disk / "s.db")
         assert {k: after[k] for k in before} == before
         assert states(disk / "s.db")[in_flight] == "FAIL"
-        assert "Interrupted" in _reason(disk / "s.db", in_flight)
+        # failed with the fault's own reason as soon as the storage took a write, not later
+        # as stale with the heartbeat's generic "its worker stopped mid-trial"
+        assert _reason(disk / "s.db", in_flight) == f"Interrupted: {full}; recipe retried"
         assert "RUNNING" not in states(disk / "s.db").values()
+        assert not list((tmp_path / "cache").rglob("*.json")), "the deferred reason was kept"
 
 
 def test_read_only_storage(searched, model_dir, tmp_path) -> None:
