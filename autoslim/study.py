@@ -616,7 +616,8 @@ def run_study(
     recovered += recover_stale_trials(study, storage, run.heartbeat_seconds)
     added = enqueue_starting_points(study, config)
     trials = study.get_trials(deepcopy=False)
-    seed = run.seed + len(trials) + 1_000_003 * worker_id
+    # numpy seeds below 2**32; a random worker id (up to 2**31) times the step is far above
+    seed = (run.seed + len(trials) + 1_000_003 * worker_id) % 2**32
     study.sampler = make_sampler(config, seed)
     logger.info(
         "study %s: %d trials stored, %d recovered, enqueued %s, sampler %s seed %d, worker %d",
