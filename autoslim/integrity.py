@@ -7,20 +7,32 @@
   storage and the fix. The CLI applies it to any exception that escapes a command.
 - :func:`writable_folder` proves a folder accepts a new file (``os.access`` says yes to
   root on read-only mounts and on ``/proc``).
+- :func:`defer_failure` keeps the reason of a trial the storage would not let the search fail
+  (disk full, read-only, locked, server gone) in a small JSON file under autoslim's cache
+  folder, outside that storage; :func:`deferred_failures` finds them again, so the next search
+  or worker on the study fails the trial with that reason before the heartbeat calls it stale.
 - :func:`backup` and :func:`recover` are what ``autoslim doctor`` runs on a SQLite file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import shutil
 import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 from autoslim.config import mask_url
 from autoslim.errors import StorageError
+
+logger = logging.getLogger(__name__)
 
 # The storages this process opened (masked), newest last: a fault names the one it hit.
 OPENED: list[str] = []
@@ -195,6 +207,88 @@ def check_storage(url: str) -> None:
             f"storage {mask_url(url)!r} is damaged (SQLite quick_check: {found}); nothing was "
             f"written to it; {RECOVER_HINT}"
         )
+
+
+# Under the cache folder (``gguf.cache_root``): one JSON file per trial left RUNNING by a fault.
+DEFERRED_FOLDER = "deferred-failures"
+
+
+@dataclass(frozen=True)
+class DeferredFailure:
+    """A trial a storage fault left RUNNING, and the reason it is to end FAIL with."""
+
+    storage: str  # storage_key(url): masked, a file storage by its resolved path
+    study: str
+    trial: int
+    started: str  # the trial's datetime_start (ISO): a trial number reused later is not it
+    reason: str
+
+    @property
+    def path(self) -> Path:
+        return _deferred_folder() / f"{_study_digest(self.storage, self.study)}-{self.trial}.json"
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def storage_key(url: str) -> str:
+    """``url`` as deferred failures name it: masked (no credential is ever written), and a
+    SQLite or journal file by its resolved path, however the command spelled it."""
+    from autoslim.storage import SCHEMES, file_of, scheme_of
+
+    file = file_of(url)
+    if file is None:
+        return mask_url(url)
+    return SCHEMES[scheme_of(url)].prefix + str(file.expanduser().resolve())
+
+
+def _deferred_folder() -> Path:
+    from autoslim.gguf import cache_root
+
+    return cache_root() / DEFERRED_FOLDER
+
+
+def _study_digest(key: str, study: str) -> str:
+    return hashlib.sha256(f"{key}\0{study}".encode()).hexdigest()[:16]
+
+
+def defer_failure(
+    url: str, study: str, trial: int, started: datetime | None, reason: str
+) -> Path | None:
+    """Keep ``reason`` for trial ``trial`` of ``study`` until a later command can write it;
+    returns the file, or None when the cache folder refuses it too (the trial then ends as
+    stale, with the heartbeat's generic reason)."""
+    deferred = DeferredFailure(
+        storage_key(url), study, trial, started.isoformat() if started else "", reason
+    )
+    path = deferred.path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(asdict(deferred), indent=1))
+        partial.replace(path)
+    except OSError as e:
+        logger.warning(
+            "trial %d: its fail reason cannot be kept in %s either (%s)", trial, path, e
+        )
+        return None
+    return path
+
+
+def deferred_failures(url: str, study: str) -> list[DeferredFailure]:
+    """The failures deferred for ``study`` in the storage ``url``, by trial number (an
+    unreadable file is skipped with a warning, never deleted)."""
+    key = storage_key(url)
+    found = []
+    for path in sorted(_deferred_folder().glob(f"{_study_digest(key, study)}-*.json")):
+        try:
+            deferred = DeferredFailure(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            logger.warning("deferred trial failure %s is unreadable (%s); left as it is", path, e)
+            continue
+        if (deferred.storage, deferred.study) == (key, study):
+            found.append(deferred)
+    return sorted(found, key=lambda d: d.trial)
 
 
 def writable_folder(folder: Path) -> str | None:

@@ -26,7 +26,11 @@ The base model and known recipes are enqueued first. A recipe already evaluated 
 again (the duplicate is recorded as PRUNED). Any number of processes may run one study; a
 trial whose process died goes stale (no heartbeat for ``GRACE_BEATS`` beats), is marked FAIL
 and its recipe is enqueued again once with Optuna's retry callback, which records the trial it
-retries (:func:`autoslim.storage.retried_trial_number`); see :mod:`autoslim.storage`.
+retries (:func:`autoslim.storage.retried_trial_number`); see :mod:`autoslim.storage`. A trial
+a storage fault interrupted (disk full, read-only, locked, server gone) ends FAIL with the
+fault's one-line message as its reason; when the storage refuses even that write, the reason is
+deferred (:func:`autoslim.integrity.defer_failure`) and the next search or worker on the study
+writes it before the heartbeat would fail the trial as stale.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autoslim import integrity
 from autoslim import space as search_space
 from autoslim.budgets import constraint_names, limits_of
 from autoslim.config import StudyConfig, mask_url
@@ -298,16 +303,86 @@ def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
     logger.warning("trial %d stopped mid-trial; its recipe is enqueued again", trial.number)
 
 
-def _stop(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
-    """Ctrl-C or a storage fault: the running trial ends FAIL (interrupted, ``why``) and its
-    recipe is retried later."""
+def _stop(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, number: int, why: str
+) -> None:
+    """Ctrl-C or a storage fault: the running trial ``number`` ends FAIL (interrupted,
+    ``why``) and its recipe is retried later."""
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), number
+    )
     try:
-        trial.set_user_attr("fail_reason", f"Interrupted: {why}; recipe retried")
-        trial.set_user_attr("interrupted", True)
-        study.tell(trial, state=TrialState.FAIL)
+        storage.set_trial_user_attr(trial_id, "fail_reason", f"Interrupted: {why}; recipe retried")
+        storage.set_trial_user_attr(trial_id, "interrupted", True)
+        study.tell(number, state=TrialState.FAIL)
     except (RuntimeError, ValueError):  # it finished meanwhile
         return
-    _retry(study, study.get_trials(deepcopy=False)[trial.number])
+    _retry(study, study.get_trials(deepcopy=False)[number])
+
+
+# How long a trial a storage fault interrupted is retried to be failed before its reason is
+# deferred (a lock may clear in this time; a full disk or a stopped server will not).
+STOP_RETRY_SECONDS = 3.0
+
+
+def _stop_after_fault(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    url: str,
+    trial: optuna.Trial,
+    fault: AutoslimError,
+) -> None:
+    """Fail the trial a storage fault interrupted, with the fault as its reason: now, or after
+    a few retries, else through a deferred failure the next command on the study writes
+    (:func:`fail_deferred`)."""
+    deadline = time.monotonic() + STOP_RETRY_SECONDS
+    while True:
+        try:
+            _stop(study, storage, trial.number, str(fault))
+            return
+        except Exception as again:
+            if time.monotonic() >= deadline:
+                logger.info(
+                    "trial %d not marked FAIL, the storage still refuses: %s", trial.number, again
+                )
+                break
+        time.sleep(1.0)
+    kept = integrity.defer_failure(
+        url, study.study_name, trial.number, trial.datetime_start, str(fault)
+    )
+    if kept is not None:
+        logger.warning(
+            "trial %d stays RUNNING in the storage until it accepts writes again; the next "
+            "`autoslim search` or `worker` on the study fails it with this reason (kept in %s)",
+            trial.number, kept,
+        )  # fmt: skip
+
+
+def fail_deferred(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, url: str
+) -> list[int]:
+    """Fail the trials a storage fault left RUNNING with the reason kept for them
+    (:func:`autoslim.integrity.defer_failure`), before the heartbeat would call them stale;
+    returns their numbers. A trial that has finished meanwhile (failed as stale by another
+    machine, or a trial number reused by a new study) is left as it is."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    failed = []
+    for deferred in integrity.deferred_failures(url, study.study_name):
+        trial = trials.get(deferred.trial)
+        started = trial.datetime_start.isoformat() if trial and trial.datetime_start else ""
+        if trial is not None and trial.state == TrialState.RUNNING and started == deferred.started:
+            _stop(study, storage, trial.number, deferred.reason)
+            failed.append(trial.number)
+            logger.info(
+                "trial %d failed with its deferred reason: %s", trial.number, deferred.reason
+            )
+        else:
+            logger.info(
+                "deferred failure of trial %d dropped: the trial is no longer that run",
+                deferred.trial,
+            )
+        deferred.discard()
+    return failed
 
 
 def enqueue_starting_points(study: optuna.Study, config: StudyConfig) -> list[str]:
@@ -539,10 +614,12 @@ def run_study(
     storage = make_storage(run.storage, heartbeat_seconds=run.heartbeat_seconds)
     study = open_study(config, storage)
     summary = RunSummary(study_name=run.name, storage=mask_url(run.storage))
-    recovered = recover_stale_trials(study, storage, run.heartbeat_seconds)
+    recovered = fail_deferred(study, storage, run.storage)
+    recovered += recover_stale_trials(study, storage, run.heartbeat_seconds)
     added = enqueue_starting_points(study, config)
     trials = study.get_trials(deepcopy=False)
-    seed = run.seed + len(trials) + 1_000_003 * worker_id
+    # numpy seeds below 2**32; a random worker id (up to 2**31) times the step is far above
+    seed = (run.seed + len(trials) + 1_000_003 * worker_id) % 2**32
     study.sampler = make_sampler(config, seed)
     logger.info(
         "study %s: %d trials stored, %d recovered, enqueued %s, sampler %s seed %d, worker %d",
@@ -584,6 +661,8 @@ def run_study(
 
     try:
         while True:
+            current = None
+            fail_deferred(study, storage, run.storage)
             recover_stale_trials(study, storage, run.heartbeat_seconds)
             trials = study.get_trials(deepcopy=False)
             done = sum(counts_toward_total(t) for t in trials)
@@ -683,19 +762,14 @@ def run_study(
                 )
     except KeyboardInterrupt:
         if current is not None:
-            _stop(study, current, "stopped by the user")
+            _stop(study, storage, current.number, "stopped by the user")
         raise
     except Exception as e:
-        from autoslim.integrity import storage_fault
-
-        fault = storage_fault(e, run.storage)
+        fault = integrity.storage_fault(e, run.storage)
         if fault is None:
             raise
-        try:  # the storage may take this small write again; if not, the next run recovers
-            if current is not None:
-                _stop(study, current, str(fault))
-        except Exception as again:
-            logger.info("trial not marked FAIL, the storage still refuses writes: %s", again)
+        if current is not None:
+            _stop_after_fault(study, storage, run.storage, current, fault)
         raise fault from e
     finally:
         worker.close()

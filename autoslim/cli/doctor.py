@@ -2,7 +2,9 @@
 
 The file is never written to: the backup is a byte copy, and a damaged file's readable rows
 go into a new file ``NAME.recovered-STAMP.db`` beside it, which ``search`` / ``report`` /
-``pick`` open like any study file once it passes the same check.
+``pick`` open like any study file once it passes the same check. A trial a storage fault left
+RUNNING with its reason deferred (:func:`autoslim.integrity.defer_failure`) is named with that
+reason; the next ``search`` or ``worker`` writes it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"integrity    ok ({path}: SQLite quick_check passed)")
         print(_trials_line(url))
+        for line in _deferred_lines(url):
+            print(line)
         return 0
     target = path.with_name(f"{path.stem}.recovered-{time.strftime('%Y%m%d-%H%M%S')}.db")
     counts = integrity.recover(path, target)
@@ -83,3 +87,20 @@ def _trials_line(url: str) -> str:
         shown = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no trials"
         parts.append(f"{summary.study_name}: {shown}")
     return f"trials       {'; '.join(parts) or 'no study'}"
+
+
+def _deferred_lines(url: str) -> list[str]:
+    """``deferred     STUDY trial 5: …`` for each trial a storage fault left RUNNING."""
+    import optuna
+
+    from autoslim import integrity
+    from autoslim.storage import make_storage
+
+    lines = []
+    for name in optuna.study.get_all_study_names(make_storage(url)):
+        for deferred in integrity.deferred_failures(url, name):
+            lines.append(
+                f"deferred     {name} trial {deferred.trial}: stays RUNNING until the next "
+                f"`autoslim search` or `worker` fails it ({deferred.reason})"
+            )
+    return lines

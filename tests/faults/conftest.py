@@ -52,9 +52,19 @@ def command(*args: str | Path) -> list[str]:
     return [sys.executable, "-c", BOOT, *map(str, args)]
 
 
-def autoslim(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> Result:
+def autoslim(
+    *args: str | Path,
+    cwd: Path | None = None,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> Result:
     done = subprocess.run(
-        command(*args), capture_output=True, text=True, cwd=cwd, timeout=timeout, env=ENV
+        command(*args),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**ENV, **(env or {})},
     )
     return Result(done.returncode, done.stdout, done.stderr)
 

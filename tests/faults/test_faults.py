@@ -6,6 +6,7 @@ the fault is still stored afterwards with the same values.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -28,7 +29,7 @@ from tests.faults.conftest import (
     study_tables,
     tmpfs,
 )
-from tests.study.conftest import write_study
+from tests.study.conftest import postgres_url, write_study
 
 pytestmark = pytest.mark.slow
 
@@ -122,17 +123,40 @@ def test_credentials_in_a_study_url_are_masked_in_errors(tmp_path) -> None:
     assert "SECRET" not in result.out + result.err
 
 
-def test_stored_config_masks_the_storage_url(study_copy) -> None:
+def test_a_worker_url_with_a_password_is_stored_masked(model_dir, tmp_path) -> None:
+    """The one way a credential reaches a study: `autoslim worker URL` (study files refuse
+    them). The worker stores its configuration, URL included, in the study."""
     import json
+    import uuid
 
-    with sqlite3.connect(study_copy / "s.db") as connection:
-        stored = connection.execute(
-            "SELECT value_json FROM study_user_attributes WHERE key = 'config'"
-        ).fetchone()[0]
-    from autoslim.config import mask_url
+    url = postgres_url()
+    if url is None:
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 (database 'test') is unreachable")
+    name = f"faults_{uuid.uuid4().hex[:8]}"
+    path = write_study(tmp_path, study_tables(model_dir, storage=url, n_trials=1), name)
+    try:
+        assert (created := autoslim("search", path)).status == 0, created.err
+        secret = url.replace("@", ":SECRET1@", 1)  # trust auth: the password is not checked
+        joined = autoslim("worker", secret, "--study-name", name)
+        assert joined.status == 0, joined.err
+        assert "SECRET1" not in joined.out + joined.err
+        import psycopg2
 
-    storage = json.loads(stored)["study"]["storage"]
-    assert storage == mask_url(storage) and storage.endswith("s.db")
+        with psycopg2.connect(url) as connection, connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT a.value_json FROM study_user_attributes a JOIN studies s "
+                "ON s.study_id = a.study_id WHERE s.study_name = %s AND a.key = 'config'",
+                (name,),
+            )
+            (stored,) = cursor.fetchone()
+        assert json.loads(stored)["study"]["storage"] == url.replace("@", ":***@", 1)
+    finally:
+        import optuna
+
+        from autoslim.storage import make_storage
+
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=make_storage(url))
 
 
 # --- storage faults ---------------------------------------------------------------------------
@@ -194,12 +218,13 @@ def _wait_for_running(db: Path, process: subprocess.Popen[str], seconds: float =
 
 def test_disk_full_mid_trial(searched, model_dir, tmp_path) -> None:
     before = completed(searched / "s.db")
+    cache = {"AUTOSLIM_CACHE": str(tmp_path / "cache")}  # where the deferred reason is kept
     with tmpfs(tmp_path / "small", "2m") as disk:
         shutil.copy(searched / "s.db", disk / "s.db")
         path = write_study(disk, study_tables(model_dir, n_trials=7))
         process = subprocess.Popen(
             command("search", path),
-            env={**ENV, "AUTOSLIM_FAKE_SLEEP": "4"},
+            env={**ENV, **cache, "AUTOSLIM_FAKE_SLEEP": "4"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -212,20 +237,29 @@ def test_disk_full_mid_trial(searched, model_dir, tmp_path) -> None:
         assert process.returncode == 2, err
         lines = [line for line in err.splitlines() if line.startswith("autoslim ")]
         assert "Traceback" not in err
-        assert lines == [
-            f"autoslim search: error: storage 'sqlite:///{disk / 's.db'}': the disk is full; "
-            "free space on the disk that holds it and run the command again; completed trials "
-            "are kept"
-        ]
+        full = (
+            f"storage 'sqlite:///{disk / 's.db'}': the disk is full; free space on the disk "
+            "that holds it and run the command again; completed trials are kept"
+        )
+        assert lines == [f"autoslim search: error: {full}"]
         assert completed(disk / "s.db") == before
+        assert states(disk / "s.db")[in_flight] == "RUNNING"  # the storage took no write
         (disk / "filler").unlink()
-        resumed = autoslim("search", path)
+        doctor = autoslim("doctor", path, env=cache)
+        assert doctor.status == 0, doctor.err
+        assert f"deferred     s trial {in_flight}: stays RUNNING until the next" in doctor.out
+        for backup in disk.glob("s.db.backup-*"):  # room the resumed search needs on 2 MB
+            backup.unlink()
+        resumed = autoslim("search", path, env=cache)
         assert resumed.status == 0, resumed.err
         after = completed(disk / "s.db")
         assert {k: after[k] for k in before} == before
         assert states(disk / "s.db")[in_flight] == "FAIL"
-        assert "Interrupted" in _reason(disk / "s.db", in_flight)
+        # failed with the fault's own reason as soon as the storage took a write, not later
+        # as stale with the heartbeat's generic "its worker stopped mid-trial"
+        assert _reason(disk / "s.db", in_flight) == f"Interrupted: {full}; recipe retried"
         assert "RUNNING" not in states(disk / "s.db").values()
+        assert not list((tmp_path / "cache").rglob("*.json")), "the deferred reason was kept"
 
 
 def test_read_only_storage(searched, model_dir, tmp_path) -> None:
