@@ -719,7 +719,7 @@ def check_against_model(config: StudyConfig) -> None:
         )
     except ModelError as e:
         raise ConfigError(f"{config.path}: model.name: {e}") from e
-    from autoslim.measure.workload import Workload
+    from autoslim.protocol import Workload
 
     try:
         Workload.from_dict(config.workload).check_context(model_config)

@@ -21,8 +21,9 @@ import torch
 from autoslim import data, models
 from autoslim.compress import build
 from autoslim.compress.distill import TeacherCache, distill, kd_loss
-from autoslim.measure.perplexity import PerplexityProtocol, perplexity
+from autoslim.measure.perplexity import perplexity
 from autoslim.operators.width import IMPORTANCES
+from autoslim.protocol import PerplexityProtocol
 from autoslim.recipe import Recipe
 from autoslim.testing import textbook_kd_loss
 

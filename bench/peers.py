@@ -44,7 +44,8 @@ from autoslim import data, models
 from autoslim.cli.demo import DEMO_FILE
 from autoslim.compress import build
 from autoslim.measure import Workload, measure
-from autoslim.measure.perplexity import PerplexityProtocol, window_batches
+from autoslim.measure.perplexity import window_batches
+from autoslim.protocol import PerplexityProtocol
 from autoslim.recipe import Recipe
 from autoslim.space import suggest_recipe
 from autoslim.study import run_study

@@ -90,7 +90,7 @@ def test_base_trial_round_trip_with_plain_transformers(built, tmp_path, corpus):
 
     from autoslim.data import tokens
     from autoslim.measure import perplexity
-    from autoslim.measure.perplexity import PerplexityProtocol
+    from autoslim.protocol import PerplexityProtocol
 
     study, _ = built
     out = tmp_path / "best"

@@ -6,7 +6,8 @@ import pytest
 
 from autoslim import data, models
 from autoslim.errors import ModelError
-from autoslim.measure.perplexity import PerplexityProtocol, perplexity
+from autoslim.measure.perplexity import perplexity
+from autoslim.protocol import PerplexityProtocol
 from autoslim.testing import save_tiny_model
 
 

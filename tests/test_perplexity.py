@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from autoslim.errors import ConfigError, DataError
-from autoslim.measure.perplexity import PerplexityProtocol, perplexity, window_batches
+from autoslim.measure.perplexity import perplexity, window_batches
+from autoslim.protocol import PerplexityProtocol
 from autoslim.testing import tiny_model
 
 

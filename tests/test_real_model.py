@@ -18,8 +18,9 @@ from autoslim import compress, data, gguf, models
 from autoslim.compress.calibration import calibration_batch
 from autoslim.compress.distill import TeacherCache
 from autoslim.export import reload_perplexity
-from autoslim.measure.perplexity import PerplexityProtocol, perplexity
+from autoslim.measure.perplexity import perplexity
 from autoslim.operators import OPERATORS, precision
+from autoslim.protocol import PerplexityProtocol
 from autoslim.recipe import Recipe
 
 pytestmark = pytest.mark.slow

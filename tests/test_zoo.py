@@ -4,7 +4,8 @@ import json
 
 from autoslim import data, models
 from autoslim.cli import main
-from autoslim.measure.perplexity import PerplexityProtocol, perplexity
+from autoslim.measure.perplexity import perplexity
+from autoslim.protocol import PerplexityProtocol
 
 
 def test_miniature_training_beats_the_untrained_model_and_reloads(tmp_path, capsys, corpus):

@@ -11,8 +11,7 @@ from autoslim.operators import OPERATORS
 from autoslim.recipe import Recipe
 
 if TYPE_CHECKING:
-    from autoslim.measure.perplexity import PerplexityProtocol
-    from autoslim.measure.workload import Workload
+    from autoslim.protocol import PerplexityProtocol, Workload
 
 
 class DeferredParser(argparse.ArgumentParser):
@@ -73,7 +72,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_protocol_args(parser: argparse.ArgumentParser) -> None:
-    from autoslim.measure.perplexity import PerplexityProtocol
+    from autoslim.protocol import PerplexityProtocol
 
     default = PerplexityProtocol()
     parser.add_argument("--window", type=int, default=default.window, help="tokens per window")
@@ -96,7 +95,7 @@ def add_protocol_args(parser: argparse.ArgumentParser) -> None:
 
 
 def protocol_from(args: argparse.Namespace) -> PerplexityProtocol:
-    from autoslim.measure.perplexity import PerplexityProtocol
+    from autoslim.protocol import PerplexityProtocol
 
     return PerplexityProtocol(
         window=args.window,
@@ -108,7 +107,7 @@ def protocol_from(args: argparse.Namespace) -> PerplexityProtocol:
 
 def add_workload_args(parser: argparse.ArgumentParser) -> None:
     """The timed workload (prefill + decode, warm-up, repeats) and the energy meter."""
-    from autoslim.measure.workload import Workload
+    from autoslim.protocol import Workload
 
     default = Workload()
     group = parser.add_argument_group("timed workload")
@@ -150,7 +149,7 @@ def add_workload_args(parser: argparse.ArgumentParser) -> None:
 
 
 def workload_from(args: argparse.Namespace) -> Workload:
-    from autoslim.measure.workload import Workload
+    from autoslim.protocol import Workload
 
     return Workload(
         protocol=protocol_from(args),

@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model == "reference" or Path(args.model).is_dir():
         # a model on disk: its context bounds the perplexity window (a hub id is checked by
         # `search --check`, where the hub is reachable)
-        from autoslim.measure.workload import context_length
         from autoslim.models import load_config
+        from autoslim.protocol import context_length
 
         context = context_length(load_config(args.model))
     text = studies.init_text(args.name, model=args.model, device=args.device, context=context)

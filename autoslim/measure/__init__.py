@@ -15,8 +15,8 @@ from autoslim.measure.energy import (
 )
 from autoslim.measure.footprint import parameter_count, size_bytes
 from autoslim.measure.measurement import Measurement, dry_run_peak_bytes, measure
-from autoslim.measure.perplexity import PerplexityProtocol, PerplexityResult, perplexity
-from autoslim.measure.workload import Workload
+from autoslim.measure.perplexity import PerplexityResult, perplexity
+from autoslim.protocol import PerplexityProtocol, Workload
 
 __all__ = [
     "METERS",

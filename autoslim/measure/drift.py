@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from autoslim.errors import ModelError
-from autoslim.measure.perplexity import PerplexityProtocol, _model_device, window_batches
+from autoslim.measure.perplexity import _model_device, window_batches
+from autoslim.protocol import PerplexityProtocol
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ from autoslim.measure.drift import drift
 from autoslim.measure.energy import EnergyMeter, get_meter
 from autoslim.measure.footprint import PeakMemory, parameter_count, size_bytes
 from autoslim.measure.perplexity import _model_device, perplexity
-from autoslim.measure.workload import Workload, WorkloadRunner, cv, synchronize
+from autoslim.measure.workload import WorkloadRunner, cv, synchronize
+from autoslim.protocol import Workload
 
 logger = logging.getLogger(__name__)
 

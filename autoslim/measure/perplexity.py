@@ -17,45 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from autoslim.errors import ConfigError, DataError
-
-
-@dataclass(frozen=True)
-class PerplexityProtocol:
-    window: int = 256
-    stride: int = 0  # 0: equal to window (no overlap)
-    max_windows: int | None = 64
-    batch_size: int = 8
-
-    def __post_init__(self) -> None:
-        if self.window < 2:
-            raise ConfigError(f"perplexity window={self.window}: must be at least 2 tokens")
-        if self.stride == 0:
-            object.__setattr__(self, "stride", self.window)
-        if not 1 <= self.stride <= self.window:
-            raise ConfigError(
-                f"perplexity stride={self.stride}: must be between 1 and window={self.window}"
-            )
-        if self.max_windows is not None and self.max_windows < 1:
-            raise ConfigError(f"perplexity max_windows={self.max_windows}: must be >= 1 or None")
-        if self.batch_size < 1:
-            raise ConfigError(f"perplexity batch_size={self.batch_size}: must be >= 1")
-
-    def describe(self) -> str:
-        cap = "all" if self.max_windows is None else f"<= {self.max_windows}"
-        return f"window {self.window}, stride {self.stride}, {cap} windows evenly spaced"
-
-    def window_starts(self, n_tokens: int) -> list[int]:
-        if n_tokens < self.window:
-            raise DataError(
-                f"the text holds {n_tokens} tokens, fewer than one perplexity window of "
-                f"{self.window}; give more text or a smaller window"
-            )
-        starts = list(range(0, n_tokens - self.window + 1, self.stride))
-        if self.max_windows is not None and len(starts) > self.max_windows:
-            picks = torch.linspace(0, len(starts) - 1, self.max_windows).round().long().tolist()
-            starts = [starts[i] for i in picks]
-        return starts
+from autoslim.protocol import PerplexityProtocol
 
 
 @dataclass(frozen=True)

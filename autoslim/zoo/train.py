@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from autoslim import data
-from autoslim.measure.perplexity import PerplexityProtocol, perplexity
+from autoslim.measure.perplexity import perplexity
+from autoslim.protocol import PerplexityProtocol
 
 logger = logging.getLogger(__name__)
 

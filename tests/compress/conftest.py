@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from autoslim import data
-from autoslim.measure.perplexity import PerplexityProtocol, perplexity
+from autoslim.measure.perplexity import perplexity
 from autoslim.models import LoadedModel
+from autoslim.protocol import PerplexityProtocol
 from autoslim.testing import tiny_model
 
 PROTOCOL = PerplexityProtocol(window=64, max_windows=4, batch_size=4)
