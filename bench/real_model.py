@@ -47,11 +47,14 @@ def rows(device: str, kd_steps: int) -> list[Recipe]:
         Recipe(precision=fast, prune_ratio=0.2, prune_importance="activation"),
         Recipe(precision=fast, drop_heads_per_layer=3),
         Recipe(precision=fast, drop_layers=4),
-        Recipe(kd_steps=kd_steps),
-        Recipe(kd_steps=kd_steps, kd_optimizer="adamw8bit"),
-        Recipe(kd_steps=kd_steps, kd_checkpointing=True),
-        Recipe(kd_steps=kd_steps, kd_optimizer="adamw8bit", kd_checkpointing=True),
     ]
+    if kd_steps:
+        recipes += [
+            Recipe(kd_steps=kd_steps),
+            Recipe(kd_steps=kd_steps, kd_optimizer="adamw8bit"),
+            Recipe(kd_steps=kd_steps, kd_checkpointing=True),
+            Recipe(kd_steps=kd_steps, kd_optimizer="adamw8bit", kd_checkpointing=True),
+        ]
     return recipes
 
 
@@ -77,7 +80,7 @@ def main() -> None:
     parser.add_argument("--max-windows", type=int, default=16, help="perplexity windows")
     parser.add_argument("--prefill-windows", type=int, default=8)
     parser.add_argument("--decode-tokens", type=int, default=16)
-    parser.add_argument("--kd-steps", type=int, default=8)
+    parser.add_argument("--kd-steps", type=int, default=8, help="0: no distillation rows")
     parser.add_argument("--kd-batch", type=int, default=4, help="KD windows per step")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
