@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import mmap
+
 import pytest
 import torch
 
@@ -10,9 +12,14 @@ from autoslim.measure.footprint import PeakMemory
 @pytest.mark.skipif(not memory.PROC_CLEAR_REFS.exists(), reason="needs Linux VmHWM")
 def test_a_trial_peak_survives_a_measurement_window_reset() -> None:
     memory.mark_trial("cpu")
-    big = torch.ones(64 * 2**20 // 4)  # 64 MiB touched, as distillation would before measuring
+    # 64 MiB touched, as distillation would before measuring. An anonymous mapping, not a
+    # tensor: closing it returns its pages at once, where a freed tensor may stay resident in
+    # the allocator's heap after a long run of other tests.
+    big = mmap.mmap(-1, 64 * 2**20)
+    for offset in range(0, len(big), mmap.PAGESIZE):
+        big[offset] = 1
     peak_with_big = memory.trial_peak_bytes("cpu")
-    del big
+    big.close()
     window = PeakMemory(torch.device("cpu"))
     window.start()  # the workload window resets the counter...
     trial_peak = memory.trial_peak_bytes("cpu")  # ...but not the trial's peak
