@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 from pathlib import Path
+
+from scipy.stats import spearmanr  # installed with lm-eval, which the task needs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,25 +48,8 @@ def recipes(device: str) -> list[Recipe]:
     ]
 
 
-def ranks(values: list[float]) -> list[float]:
-    """Ranks from 1, ties sharing their mean rank."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
 def spearman(x: list[float], y: list[float]) -> float:
-    if len(x) < 3:
-        return float("nan")
-    return statistics.correlation(ranks(x), ranks(y))
+    return float(spearmanr(x, y).statistic) if len(x) >= 3 else float("nan")
 
 
 def main() -> None:
