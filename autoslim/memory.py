@@ -6,15 +6,32 @@ by writing ``5`` to ``/proc/self/clear_refs``); on CUDA ``torch.cuda.max_memory_
 :func:`mark_trial` then :func:`trial_peak_bytes`: a reset that a measurement window makes in
 between (:class:`autoslim.measure.footprint.PeakMemory`) carries what the counter held, so it
 does not hide the distillation's peak before it.
+
+After each trial the worker calls :func:`release_freed`: glibc keeps the pages of freed tensors
+in its heaps (a distillation's gradients and optimizer state are many small and mid-size
+blocks), so without a trim the worker's resident memory after a trial tracks the highest trial
+so far rather than what it still holds.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
 import re
 from pathlib import Path
 
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+PROC_STATM = Path("/proc/self/statm")
+
+
+def rss_bytes() -> int:
+    """The process's resident memory now (0 where ``/proc`` is not there)."""
+    try:
+        return int(PROC_STATM.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def vm_hwm_bytes() -> int | None:
@@ -69,3 +86,22 @@ def trial_peak_bytes(device: str) -> int | None:
     if current is None:
         return carried
     return max(current, carried or 0)
+
+
+def _c_library() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def release_freed() -> bool:
+    """Return the C allocator's free pages to the OS (glibc ``malloc_trim(0)``); False where the
+    C library has no such call (musl, macOS)."""
+    trim = getattr(_c_library(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True

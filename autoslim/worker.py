@@ -93,14 +93,6 @@ def _resolve(path: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def _exit_when_orphaned(parent_pid: int) -> None:
     while True:
         if os.getppid() != parent_pid:
@@ -156,9 +148,10 @@ def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pi
             reply = ("error", {}, _describe(e))
         seconds = time.perf_counter() - started
         gc.collect()
+        memory.release_freed()
         usage = {
             "pid": os.getpid(),
-            "rss_bytes": _rss_bytes(),
+            "rss_bytes": memory.rss_bytes(),
             "peak_memory_bytes": memory.trial_peak_bytes(device),
         }
         conn.send((*reply, seconds, usage))
