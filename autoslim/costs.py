@@ -138,11 +138,11 @@ class CostModel:
             f"one KD step {_short(self.kd_step_seconds)}, one eval window "
             f"{_short(self.eval_window_seconds)}, one workload run "
             f"{_short(self.workload_run_seconds)}; one trial with {kd_steps} KD steps ≈ "
-            f"{_duration(trial)} (timeout {_duration(self.timeout_seconds(kd_steps))})"
+            f"{duration(trial)} (timeout {duration(self.timeout_seconds(kd_steps))})"
         )
         if time_limit_seconds is not None:
             count = math.floor(time_limit_seconds / trial)
-            text += f", about {count} trials in {_duration(time_limit_seconds)}"
+            text += f", about {count} trials in {duration(time_limit_seconds)}"
             fitting = self.kd_steps_fitting(FEW_TRIALS, time_limit_seconds)
             if count < FEW_TRIALS and kd_steps and fitting < kd_steps:
                 text += (
@@ -172,7 +172,8 @@ def _short(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``seconds`` as a person reads them: "45 s", "12 min", "2.5 h"."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

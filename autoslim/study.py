@@ -54,8 +54,8 @@ from optuna.trial import FrozenTrial, TrialState
 from autoslim import integrity
 from autoslim import space as search_space
 from autoslim.budgets import constraint_names, limits_of
-from autoslim.config import StudyConfig, mask_url
-from autoslim.costs import UNMEASURED_TIMEOUT_SECONDS, CostModel
+from autoslim.config import RunSection, StudyConfig, mask_url
+from autoslim.costs import UNMEASURED_TIMEOUT_SECONDS, CostModel, duration
 from autoslim.errors import AutoslimError, ConfigError
 from autoslim.progress import TrialProgress
 from autoslim.recipe import Recipe
@@ -251,6 +251,7 @@ def counts_toward_total(trial: FrozenTrial) -> bool:
         trial.state.is_finished()
         and "duplicate_of" not in attrs
         and "over_budget" not in attrs
+        and "past_time_limit" not in attrs
         and not is_interrupted(trial)
     )
 
@@ -674,6 +675,13 @@ def run_study(
             if run.time_limit_seconds is not None and elapsed >= run.time_limit_seconds:
                 summary.stopped_because = f"reached time_limit_seconds={run.time_limit_seconds:g}"
                 break
+            cheapest = _seconds_left_short_of(costs, run, elapsed, _cheapest_kd_steps(config))
+            if done and cheapest is not None:  # (the base trial always runs)
+                summary.stopped_because = (
+                    f"the time left of time_limit_seconds={run.time_limit_seconds:g} fits no "
+                    f"further trial (the cheapest takes ≈ {duration(cheapest)})"
+                )
+                break
             if duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
                 summary.stopped_because = "the search space looks exhausted (only duplicates)"
                 break
@@ -719,6 +727,18 @@ def run_study(
                         continue
                     if _prune_if_duplicate(study, trial, recipe, latest):
                         duplicates_in_a_row += 1
+                        continue
+                    predicted = _seconds_left_short_of(
+                        costs, run, time.monotonic() - started, recipe.kd_steps
+                    )
+                    if predicted is not None and not is_base:
+                        trial.set_user_attr("past_time_limit", True)
+                        trial.set_user_attr(
+                            "prune_reason",
+                            f"predicted to take ≈ {duration(predicted)}, more than the "
+                            f"time left of time_limit_seconds={run.time_limit_seconds:g}",
+                        )
+                        study.tell(trial, state=TrialState.PRUNED)
                         continue
                     duplicates_in_a_row = 0
                     status = f"trial {trial.number}: {recipe.describe()}"
@@ -784,6 +804,21 @@ def trial_timeout(config: StudyConfig, costs: CostModel | None, recipe: Recipe) 
     if costs is None:
         return UNMEASURED_TIMEOUT_SECONDS
     return costs.timeout_seconds(recipe.kd_steps)
+
+
+def _seconds_left_short_of(
+    costs: CostModel | None, run: RunSection, elapsed: float, kd_steps: int
+) -> float | None:
+    """A trial with ``kd_steps`` distillation steps is predicted to take this many seconds,
+    more than the time limit leaves; None when it fits (or nothing predicts it)."""
+    if costs is None or run.time_limit_seconds is None:
+        return None
+    predicted = costs.trial_seconds(kd_steps)
+    return predicted if elapsed + predicted > run.time_limit_seconds else None
+
+
+def _cheapest_kd_steps(config: StudyConfig) -> int:
+    return int(min(config.search["kd_steps"].extremes()))
 
 
 def _typical_kd_steps(config: StudyConfig) -> int:

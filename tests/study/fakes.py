@@ -7,11 +7,14 @@ the damage, best near temperature 2. :class:`FakeObjective` serves it from a wor
 and injects faults keyed by the recipe's bit width, read from the environment (spawned
 workers inherit it): ``AUTOSLIM_FAKE_FAULTS="8:raise,4:segfault"`` with faults ``raise``,
 ``nan``, ``segfault``, ``hang``, ``oom`` and ``burn`` (spend ``AUTOSLIM_FAKE_CPU_SECONDS`` of
-its own CPU time, reporting progress, then answer); ``AUTOSLIM_FAKE_SLEEP`` seconds per trial.
+its own CPU time, reporting progress, then answer); ``AUTOSLIM_FAKE_SLEEP`` seconds per trial;
+``AUTOSLIM_FAKE_COSTS``: a cost model (JSON, :meth:`autoslim.costs.CostModel.to_dict`) the
+worker publishes as if it had measured it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
@@ -89,6 +92,8 @@ class FakeObjective:
             "model": config.model.name,
             "pid": os.getpid(),
         }
+        if "AUTOSLIM_FAKE_COSTS" in os.environ:
+            self.info["costs"] = json.loads(os.environ["AUTOSLIM_FAKE_COSTS"])
 
     def __call__(self, recipe: Recipe, limits: Sequence[Limit] = ()) -> dict[str, Any]:
         early = self.config.early_abort

@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autoslim import config, storage, study
+from autoslim.costs import CostModel
 from autoslim.recipe import Recipe
 from autoslim.trials import (
     MEASUREMENT_ATTR,
@@ -105,6 +106,53 @@ def test_workers_are_recycled_so_memory_cannot_creep(study_file) -> None:
         for t in s.trials
     )
     assert len(summary.worker_setup_seconds) == 2
+
+
+def fake_costs(**seconds: float) -> str:
+    """A cost model in which every stage is free but the ones given (``kd_step_seconds``…)."""
+    free = dict.fromkeys(
+        ("copy_seconds", "eval_window_seconds", "kd_step_seconds", "workload_run_seconds"), 0.0
+    )
+    model = CostModel(
+        **(free | seconds),
+        eval_windows=4,
+        workload_runs=2,
+        early_abort_windows=2,
+        cpu_wait_fraction=0.0,
+    )
+    return json.dumps(model.to_dict())
+
+
+def test_a_trial_predicted_to_outlast_the_time_limit_is_not_started(
+    study_file, monkeypatch
+) -> None:
+    # Each KD step is predicted at 100 s: a 20-step trial would run half an hour past a 60 s
+    # limit, while a trial without distillation fits.
+    monkeypatch.setenv("AUTOSLIM_FAKE_COSTS", fake_costs(kd_step_seconds=100.0))
+    path = study_file(study={"n_trials": 8, "time_limit_seconds": 60})
+    _, s = run(path)
+    assert len(counted(s)) == 8
+    assert not any(recipe_of(t).kd_steps for t in counted(s))
+    skipped = [t for t in s.trials if recipe_of(t).kd_steps]
+    assert skipped, "the sampler never proposed distillation"
+    for t in skipped:
+        assert t.state == TrialState.PRUNED and t.user_attrs["past_time_limit"]
+        assert t.user_attrs["prune_reason"] == (
+            "predicted to take ≈ 33 min, more than the time left of time_limit_seconds=60"
+        )
+
+
+def test_a_study_stops_when_its_time_left_fits_no_trial(study_file, monkeypatch) -> None:
+    monkeypatch.setenv("AUTOSLIM_FAKE_COSTS", fake_costs(copy_seconds=80.0))
+    path = study_file(study={"n_trials": 8, "time_limit_seconds": 60})
+    summary, s = run(path)
+    (base,) = counted(s)
+    assert base.user_attrs["is_base"]  # the base always runs
+    # the known recipes enqueued at start wait for a resume with a longer limit
+    assert {t.state for t in s.trials[1:]} == {TrialState.WAITING}
+    assert summary.stopped_because == (
+        "the time left of time_limit_seconds=60 fits no further trial (the cheapest takes ≈ 80 s)"
+    )
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(study_file, monkeypatch) -> None:
