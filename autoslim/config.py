@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +33,9 @@ else:  # pragma: no cover - Python 3.10
         raise ImportError("Python 3.10 needs the 'tomli' package: pip install tomli") from e
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
+# [search] knobs a study with a time limit derives from its measured costs when its file
+# leaves them out (:meth:`autoslim.costs.CostModel.derived_search`).
+DERIVABLE = ("kd_steps",)
 # Measurement fields a study may minimise (and any task of its [tasks] tables).
 OBJECTIVES = ("perplexity", "seconds", "joules", "size_bytes", "peak_memory_bytes")
 # Figures a task may not be named after.
@@ -165,6 +168,9 @@ class StudyConfig:
     search: SearchSpace = field(default_factory=lambda: SearchSpace({}))
     budgets: dict[str, float] = field(default_factory=dict)  # [budgets] key -> limit
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
+    # DERIVABLE knobs the file left out: ``search`` holds their defaults until the study
+    # derives them from its cost model (:meth:`with_derived`).
+    derive: tuple[str, ...] = ()
 
     @property
     def directions(self) -> list[Literal["minimize", "maximize"]]:
@@ -173,6 +179,15 @@ class StudyConfig:
             "maximize" if n in self.tasks and self.tasks[n].goal == "max" else "minimize"
             for n in self.objectives
         ]
+
+    def with_derived(self, derived: Mapping[str, list[Any]]) -> StudyConfig:
+        """This config with the ``derive`` knobs' choices set to ``derived`` (what the study
+        derived and stored); the others as the file says."""
+        knobs = dict(self.search.knobs)
+        for name in self.derive:
+            if name in derived:
+                knobs[name] = Knob(name, choices=tuple(derived[name]))
+        return replace(self, search=SearchSpace(knobs))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -188,6 +203,7 @@ class StudyConfig:
             "search": self.search.to_dict(),
             "budgets": dict(self.budgets),
             "tasks": {name: spec.to_dict() for name, spec in self.tasks.items()},
+            "derive": list(self.derive),
         }
 
     @classmethod
@@ -222,6 +238,7 @@ class StudyConfig:
                 search=SearchSpace(search),
                 budgets={k: float(v) for k, v in data.get("budgets", {}).items()},
                 tasks={n: TaskSpec.from_dict(n, v) for n, v in data.get("tasks", {}).items()},
+                derive=tuple(data.get("derive", ())),
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ConfigError(
@@ -380,8 +397,12 @@ def parse(raw: Mapping[str, Any], file: Path, *, check_model: bool = True) -> St
         )
     budgets = _budgets(root.table("budgets"), workload)
     early = _early_abort(root.table("early_abort"))
-    search = _search(root.table("search"), model.device)
+    search_table = root.table("search")
+    search = _search(search_table, model.device)
     root.finish()
+    derive = tuple(k for k in DERIVABLE if k not in search_table.data)
+    if run.time_limit_seconds is None:
+        derive = ()  # nothing to derive a trial's length from
     config = StudyConfig(
         path=str(file),
         study=run,
@@ -394,6 +415,7 @@ def parse(raw: Mapping[str, Any], file: Path, *, check_model: bool = True) -> St
         search=search,
         budgets=budgets,
         tasks=tasks,
+        derive=derive,
     )
     if check_model:
         check_against_model(config)

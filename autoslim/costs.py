@@ -46,6 +46,9 @@ EARLY_ABORT_SHARE = 0.05
 # A time limit that fits fewer trials of the space's longest kind than this gets a hint.
 FEW_TRIALS = 10
 EARLY_ABORT_WINDOWS = (2, 8)
+# Bounds of a derived search.kd_steps: fewer steps than the minimum recover little.
+MIN_KD_STEPS = 10
+MAX_KD_STEPS = 2000
 # Perplexity windows per eval window in measure(): the student's perplexity, then drift
 # (the teacher and the student again).
 MEASURE_PASSES = 3
@@ -160,12 +163,33 @@ class CostModel:
         spare = seconds / trials - self.trial_seconds(0)
         return max(0, math.floor(spare / self.kd_step_seconds)) if self.kd_step_seconds else 0
 
+    def derived_kd_steps(self, time_limit_seconds: float) -> list[int]:
+        """``search.kd_steps`` for a study file that leaves it out: none, a short and a long
+        distillation, the long one as many steps as let ``FEW_TRIALS`` such trials fit the
+        time limit (rounded down to 1, 2 or 5 × a power of ten, at most ``MAX_KD_STEPS``);
+        ``[0]`` when fewer than ``MIN_KD_STEPS`` fit."""
+        longest = _round_down(
+            min(MAX_KD_STEPS, self.kd_steps_fitting(FEW_TRIALS, time_limit_seconds))
+        )
+        if longest < MIN_KD_STEPS:
+            return [0]
+        short = _round_down(longest // 4)
+        return [0, short, longest] if short >= MIN_KD_STEPS else [0, longest]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CostModel:
         return cls(**d)
+
+
+def _round_down(n: int) -> int:
+    """The largest 1, 2 or 5 × 10^k at or below ``n`` (0 below 1)."""
+    if n < 1:
+        return 0
+    power = int(10 ** (len(str(n)) - 1))
+    return max(m * power for m in (1, 2, 5) if m * power <= n)
 
 
 def _short(seconds: float) -> str:

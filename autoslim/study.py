@@ -186,8 +186,11 @@ def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def open_study(config: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """Create the study, or load it and check it was made from a compatible study file."""
+def open_study(
+    config: StudyConfig, storage: optuna.storages.BaseStorage
+) -> tuple[optuna.Study, StudyConfig]:
+    """Create the study, or load it and check it was made from a compatible study file; the
+    config with what the study derived earlier (``derived_search``) in place."""
     name = config.study.name
     study = optuna.create_study(
         study_name=name,
@@ -195,6 +198,7 @@ def open_study(config: StudyConfig, storage: optuna.storages.BaseStorage) -> opt
         directions=config.directions,
         load_if_exists=True,
     )
+    config = config.with_derived(study.user_attrs.get("derived_search", {}))
     current = config.to_dict()
     stored = study.user_attrs.get("config")
     if stored is not None and _comparable(stored) != _comparable(current):
@@ -228,7 +232,22 @@ def open_study(config: StudyConfig, storage: optuna.storages.BaseStorage) -> opt
 
     study.set_user_attr("model_source", models.source(config.model.name))
     study.set_user_attr("seed", config.study.seed)
-    return study
+    return study, config
+
+
+def derive_search(study: optuna.Study, config: StudyConfig, costs: CostModel) -> StudyConfig:
+    """Derive the knobs the study file left to the cost model (``config.derive``), once per
+    study: stored as ``derived_search`` and in the ``config`` attr, so a resumed study and
+    every other worker search the same space."""
+    stored = study.user_attrs.get("derived_search")
+    if stored is not None or not config.derive:
+        return config.with_derived(stored or {})
+    assert config.study.time_limit_seconds is not None  # config.derive is empty without one
+    derived = {"kd_steps": costs.derived_kd_steps(config.study.time_limit_seconds)}
+    config = config.with_derived(derived)
+    study.set_user_attr("derived_search", derived)
+    study.set_user_attr("config", config.to_dict())
+    return config
 
 
 def base_recipe(config: StudyConfig) -> Recipe:
@@ -613,19 +632,26 @@ def run_study(
     run = config.study
     started = time.monotonic()
     storage = make_storage(run.storage, heartbeat_seconds=run.heartbeat_seconds)
-    study = open_study(config, storage)
+    study, config = open_study(config, storage)
     summary = RunSummary(study_name=run.name, storage=mask_url(run.storage))
     recovered = fail_deferred(study, storage, run.storage)
     recovered += recover_stale_trials(study, storage, run.heartbeat_seconds)
-    added = enqueue_starting_points(study, config)
-    trials = study.get_trials(deepcopy=False)
-    # numpy seeds below 2**32; a random worker id (up to 2**31) times the step is far above
-    seed = (run.seed + len(trials) + 1_000_003 * worker_id) % 2**32
-    study.sampler = make_sampler(config, seed)
-    logger.info(
-        "study %s: %d trials stored, %d recovered, enqueued %s, sampler %s seed %d, worker %d",
-        run.name, len(trials), len(recovered), added or "nothing", run.sampler, seed, worker_id,
-    )  # fmt: skip
+
+    def begin() -> None:
+        """Enqueue the starting points and seed the sampler, in the space as derived."""
+        added = enqueue_starting_points(study, config)
+        trials = study.get_trials(deepcopy=False)
+        # numpy seeds below 2**32; a random worker id (up to 2**31) times the step is far above
+        seed = (run.seed + len(trials) + 1_000_003 * worker_id) % 2**32
+        study.sampler = make_sampler(config, seed)
+        logger.info(
+            "study %s: %d trials stored, %d recovered, enqueued %s, sampler %s seed %d, "
+            "worker %d",
+            run.name, len(trials), len(recovered), added or "nothing", run.sampler, seed,
+            worker_id,
+        )  # fmt: skip
+
+    begun = False
     worker = Worker(
         config, objective, start_timeout=max(run.trial_timeout_seconds or 0, WORKER_START_SECONDS)
     )
@@ -702,9 +728,19 @@ def run_study(
                 if "costs" in info and costs is None:
                     costs = CostModel.from_dict(info["costs"])
                     study.set_user_attr("cost_model", costs.to_dict())
+                    derived = config.derive and "derived_search" not in study.user_attrs
+                    config = worker.config = derive_search(study, config, costs)
                     line = costs.describe(_typical_kd_steps(config), run.time_limit_seconds)
                     logger.info("cost model: %s", line)
                     report(done, None, notice=f"cost model: {line}")
+                    if derived:
+                        choices = config.search["kd_steps"].values()
+                        line = f"search.kd_steps derived from it: {choices}"
+                        logger.info(line)
+                        report(done, None, notice=line)
+                if not begun:
+                    begin()
+                    begun = True
             with warnings.catch_warnings():  # we beat ourselves (Optuna's does in optimize)
                 warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                 trial = current = study.ask()

@@ -72,3 +72,27 @@ def test_a_time_limit_too_short_for_the_kd_steps_says_how_many_steps_fit() -> No
         "search.kd_steps at or below 23 (measured with 30% CPU wait, taken out)"
     )
     assert "keep search.kd_steps" not in MODEL.describe(50, 8 * 3600)
+
+
+def test_kd_steps_left_out_of_a_timed_study_are_derived_to_fit_ten_trials() -> None:
+    # 8 h: ten trials leave 2,702 s each beyond the 178 s of a trial without distillation,
+    # 342 steps of 7.9 s, rounded down to 200; the short distillation a quarter of that.
+    assert MODEL.derived_kd_steps(8 * 3600) == [0, 50, 200]
+    assert MODEL.derived_kd_steps(3600) == [0, 20]  # a quarter of 20 recovers too little
+    assert MODEL.derived_kd_steps(1800) == [0]  # not even ten steps fit
+    assert MODEL.derived_kd_steps(100 * 3600) == [0, 500, 2000]  # capped
+
+
+def test_only_a_timed_study_that_leaves_kd_steps_out_derives_them(tmp_path) -> None:
+    def derive(raw: dict) -> tuple[str, ...]:
+        return parse(raw, tmp_path / "s.toml", check_model=False).derive
+
+    timed = {"study": {"time_limit_seconds": 3600}}
+    assert derive(timed) == ("kd_steps",)
+    assert derive({**timed, "search": {"kd_steps": [0, 20]}}) == ()
+    assert derive({}) == ()  # no time to fit the steps into
+    config = parse(timed, tmp_path / "s.toml", check_model=False)
+    derived = config.with_derived({"kd_steps": [0, 20]})
+    assert derived.search["kd_steps"].values() == [0, 20]
+    assert derived.search["precision"] == config.search["precision"]
+    assert type(config).from_dict(derived.to_dict()).derive == ("kd_steps",)

@@ -56,7 +56,8 @@ def write_study(folder: Path, tables: dict[str, dict[str, Any]], name: str = "s"
 
 @pytest.fixture()
 def study_file(tmp_path: Path, tiny_model_dir: Path):
-    """Make a small study file on the tiny model; keyword tables override the defaults."""
+    """Make a small study file on the tiny model; keyword tables override the defaults (a
+    value of None leaves that key out)."""
 
     def make(name: str = "s", **tables: dict[str, Any]) -> Path:
         base: dict[str, dict[str, Any]] = {
@@ -72,7 +73,8 @@ def study_file(tmp_path: Path, tiny_model_dir: Path):
             },
         }
         for table, values in tables.items():
-            base[table] = {**base.get(table, {}), **values}
+            merged = {**base.get(table, {}), **values}
+            base[table] = {key: value for key, value in merged.items() if value is not None}
         return write_study(tmp_path, base, name)
 
     return make

@@ -155,6 +155,23 @@ def test_a_study_stops_when_its_time_left_fits_no_trial(study_file, monkeypatch)
     )
 
 
+def test_a_timed_study_derives_the_kd_steps_its_file_leaves_out(study_file, monkeypatch) -> None:
+    # KD steps predicted at 1 s: ten trials fit 600 s with 60 steps each, rounded down to 50.
+    monkeypatch.setenv("AUTOSLIM_FAKE_COSTS", fake_costs(kd_step_seconds=1.0))
+    path = study_file(search={"kd_steps": None}, study={"n_trials": 6, "time_limit_seconds": 600})
+    _, s = run(path)
+    assert s.user_attrs["derived_search"] == {"kd_steps": [0, 10, 50]}
+    stored = config.StudyConfig.from_dict(s.user_attrs["config"])
+    assert stored.search["kd_steps"].values() == [0, 10, 50]
+    assert any(recipe_of(t).kd_steps for t in counted(s)), "the sampler never distilled"
+    assert {recipe_of(t).kd_steps for t in s.trials} <= {0, 10, 50}
+    # Resumed with another limit, the study keeps the space its trials were sampled from.
+    _, s = run(path, n_trials=9, time_limit_seconds=60)
+    assert len(counted(s)) == 9
+    assert s.user_attrs["derived_search"] == {"kd_steps": [0, 10, 50]}
+    assert {recipe_of(t).kd_steps for t in s.trials} <= {0, 10, 50}
+
+
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(study_file, monkeypatch) -> None:
     monkeypatch.setenv("AUTOSLIM_FAKE_FAULTS", "8:raise")
     summary, s = run(study_file(study={"n_trials": 6}))
