@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autoslim.budgets import BY_KEY as BUDGET_KEYS
+from autoslim.budgets import parse_bytes
 from autoslim.errors import ConfigError, ModelError
 from autoslim.operators import KNOBS
 from autoslim.operators.precision import PRECISIONS
@@ -110,12 +111,16 @@ class SearchSpace:
 @dataclass(frozen=True)
 class ModelSection:
     """``dtype``: what the base model is loaded and measured in (``auto``: a 16-bit model in
-    the 16-bit type the device computes natively, an fp32 model in fp32)."""
+    the 16-bit type the device computes natively, an fp32 model in fp32). ``max_memory``: the
+    most resident memory, in bytes, the trial worker process may hold (base model, teacher
+    cache and the trial's model together); a trial that goes over it is stopped and recorded
+    FAIL with the figure (:class:`autoslim.worker.Worker`)."""
 
     name: str = "reference"
     trust_remote_code: bool = False
     device: str = "cpu"
     dtype: str = "auto"
+    max_memory: int | None = None
 
 
 @dataclass(frozen=True)
@@ -543,6 +548,7 @@ def _model_section(t: _Table) -> ModelSection:
         trust_remote_code=t.get("trust_remote_code", bool, False),
         device=t.get("device", str, "cpu"),
         dtype=t.get("dtype", str, "auto"),
+        max_memory=_max_memory(t),
     )
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", section.device):
         raise t.error("device", f"{section.device!r}: write cpu, cuda, cuda:N or mps")
@@ -550,6 +556,19 @@ def _model_section(t: _Table) -> ModelSection:
         raise t.error("dtype", f"{section.dtype!r}: choose auto, {', '.join(PRECISIONS)}")
     t.finish()
     return section
+
+
+def _max_memory(t: _Table) -> int | None:
+    value = t.get("max_memory", (str, int, float), None)
+    if value is None:
+        return None
+    try:
+        limit = parse_bytes(value)
+    except ValueError as e:
+        raise t.error("max_memory", str(e)) from None
+    if limit <= 0:
+        raise t.error("max_memory", f"{value!r} must be above 0; write e.g. 8GB")
+    return int(limit)
 
 
 def _data_section(t: _Table) -> DataSection:

@@ -26,10 +26,12 @@ PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 PROC_STATM = Path("/proc/self/statm")
 
 
-def rss_bytes() -> int:
-    """The process's resident memory now (0 where ``/proc`` is not there)."""
+def rss_bytes(pid: int | None = None) -> int:
+    """The resident memory now of this process, or of process ``pid`` (0 where ``/proc`` is
+    not there or the process is gone)."""
+    statm = PROC_STATM if pid is None else Path(f"/proc/{pid}/statm")
     try:
-        return int(PROC_STATM.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
 

@@ -10,7 +10,9 @@ for a CPU on a busy machine does not count, a hang does). While a trial runs, th
 forwards its stage and step (:mod:`autoslim.progress`), as it does during its setup, and the
 study process passes the latest on at least every ``progress.SHOW_SECONDS``.
 Workers are also recycled every ``recycle_every`` trials so memory cannot creep, and a worker
-whose study process dies (``kill -9``) exits on its own.
+whose study process dies (``kill -9``) exits on its own. Under ``[model] max_memory`` the
+study process reads the worker's resident memory twice a second and stops a trial that holds
+more, before the kernel's out-of-memory killer picks a process of its own choosing.
 
 The objective is named by ``"module:attribute"``: a callable taking the StudyConfig and
 returning an :class:`Objective`. The product uses :class:`BuildAndMeasure`; tests inject fakes
@@ -35,8 +37,8 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
-from autoslim import errors, progress
-from autoslim.budgets import Limit
+from autoslim import errors, memory, progress
+from autoslim.budgets import Limit, format_bytes
 from autoslim.config import StudyConfig
 from autoslim.costs import MAX_STRETCH, TrialClock
 from autoslim.recipe import Recipe
@@ -107,8 +109,6 @@ def _describe(e: BaseException) -> str:
 
 def _serve(conn: Connection, config: StudyConfig, objective_path: str, parent_pid: int) -> None:
     """The worker process's main loop."""
-    from autoslim import memory
-
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     # The worker's stderr is the user's terminal: keep per-call library chatter off it.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -174,6 +174,7 @@ class Worker:
         self._process: Any = None
         self._conn: Connection | None = None
         self.own_seconds = 0.0  # the last trial's seconds on its own clock
+        self.held_over_limit = 0  # the resident bytes at which the last wait was stopped
 
     @property
     def pid(self) -> int | None:
@@ -203,9 +204,18 @@ class Worker:
         self.starts += 1
         self.trials_served = 0
         message = self._receive(self.start_timeout, on_progress)
+        if message is not None and message[0] == "ready" and self._over_limit():
+            message = None
         if message is None or message[0] != "ready":
             death = self._death()
             self.close()
+            if self.held_over_limit:
+                raise errors.AutoslimError(
+                    f"the trial worker held {format_bytes(self.held_over_limit)} while it "
+                    "loaded the base model and its teacher cache, more than model.max_memory "
+                    f"= {format_bytes(self.config.model.max_memory or 0)}, before any trial; "
+                    "raise model.max_memory"
+                )
             if message is not None and message[0] == "setup_error":
                 kind = getattr(errors, message[1], None)
                 cls = (
@@ -229,14 +239,17 @@ class Worker:
     ) -> tuple[Any, ...] | None:
         """The next result message, or None if the process died or ``timeout`` passed on its
         own clock (or ``MAX_STRETCH`` × ``timeout`` of wall time). Progress messages go to
-        ``on_progress``; the latest is repeated there every ``progress.SHOW_SECONDS``."""
+        ``on_progress``; the latest is repeated there every ``progress.SHOW_SECONDS``. Also
+        None, with the process killed and ``held_over_limit`` set, when it holds more
+        resident memory than ``model.max_memory``."""
         assert self._conn is not None and self._process is not None
         clock = TrialClock(self._process.pid)
         latest = progress.TrialProgress("starting")
         shown = time.monotonic()
+        self.held_over_limit = 0
         while True:
             own, wall = clock.read()
-            if own >= timeout or wall >= MAX_STRETCH * timeout:
+            if own >= timeout or wall >= MAX_STRETCH * timeout or self._over_limit():
                 self.own_seconds = own
                 return None
             if on_progress is not None and time.monotonic() - shown >= progress.SHOW_SECONDS:
@@ -257,6 +270,19 @@ class Worker:
                 return None
             if not self._process.is_alive() and not self._conn.poll(0):
                 return None
+
+    def _over_limit(self) -> bool:
+        """Whether the process holds more resident memory than ``model.max_memory``; if so it
+        is killed, with what it held in ``held_over_limit``."""
+        limit = self.config.model.max_memory
+        if limit is None or self._process is None:
+            return False
+        held = memory.rss_bytes(self._process.pid)
+        if held <= limit:
+            return False
+        self.held_over_limit = held
+        self._process.kill()
+        return True
 
     def _death(self) -> str:
         if self._process is not None:
@@ -290,6 +316,14 @@ class Worker:
         if message is None:
             death = self._death()
             self.close()
+            if self.held_over_limit:
+                return TrialResult(
+                    "over_memory",
+                    reason=_over_memory_reason(
+                        recipe, self.held_over_limit, self.config.model.max_memory or 0
+                    ),
+                    wall_seconds=wall,
+                )
             if self.own_seconds >= timeout or wall >= MAX_STRETCH * timeout:
                 waited = wall - self.own_seconds
                 return TrialResult(
@@ -329,6 +363,19 @@ class Worker:
             process.join(5)
         if conn is not None:
             conn.close()
+
+
+def _over_memory_reason(recipe: Recipe, held: int, limit: int) -> str:
+    savers = []
+    if recipe.kd_steps and recipe.kd_optimizer == "adamw":
+        savers.append("kd_optimizer = 'adamw8bit' (2 instead of 8 bytes of state a parameter)")
+    if recipe.kd_steps and not recipe.kd_checkpointing:
+        savers.append("kd_checkpointing = true (activations recomputed, not kept)")
+    hint = f"; for distillation, {' and '.join(savers)} hold less" if savers else ""
+    return (
+        f"MemoryLimit: the trial worker held {format_bytes(held)}, more than model.max_memory "
+        f"= {format_bytes(limit)}; the worker process was stopped{hint}"
+    )
 
 
 class BuildAndMeasure:

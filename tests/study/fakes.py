@@ -6,8 +6,10 @@ head dropping and quantization cost perplexity and save time, distillation recov
 the damage, best near temperature 2. :class:`FakeObjective` serves it from a worker process
 and injects faults keyed by the recipe's bit width, read from the environment (spawned
 workers inherit it): ``AUTOSLIM_FAKE_FAULTS="8:raise,4:segfault"`` with faults ``raise``,
-``nan``, ``segfault``, ``hang``, ``oom`` and ``burn`` (spend ``AUTOSLIM_FAKE_CPU_SECONDS`` of
-its own CPU time, reporting progress, then answer); ``AUTOSLIM_FAKE_SLEEP`` seconds per trial;
+``nan``, ``segfault``, ``hang``, ``oom``, ``burn`` (spend ``AUTOSLIM_FAKE_CPU_SECONDS`` of
+its own CPU time, reporting progress, then answer) and ``hog`` (hold
+``AUTOSLIM_FAKE_HOG_BYTES`` of resident memory for 10 s, then answer); ``AUTOSLIM_FAKE_SLEEP``
+seconds per trial;
 ``AUTOSLIM_FAKE_COSTS``: a cost model (JSON, :meth:`autoslim.costs.CostModel.to_dict`) the
 worker publishes as if it had measured it.
 """
@@ -119,4 +121,8 @@ class FakeObjective:
             time.sleep(3600)
         if fault == "burn":
             burn(float(os.environ.get("AUTOSLIM_FAKE_CPU_SECONDS", "1")))
+        if fault == "hog":
+            held = bytearray(b"\x01") * int(float(os.environ["AUTOSLIM_FAKE_HOG_BYTES"]))
+            time.sleep(10)
+            del held
         return {"measurement": measurement, "build": {"stage_seconds": {}, "info": {}}}

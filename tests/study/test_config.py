@@ -87,6 +87,8 @@ def test_overrides_take_precedence(study_file) -> None:
         ({"study": {"heartbeat_seconds": 0}}, ["study.heartbeat_seconds", ">= 1"]),
         ({"model": {"name": "/no/such/model"}}, ["model.name", "does not exist"]),
         ({"model": {"device": "gpu"}}, ["model.device", "cuda"]),
+        ({"model": {"max_memory": "lots"}}, ["model.max_memory", "'lots' is not a size", "12GiB"]),
+        ({"model": {"max_memory": 0}}, ["model.max_memory", "above 0"]),
     ],
 )
 def test_bad_study_files_name_the_key(study_file, tables, needles) -> None:

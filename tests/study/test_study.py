@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from autoslim import config, storage, study
 from autoslim.costs import CostModel
+from autoslim.errors import AutoslimError
 from autoslim.recipe import Recipe
 from autoslim.trials import (
     MEASUREMENT_ATTR,
@@ -170,6 +171,35 @@ def test_a_timed_study_derives_the_kd_steps_its_file_leaves_out(study_file, monk
     assert len(counted(s)) == 9
     assert s.user_attrs["derived_search"] == {"kd_steps": [0, 10, 50]}
     assert {recipe_of(t).kd_steps for t in s.trials} <= {0, 10, 50}
+
+
+def test_a_trial_over_the_memory_limit_is_stopped_and_the_study_goes_on(
+    study_file, monkeypatch
+) -> None:
+    monkeypatch.setenv("AUTOSLIM_FAKE_FAULTS", "4:hog")  # the 4-bit trial holds 2 GB
+    monkeypatch.setenv("AUTOSLIM_FAKE_HOG_BYTES", "2e9")
+    path = study_file(model={"max_memory": "1.5GB"}, study={"n_trials": 5})
+    started = time.monotonic()
+    summary, s = run(path)
+    assert time.monotonic() - started < 60  # stopped, not left to hold it for 10 s and answer
+    assert len(counted(s)) == 5
+    (over,) = [t for t in s.trials if t.state == TrialState.FAIL]
+    assert recipe_of(over).bits == 4
+    reason = over.user_attrs["fail_reason"]
+    assert reason.startswith("MemoryLimit: the trial worker held ")
+    assert "more than model.max_memory = 1.5 GB; the worker process was stopped" in reason
+    assert {t.state for t in counted(s) if t.number != over.number} == {TrialState.COMPLETE}
+    assert summary.states["FAIL"] == 1
+
+
+def test_a_memory_limit_the_worker_cannot_start_under_stops_before_any_trial(
+    study_file,
+) -> None:
+    path = study_file(model={"max_memory": "10MB"})
+    with pytest.raises(AutoslimError, match="more than model.max_memory = 10 MB, before"):
+        run(path)
+    c = config.load(path)
+    assert optuna.load_study(study_name=c.study.name, storage=c.study.storage).trials == []
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(study_file, monkeypatch) -> None:
