@@ -16,7 +16,10 @@ Peak memory during a window is, on a CUDA device, ``torch.cuda.max_memory_alloca
 on that device, reset at the start of the window). On the CPU it is the high-water mark of the
 process's resident set (Linux ``VmHWM``, reset at the start of the window through
 ``/proc/self/clear_refs``): everything the process holds, including Python, torch, the corpus
-and a teacher model if one is loaded, so compare it only between runs of the same script. Where
+and a teacher model if one is loaded, so compare it only between runs of the same script.
+Before the reset, freed heap pages go back to the OS (:func:`autoslim.memory.release_freed`):
+otherwise a distillation's freed gradients and optimizer state would count towards the
+window of the model it produced. Where
 the reset is impossible it is ``ru_maxrss``, the high-water since the process started.
 
 The counters and their resets live in :mod:`autoslim.memory`, which also keeps the peak of a
@@ -25,13 +28,14 @@ whole trial across the windows' resets.
 
 from __future__ import annotations
 
+import gc
 import math
 import resource
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from autoslim.memory import reset, vm_hwm_bytes
+from autoslim.memory import release_freed, reset, vm_hwm_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -95,6 +99,9 @@ class PeakMemory:
         self.method = ""
 
     def start(self) -> None:
+        if self.device.type != "cuda":
+            gc.collect()
+            release_freed()
         if reset(str(self.device)):
             self.method = (
                 "cuda max_memory_allocated over the workload"

@@ -42,3 +42,13 @@ def test_freed_tensors_leave_the_worker_resident_memory_after_release() -> None:
     released = memory.rss_bytes()
     assert held - released > 400 * 2**20, (held, released)
     assert all(float(t[0, 0]) == 1.0 for t in kept)
+
+
+@pytest.mark.skipif(not memory.PROC_CLEAR_REFS.exists(), reason="needs Linux VmHWM")
+def test_a_measurement_window_does_not_count_what_an_earlier_stage_freed() -> None:
+    blocks = [torch.ones(64, 1000 + i % 7) for i in range(3000)]  # a distillation's ≈ 0.8 GB
+    held = memory.rss_bytes()
+    del blocks
+    window = PeakMemory(torch.device("cpu"))
+    window.start()
+    assert window.peak_bytes() < held - 400 * 2**20, (window.peak_bytes(), held)
