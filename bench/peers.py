@@ -23,7 +23,6 @@ Peers:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -51,7 +50,13 @@ from autoslim.space import suggest_recipe
 from autoslim.study import run_study
 from autoslim.trials import CONSTRAINT
 from bench.machine import Load, describe, machine
-from bench.search_efficiency import TABLE, Oracle, grid_recipes, hypervolume_history
+from bench.search_efficiency import (
+    TABLE,
+    Oracle,
+    grid_recipes,
+    hypervolume_history,
+    load_table,
+)
 from bench.search_efficiency import bench_config as grid_config
 
 FORWARD_TOKENS = 256
@@ -201,8 +206,7 @@ def ort_rows(base: models.LoadedModel, ids: torch.Tensor, threads: int) -> dict[
 
 def best_feasible_recipe() -> Recipe:
     """The fastest feasible recipe of the measured grid (bench/search_efficiency.py)."""
-    table = json.loads(TABLE.read_text(encoding="utf-8"))
-    oracle = Oracle(table, grid_recipes(grid_config()))
+    oracle = Oracle(load_table(TABLE), grid_recipes(grid_config()))
     best = min(
         (r for r in oracle.rows.values() if r["status"] == "done"),
         key=lambda r: (oracle.violation(r["values"]) > 0, r["values"][1]),

@@ -103,10 +103,18 @@ def grid_recipes(config: StudyConfig) -> list[Recipe]:
 
 
 def load_table(path: Path) -> dict[str, Any]:
-    if path.is_file():
-        table: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return table
-    return {"rows": {}}
+    """The stored table, its rows keyed again through ``Recipe``: a knob added since they were
+    measured takes its default, which is what those rows ran with."""
+    if not path.is_file():
+        return {"rows": {}}
+    table: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+
+    def rekey(params: dict[str, Any]) -> str:
+        return key(Recipe.from_params(params))
+
+    table["rows"] = {rekey(row["recipe"]): row for row in table["rows"].values()}
+    table["base"] = rekey(json.loads(table["base"]))
+    return table
 
 
 def save_table(path: Path, table: dict[str, Any]) -> None:
