@@ -411,7 +411,7 @@ def main() -> None:
         print_rows(
             f"SmolLM2-135M-Instruct ({gguf.name}), torch at {args.threads} thread(s)",
             rows,
-            "autoslim base model",
+            f"autoslim {Recipe().describe()}",
         )
     if "loop" not in skip:
         compare_loops(args.seconds, args.threads)
