@@ -130,7 +130,7 @@ def test_changed_budgets_are_refused_on_resume(study_file) -> None:
 
     first = config.load(study_file(budgets={"max_size_bytes": "6MB"}), check_model=False)
     storage = study.make_storage(first.study.storage)
-    opened = study.open_study(first, storage)
+    opened, _ = study.open_study(first, storage)
     assert opened.user_attrs["constraint_names"] == ["perplexity_increase", "max_size_bytes"]
     looser = config.load(study_file(budgets={"max_size_bytes": "9MB"}), check_model=False)
     with pytest.raises(ConfigError, match="different budgets"):
