@@ -35,7 +35,7 @@ else:  # pragma: no cover - Python 3.10
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 # [search] knobs a study with a time limit derives from its measured costs when its file
-# leaves them out (:meth:`autoslim.costs.CostModel.derived_search`).
+# leaves them out (:meth:`autoslim.costs.CostModel.derived_kd_steps`).
 DERIVABLE = ("kd_steps",)
 # Measurement fields a study may minimise (and any task of its [tasks] tables).
 OBJECTIVES = ("perplexity", "seconds", "joules", "size_bytes", "peak_memory_bytes")
