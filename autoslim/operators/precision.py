@@ -5,11 +5,16 @@ only where the device computes it natively: bf16 on CUDA with bf16 support or a 
 AVX512-BF16 / AMX-BF16 (on this project's Xeon a bf16 forward of the reference model ran
 2.6-3.0x faster than fp32), fp16 on CUDA or a CPU with AVX512-FP16 / AMX-FP16. Elsewhere the
 arithmetic would be emulated, slower than fp32, so it is refused with the reason.
+
+``AUTOSLIM_CPU_FLAGS`` (comma- or space-separated ``/proc/cpuinfo`` flags) replaces what this
+CPU reports: to write or check a study for another class of CPU than the one at hand, or to
+keep bf16 out of a machine's default space.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from autoslim.errors import UnsupportedError
@@ -32,8 +37,14 @@ def precision_of(dtype: Any) -> str:
     return next((p for p, n in _TORCH_NAMES.items() if n == name), "fp32")
 
 
+CPU_FLAGS_ENV = "AUTOSLIM_CPU_FLAGS"
+
+
 @functools.cache
 def _cpu_flags() -> frozenset[str]:
+    override = os.environ.get(CPU_FLAGS_ENV)
+    if override is not None:
+        return frozenset(override.replace(",", " ").split())
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

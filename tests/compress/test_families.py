@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM
 from autoslim.compress import FAMILIES, build, save, validate
 from autoslim.errors import UnsupportedError
 from autoslim.operators import OPERATORS
-from autoslim.operators.precision import supported
 from autoslim.recipe import Recipe
 
 RECIPES = {
@@ -22,7 +21,7 @@ RECIPES = {
     "drop_heads": Recipe(drop_heads_per_layer=2),
     "structured_prune": Recipe(prune_ratio=0.5),
     "distill": Recipe(kd_steps=1),
-    "precision": Recipe(precision=supported("cpu")[-1]),
+    "precision": Recipe(precision="bf16"),
     "quantize": Recipe(bits=4, double_quant=False),
 }
 YES = [(f, op.name) for f in sorted(FAMILIES) for op in OPERATORS if f not in op.unsupported]
@@ -43,6 +42,7 @@ def test_supported_cell_builds_saves_and_reloads(
     corpus: Any,
     ppl: Callable[[Any], float],
     tmp_path: Path,
+    bf16_cpu: None,
 ) -> None:
     loaded = base(family)
     result = build(loaded, RECIPES[operator], corpus=corpus)
