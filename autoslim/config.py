@@ -8,6 +8,7 @@ echoed back.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -20,7 +21,7 @@ from typing import Any, Literal
 from autoslim.budgets import BY_KEY as BUDGET_KEYS
 from autoslim.budgets import parse_bytes
 from autoslim.errors import ConfigError, ModelError
-from autoslim.operators import KNOBS
+from autoslim.operators import KNOBS, precision
 from autoslim.operators.precision import PRECISIONS
 from autoslim.recipe import Recipe
 from autoslim.tasks.spec import TaskSpec, parse_tasks, unused
@@ -33,10 +34,17 @@ else:  # pragma: no cover - Python 3.10
     except ImportError as e:
         raise ImportError("Python 3.10 needs the 'tomli' package: pip install tomli") from e
 
+logger = logging.getLogger(__name__)
+
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
-# [search] knobs a study with a time limit derives from its measured costs when its file
-# leaves them out (:meth:`autoslim.costs.CostModel.derived_kd_steps`).
-DERIVABLE = ("kd_steps",)
+# [search] knobs a study derives when its file leaves them out, once per study (stored as its
+# ``derived_search`` attr, so every worker and every resume searches the same space): from the
+# device of the worker that creates the study (every precision it computes natively), and, in
+# a study with a time limit, from the costs that worker measures
+# (:meth:`autoslim.costs.CostModel.derived_kd_steps`).
+FROM_DEVICE = ("precision",)
+FROM_COSTS = ("kd_steps",)
+DERIVABLE = (*FROM_DEVICE, *FROM_COSTS)
 # Measurement fields a study may minimise (and any task of its [tasks] tables).
 OBJECTIVES = ("perplexity", "seconds", "joules", "size_bytes", "peak_memory_bytes")
 # Figures a task may not be named after.
@@ -173,8 +181,8 @@ class StudyConfig:
     search: SearchSpace = field(default_factory=lambda: SearchSpace({}))
     budgets: dict[str, float] = field(default_factory=dict)  # [budgets] key -> limit
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
-    # DERIVABLE knobs the file left out: ``search`` holds their defaults until the study
-    # derives them from its cost model (:meth:`with_derived`).
+    # DERIVABLE knobs the file left out: ``search`` holds this machine's defaults until the
+    # study's stored derivation replaces them (:meth:`with_derived`).
     derive: tuple[str, ...] = ()
 
     @property
@@ -405,9 +413,13 @@ def parse(raw: Mapping[str, Any], file: Path, *, check_model: bool = True) -> St
     search_table = root.table("search")
     search = _search(search_table, model.device)
     root.finish()
-    derive = tuple(k for k in DERIVABLE if k not in search_table.data)
-    if run.time_limit_seconds is None:
-        derive = ()  # nothing to derive a trial's length from
+    derive = tuple(
+        k
+        for k in DERIVABLE
+        if k not in search_table.data
+        # without a time limit there is nothing to derive a trial's length from
+        and (k not in FROM_COSTS or run.time_limit_seconds is not None)
+    )
     config = StudyConfig(
         path=str(file),
         study=run,
@@ -423,7 +435,7 @@ def parse(raw: Mapping[str, Any], file: Path, *, check_model: bool = True) -> St
         derive=derive,
     )
     if check_model:
-        check_against_model(config)
+        config = check_against_model(config)
         from autoslim.tasks.spec import check_reachable
 
         check_reachable(config.tasks)
@@ -678,6 +690,8 @@ def _search(t: _Table, device: str) -> SearchSpace:
     defaults = default_search(device)
     knobs = {name: _knob(t, name, defaults[name]) for name in KNOBS}
     t.finish(tuple(KNOBS))
+    if "precision" in t.data:
+        _check_precisions(t, knobs["precision"], device)
     heads = [v for v in knobs["drop_heads"].values() if v]
     per_layer = [v for v in knobs["drop_heads_per_layer"].extremes() if v]
     if heads and per_layer:
@@ -687,6 +701,20 @@ def _search(t: _Table, device: str) -> SearchSpace:
             '(set the other to [""] or [0])',
         )
     return SearchSpace(knobs)
+
+
+def _check_precisions(t: _Table, knob: Knob, device: str) -> None:
+    """Refuse a listed precision ``device`` would only emulate (slower than fp32)."""
+    for value in knob.values():
+        reason = precision.why_not(value, device)
+        if reason is not None:
+            native = ", ".join(precision.supported(device))
+            raise t.error(
+                "precision",
+                f"{value!r} on {device}: {reason}; this device computes {native} natively: "
+                "list only those, or leave search.precision out to search every precision "
+                "the device computes",
+            )
 
 
 def _knob(t: _Table, name: str, default: Any) -> Knob:
@@ -748,10 +776,11 @@ def _check_value(t: _Table, name: str, key: str, value: Any, field_name: str = "
         raise ConfigError(f"{t.where}: {key}: {e}") from e
 
 
-def check_against_model(config: StudyConfig) -> None:
+def check_against_model(config: StudyConfig) -> StudyConfig:
     """Check the workload fits the model's context and ask every operator whether the space's
     extreme recipes can be built for this model on this device (its config only; no weights
-    are loaded)."""
+    are loaded). A precision the file left out is searched in every precision the device
+    computes natively that the rest of the space can be built in: the config returned."""
     from autoslim import models
 
     try:
@@ -766,10 +795,13 @@ def check_against_model(config: StudyConfig) -> None:
         Workload.from_dict(config.workload).check_context(model_config)
     except ConfigError as e:
         raise ConfigError(f"{config.path}: {e} ({config.model.name})") from e
+    if "precision" in config.derive:
+        config = _buildable_precisions(config, model_config)
     _check_recipes(config, model_config)
     from autoslim.budgets import check_reachable as check_budgets
 
     check_budgets(config, model_config)
+    return config
 
 
 def extreme_recipes(space: SearchSpace) -> list[Recipe]:
@@ -793,6 +825,27 @@ def extreme_recipes(space: SearchSpace) -> list[Recipe]:
             if recipe not in out:
                 out.append(recipe)
     return out
+
+
+def _buildable_precisions(config: StudyConfig, model_config: Any) -> StudyConfig:
+    """``config`` searching only the native precisions every extreme recipe builds in (fp16 is
+    native on an AVX512-FP16 CPU, but torchao's int8 kernels overflow in it)."""
+    from autoslim import compress
+    from autoslim.errors import UnsupportedError
+
+    knobs = dict(config.search.knobs)
+    kept = []
+    for value in knobs["precision"].values():
+        knobs["precision"] = Knob("precision", choices=(value,))
+        try:
+            for recipe in extreme_recipes(SearchSpace(knobs)):
+                compress.validate(recipe, model_config, config.model.device)
+        except (ConfigError, UnsupportedError) as e:
+            logger.info("search.precision: %s left out of the derived space: %s", value, e)
+            continue
+        kept.append(value)
+    knobs["precision"] = Knob("precision", choices=tuple(kept or ["fp32"]))
+    return replace(config, search=SearchSpace(knobs))
 
 
 def _check_recipes(config: StudyConfig, model_config: Any) -> None:

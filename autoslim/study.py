@@ -54,9 +54,10 @@ from optuna.trial import FrozenTrial, TrialState
 from autoslim import integrity
 from autoslim import space as search_space
 from autoslim.budgets import constraint_names, limits_of
-from autoslim.config import RunSection, StudyConfig, mask_url
+from autoslim.config import FROM_COSTS, FROM_DEVICE, RunSection, StudyConfig, mask_url
 from autoslim.costs import UNMEASURED_TIMEOUT_SECONDS, CostModel, duration
 from autoslim.errors import AutoslimError, ConfigError
+from autoslim.operators.precision import why_not
 from autoslim.progress import TrialProgress
 from autoslim.recipe import Recipe
 from autoslim.storage import (
@@ -198,7 +199,11 @@ def open_study(
         directions=config.directions,
         load_if_exists=True,
     )
-    config = config.with_derived(study.user_attrs.get("derived_search", {}))
+    derived = dict(study.user_attrs.get("derived_search", {}))
+    for knob in FROM_DEVICE:  # derived by the worker that creates the study, kept by the rest
+        if knob in config.derive and knob not in derived:
+            derived[knob] = config.search[knob].values()
+    config = config.with_derived(derived)
     current = config.to_dict()
     stored = study.user_attrs.get("config")
     if stored is not None and _comparable(stored) != _comparable(current):
@@ -213,6 +218,7 @@ def open_study(
             f"{config.path}: study {name!r} has {len(study.directions)} objectives, the file "
             f"{len(config.objectives)}; set a new [study].name"
         )
+    _check_precisions(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(config.objectives))
@@ -224,6 +230,7 @@ def open_study(
             "(model.dtype / device differ); set model.dtype explicitly or a new [study].name"
         )
     study.set_user_attr("base_precision", precision)
+    study.set_user_attr("derived_search", derived)
     study.set_user_attr("config", current)
     study.set_user_attr("max_ppl_increase", config.max_ppl_increase)
     study.set_user_attr("constraint_names", constraint_names(config))
@@ -235,15 +242,40 @@ def open_study(
     return study, config
 
 
+def _check_precisions(config: StudyConfig) -> None:
+    """Refuse a worker whose device would only emulate a precision of the study's space (the
+    space another machine derived or its file lists): its trials would time the emulation."""
+    device = config.model.device
+    for value in config.search["precision"].values():
+        reason = why_not(value, device)
+        if reason is not None:
+            origin = (
+                "derived from the device of the worker that created it"
+                if "precision" in config.derive
+                else "from its study file"
+            )
+            raise ConfigError(
+                f"{config.path}: study {config.study.name!r} searches precision {value!r} "
+                f"(search.precision {origin}), but on {device}: {reason}; run this worker "
+                "on a machine that computes it, or set a new [study].name"
+            )
+
+
+def pending_cost_derivation(study: optuna.Study, config: StudyConfig) -> tuple[str, ...]:
+    """The knobs the study file left to the cost model that the study has not derived yet."""
+    derived = study.user_attrs.get("derived_search", {})
+    return tuple(k for k in config.derive if k in FROM_COSTS and k not in derived)
+
+
 def derive_search(study: optuna.Study, config: StudyConfig, costs: CostModel) -> StudyConfig:
     """Derive the knobs the study file left to the cost model (``config.derive``), once per
-    study: stored as ``derived_search`` and in the ``config`` attr, so a resumed study and
+    study: stored in ``derived_search`` and in the ``config`` attr, so a resumed study and
     every other worker search the same space."""
-    stored = study.user_attrs.get("derived_search")
-    if stored is not None or not config.derive:
-        return config.with_derived(stored or {})
-    assert config.study.time_limit_seconds is not None  # config.derive is empty without one
-    derived = {"kd_steps": costs.derived_kd_steps(config.study.time_limit_seconds)}
+    derived = dict(study.user_attrs.get("derived_search", {}))
+    if not pending_cost_derivation(study, config):
+        return config.with_derived(derived)
+    assert config.study.time_limit_seconds is not None  # FROM_COSTS needs one (config.parse)
+    derived["kd_steps"] = costs.derived_kd_steps(config.study.time_limit_seconds)
     config = config.with_derived(derived)
     study.set_user_attr("derived_search", derived)
     study.set_user_attr("config", config.to_dict())
@@ -728,7 +760,7 @@ def run_study(
                 if "costs" in info and costs is None:
                     costs = CostModel.from_dict(info["costs"])
                     study.set_user_attr("cost_model", costs.to_dict())
-                    derived = config.derive and "derived_search" not in study.user_attrs
+                    derived = pending_cost_derivation(study, config)
                     config = worker.config = derive_search(study, config, costs)
                     line = costs.describe(_typical_kd_steps(config), run.time_limit_seconds)
                     logger.info("cost model: %s", line)

@@ -84,14 +84,16 @@ def test_kd_steps_left_out_of_a_timed_study_are_derived_to_fit_ten_trials() -> N
 
 
 def test_only_a_timed_study_that_leaves_kd_steps_out_derives_them(tmp_path) -> None:
+    fixed = {"precision": ["fp32"]}  # a precision left out is derived from the device
+
     def derive(raw: dict) -> tuple[str, ...]:
-        return parse(raw, tmp_path / "s.toml", check_model=False).derive
+        return parse({"search": fixed, **raw}, tmp_path / "s.toml", check_model=False).derive
 
     timed = {"study": {"time_limit_seconds": 3600}}
     assert derive(timed) == ("kd_steps",)
-    assert derive({**timed, "search": {"kd_steps": [0, 20]}}) == ()
+    assert derive({**timed, "search": {**fixed, "kd_steps": [0, 20]}}) == ()
     assert derive({}) == ()  # no time to fit the steps into
-    config = parse(timed, tmp_path / "s.toml", check_model=False)
+    config = parse({**timed, "search": fixed}, tmp_path / "s.toml", check_model=False)
     derived = config.with_derived({"kd_steps": [0, 20]})
     assert derived.search["kd_steps"].values() == [0, 20]
     assert derived.search["precision"] == config.search["precision"]

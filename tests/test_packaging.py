@@ -19,7 +19,6 @@ except ModuleNotFoundError:  # Python 3.10
 
 from autoslim import studies
 from autoslim.errors import ConfigError
-from autoslim.operators import precision
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,21 +57,6 @@ def test_init_shortens_the_window_to_the_model_context():
         tomllib.loads(long)["workload"]["protocol"]
         == tomllib.loads(studies.read_text(studies.TEMPLATE))["workload"]["protocol"]
     )
-
-
-@pytest.mark.parametrize(
-    ("flags", "expected"),
-    [
-        ({"avx512_bf16", "avx512_fp16"}, ["bf16", "fp16"]),
-        ({"amx_bf16"}, ["bf16"]),  # e.g. an AMD EPYC or a Xeon without AVX512-FP16
-        (set(), ["fp32"]),  # a CPU that computes neither 16-bit type
-    ],
-)
-def test_init_offers_only_the_precisions_the_cpu_computes(monkeypatch, flags, expected):
-    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(flags))
-    text = studies.init_text("mine", device="cpu")
-    assert tomllib.loads(text)["search"]["precision"] == expected
-    assert "# what the model computes and is saved in" in text  # its comment stays
 
 
 def test_init_rejects_a_name_a_study_cannot_have():

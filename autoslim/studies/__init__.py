@@ -14,7 +14,6 @@ from pathlib import Path
 
 from autoslim.config import STUDY_NAME
 from autoslim.errors import ConfigError
-from autoslim.operators import precision
 
 # The commented study that ``autoslim init`` starts from: it shows every key.
 TEMPLATE = "example-llama"
@@ -58,25 +57,14 @@ def _set(text: str, section: str, key: str, value: str | list[str]) -> str:
     return text[: found.start()] + line_text + text[found.end() :]
 
 
-def _precisions(body: str, device: str) -> list[str] | None:
-    """The template's ``[search] precision`` choices that ``device`` computes natively; on a
-    CPU that computes none of them, what it does compute. None: keep the template's (a GPU
-    study written where that GPU is not)."""
-    choices = json.loads(_find(body, "search", "precision").group(2))
-    usable = [p for p in choices if precision.why_not(p, device) is None]
-    if not usable and device.split(":", 1)[0] != "cpu":
-        return None
-    return usable or precision.supported(device)
-
-
 def init_text(
     name: str, model: str = "reference", device: str = "cpu", context: int | None = None
 ) -> str:
     """A commented study file named ``name`` for ``model`` on ``device``: the text of
     ``example-llama.toml`` with its study name, model and device set, and its perplexity window
-    shortened to ``context`` (the model's context length, when known) if it is longer, and its
-    precision choices cut to those ``device`` computes natively (a CPU without AVX512-FP16
-    would refuse fp16 at `search --check`); every other key and comment as they are."""
+    shortened to ``context`` (the model's context length, when known) if it is longer; every
+    other key and comment as they are (its precision is left out, so the study searches what
+    ``device`` computes natively)."""
     if not STUDY_NAME.fullmatch(name):
         raise ConfigError(f"study name {name!r}: use letters, digits, '-', '_' or '.' only")
     text = read_text(TEMPLATE)
@@ -85,9 +73,6 @@ def init_text(
     body = _set(body, "study", "name", name)
     body = _set(body, "model", "name", model)
     body = _set(body, "model", "device", device)
-    precisions = _precisions(body, device)
-    if precisions is not None:
-        body = _set(body, "search", "precision", precisions)
     window = re.search(r"^protocol = \{ window = (\d+)", body, flags=re.MULTILINE)
     if window is None:
         raise ValueError(f"{TEMPLATE}.toml has no workload.protocol window")
