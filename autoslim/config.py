@@ -42,7 +42,7 @@ SAMPLERS = ("tpe", "nsga2", "random", "grid")
 # device of the worker that creates the study (every precision it computes natively), and, in
 # a study with a time limit, from the costs that worker measures
 # (:meth:`autoslim.costs.CostModel.derived_kd_steps`).
-FROM_DEVICE = ("precision",)
+FROM_DEVICE = ("runtime", "precision")
 FROM_COSTS = ("kd_steps",)
 DERIVABLE = (*FROM_DEVICE, *FROM_COSTS)
 # Measurement fields a study may minimise (and any task of its [tasks] tables).
@@ -411,7 +411,7 @@ def parse(raw: Mapping[str, Any], file: Path, *, check_model: bool = True) -> St
     budgets = _budgets(root.table("budgets"), workload)
     early = _early_abort(root.table("early_abort"))
     search_table = root.table("search")
-    search = _search(search_table, model.device)
+    search = _search(search_table, model.device, tasks=bool(tasks))
     root.finish()
     derive = tuple(
         k
@@ -686,12 +686,18 @@ def default_search(device: str = "cpu") -> dict[str, Any]:
     return {name: knob.default_search(device) for name, knob in KNOBS.items()}
 
 
-def _search(t: _Table, device: str) -> SearchSpace:
+def _search(t: _Table, device: str, *, tasks: bool = False) -> SearchSpace:
     defaults = default_search(device)
+    if tasks:  # task evaluations wrap a transformers model: the torch runtime's
+        defaults["runtime"] = ["torch"]
     knobs = {name: _knob(t, name, defaults[name]) for name in KNOBS}
     t.finish(tuple(KNOBS))
-    if "precision" in t.data:
-        _check_precisions(t, knobs["precision"], device)
+    if "runtime" in t.data and tasks and knobs["runtime"].values() != ["torch"]:
+        raise t.error(
+            "runtime",
+            f"{knobs['runtime'].values()}: task evaluations ([tasks]) run on the torch "
+            'runtime only; set search.runtime = ["torch"] or drop the tasks',
+        )
     heads = [v for v in knobs["drop_heads"].values() if v]
     per_layer = [v for v in knobs["drop_heads_per_layer"].extremes() if v]
     if heads and per_layer:
@@ -703,18 +709,33 @@ def _search(t: _Table, device: str) -> SearchSpace:
     return SearchSpace(knobs)
 
 
-def _check_precisions(t: _Table, knob: Knob, device: str) -> None:
-    """Refuse a listed precision ``device`` would only emulate (slower than fp32)."""
-    for value in knob.values():
+def runtime_problem(name: str, device: str) -> str | None:
+    """None when runtime ``name`` is installed and runs on ``device``, else why not."""
+    from autoslim.runtimes import RUNTIMES
+
+    runtime = RUNTIMES[name]
+    if device.split(":", 1)[0] not in runtime.devices:
+        return f"{name} runs on {', '.join(runtime.devices)}, not {device}"
+    return runtime.available()
+
+
+def check_device(config: StudyConfig) -> None:
+    """Refuse a precision or runtime the study file lists that this device cannot run: a
+    precision it would only emulate (slower than fp32), a runtime not installed here."""
+    device = config.model.device
+    for value in [] if "precision" in config.derive else config.search["precision"].values():
         reason = precision.why_not(value, device)
         if reason is not None:
             native = ", ".join(precision.supported(device))
-            raise t.error(
-                "precision",
-                f"{value!r} on {device}: {reason}; this device computes {native} natively: "
-                "list only those, or leave search.precision out to search every precision "
-                "the device computes",
+            raise ConfigError(
+                f"{config.path}: search.precision: {value!r} on {device}: {reason}; this "
+                f"device computes {native} natively: list only those, or leave "
+                "search.precision out to search every precision the device computes"
             )
+    for value in [] if "runtime" in config.derive else config.search["runtime"].values():
+        reason = runtime_problem(value, device)
+        if reason is not None:
+            raise ConfigError(f"{config.path}: search.runtime: {value!r}: {reason}")
 
 
 def _knob(t: _Table, name: str, default: Any) -> Knob:
@@ -777,10 +798,12 @@ def _check_value(t: _Table, name: str, key: str, value: Any, field_name: str = "
 
 
 def check_against_model(config: StudyConfig) -> StudyConfig:
-    """Check the workload fits the model's context and ask every operator whether the space's
+    """Check the listed precisions and runtimes run on this device (:func:`check_device`),
+    the workload fits the model's context, and ask every operator whether the space's
     extreme recipes can be built for this model on this device (its config only; no weights
     are loaded). A precision the file left out is searched in every precision the device
     computes natively that the rest of the space can be built in: the config returned."""
+    check_device(config)
     from autoslim import models
 
     try:

@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from autoslim.card import model_card
 from autoslim.config import StudyConfig
-from autoslim.errors import ConfigError, DataError, ModelError
+from autoslim.errors import ConfigError, ModelError
 from autoslim.measure.measurement import versions
 from autoslim.pick import choose
 from autoslim.recipe import Recipe
@@ -180,23 +180,29 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def reload_perplexity(folder: Path, corpus: Any, protocol: Any, device: str) -> float:
-    """Perplexity of ``folder`` loaded with plain ``from_pretrained`` (no remote code)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def reload_perplexity(
+    folder: Path, corpus: Any, protocol: Any, device: str, recipe: Recipe | None = None
+) -> float:
+    """Perplexity of ``folder`` loaded back by ``recipe``'s runtime (torch: plain
+    ``from_pretrained``, no remote code), on the eval tokens of the tokenizer saved there."""
+    from transformers import AutoTokenizer
 
     from autoslim import data
     from autoslim.measure.perplexity import perplexity
+    from autoslim.runtimes import get_runtime
 
+    recipe = recipe or Recipe()
+    runtime = get_runtime(recipe.runtime)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, device_map={"": device})
+        model = runtime.load(folder, recipe=recipe, threads=0, device=device)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelError(
-            f"the exported folder does not load with plain AutoModelForCausalLM."
-            f"from_pretrained ({type(e).__name__}: {e}); this recipe cannot be exported yet"
+            f"the exported folder does not load with {runtime.reloaded_with} "
+            f"({type(e).__name__}: {e}); this recipe cannot be exported yet"
         ) from e
-    model.eval()
-    return perplexity(model, data.tokens(tokenizer, corpus, "eval"), protocol).perplexity
+    with model:
+        return perplexity(model, data.tokens(tokenizer, corpus, "eval"), protocol).perplexity
 
 
 def export(
@@ -215,9 +221,7 @@ def export(
 ) -> ExportResult:
     """Rebuild, save, verify and move into ``out`` one trial of ``study``; ``hub_repo`` is the
     Hub repository it is going to (:func:`push_to_hub`), named in the card's load example."""
-    from autoslim import compress, data, models
-    from autoslim.measure import Workload
-    from autoslim.operators.precision import torch_dtype
+    from autoslim.pipeline import Pipeline
 
     out = Path(out)
     trial, reason = select_trial(study, trial_number, weights, max_ppl_increase, tighten, retime)
@@ -227,37 +231,18 @@ def export(
     stored = trial.measurement
     stored_perplexity = trial.perplexity
     device = config.model.device
-    corpus = data.load_corpus(
-        text=list(config.data.text) or None, dataset=config.data.dataset or None
-    )
-    expected = study.user_attrs.get("corpus_fingerprint")
-    if expected is not None and corpus.fingerprint != expected:
-        raise DataError(
-            f"corpus {corpus.name!r} has fingerprint {corpus.fingerprint} here, but study "
-            f"{study.study_name!r} was measured on {expected}: the text changed (another Python "
-            "version's stdlib, edited files), so perplexities would not match; export where the "
-            "search ran, with the same data"
-        )
-    workload = Workload.from_dict(config.workload)
-    seed = int(study.user_attrs.get("seed", 0))
-    base = models.load_model(
-        str(study.user_attrs["model"]),
-        device=device,
-        dtype=torch_dtype(str(study.user_attrs.get("base_precision", "fp32"))),
-        trust_remote_code=config.model.trust_remote_code,
-    )
-    logger.info("rebuilding trial %d: %s", trial.number, recipe.describe())
-    built = compress.build(base, recipe, corpus=corpus, seed=seed, device=device)
-
+    pipeline = Pipeline.for_study(study, config)
+    corpus, workload, seed = pipeline.corpus, pipeline.workload, pipeline.seed
     parent = out.absolute().parent
     created = _missing_ancestor(parent)
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export is an ordinary folder
     try:
-        compress.save(built.model, base.tokenizer, staging)
-        del built
-        measured = reload_perplexity(staging, corpus, workload.protocol, device)
+        logger.info("rebuilding trial %d: %s", trial.number, recipe.describe())
+        with pipeline.built(recipe) as built:
+            built.model.save(staging)
+        measured = reload_perplexity(staging, corpus, workload.protocol, device, recipe)
         difference = measured / stored_perplexity - 1
         if not abs(difference) <= tolerance:
             raise ModelError(

@@ -54,7 +54,14 @@ from optuna.trial import FrozenTrial, TrialState
 from autoslim import integrity
 from autoslim import space as search_space
 from autoslim.budgets import constraint_names, limits_of
-from autoslim.config import FROM_COSTS, FROM_DEVICE, RunSection, StudyConfig, mask_url
+from autoslim.config import (
+    FROM_COSTS,
+    FROM_DEVICE,
+    RunSection,
+    StudyConfig,
+    mask_url,
+    runtime_problem,
+)
 from autoslim.costs import UNMEASURED_TIMEOUT_SECONDS, CostModel, duration
 from autoslim.errors import AutoslimError, ConfigError
 from autoslim.operators.precision import why_not
@@ -218,7 +225,7 @@ def open_study(
             f"{config.path}: study {name!r} has {len(study.directions)} objectives, the file "
             f"{len(config.objectives)}; set a new [study].name"
         )
-    _check_precisions(config)
+    _check_device(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(config.objectives))
@@ -242,23 +249,29 @@ def open_study(
     return study, config
 
 
-def _check_precisions(config: StudyConfig) -> None:
-    """Refuse a worker whose device would only emulate a precision of the study's space (the
-    space another machine derived or its file lists): its trials would time the emulation."""
+def _check_device(config: StudyConfig) -> None:
+    """Refuse a worker that cannot measure the study's space as the study defines it (the
+    space another machine derived, or its file lists): a runtime not installed here, or a
+    precision this device would only emulate (its trials would time the emulation)."""
     device = config.model.device
-    for value in config.search["precision"].values():
-        reason = why_not(value, device)
-        if reason is not None:
-            origin = (
-                "derived from the device of the worker that created it"
-                if "precision" in config.derive
-                else "from its study file"
-            )
-            raise ConfigError(
-                f"{config.path}: study {config.study.name!r} searches precision {value!r} "
-                f"(search.precision {origin}), but on {device}: {reason}; run this worker "
-                "on a machine that computes it, or set a new [study].name"
-            )
+    problems = [
+        (knob, value, reason)
+        for knob, why in (("runtime", runtime_problem), ("precision", why_not))
+        for value in config.search[knob].values()
+        if (reason := why(value, device)) is not None
+    ]
+    if problems:
+        knob, value, reason = problems[0]
+        origin = (
+            "derived from the device of the worker that created it"
+            if knob in config.derive
+            else "from its study file"
+        )
+        raise ConfigError(
+            f"{config.path}: study {config.study.name!r} searches {knob} {value!r} "
+            f"(search.{knob} {origin}), but on {device}: {reason}; run this worker on a "
+            "machine that has it, or set a new [study].name"
+        )
 
 
 def pending_cost_derivation(study: optuna.Study, config: StudyConfig) -> tuple[str, ...]:
@@ -797,7 +810,7 @@ def run_study(
                         duplicates_in_a_row += 1
                         continue
                     predicted = _seconds_left_short_of(
-                        costs, run, time.monotonic() - started, recipe.kd_steps
+                        costs, run, time.monotonic() - started, recipe.kd_steps, recipe.runtime
                     )
                     if predicted is not None and not is_base:
                         trial.set_user_attr("past_time_limit", True)
@@ -871,17 +884,22 @@ def trial_timeout(config: StudyConfig, costs: CostModel | None, recipe: Recipe) 
         return config.study.trial_timeout_seconds
     if costs is None:
         return UNMEASURED_TIMEOUT_SECONDS
-    return costs.timeout_seconds(recipe.kd_steps)
+    return costs.timeout_seconds(recipe.kd_steps, recipe.runtime)
 
 
 def _seconds_left_short_of(
-    costs: CostModel | None, run: RunSection, elapsed: float, kd_steps: int
+    costs: CostModel | None,
+    run: RunSection,
+    elapsed: float,
+    kd_steps: int,
+    runtime: str = "torch",
 ) -> float | None:
-    """A trial with ``kd_steps`` distillation steps is predicted to take this many seconds,
-    more than the time limit leaves; None when it fits (or nothing predicts it)."""
+    """A trial with ``kd_steps`` distillation steps in ``runtime`` is predicted to take this
+    many seconds, more than the time limit leaves; None when it fits (or nothing predicts
+    it)."""
     if costs is None or run.time_limit_seconds is None:
         return None
-    predicted = costs.trial_seconds(kd_steps)
+    predicted = costs.trial_seconds(kd_steps, runtime=runtime)
     return predicted if elapsed + predicted > run.time_limit_seconds else None
 
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from autoslim.operators import OPERATORS
+from autoslim.operators import KNOBS, knob_groups
 from autoslim.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -165,9 +165,9 @@ def workload_from(args: argparse.Namespace) -> Workload:
 
 def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     """One flag per declared knob (dest = the knob; unset flags keep its default)."""
-    for op in OPERATORS:
-        group = parser.add_argument_group(f"recipe: {op.name}", op.doc)
-        for knob in op.knobs:
+    for owner, doc, knobs in knob_groups():
+        group = parser.add_argument_group(f"recipe: {owner}", doc)
+        for knob in knobs:
             help_text = f"{knob.doc} (default {knob.to_param(knob.default)!r})"
             if knob.type is bool:
                 group.add_argument(
@@ -191,12 +191,7 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
 
 def recipe_from_args(args: argparse.Namespace, **defaults: Any) -> Recipe:
     """The recipe given by the recipe flags (``defaults`` for knobs not given)."""
-    given = {
-        knob.name: getattr(args, knob.name)
-        for op in OPERATORS
-        for knob in op.knobs
-        if getattr(args, knob.name, None) is not None
-    }
+    given = {name: getattr(args, name) for name in KNOBS if getattr(args, name, None) is not None}
     return Recipe.from_params({**defaults, **given})
 
 

@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
         f"  perplexity re-measured after reload: {result.measured_perplexity:.4f} "
         f"(stored {result.stored_perplexity:.4f}, {result.relative_difference:+.3%})"
     )
-    print(f"  load it with: AutoModelForCausalLM.from_pretrained({str(result.folder)!r})")
+    from autoslim.runtimes import get_runtime
+
+    print(f"  load it with: {get_runtime(result.recipe.runtime).load_line(str(result.folder))}")
     if pushed:
         print(f"  pushed to the Hub: {pushed}")
     return 0
