@@ -136,7 +136,30 @@ def _journal(url: str) -> optuna.storages.JournalStorage:
         raise ConfigError(f"{url!r}: write journal:///PATH/TO/FILE.log")
     from optuna.storages.journal import JournalFileBackend
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return optuna.storages.JournalStorage(
+        JournalFileBackend(str(path), lock_obj=_tail_checked_lock(url, path))
+    )
+
+
+def _tail_checked_lock(url: str, path: Path) -> Any:
+    """Optuna's journal lock (the one it uses by default), which refuses to let an entry be
+    appended onto an incomplete one (:func:`autoslim.integrity.check_journal_tail`): Optuna
+    takes it before each append, and every writer appends whole lines under it."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    from autoslim import integrity
+
+    class TailCheckedLock(JournalFileSymlinkLock):
+        def acquire(self) -> bool:
+            super().acquire()
+            try:
+                integrity.check_journal_tail(url, path)
+            except BaseException:
+                self.release()
+                raise
+            return True
+
+    return TailCheckedLock(str(path))
 
 
 def _rdb(url: str, heartbeat_seconds: int | None) -> optuna.storages.RDBStorage:

@@ -1,0 +1,75 @@
+"""The fault suite's table in README, declared once beside each test.
+
+Each test of ``tests/faults/`` carries a :func:`fault` row: what a hostile user (or a bad disk)
+does, the command, what autoslim answers, and the completed trials before → after (the test
+asserts them). ``python -m tests.faults.table README.md`` rewrites README's block between
+``<!-- faults:begin -->`` and ``<!-- faults:end -->``; ``test_readme_table_is_current`` fails
+when it is out of date.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable[..., object])
+
+MODULES = ("tests.faults.test_faults", "tests.faults.test_journal")
+
+
+@dataclass(frozen=True)
+class Fault:
+    case: str  # what is done to autoslim
+    command: str  # the command that meets it
+    answer: str  # exit status and the gist of the one-line message (or what is kept)
+    trials: str  # completed trials before → after ("—" where no study is involved)
+
+
+# (module, line of the test) → its row: the table follows MODULES, then each file's order.
+FAULTS: dict[tuple[str, int], Fault] = {}
+
+
+def fault(case: str, command: str, answer: str, trials: str = "5 → 5") -> Callable[[F], F]:
+    """Declare the README row of the test it decorates."""
+
+    def register(test: F) -> F:
+        where = (test.__module__, test.__code__.co_firstlineno)  # type: ignore[attr-defined]
+        FAULTS[where] = Fault(case, command, answer, trials)
+        return test
+
+    return register
+
+
+def table() -> str:
+    for module in MODULES:
+        importlib.import_module(module)
+    order = sorted(FAULTS, key=lambda k: (MODULES.index(k[0]), k[1]))
+    rows = ["| fault | command | answer | completed trials |", "|---|---|---|---|"]
+    for key in order:
+        f = FAULTS[key]
+        rows.append(f"| {f.case} | `{f.command}` | {f.answer} | {f.trials} |")
+    return "\n".join(rows)
+
+
+PATTERN = "<!-- faults:begin -->\n.*?\n<!-- faults:end -->"
+
+
+def block() -> str:
+    return f"<!-- faults:begin -->\n{table()}\n<!-- faults:end -->"
+
+
+def main(path: str = "README.md") -> None:
+    readme = Path(path)
+    text = readme.read_text(encoding="utf-8")
+    readme.write_text(
+        re.sub(PATTERN, block().replace("\\", "\\\\"), text, flags=re.S), encoding="utf-8"
+    )
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
