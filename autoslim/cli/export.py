@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_choice_args(parser, retime_by_default=True)
     parser.add_argument("--out", type=Path, required=True, help="the folder to write")
     parser.add_argument(
-        "--force", action="store_true", help="replace --out when it exists and is not empty"
+        "--force",
+        action="store_true",
+        help="replace a previous export in --out: only the files it wrote, unchanged since",
     )
     parser.add_argument(
         "--push-to-hub",
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         "measured_perplexity": result.measured_perplexity,
         "relative_difference": result.relative_difference,
         "files": sorted(result.files),
+        "kept": list(result.kept),
         "pushed_to": pushed,
     }
     if args.json:
@@ -89,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"exported trial {result.trial} ({result.recipe.describe()}) to {result.folder}")
     print(f"  chosen because: {result.reason}")
+    if result.kept:
+        print(f"  kept, not written by the export: {', '.join(result.kept)}")
     print(
         f"  perplexity re-measured after reload: {result.measured_perplexity:.4f} "
         f"(stored {result.stored_perplexity:.4f}, {result.relative_difference:+.3%})"

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 F = TypeVar("F", bound=Callable[..., object])
 
-MODULES = ("tests.faults.test_faults", "tests.faults.test_journal")
+MODULES = ("tests.faults.test_faults", "tests.faults.test_journal", "tests.faults.test_exports")
 
 
 @dataclass(frozen=True)
