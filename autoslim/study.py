@@ -176,14 +176,29 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 
 def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a stored config that must not change when a study is resumed."""
+    """The parts of a stored config that must not change when a study is resumed (the
+    workload with its defaults filled in: seconds and joules are measured under it)."""
+    from autoslim.protocol import Workload
+
     return {
         "model": config_dict["model"]["name"],
         "objectives": config_dict["objectives"],
         "search": config_dict["search"],
         "budgets": config_dict.get("budgets", {}),
         "tasks": config_dict.get("tasks", {}),
+        "workload": Workload.from_dict(config_dict.get("workload", {})).to_dict(),
     }
+
+
+def _differences(stored: Any, current: Any, key: str) -> list[str]:
+    """``key.sub (old → new)`` for each leaf that differs between two config parts."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        return [
+            line
+            for k in sorted(set(stored) | set(current), key=str)
+            for line in _differences(stored.get(k), current.get(k), f"{key}.{k}")
+        ]
+    return [] if stored == current else [f"{key} ({stored!r} → {current!r})"]
 
 
 def open_study(
@@ -202,11 +217,13 @@ def open_study(
     current = config.to_dict()
     stored = study.user_attrs.get("config")
     if stored is not None and _comparable(stored) != _comparable(current):
-        changed = [k for k, v in _comparable(current).items() if _comparable(stored)[k] != v]
+        old, new = _comparable(stored), _comparable(current)
+        changed = [k for k, v in new.items() if old[k] != v]
+        details = [d for k in changed for d in _differences(old[k], new[k], k)]
         raise ConfigError(
             f"{config.path}: study {name!r} in {mask_url(config.study.storage)} was created "
-            f"with a different {' and '.join(changed)}; results would not be comparable. "
-            "Set a new [study].name, or restore the old values"
+            f"with a different {'; '.join(details[:3]) or ' and '.join(changed)}; results "
+            "would not be comparable. Set a new [study].name, or restore the old values"
         )
     if len(study.directions) != len(config.objectives):
         raise ConfigError(

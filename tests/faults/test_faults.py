@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -29,6 +30,7 @@ from tests.faults.conftest import (
     study_tables,
     tmpfs,
 )
+from tests.faults.table import fault
 from tests.study.conftest import postgres_url, write_study
 
 pytestmark = pytest.mark.slow
@@ -507,3 +509,28 @@ def test_report_never_overwrites_a_study_file(study_copy, victim) -> None:
     again = autoslim("report", study_copy / "s.toml", "--out", study_copy / "r.html")
     assert again.status == 0, again.err
     assert autoslim("report", study_copy / "s.toml", "--out", study_copy / "r.html").status == 0
+
+
+# --- a study resumed with something changed ---------------------------------------------------
+
+
+@fault(
+    "`[workload]` changed before a resume (repeats 5 → 1)",
+    "search",
+    "exit 2: `was created with a different workload.repeats (5 → 1)`; the stored config kept",
+)
+def test_changed_workload_is_refused_on_resume(study_copy, model_dir) -> None:
+    before = completed(study_copy / "s.db")
+    tables = study_tables(model_dir, n_trials=7)
+    tables["workload"] = {**tables["workload"], "repeats": 1}
+    path = write_study(study_copy, tables)
+    result = autoslim("search", path)
+    assert result.status == 2
+    assert "was created with a different workload.repeats (5 → 1)" in result.message
+    assert "Set a new [study].name" in result.message
+    assert completed(study_copy / "s.db") == before
+    with sqlite3.connect(study_copy / "s.db") as connection:
+        (stored,) = connection.execute(
+            "SELECT value_json FROM study_user_attributes WHERE key = 'config'"
+        ).fetchone()
+    assert "repeats" not in json.loads(stored)["workload"]
