@@ -38,7 +38,7 @@ from autoslim.errors import ConfigError, DataError, ModelError
 from autoslim.measure.measurement import versions
 from autoslim.pick import choose
 from autoslim.recipe import Recipe
-from autoslim.trials import TrialRecord, read_trials, stored_config
+from autoslim.trials import TrialRecord, jsonable, read_trials, stored_config
 from autoslim.weights import PRESETS, Weights
 
 logger = logging.getLogger(__name__)
@@ -354,7 +354,8 @@ def export(
             "versions": versions("optuna", "safetensors", "accelerate"),
             "files": files,
         }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(jsonable(manifest), indent=2, allow_nan=False)
+        (staging / MANIFEST).write_text(text + "\n", encoding="utf-8")
         kept = _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -210,7 +210,11 @@ def json_document(command: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_json(command: str, body: dict[str, Any]) -> None:
-    print(json.dumps(json_document(command, body), indent=2, sort_keys=False, default=str))
+    """One strict JSON document: a NaN or infinite figure is the string ``"nan"`` / ``"inf"``."""
+    from autoslim.trials import jsonable
+
+    document = jsonable(json_document(command, body))
+    print(json.dumps(document, indent=2, sort_keys=False, default=str, allow_nan=False))
 
 
 def print_table(rows: list[tuple[str, Any]]) -> None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import autoslim, completed
+from tests.faults.conftest import ENV, autoslim, completed
 from tests.faults.table import fault
 
 pytestmark = pytest.mark.slow
@@ -112,3 +113,46 @@ def test_force_refuses_a_manifest_listing_files_outside_the_folder(built, export
     assert result.status == 2
     assert "lists '../thesis.tex', outside the folder" in result.message
     assert thesis.read_text() == "years of work"
+
+
+@fault(
+    "a study measured with `repeats = 1` (its `seconds_cv` is NaN)",
+    "search, export, pick --json, report",
+    'exit 0 each: the card shows `NaN (not measured)`, JSON the string `"nan"`',
+    "— → 1",
+)
+def test_a_study_measured_with_one_repeat_exports(tmp_path) -> None:
+    from autoslim.testing import save_tiny_model
+    from tests.study.conftest import TINY_WORKLOAD, write_study
+
+    model = save_tiny_model("qwen3", tmp_path / "model")
+    tables = {
+        "study": {"n_trials": 1},
+        "model": {"name": str(model)},
+        "workload": {**TINY_WORKLOAD, "repeats": 1},
+        "search": {"precision": ["fp32"], "bits": [16, 8], "quant_backend": ["bitsandbytes"]},
+    }
+    path = write_study(tmp_path, tables)
+
+    def real(*args: str | Path) -> subprocess.CompletedProcess[str]:  # the real objective
+        return subprocess.run(
+            [sys.executable, "-m", "autoslim", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=600,
+        )
+
+    searched = real("search", path)
+    assert searched.returncode == 0, searched.stderr
+    exported = real("export", path, "--trial", "0", "--out", tmp_path / "ex")
+    assert exported.returncode == 0, exported.stderr
+    card = (tmp_path / "ex" / "README.md").read_text()
+    assert "| seconds, coefficient of variation (`seconds_cv`) | NaN (not measured) |" in card
+    manifest = json.loads((tmp_path / "ex" / "autoslim.json").read_text())  # strict JSON
+    assert manifest["stored_measurement"]["seconds_cv"] == "nan"
+    picked = real("pick", path, "--json")
+    assert picked.returncode == 0, picked.stderr
+    json.loads(picked.stdout)
+    reported = real("report", path, "--out", tmp_path / "r.html")
+    assert reported.returncode == 0, reported.stderr
