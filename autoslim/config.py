@@ -490,11 +490,18 @@ def _run_section(t: _Table, file: Path) -> RunSection:
 
 
 def _storage(t: _Table, url: str, file: Path, name: str) -> str:
-    """The storage URL, checked without creating anything (SQLite beside the study file)."""
+    """The storage URL, checked without creating anything (SQLite beside the study file; a
+    relative file path is relative to the study file's folder, not the current one)."""
     from autoslim import integrity
+    from autoslim.storage import SCHEMES, scheme_of
 
     if not url:
         url = "sqlite:///" + str((file.parent / f"{name}.db").absolute())
+    kind = SCHEMES.get(scheme_of(url))
+    if kind is not None and kind.file and url.startswith(kind.prefix):
+        given = url.removeprefix(kind.prefix)
+        if given and given != ":memory:" and not Path(given).expanduser().is_absolute():
+            url = kind.prefix + str((file.parent / given).absolute())
     parsed = _url(url)
     if parsed is None:
         raise t.error(
@@ -510,8 +517,6 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
             "get shared, so remove it from the URL and give it to the database client "
             "instead (PGPASSWORD, a passfile or ~/.pgpass for PostgreSQL)",
         )
-    from autoslim.storage import SCHEMES, scheme_of
-
     scheme = scheme_of(url)
     if scheme not in SCHEMES:
         kinds = ", ".join(f"{s.example} ({s.use})" for s in SCHEMES.values())

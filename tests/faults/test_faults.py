@@ -534,3 +534,28 @@ def test_changed_workload_is_refused_on_resume(study_copy, model_dir) -> None:
             "SELECT value_json FROM study_user_attributes WHERE key = 'config'"
         ).fetchone()
     assert "repeats" not in json.loads(stored)["workload"]
+
+
+@fault(
+    'a relative `storage = "journal:///jr.log"`, worker started from another folder',
+    "search",
+    "exit 0: the path is relative to the study file's folder, so both runs share one study",
+    "0 → 5 → 7",
+)
+def test_relative_storage_follows_the_study_file(model_dir, tmp_path) -> None:
+    here, elsewhere = tmp_path / "studies", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    path = write_study(here, study_tables(model_dir, storage="journal:///jr.log"))
+    first = autoslim("search", path, cwd=elsewhere)
+    assert first.status == 0, first.err
+    assert (here / "jr.log").is_file() and not list(elsewhere.iterdir())
+    again = autoslim("search", path, "--n-trials", "7", cwd=here)
+    assert again.status == 0, again.err
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = optuna.storages.JournalStorage(JournalFileBackend(str(here / "jr.log")))
+    trials = optuna.load_study(study_name="s", storage=journal).get_trials(deepcopy=False)
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 7
+    assert not list(elsewhere.iterdir())
