@@ -439,12 +439,28 @@ def _positive(table: _Table, name: str, value: float | None, *, allow_none: bool
 
 # What a study name may be made of (it names the study in its storage and its default file).
 STUDY_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# Files are named after it (NAME.toml, NAME.db, NAME.db.backup-STAMP-wal, report-NAME.html,
+# a journal's NAME.log.lock<uuid>…): with this many characters the longest still fits the
+# 255 bytes a file name may have.
+MAX_STUDY_NAME = 128
+
+
+def study_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a study (None when it can)."""
+    if not STUDY_NAME.fullmatch(name):
+        return f"{name!r}: use letters, digits, '-', '_' or '.' only"
+    if len(name) > MAX_STUDY_NAME:
+        return (
+            f"{name[:20]!r}… is {len(name)} characters; at most {MAX_STUDY_NAME}, so the files "
+            "named after it (NAME.db.backup-…, report-NAME.html) fit the file system"
+        )
+    return None
 
 
 def _run_section(t: _Table, file: Path) -> RunSection:
     name = t.get("name", str, file.stem)
-    if not STUDY_NAME.fullmatch(name):
-        raise t.error("name", f"{name!r}: use letters, digits, '-', '_' or '.' only")
+    if (problem := study_name_problem(name)) is not None:
+        raise t.error("name", problem)
     storage = t.get("storage", str, "")
     n_trials = t.get("n_trials", int, 20)
     time_limit = t.get("time_limit_seconds", (int, float), None)

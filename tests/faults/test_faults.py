@@ -559,3 +559,25 @@ def test_relative_storage_follows_the_study_file(model_dir, tmp_path) -> None:
     trials = optuna.load_study(study_name="s", storage=journal).get_trials(deepcopy=False)
     assert sum(t.state.name == "COMPLETE" for t in trials) == 7
     assert not list(elsewhere.iterdir())
+
+
+@fault(
+    "a 252-character study name",
+    "search --check / init / report",
+    "exit 2 before any file: `study.name: … is 252 characters; at most 128`; `report` of a "
+    "study another tool named so writes `report-NAME[:128].html`",
+    "—",
+)
+def test_a_study_name_too_long_for_a_file_name(model_dir, study_copy, tmp_path) -> None:
+    name = "a" * 252
+    path = write_study(tmp_path, study_tables(model_dir, name=name))
+    for args in (["search", path, "--check"], ["init", name]):
+        result = autoslim(*args, cwd=tmp_path)
+        assert result.status == 2
+        assert "is 252 characters; at most 128, so the files named after it" in result.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "s.toml"]
+    with sqlite3.connect(study_copy / "s.db") as connection:  # renamed by another tool
+        connection.execute("UPDATE studies SET study_name = ?", (name,))
+    report = autoslim("report", study_copy / "s.db", cwd=study_copy)
+    assert report.status == 0, report.err
+    assert (study_copy / f"report-{'a' * 128}.html").is_file()
