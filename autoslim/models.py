@@ -153,7 +153,14 @@ def load_config(name: str, trust_remote_code: bool = False) -> Any:
 
 
 def _load_failure(name: str, where: str, e: Exception) -> str:
+    from safetensors import SafetensorError
+
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, SafetensorError):
+        return (
+            f"cannot load model folder {name!r}: a weights file is damaged or cut short "
+            f"(safetensors: {first_line}); copy or download the model again"
+        )
     if Path(where).is_dir():
         return f"cannot load model folder {name!r}: {first_line}"
     return (
@@ -170,6 +177,7 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer by name, ready for evaluation."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = resolve(name)
@@ -179,7 +187,7 @@ def load_model(
             where, dtype=dtype, trust_remote_code=trust_remote_code
         )
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise ModelError(_load_failure(name, where, e)) from e
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token

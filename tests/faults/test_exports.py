@@ -52,6 +52,24 @@ def _tree(folder: Path) -> dict[str, bytes]:
     }
 
 
+def _real(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``autoslim`` with its real objective, in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "autoslim", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def _message(done: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in done.stderr, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("autoslim ")]
+    return line
+
+
 @fault(
     "`export --force` over a previous export the user made a git repository and added notes to",
     "export --force",
@@ -134,25 +152,34 @@ def test_a_study_measured_with_one_repeat_exports(tmp_path) -> None:
     }
     path = write_study(tmp_path, tables)
 
-    def real(*args: str | Path) -> subprocess.CompletedProcess[str]:  # the real objective
-        return subprocess.run(
-            [sys.executable, "-m", "autoslim", *map(str, args)],
-            capture_output=True,
-            text=True,
-            env=ENV,
-            timeout=600,
-        )
-
-    searched = real("search", path)
+    searched = _real("search", path)
     assert searched.returncode == 0, searched.stderr
-    exported = real("export", path, "--trial", "0", "--out", tmp_path / "ex")
+    exported = _real("export", path, "--trial", "0", "--out", tmp_path / "ex")
     assert exported.returncode == 0, exported.stderr
     card = (tmp_path / "ex" / "README.md").read_text()
     assert "| seconds, coefficient of variation (`seconds_cv`) | NaN (not measured) |" in card
     manifest = json.loads((tmp_path / "ex" / "autoslim.json").read_text())  # strict JSON
     assert manifest["stored_measurement"]["seconds_cv"] == "nan"
-    picked = real("pick", path, "--json")
+    picked = _real("pick", path, "--json")
     assert picked.returncode == 0, picked.stderr
     json.loads(picked.stdout)
-    reported = real("report", path, "--out", tmp_path / "r.html")
+    reported = _real("report", path, "--out", tmp_path / "r.html")
     assert reported.returncode == 0, reported.stderr
+
+
+@fault(
+    "a `--model` folder whose `model.safetensors` is cut short",
+    "measure",
+    "exit 2: `a weights file is damaged or cut short (safetensors: …); copy or download the "
+    "model again`",
+    "—",
+)
+def test_a_truncated_weights_file(tmp_path) -> None:
+    from autoslim.testing import save_tiny_model
+
+    model = save_tiny_model("qwen3", tmp_path / "model")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    done = _real("measure", "--model", model, "--window", "64")
+    assert done.returncode == 2
+    assert "a weights file is damaged or cut short (safetensors:" in _message(done)
