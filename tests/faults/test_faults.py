@@ -581,3 +581,41 @@ def test_a_study_name_too_long_for_a_file_name(model_dir, study_copy, tmp_path) 
     report = autoslim("report", study_copy / "s.db", cwd=study_copy)
     assert report.status == 0, report.err
     assert (study_copy / f"report-{'a' * 128}.html").is_file()
+
+
+@fault(
+    "a known recipe at `prune_ratio` 0.3 and a sampled 0.30000000000000004 (step arithmetic)",
+    "search",
+    "exit 0: the sampled one is PRUNED as a duplicate (floats compared as the build sees them); "
+    "no recipe measured twice",
+    "0 → 6 (the space holds 6 recipes)",
+)
+def test_float_noise_does_not_measure_a_recipe_twice(model_dir, tmp_path) -> None:
+    tables = study_tables(model_dir, n_trials=7, sampler="random")
+    tables["search"] = {
+        "precision": ["fp32"],
+        "bits": [16],
+        "quant_backend": ["bitsandbytes"],
+        "prune_ratio": {"low": 0.0, "high": 0.5, "step": 0.1},
+        "prune_importance": ["activation"],
+        "drop_heads_per_layer": [0],
+        "kd_steps": [0],
+        "kd_temperature": [2.0],
+    }
+    path = write_study(tmp_path, tables)
+    result = autoslim("search", path)
+    assert result.status == 0, result.err
+    with sqlite3.connect(tmp_path / "s.db") as connection:
+        ratios = [
+            value
+            for (value,) in connection.execute(
+                "SELECT p.param_value FROM trials t JOIN trial_params p ON p.trial_id = "
+                "t.trial_id WHERE t.state = 'COMPLETE' AND p.param_name = 'prune_ratio'"
+            )
+        ]
+        noisy = connection.execute(
+            "SELECT count(*) FROM trial_params WHERE param_name = 'prune_ratio' "
+            "AND param_value != round(param_value, 9)"
+        ).fetchone()[0]
+    assert noisy, "the sampler proposed no noisy float: the case was not exercised"
+    assert sorted(round(r, 9) for r in ratios) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
