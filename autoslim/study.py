@@ -281,15 +281,45 @@ def base_recipe(config: StudyConfig) -> Recipe:
 
 def counts_toward_total(trial: FrozenTrial) -> bool:
     """Finished trials that evaluated a recipe (not duplicates, not over the budget, not
-    interrupted ones)."""
+    interrupted ones, not ones put back behind the base-model trial, not a failed base-model
+    trial: it is run again, and nothing is compared without it)."""
     attrs = trial.user_attrs
     return (
         trial.state.is_finished()
         and "duplicate_of" not in attrs
         and "over_budget" not in attrs
         and "past_time_limit" not in attrs
+        and WAITS_FOR_BASE not in attrs
+        and not (attrs.get("is_base") and trial.state != TrialState.COMPLETE)
         and not is_interrupted(trial)
     )
+
+
+# The user attr of a trial taken while the base-model trial was still queued behind it.
+WAITS_FOR_BASE = "waits_for_base"
+
+
+def _base_queued_behind(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
+    """Whether the base model is unknown, no worker is measuring it and its trial waits in the
+    queue (after a base trial that failed, the resumed study enqueues it again behind the
+    recipes still waiting)."""
+    attrs = study.user_attrs
+    if "base_figures" in attrs or "base_perplexity" in attrs:
+        return False
+    bases = {t.state for t in trials if t.user_attrs.get("is_base")}
+    return TrialState.WAITING in bases and TrialState.RUNNING not in bases
+
+
+def _put_back(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Record ``trial`` as put back behind the base-model trial (PRUNED, not counted) and
+    enqueue its recipe again, after the base."""
+    trial.set_user_attr(WAITS_FOR_BASE, True)
+    trial.set_user_attr(
+        "prune_reason", "the base-model trial was queued behind it; its recipe is queued again"
+    )
+    study.tell(trial, state=TrialState.PRUNED)
+    kept = {k: v for k, v in trial.user_attrs.items() if k in RETRY_KEEPS}
+    study.enqueue_trial(trial.params, user_attrs=kept)
 
 
 def recover_stale_trials(
@@ -771,6 +801,9 @@ def run_study(
                         trial.set_user_attr(key, value)
                     trial.set_user_attr("worker", host)
                     latest = study.get_trials(deepcopy=False)
+                    if not is_base and _base_queued_behind(study, latest):
+                        _put_back(study, trial)
+                        continue
                     if _over_budget(latest, trial, run.n_trials):
                         trial.set_user_attr("over_budget", True)
                         trial.set_user_attr(
@@ -940,6 +973,10 @@ def _find_evaluated(trials: list[FrozenTrial], recipe: Recipe, number: int) -> i
     mine = next(t for t in trials if t.number == number)
     for t in trials:
         if t.number == number or "duplicate_of" in t.user_attrs or "over_budget" in t.user_attrs:
+            continue
+        if WAITS_FOR_BASE in t.user_attrs:
+            continue
+        if t.user_attrs.get("is_base") and t.state == TrialState.FAIL:  # it is run again
             continue
         if t.state == TrialState.WAITING or is_interrupted(t):
             continue

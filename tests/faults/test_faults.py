@@ -619,3 +619,34 @@ def test_float_noise_does_not_measure_a_recipe_twice(model_dir, tmp_path) -> Non
         ).fetchone()[0]
     assert noisy, "the sampler proposed no noisy float: the case was not exercised"
     assert sorted(round(r, 9) for r in ratios) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+
+
+@fault(
+    "the base-model trial fails (a task function raising on it), then the user resumes",
+    "search",
+    "exit 2 naming the base trial's reason; on resume the base runs first, the recipes queued "
+    "before it are put back behind it (PRUNED, not counted) and all complete",
+    "0 → 0 → 3",
+)
+def test_a_failed_base_trial_runs_first_on_resume(model_dir, tmp_path) -> None:
+    path = write_study(tmp_path, study_tables(model_dir, n_trials=3))
+    failed = autoslim("search", path, env={"AUTOSLIM_FAKE_FAULTS": "16:raise"})
+    assert failed.status == 2
+    assert "the base-model trial 0 failed (RuntimeError: injected failure" in failed.message
+    assert states(tmp_path / "s.db") == {0: "FAIL", 1: "WAITING", 2: "WAITING"}
+    resumed = autoslim("search", path)
+    assert resumed.status == 0, resumed.err
+    assert "reached n_trials=3" in resumed.out
+    assert "BaseModelUnknown" not in resumed.out + resumed.err
+    with sqlite3.connect(tmp_path / "s.db") as connection:
+        rows = connection.execute(
+            "SELECT t.number, t.state, a.key FROM trials t LEFT JOIN trial_user_attributes a "
+            "ON a.trial_id = t.trial_id AND a.key IN ('is_base', 'known', 'waits_for_base') "
+            "ORDER BY t.number"
+        ).fetchall()
+    complete = [(n, key) for n, state, key in rows if state == "COMPLETE"]
+    assert complete == [(3, "is_base"), (4, "known"), (5, "known")]  # the base first
+    assert [(n, s) for n, s, key in rows if key == "waits_for_base"] == [
+        (1, "PRUNED"),
+        (2, "PRUNED"),
+    ]
