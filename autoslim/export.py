@@ -80,6 +80,11 @@ def select_trial(
         choice = choose(
             study, weights or PRESETS["balanced"], max_ppl_increase, tighten, retime=retime
         )
+        if not choice.recommended:
+            raise ConfigError(
+                f"{choice.reason}; export re-times by default (drop --no-retime), or name the "
+                "trial with --trial N"
+            )
         return _trial(study, choice.best.number), choice.reason
     if weights is not None or max_ppl_increase is not None or tighten or retime:
         raise ConfigError(

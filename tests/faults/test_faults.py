@@ -650,3 +650,35 @@ def test_a_failed_base_trial_runs_first_on_resume(model_dir, tmp_path) -> None:
         (1, "PRUNED"),
         (2, "PRUNED"),
     ]
+
+
+@fault(
+    "the base model timed with a 17 % CV (a busy machine), quantized trials timed quietly",
+    "pick / report / export --no-retime",
+    "`pick` and the report: `no candidate can be recommended until the base model is "
+    "re-timed`, the base's figure beside each candidate; `export --no-retime` without "
+    "`--trial` exit 2",
+    "0 → 3",
+)
+def test_no_recommendation_while_the_base_timing_is_held_back(model_dir, tmp_path) -> None:
+    path = write_study(tmp_path, study_tables(model_dir, n_trials=3))
+    searched = autoslim("search", path, env={"AUTOSLIM_FAKE_FAULTS": "16:noisy"})
+    assert searched.status == 0, searched.err
+    picked = autoslim("pick", path)
+    assert picked.status == 0, picked.err
+    (line,) = [x for x in picked.out.splitlines() if x.startswith(("chosen", "no recommendation"))]
+    assert line.startswith(
+        "no recommendation: no candidate can be recommended until the base model is re-timed: "
+        "its own timing is held back (trial 0: seconds CV 17% > 10%)"
+    )
+    assert "trial 1 (int8) 1.15 s (base 1)" in line
+    report = autoslim("report", path, "--out", tmp_path / "r.html")
+    assert report.status == 0, report.err
+    assert "no candidate can be recommended until the base model is re-timed" in (
+        (tmp_path / "r.html").read_text()
+    )
+    export = autoslim("export", path, "--no-retime", "--out", tmp_path / "x")
+    assert export.status == 2
+    assert "no candidate can be recommended until" in export.message
+    assert "drop --no-retime), or name the trial with --trial N" in export.message
+    assert not (tmp_path / "x").exists()
