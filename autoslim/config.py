@@ -366,7 +366,7 @@ def load(
     if not file.is_file():
         raise ConfigError(f"study file {where!r} does not exist; pass a studies/NAME.toml file")
     try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        raw = tomllib.loads(file.read_text(encoding="utf-8-sig"))  # a BOM some editors write
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{where}: cannot read the file ({e})") from e
     except tomllib.TOMLDecodeError as e:
@@ -548,6 +548,17 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
         parent = target.parent
         if target.is_dir():
             raise t.error("storage", f"{db!r} is a folder; name a database file inside it")
+        if target.exists() and not target.is_file():
+            raise t.error(
+                "storage",
+                f"{db!r} is not a regular file (a device, pipe or socket"
+                + (
+                    f", through the link to {os.path.realpath(target)!r}"
+                    if target.is_symlink()
+                    else ""
+                )
+                + "); name a database file",
+            )
         if target.exists():
             if not os.access(target, os.R_OK | os.W_OK):
                 raise t.error("storage", f"{db!r} exists but is not writable; fix permissions")
@@ -754,6 +765,15 @@ def _range(t: _Table, name: str, integer: bool) -> Range:
             )
         if log:
             raise t.error("log", "a range cannot have both a step and log = true; drop one")
+        count = (high - low) / step
+        if abs(count - round(count)) > 1e-9 * max(1.0, count):
+            last = low + math.floor(count) * step
+            raise t.error(
+                "step",
+                f"{step} does not divide the range {low}..{high} (the sampler would cut it to "
+                f"{low}..{last:.12g}); use a step that divides {high - low:.12g}, or high = "
+                f"{last:.12g}",
+            )
     if log and low <= 0:
         raise t.error("low", f"{low}: a log range needs low > 0")
     return Range(low=low, high=high, step=step, log=log, integer=integer)

@@ -110,9 +110,14 @@ def make_storage(url: str, heartbeat_seconds: int | None = None) -> optuna.stora
     heartbeats and retries stale trials (what a worker needs; readers pass nothing)."""
     from autoslim import integrity
 
+    scheme = scheme_of(url)
+    if scheme not in SCHEMES:
+        kinds = ", ".join(f"{s.example} ({s.use})" for s in SCHEMES.values())
+        raise ConfigError(
+            f"storage {mask_url(url)!r}: unknown kind {scheme!r}; use one of {kinds}"
+        )
     check_driver(url)
     integrity.check_storage(url)
-    scheme = scheme_of(url)
     try:
         if scheme == "journal":
             return _journal(url)

@@ -30,16 +30,19 @@ class Fault:
     trials: str  # completed trials before → after ("—" where no study is involved)
 
 
-# (module, line of the test) → its row: the table follows MODULES, then each file's order.
-FAULTS: dict[tuple[str, int], Fault] = {}
+# (module, line of the test, -order) → its row: the table follows MODULES, then each file's
+# order; rows stacked on one test read top to bottom (decorators apply bottom-up).
+FAULTS: dict[tuple[str, int, int], Fault] = {}
 
 
 def fault(case: str, command: str, answer: str, trials: str = "5 → 5") -> Callable[[F], F]:
-    """Declare the README row of the test it decorates."""
+    """Declare a README row of the test it decorates (a test may carry several)."""
 
     def register(test: F) -> F:
-        where = (test.__module__, test.__code__.co_firstlineno)  # type: ignore[attr-defined]
-        FAULTS[where] = Fault(case, command, answer, trials)
+        code = test.__code__  # type: ignore[attr-defined]
+        FAULTS[(test.__module__, code.co_firstlineno, -len(FAULTS))] = Fault(
+            case, command, answer, trials
+        )
         return test
 
     return register
@@ -48,9 +51,8 @@ def fault(case: str, command: str, answer: str, trials: str = "5 → 5") -> Call
 def table() -> str:
     for module in MODULES:
         importlib.import_module(module)
-    order = sorted(FAULTS, key=lambda k: (MODULES.index(k[0]), k[1]))
     rows = ["| fault | command | answer | completed trials |", "|---|---|---|---|"]
-    for key in order:
+    for key in sorted(FAULTS, key=lambda k: (MODULES.index(k[0]), k[1], k[2])):
         f = FAULTS[key]
         rows.append(f"| {f.case} | `{f.command}` | {f.answer} | {f.trials} |")
     return "\n".join(rows)

@@ -682,3 +682,71 @@ def test_no_recommendation_while_the_base_timing_is_held_back(model_dir, tmp_pat
     assert "no candidate can be recommended until" in export.message
     assert "drop --no-retime), or name the trial with --trial N" in export.message
     assert not (tmp_path / "x").exists()
+
+
+@fault(
+    "a range whose `step` does not divide it (`prune_ratio` 0..0.5 step 0.2)",
+    "search --check",
+    "exit 2: `search.prune_ratio.step: 0.2 does not divide the range 0.0..0.5 (the sampler "
+    "would cut it to 0.0..0.4)`",
+    "—",
+)
+@fault(
+    "a storage path that is a symlink to a device (`/dev/null`)",
+    "search --check",
+    "exit 2: `is not a regular file (…, through the link to '/dev/null')`",
+    "—",
+)
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (
+            {"search": {"prune_ratio": {"low": 0.0, "high": 0.5, "step": 0.2}}},
+            "search.prune_ratio.step: 0.2 does not divide the range 0.0..0.5 (the sampler "
+            "would cut it to 0.0..0.4); use a step that divides 0.5, or high = 0.4",
+        ),
+        (
+            {"study": {"storage": "sqlite:///null.db"}},
+            "study.storage: '{folder}/null.db' is not a regular file (a device, pipe or socket, "
+            "through the link to '/dev/null'); name a database file",
+        ),
+    ],
+)
+def test_study_file_mistakes_found_by_check(model_dir, tmp_path, change, needle) -> None:
+    (tmp_path / "null.db").symlink_to("/dev/null")
+    tables = study_tables(model_dir)
+    for table, values in change.items():
+        tables[table] = {**tables[table], **values}
+    result = autoslim("search", write_study(tmp_path, tables), "--check")
+    assert result.status == 2
+    assert needle.format(folder=tmp_path) in result.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null.db", "s.toml"]
+
+
+@fault(
+    "a study file saved with a UTF-8 byte-order mark (Windows editors)",
+    "search --check",
+    "exit 0: read like any other (it was `not valid TOML … line 1, column 1`)",
+    "—",
+)
+def test_a_study_file_with_a_byte_order_mark(model_dir, tmp_path) -> None:
+    path = write_study(tmp_path, study_tables(model_dir))
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    result = autoslim("search", path, "--check")
+    assert result.status == 0, result.err
+    assert "valid (study 's')" in result.out
+
+
+@fault(
+    "an unknown storage URL scheme (`foo://x/y`)",
+    "pick",
+    "exit 2: `unknown kind 'foo'; use one of sqlite:///FILE.db …` (was SQLAlchemy's "
+    "`NoSuchModuleError … check the server`)",
+    "—",
+)
+def test_an_unknown_storage_scheme() -> None:
+    result = autoslim("pick", "foo://x/y")
+    assert result.status == 2
+    assert "storage 'foo://x/y': unknown kind 'foo'; use one of sqlite:///FILE.db" in (
+        result.message
+    )
