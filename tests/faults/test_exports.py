@@ -4,9 +4,11 @@ study of real builds of a tiny model."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,14 +54,15 @@ def _tree(folder: Path) -> dict[str, bytes]:
     }
 
 
-def _real(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _real(
+    *args: str | Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``autoslim`` with its real objective, in its own process."""
     return subprocess.run(
         [sys.executable, "-m", "autoslim", *map(str, args)],
         capture_output=True,
         text=True,
-        env=ENV,
-        cwd=cwd,
+        env={**ENV, **(env or {})},
         timeout=600,
     )
 
@@ -183,3 +186,44 @@ def test_a_truncated_weights_file(tmp_path) -> None:
     done = _real("measure", "--model", model, "--window", "64")
     assert done.returncode == 2
     assert "a weights file is damaged or cut short (safetensors:" in _message(done)
+
+
+@fault(
+    "a process killed (`kill -9`) while its quantization scratch copy of the model is on disk",
+    "measure --bits 8 (any later quantization)",
+    "exit 0; the abandoned `autoslim-quantize-*` folder (its lock free) is removed",
+    "—",
+)
+def test_a_killed_quantization_leaves_no_scratch_folder(tmp_path) -> None:
+    from autoslim.testing import save_tiny_model
+
+    model = save_tiny_model("qwen3", tmp_path / "model")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    holder = subprocess.Popen(  # holds a scratch folder as a quantizing export does
+        [
+            sys.executable,
+            "-c",
+            "import time; from autoslim.compress.backends import base\n"
+            "with base._scratch() as folder:\n"
+            "    open(folder + '/model.safetensors', 'wb').write(bytes(1 << 20))\n"
+            "    print(folder, flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**ENV, "TMPDIR": str(temp)},
+    )
+    assert holder.stdout is not None
+    left = Path(holder.stdout.readline().strip())
+    holder.kill()
+    holder.wait()
+    assert left.is_dir() and left.name.startswith("autoslim-quantize-")
+    old = time.time() - 3600  # an hour ago
+    os.utime(left / ".in-use", (old, old))
+    done = _real(
+        "measure", "--model", model, "--window", "64", "--bits", "8", "--quant-backend",
+        "bitsandbytes", env={"TMPDIR": str(temp)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not left.exists()
+    assert not list(temp.glob("autoslim-quantize-*"))
