@@ -187,6 +187,13 @@ def check_destination(out: Path, force: bool, protected: Sequence[Path] = ()) ->
                 "there would replace it, so it is refused even with --force; choose a new "
                 f"folder such as {str(folder / 'export')!r}"
             )
+    inside = next((p for p in target.parents if is_export(p)), None)
+    if inside is not None:
+        raise ConfigError(
+            f"--out {str(out)!r} is inside the previous export {str(inside)!r}; an export there "
+            "would nest one model's folder in another's (and be uploaded with it), so choose a "
+            "folder outside it"
+        )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a folder path")
     if out.is_dir() and any(out.iterdir()):

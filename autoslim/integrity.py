@@ -460,7 +460,8 @@ def backup(path: Path) -> Path:
 
 def recover(path: Path, target: Path) -> dict[str, int]:
     """Copy every row SQLite can still read from ``path`` into a new file ``target`` with the
-    same schema; returns rows recovered and rows lost per table."""
+    same schema; returns rows recovered and rows lost per table. When not even the schema can
+    be read (``sqlite3.DatabaseError``), no ``target`` is left behind."""
     source = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
     out = sqlite3.connect(target)
     counts: dict[str, int] = {}
@@ -469,6 +470,12 @@ def recover(path: Path, target: Path) -> dict[str, int]:
             "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL "
             "AND name NOT LIKE 'sqlite_%' ORDER BY type = 'index'"
         ).fetchall()
+    except sqlite3.DatabaseError:
+        source.close()
+        out.close()
+        target.unlink(missing_ok=True)
+        raise
+    try:
         for kind, _name, sql in schema:
             if kind in ("table", "index"):
                 out.execute(sql)

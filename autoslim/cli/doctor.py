@@ -12,6 +12,7 @@ reason; the next ``search`` or ``worker`` writes it.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,14 @@ def run(args: argparse.Namespace) -> int:
             print(line)
         return 0
     target = path.with_name(f"{path.stem}.recovered-{time.strftime('%Y%m%d-%H%M%S')}.db")
-    counts = integrity.recover(path, target)
+    try:
+        counts = integrity.recover(path, target)
+    except sqlite3.DatabaseError as e:  # not a database at all: no table to read rows from
+        print(
+            f"recovered    nothing: SQLite reads no table from {path} ({e}); check that STUDY "
+            "names the study's .db file"
+        )
+        return 1
     lost = sum(v for k, v in counts.items() if k.endswith("(lost)"))
     print(f"recovered    {target} ({lost} unreadable rows left behind)")
     return _check_recovered(f"sqlite:///{target}", target, path)

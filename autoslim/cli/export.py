@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--private needs --push-to-hub REPO")
 
     study = open_study(args)
-    weights = weights_from(args.prefer, args.weights) if args.prefer or args.weights else None
+    chosen = args.prefer or args.weights is not None
+    weights = weights_from(args.prefer, args.weights) if chosen else None
     args.retime = args.retime and args.trial is None  # a given trial is not chosen: no re-timing
     with show_progress(args):
         result = export(

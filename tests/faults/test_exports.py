@@ -189,6 +189,37 @@ def test_a_truncated_weights_file(tmp_path) -> None:
 
 
 @fault(
+    "`--out` inside a previous export (`ex/one/sub`: nested silently)",
+    "export",
+    "exit 2 before the rebuild: `is inside the previous export …; choose a folder outside it`",
+    "1 → 1",
+)
+def test_out_inside_a_previous_export(built, exported) -> None:
+    result = autoslim("export", built, "--trial", "0", "--out", exported / "sub")
+    assert result.status == 2
+    assert f"is inside the previous export '{exported}'" in result.message
+    assert not (exported / "sub").exists()
+
+
+@fault(
+    "a `--model` folder without tokenizer files",
+    "measure",
+    "exit 2: `has no tokenizer (none of tokenizer.json, …); copy the tokenizer files` (was "
+    "`the text holds 39 tokens, fewer than one perplexity window`)",
+    "—",
+)
+def test_a_model_folder_without_a_tokenizer(tmp_path) -> None:
+    from autoslim.testing import save_tiny_model
+
+    model = save_tiny_model("qwen3", tmp_path / "model")
+    for path in model.glob("tokenizer*"):
+        path.unlink()
+    done = _real("measure", "--model", model, "--window", "64")
+    assert done.returncode == 2
+    assert f"model folder '{model}' has no tokenizer (none of tokenizer.json" in _message(done)
+
+
+@fault(
     "a process killed (`kill -9`) while its quantization scratch copy of the model is on disk",
     "measure --bits 8 (any later quantization)",
     "exit 0; the abandoned `autoslim-quantize-*` folder (its lock free) is removed",

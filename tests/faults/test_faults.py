@@ -750,3 +750,42 @@ def test_an_unknown_storage_scheme() -> None:
     assert "storage 'foo://x/y': unknown kind 'foo'; use one of sqlite:///FILE.db" in (
         result.message
     )
+
+
+@fault(
+    "`--weights` naming a weight twice (`time=1,time=0`: the last silently won)",
+    "pick",
+    "exit 2: `--weights 'time=1,time=0' names time twice; give each weight once`",
+)
+@fault(
+    'an empty `--weights ""` (the default was silently used)',
+    "pick",
+    "exit 2: `--weights '': empty; write e.g. time=0.7,energy=0.3`",
+)
+@pytest.mark.parametrize(
+    ("weights", "needle"),
+    [
+        ("time=1,time=0", "--weights 'time=1,time=0' names time twice; give each weight once"),
+        ("", "--weights '': empty; write e.g. time=0.7,energy=0.3"),
+    ],
+)
+def test_bad_weights(study_copy, weights, needle) -> None:
+    result = autoslim("pick", study_copy / "s.toml", "--weights", weights)
+    assert result.status == 2 and needle in result.message
+
+
+@fault(
+    "`doctor` on a file that is not SQLite at all (a text file)",
+    "doctor",
+    "exit 1 as README says (was 2): `recovered nothing: SQLite reads no table from …`; no "
+    "empty `*.recovered-*.db` left",
+    "—",
+)
+def test_doctor_on_a_file_that_is_not_sqlite(tmp_path) -> None:
+    notes = tmp_path / "notes.db"
+    notes.write_text("my notes, not a database\n")
+    result = autoslim("doctor", notes)
+    assert result.status == 1, result.err
+    assert "recovered    nothing: SQLite reads no table from" in result.out
+    assert notes.read_text() == "my notes, not a database\n"
+    assert not list(tmp_path.glob("*.recovered-*"))
