@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -59,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         status: int = args.func(args)
+        if argv is None:  # the program itself (not a caller in its own process)
+            # Done and said so: a Ctrl-C now (flushing, or while Python shuts down) must not
+            # turn the outcome printed into "interrupted" (exit 130) or a traceback.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         sys.stdout.flush()
     except AutoslimError as e:
         print(f"autoslim {args.command}: error: {e}", file=sys.stderr)

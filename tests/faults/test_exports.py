@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -258,3 +259,38 @@ def test_a_killed_quantization_leaves_no_scratch_folder(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert not left.exists()
     assert not list(temp.glob("autoslim-quantize-*"))
+
+
+@fault(
+    "Ctrl-C late in an export, after its success line (while Python shuts down)",
+    "export",
+    "exit 0 with the success line, no traceback (was: exit 130 `interrupted` after it, or a "
+    "`KeyboardInterrupt` traceback from the shutdown)",
+    "1 → 1",
+)
+def test_a_late_ctrl_c_does_not_undo_a_finished_export(built, tmp_path) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "autoslim",
+            "export",
+            built,
+            "--trial",
+            "0",
+            "--out",
+            tmp_path / "ex",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()  # written when the command flushes its output
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert first.startswith("exported trial 0 ")
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "interrupted" not in err
+    assert (tmp_path / "ex" / "autoslim.json").is_file()
