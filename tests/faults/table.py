@@ -51,14 +51,15 @@ def fault(case: str, command: str, answer: str, trials: str = "5 → 5") -> Call
 def table() -> str:
     for module in MODULES:
         importlib.import_module(module)
-    rows = ["| fault | command | answer | completed trials |", "|---|---|---|---|"]
+    rows = ["| fault | command | answer | completed trials before → after |", "|---|---|---|---|"]
     for key in sorted(FAULTS, key=lambda k: (MODULES.index(k[0]), k[1], k[2])):
         f = FAULTS[key]
-        rows.append(f"| {f.case} | `{f.command}` | {f.answer} | {f.trials} |")
+        cells = (f.case, f"`{f.command}`", f.answer, f.trials)
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)
 
 
-PATTERN = "<!-- faults:begin -->\n.*?\n<!-- faults:end -->"
+PATTERN = "<!-- faults:begin -->\n.*?<!-- faults:end -->"
 
 
 def block() -> str:
@@ -74,4 +75,7 @@ def main(path: str = "README.md") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    # the tests register their rows in the module `tests.faults.table`, not in `__main__`
+    from tests.faults import table as registry
+
+    registry.main(*sys.argv[1:])

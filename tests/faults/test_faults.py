@@ -51,6 +51,11 @@ def _corrupt(db: Path) -> None:
 # --- nothing stored is deleted ----------------------------------------------------------------
 
 
+@fault(
+    "`export --out` at the study's folder or its parent, with `--force`",
+    "export --force",
+    "exit 2: `a file of the study … refused even with --force`",
+)
 @pytest.mark.parametrize("target", ["folder", "parent"])
 def test_export_into_the_study_folder_is_refused_even_with_force(study_copy, target) -> None:
     before = completed(study_copy / "s.db")
@@ -62,6 +67,11 @@ def test_export_into_the_study_folder_is_refused_even_with_force(study_copy, tar
     assert completed(study_copy / "s.db") == before
 
 
+@fault(
+    "`export --force` over a folder holding the user's thesis",
+    "export --force",
+    "exit 2: `is not a previous export`; the folder untouched",
+)
 def test_force_replaces_only_a_previous_export(study_copy, tmp_path) -> None:
     before = completed(study_copy / "s.db")
     mine = tmp_path / "mine"
@@ -74,6 +84,11 @@ def test_force_replaces_only_a_previous_export(study_copy, tmp_path) -> None:
     assert completed(study_copy / "s.db") == before
 
 
+@fault(
+    "`export --out` on a read-only file system",
+    "export",
+    "exit 2 before the rebuild: `cannot write in … (Read-only file system)`",
+)
 def test_export_to_a_read_only_folder_fails_before_the_rebuild(study_copy, tmp_path) -> None:
     before = completed(study_copy / "s.db")
     with tmpfs(tmp_path / "ro", "1m", "ro") as folder:
@@ -85,6 +100,11 @@ def test_export_to_a_read_only_folder_fails_before_the_rebuild(study_copy, tmp_p
     assert completed(study_copy / "s.db") == before
 
 
+@fault(
+    "`export --trial 7` of a 5-trial study",
+    "export",
+    "exit 2: `has no such trial`",
+)
 @pytest.mark.parametrize(("number", "needle"), [(7, "has no such trial")])
 def test_unexportable_trial_is_refused(study_copy, tmp_path, number, needle) -> None:
     result = autoslim("export", study_copy / "s.toml", "--trial", str(number), "--out", tmp_path)
@@ -94,6 +114,12 @@ def test_unexportable_trial_is_refused(study_copy, tmp_path, number, needle) -> 
 # --- no secret leaks --------------------------------------------------------------------------
 
 
+@fault(
+    "a password in the study file's PostgreSQL URL (user:pass, `password=`, `sslpassword=`)",
+    "search / search --check / report",
+    "exit 2: `holds a credential (…)`; the secret never printed",
+    "—",
+)
 @pytest.mark.parametrize(
     ("storage", "part"),
     [
@@ -116,6 +142,12 @@ def test_credentials_in_a_study_file_are_refused_and_never_shown(
         assert "SECRET1" not in result.out + result.err
 
 
+@fault(
+    "a URL with secrets given to `pick`, server down",
+    "pick",
+    "exit 2: `no database server answers there`, URL shown as `bob:***@…`",
+    "—",
+)
 def test_credentials_in_a_study_url_are_masked_in_errors(tmp_path) -> None:
     url = "postgresql://bob:SECRET1@127.0.0.1:1/test?sslpassword=SECRET2"
     result = autoslim("pick", url)
@@ -125,6 +157,12 @@ def test_credentials_in_a_study_url_are_masked_in_errors(tmp_path) -> None:
     assert "SECRET" not in result.out + result.err
 
 
+@fault(
+    "`autoslim worker` with a password in its PostgreSQL URL",
+    "worker",
+    "exit 0; the stored config holds `***` (skipped without the local server)",
+    "0 → 1",
+)
 def test_a_worker_url_with_a_password_is_stored_masked(model_dir, tmp_path) -> None:
     """The one way a credential reaches a study: `autoslim worker URL` (study files refuse
     them). The worker stores its configuration, URL included, in the study."""
@@ -164,6 +202,11 @@ def test_a_worker_url_with_a_password_is_stored_masked(model_dir, tmp_path) -> N
 # --- storage faults ---------------------------------------------------------------------------
 
 
+@fault(
+    "4 KB of the SQLite file overwritten (a bad sector)",
+    "search / report / pick",
+    "exit 2 before any write: `is damaged (SQLite quick_check: …)`, names `autoslim doctor`",
+)
 def test_corrupted_sqlite_is_refused_before_any_write(study_copy) -> None:
     db = study_copy / "s.db"
     _corrupt(db)
@@ -180,6 +223,11 @@ def test_corrupted_sqlite_is_refused_before_any_write(study_copy) -> None:
         assert _digest(db) == digest, f"{args[0]} wrote into the damaged file"
 
 
+@fault(
+    "the same damaged SQLite file",
+    "doctor",
+    "exit 1: a byte-for-byte backup, every readable row in `NAME.recovered-STAMP.db`",
+)
 def test_doctor_backs_up_and_recovers_the_trials(searched, study_copy) -> None:
     before = completed(searched / "s.db")
     db = study_copy / "s.db"
@@ -196,6 +244,11 @@ def test_doctor_backs_up_and_recovers_the_trials(searched, study_copy) -> None:
     assert again.status == 0, again.err
 
 
+@fault(
+    "a sound SQLite file",
+    "doctor",
+    "exit 0: a backup and `integrity ok`",
+)
 def test_doctor_on_a_sound_file_only_backs_it_up(study_copy) -> None:
     before = completed(study_copy / "s.db")
     result = autoslim("doctor", study_copy / "s.toml")
@@ -218,6 +271,12 @@ def _wait_for_running(db: Path, process: subprocess.Popen[str], seconds: float =
     raise AssertionError("no trial started")
 
 
+@fault(
+    "the disk fills up mid-trial (2 MB tmpfs; root only)",
+    "search",
+    "exit 2: `the disk is full; free space …`; the trial FAILs with it on the next run",
+    "5 → 5 → 7",
+)
 def test_disk_full_mid_trial(searched, model_dir, tmp_path) -> None:
     before = completed(searched / "s.db")
     cache = {"AUTOSLIM_CACHE": str(tmp_path / "cache")}  # where the deferred reason is kept
@@ -264,6 +323,11 @@ def test_disk_full_mid_trial(searched, model_dir, tmp_path) -> None:
         assert not list((tmp_path / "cache").rglob("*.json")), "the deferred reason was kept"
 
 
+@fault(
+    "the study's file system remounted read-only (root only)",
+    "search / pick",
+    "exit 2: `exists but is not writable` / `read-only`",
+)
 def test_read_only_storage(searched, model_dir, tmp_path) -> None:
     before = completed(searched / "s.db")
     with tmpfs(tmp_path / "ro", "4m") as disk:
@@ -280,6 +344,11 @@ def test_read_only_storage(searched, model_dir, tmp_path) -> None:
         assert completed(disk / "s.db") == before
 
 
+@fault(
+    "another process holds a write lock on the SQLite file",
+    "search",
+    "exit 2: `another process holds a lock on it`",
+)
 def test_locked_database(study_copy) -> None:
     db = study_copy / "s.db"
     before = completed(db)
@@ -305,6 +374,12 @@ def test_locked_database(study_copy) -> None:
     assert completed(db) == before
 
 
+@fault(
+    "PostgreSQL URL with a closed port, a non-numeric or out-of-range port",
+    "pick",
+    "exit 2: `no database server answers there` / `the port in the URL is not a number`",
+    "—",
+)
 @pytest.mark.parametrize(
     ("url", "needle"),
     [
@@ -319,6 +394,12 @@ def test_unreachable_postgresql_and_bad_ports(url, needle) -> None:
     assert needle in result.message and "127.0.0.1" in result.message
 
 
+@fault(
+    "a non-numeric port in the study file's URL",
+    "search --check",
+    "exit 2: `a port must be a number`",
+    "—",
+)
 def test_bad_port_in_a_study_file(model_dir, tmp_path) -> None:
     path = write_study(
         tmp_path, study_tables(model_dir, storage="postgresql://u@127.0.0.1:abc/test")
@@ -327,6 +408,12 @@ def test_bad_port_in_a_study_file(model_dir, tmp_path) -> None:
     assert result.status == 2 and "a port must be a number" in result.message
 
 
+@fault(
+    '`storage = "sqlite:////proc/s.db"`',
+    "search --check",
+    "exit 2: `folder '/proc' is not writable`",
+    "—",
+)
 def test_proc_storage_is_refused_by_check(model_dir, tmp_path) -> None:
     path = write_study(tmp_path, study_tables(model_dir, storage="sqlite:////proc/s.db"))
     result = autoslim("search", path, "--check")
@@ -337,6 +424,12 @@ def test_proc_storage_is_refused_by_check(model_dir, tmp_path) -> None:
 # --- processes that die -----------------------------------------------------------------------
 
 
+@fault(
+    "the search killed mid-trial (`kill -9` of its group, or Ctrl-C)",
+    "search, then again",
+    "Ctrl-C: exit 130 `interrupted`; resumed: exit 0, the trial FAIL `Interrupted…`, retried",
+    "5 → 5 → 7",
+)
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_mid_trial_then_resumed(searched, model_dir, tmp_path, sig) -> None:
     before = completed(searched / "s.db")
@@ -379,6 +472,12 @@ def _reason(db: Path, number: int) -> str:
     return record(loaded.trials[number], loaded.metric_names or ["perplexity"]).reason
 
 
+@fault(
+    "two searches on one SQLite study at once",
+    "search ×2",
+    "exit 0 both",
+    "5 → ≥ 9",
+)
 def test_two_searches_on_one_sqlite_study(searched, model_dir, tmp_path) -> None:
     before = completed(searched / "s.db")
     shutil.copy(searched / "s.db", tmp_path / "s.db")
@@ -395,6 +494,12 @@ def test_two_searches_on_one_sqlite_study(searched, model_dir, tmp_path) -> None
 # --- honest messages --------------------------------------------------------------------------
 
 
+@fault(
+    "an empty study file",
+    "search",
+    "exit 2: `the study file is empty`; no database made",
+    "—",
+)
 def test_empty_study_file_is_refused(tmp_path) -> None:
     path = tmp_path / "empty.toml"
     path.write_text("")
@@ -403,11 +508,21 @@ def test_empty_study_file_is_refused(tmp_path) -> None:
     assert not (tmp_path / "empty.db").exists()
 
 
+@fault(
+    "`-v` after the subcommand",
+    "search --check -v",
+    "exit 0",
+)
 def test_verbose_after_the_subcommand(study_copy) -> None:
     result = autoslim("search", study_copy / "s.toml", "--check", "-v")
     assert result.status == 0 and "valid" in result.out
 
 
+@fault(
+    "`pick --json | true` (the reader gone)",
+    "pick --json",
+    "exit 141, no `BrokenPipeError`",
+)
 def test_pick_json_into_a_closed_pipe_exits_quietly(study_copy) -> None:
     # `| true` closes the pipe before autoslim writes (what `| head -1` does to long output).
     shell = subprocess.run(
@@ -423,6 +538,11 @@ def test_pick_json_into_a_closed_pipe_exits_quietly(study_copy) -> None:
     assert "BrokenPipeError" not in shell.stderr and "Traceback" not in shell.stderr
 
 
+@fault(
+    "a negative `--max-ppl-increase`; `--n-trials 0` without a time limit",
+    "pick / search",
+    "exit 2: `must be >= 0` / `is 0 and no time_limit_seconds is set`",
+)
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -440,6 +560,12 @@ def test_impossible_budgets(study_copy, args, needle) -> None:
     assert completed(study_copy / "s.db") == before
 
 
+@fault(
+    "a report of a study whose only trial was killed (then its heartbeat an hour old)",
+    "report",
+    "exit 0: `no completed trial yet (1 running, …)`, then `stopped without finishing`",
+    "0 → 0",
+)
 def test_report_of_a_study_with_no_completed_trial(model_dir, tmp_path) -> None:
     import optuna
 
@@ -474,6 +600,12 @@ def test_report_of_a_study_with_no_completed_trial(model_dir, tmp_path) -> None:
     assert "has no completed trial yet" in page and "1 running" not in page
 
 
+@fault(
+    "`export --trial N` of a trial that raised or segfaulted",
+    "export",
+    "exit 2: `--trial N is FAIL (…), so there is nothing to export`",
+    "5 → 5",
+)
 def test_failed_and_crashed_trials_are_not_exported(searched, model_dir, tmp_path) -> None:
     before = completed(searched / "s.db")
     shutil.copy(searched / "s.db", tmp_path / "s.db")
@@ -498,6 +630,11 @@ def test_failed_and_crashed_trials_are_not_exported(searched, model_dir, tmp_pat
     assert not (tmp_path / "x").exists()
 
 
+@fault(
+    "`report --out` naming the study's .db or .toml",
+    "report",
+    "exit 2: `is not an HTML page`; the file untouched",
+)
 @pytest.mark.parametrize("victim", ["s.db", "s.toml"])
 def test_report_never_overwrites_a_study_file(study_copy, victim) -> None:
     before = completed(study_copy / "s.db")
