@@ -267,7 +267,8 @@ def _salvage(line: bytes) -> dict[str, Any] | None:
 
 def recover_journal(path: Path, target: Path) -> tuple[int, int]:
     """Copy every complete entry of the journal ``path`` (an entry glued after a torn one
-    included) into a new journal file ``target``; returns (entries kept, pieces left out)."""
+    included) into a new journal file ``target``; returns (entries kept, pieces left out).
+    With no entry to keep (not a journal at all), no ``target`` is written."""
     kept: list[dict[str, Any]] = []
     lost = 0
     with path.open("rb") as f:
@@ -281,6 +282,8 @@ def recover_journal(path: Path, target: Path) -> tuple[int, int]:
                 entry = _salvage(line)
             if entry is not None:
                 kept.append(entry)
+    if not kept:
+        return 0, lost
     text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in kept)
     partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     partial.write_text(text, encoding="utf-8")

@@ -89,6 +89,12 @@ def _journal(url: str, path: Path) -> int:
     print(f"integrity    damaged: {scan.describe()}")
     target = path.with_name(f"{path.stem}.recovered-{time.strftime('%Y%m%d-%H%M%S')}.log")
     kept, lost = integrity.recover_journal(path, target)
+    if not kept:
+        print(
+            f"recovered    nothing: no line of {path} is a journal entry; check that STUDY names "
+            "the study's journal file"
+        )
+        return 1
     print(f"recovered    {target} ({kept} complete entries kept, {lost} incomplete left behind)")
     return _check_recovered(f"journal:///{target}", target, path)
 

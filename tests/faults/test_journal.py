@@ -130,3 +130,38 @@ def test_doctor_on_a_sound_journal_only_backs_it_up(journal, copy, tmp_path) -> 
     (backup,) = tmp_path.glob("jr.log.backup-*[0-9]")
     assert backup.read_bytes() == journal.read_bytes() == (tmp_path / "jr.log").read_bytes()
     assert not list(tmp_path.glob("jr.recovered-*"))
+
+
+@fault(
+    "a journal URL naming a file that is not a journal (a text file)",
+    "pick / doctor",
+    "`pick` exit 2: `is damaged (lines 1, 2 of 2 are no complete journal entry)`; `doctor` "
+    "exit 1: `recovered nothing`, no empty recovered file",
+    "—",
+)
+def test_a_foreign_file_named_as_a_journal(tmp_path) -> None:
+    notes = tmp_path / "notes.log"
+    notes.write_text("my notes\nnot a journal\n")
+    url = f"journal:///{notes}"
+    picked = autoslim("pick", url)
+    assert picked.status == 2
+    assert "is damaged (lines 1, 2 of 2 are no complete journal entry)" in picked.message
+    doctor = autoslim("doctor", url)
+    assert doctor.status == 1, doctor.err
+    assert "recovered    nothing: no line of" in doctor.out
+    assert notes.read_text() == "my notes\nnot a journal\n"
+    assert not list(tmp_path.glob("*.recovered-*"))
+
+
+@fault(
+    "an empty journal file (no study yet)",
+    "pick",
+    "exit 2: `holds no study yet; run autoslim search … first` (was `holds 0 studies (none); "
+    "name one with --study-name`)",
+    "—",
+)
+def test_an_empty_journal(tmp_path) -> None:
+    (tmp_path / "empty.log").touch()
+    result = autoslim("pick", f"journal:///{tmp_path / 'empty.log'}")
+    assert result.status == 2
+    assert "holds no study yet; run `autoslim search` on the study file first" in result.message
