@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -198,6 +199,14 @@ def recipe_from_args(args: argparse.Namespace, **defaults: Any) -> Recipe:
         if getattr(args, knob.name, None) is not None
     }
     return Recipe.from_params({**defaults, **given})
+
+
+def outcome_final() -> None:
+    """The command's work is done (and about to be, or being, printed): from now on Ctrl-C is
+    ignored, so a late one (while printing, flushing or while Python shuts down) cannot turn
+    the outcome into "interrupted" (exit 130) or a traceback. ``main`` restores the handler
+    for a caller in its own process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # The version of the one ``--json`` shape every subcommand prints (README: "JSON output").

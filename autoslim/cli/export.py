@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from autoslim.cli._common import print_json
+from autoslim.cli._common import outcome_final, print_json
 from autoslim.cli._study_args import add_study_args, open_study, study_arg_files
 from autoslim.cli.pick import add_choice_args, show_progress, tightened
 
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         if args.push_to_hub
         else None
     )
+    outcome_final()  # the export is in place and verified: say so whatever comes
     summary = {
         "study": study.study_name,
         "folder": str(result.folder),
