@@ -19,7 +19,9 @@ from typing import TypeVar
 
 F = TypeVar("F", bound=Callable[..., object])
 
-MODULES = ("tests.faults.test_faults", "tests.faults.test_journal", "tests.faults.test_exports")
+# The test files, in the table's order (by file name: pytest and ``python -m`` import them
+# under different module names, and may import one twice).
+FILES = ("test_faults", "test_journal", "test_exports")
 
 
 @dataclass(frozen=True)
@@ -30,9 +32,9 @@ class Fault:
     trials: str  # completed trials before → after ("—" where no study is involved)
 
 
-# (module, line of the test, -order) → its row: the table follows MODULES, then each file's
-# order; rows stacked on one test read top to bottom (decorators apply bottom-up).
-FAULTS: dict[tuple[str, int, int], Fault] = {}
+# (file, line of the test, case) → (order of declaration, row): the table follows FILES, then
+# each file's order; rows stacked on one test read top to bottom (decorators apply bottom-up).
+FAULTS: dict[tuple[str, int, str], tuple[int, Fault]] = {}
 
 
 def fault(case: str, command: str, answer: str, trials: str = "5 → 5") -> Callable[[F], F]:
@@ -40,20 +42,19 @@ def fault(case: str, command: str, answer: str, trials: str = "5 → 5") -> Call
 
     def register(test: F) -> F:
         code = test.__code__  # type: ignore[attr-defined]
-        FAULTS[(test.__module__, code.co_firstlineno, -len(FAULTS))] = Fault(
-            case, command, answer, trials
-        )
+        key = (Path(code.co_filename).stem, code.co_firstlineno, case)
+        FAULTS.setdefault(key, (len(FAULTS), Fault(case, command, answer, trials)))
         return test
 
     return register
 
 
 def table() -> str:
-    for module in MODULES:
-        importlib.import_module(module)
+    for name in FILES:
+        importlib.import_module(f"tests.faults.{name}")
     rows = ["| fault | command | answer | completed trials before → after |", "|---|---|---|---|"]
-    for key in sorted(FAULTS, key=lambda k: (MODULES.index(k[0]), k[1], k[2])):
-        f = FAULTS[key]
+    for key in sorted(FAULTS, key=lambda k: (FILES.index(k[0]), k[1], -FAULTS[k][0])):
+        f = FAULTS[key][1]
         cells = (f.case, f"`{f.command}`", f.answer, f.trials)
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)
