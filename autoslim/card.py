@@ -77,8 +77,8 @@ def _hub_id(model: str) -> str | None:
 def _figure(value: Any, fmt: str) -> str | None:
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN (not measured)" if math.isnan(value) else str(value)
     return fmt.format(int(value) if fmt.startswith("{:,}") else value)
 
 

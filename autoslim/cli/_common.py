@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -195,6 +196,14 @@ def recipe_from_args(args: argparse.Namespace, **defaults: Any) -> Recipe:
     return Recipe.from_params({**defaults, **given})
 
 
+def outcome_final() -> None:
+    """The command's work is done (and about to be, or being, printed): from now on Ctrl-C is
+    ignored, so a late one (while printing, flushing or while Python shuts down) cannot turn
+    the outcome into "interrupted" (exit 130) or a traceback. ``main`` restores the handler
+    for a caller in its own process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # The version of the one ``--json`` shape every subcommand prints (README: "JSON output").
 JSON_SCHEMA_VERSION = 1
 
@@ -205,7 +214,11 @@ def json_document(command: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_json(command: str, body: dict[str, Any]) -> None:
-    print(json.dumps(json_document(command, body), indent=2, sort_keys=False, default=str))
+    """One strict JSON document: a NaN or infinite figure is the string ``"nan"`` / ``"inf"``."""
+    from autoslim.trials import jsonable
+
+    document = jsonable(json_document(command, body))
+    print(json.dumps(document, indent=2, sort_keys=False, default=str, allow_nan=False))
 
 
 def print_table(rows: list[tuple[str, Any]]) -> None:

@@ -19,7 +19,6 @@ processes (3 runnable threads on 2 cores) they vary by 3-22 %, ~1.5x slower, and
 from __future__ import annotations
 
 import logging
-import math
 import os
 import platform
 import statistics
@@ -39,6 +38,7 @@ from autoslim.measure.footprint import PeakMemory
 from autoslim.measure.perplexity import as_runtime_model, perplexity
 from autoslim.measure.workload import WorkloadRunner, cv, synchronize
 from autoslim.protocol import Workload
+from autoslim.trials import jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +47,6 @@ UNRESOLVED = "joules_unresolved"
 CONTENDED = "cpu_contended"
 # Waiting for a CPU this share of the timed wall time flags the seconds as inflated.
 CONTENDED_FRACTION = 0.05
-
-
-def _jsonable(value: Any) -> Any:
-    """Strict-JSON form: non-finite floats become ``"nan"`` / ``"inf"`` / ``"-inf"``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 @dataclass
@@ -93,7 +82,7 @@ class Measurement:
         return (self.perplexity, self.seconds, self.joules)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = _jsonable({f.name: getattr(self, f.name) for f in fields(self)})
+        out: dict[str, Any] = jsonable({f.name: getattr(self, f.name) for f in fields(self)})
         return out
 
     @classmethod
