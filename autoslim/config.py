@@ -730,6 +730,7 @@ def _search(t: _Table, device: str, *, tasks: bool = False) -> SearchSpace:
             f"{knobs['runtime'].values()}: task evaluations ([tasks]) run on the torch "
             'runtime only; set search.runtime = ["torch"] or drop the tasks',
         )
+    _check_used(t, SearchSpace(knobs))
     heads = [v for v in knobs["drop_heads"].values() if v]
     per_layer = [v for v in knobs["drop_heads_per_layer"].extremes() if v]
     if heads and per_layer:
@@ -768,6 +769,21 @@ def check_device(config: StudyConfig) -> None:
         reason = runtime_problem(value, device)
         if reason is not None:
             raise ConfigError(f"{config.path}: search.runtime: {value!r}: {reason}")
+
+
+def _check_used(t: _Table, space: SearchSpace) -> None:
+    """Refuse a knob the file sets that no recipe of the space uses (a runtime's own knob
+    under another runtime, a bitsandbytes setting without bitsandbytes): it would be stored
+    with every trial and change nothing."""
+    used = {name for recipe in extreme_recipes(space) for name in recipe.active_params()}
+    for name in t.data:
+        default = [KNOBS[name].to_param(KNOBS[name].default)]
+        if name not in used and space[name].to_dict() != default:
+            raise t.error(
+                name,
+                f"no recipe of this space uses it ({KNOBS[name].doc}); drop it, or add to the "
+                "space what it needs",
+            )
 
 
 def _knob(t: _Table, name: str, default: Any) -> Knob:

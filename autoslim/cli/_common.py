@@ -8,6 +8,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from autoslim.errors import ConfigError
 from autoslim.operators import KNOBS, knob_groups
 from autoslim.recipe import Recipe
 
@@ -193,7 +194,14 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
 def recipe_from_args(args: argparse.Namespace, **defaults: Any) -> Recipe:
     """The recipe given by the recipe flags (``defaults`` for knobs not given)."""
     given = {name: getattr(args, name) for name in KNOBS if getattr(args, name, None) is not None}
-    return Recipe.from_params({**defaults, **given})
+    recipe = Recipe.from_params({**defaults, **given})
+    for name in given.keys() - recipe.active_params().keys():
+        knob = KNOBS[name]
+        raise ConfigError(
+            f"{knob.flag} {given[name]}: this recipe does not use it ({knob.doc}); drop it, or "
+            "give the flags it needs"
+        )
+    return recipe
 
 
 def outcome_final() -> None:

@@ -92,3 +92,19 @@ def test_a_study_file_naming_a_runtime_that_is_not_installed_is_one_line(
     message = str(refused.value)
     assert "search.runtime: 'openvino': no_such_openvino is not installed" in message
     assert "pip install 'autoslim[openvino]'" in message and "\n" not in message
+
+
+def test_a_runtime_knob_under_another_runtime_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autoslim import config
+    from autoslim.cli import main
+
+    file = tmp_path / "s.toml"
+    file.write_text('[study]\nn_trials = 2\n[search]\nruntime = ["torch"]\nov_group_size = [32]\n')
+    with pytest.raises(ConfigError, match="search.ov_group_size: no recipe of this space uses it"):
+        config.load(file, check_model=False)
+    assert main(["measure", "--bits", "4", "--ov-group-size", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("drop it, or give the flags it needs") and "\n" not in err
+    assert "--ov-group-size 32: this recipe does not use it" in err
