@@ -730,7 +730,6 @@ def _search(t: _Table, device: str, *, tasks: bool = False) -> SearchSpace:
             f"{knobs['runtime'].values()}: task evaluations ([tasks]) run on the torch "
             'runtime only; set search.runtime = ["torch"] or drop the tasks',
         )
-    _check_used(t, SearchSpace(knobs))
     heads = [v for v in knobs["drop_heads"].values() if v]
     per_layer = [v for v in knobs["drop_heads_per_layer"].extremes() if v]
     if heads and per_layer:
@@ -739,6 +738,7 @@ def _search(t: _Table, device: str, *, tasks: bool = False) -> SearchSpace:
             "search.drop_heads and search.drop_heads_per_layer both drop heads; use one "
             '(set the other to [""] or [0])',
         )
+    _check_used(t, SearchSpace(knobs))
     return SearchSpace(knobs)
 
 
