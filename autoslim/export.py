@@ -297,6 +297,7 @@ def export(
         logger.info("rebuilding trial %d: %s", trial.number, recipe.describe())
         with pipeline.built(recipe) as built:
             built.model.save(staging)
+            engine = built.model.provenance()
         measured = reload_perplexity(staging, corpus, workload.protocol, device, recipe)
         difference = measured / stored_perplexity - 1
         if not abs(difference) <= tolerance:
@@ -348,6 +349,7 @@ def export(
             "build": trial.build,
             "verification": verification,
             "corpus": {"name": corpus.name, "fingerprint": corpus.fingerprint},
+            "runtime": engine,
             "versions": versions("optuna", "safetensors", "accelerate"),
             "files": files,
         }

@@ -47,6 +47,7 @@ def test_an_openvino_trial_exports_a_folder_its_engines_load(study: Any, tmp_pat
     assert (out / "openvino_model.xml").is_file() and (out / "openvino_tokenizer.xml").is_file()
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["recipe"]["runtime"] == "openvino"
+    assert manifest["runtime"]["versions"]["openvino"] != "absent"
     assert "openvino_model.bin" in manifest["files"]
     card = (out / "README.md").read_text()
     assert "OVModelForCausalLM.from_pretrained" in card and "library_name: openvino" in card
