@@ -62,17 +62,23 @@ CONVERTERS = ("transformers", "optimum", "nncf", "openvino")
 def muted() -> Iterator[None]:
     """Run a third-party conversion without its progress bars, tables and warnings: what it
     prints is kept for the debug log, what its loggers say below ERROR is dropped."""
+    from transformers.utils import logging as transformers_logging
+
     printed = io.StringIO()
     loggers = [logging.getLogger(name) for name in CONVERTERS]
     levels = [log.level for log in loggers]
+    bars = transformers_logging.is_progress_bar_enabled()
     try:
         for log in loggers:
             log.setLevel(logging.ERROR)
+        transformers_logging.disable_progress_bar()
         with warnings.catch_warnings(), contextlib.redirect_stdout(printed):
             warnings.simplefilter("ignore")
             yield
     finally:
         for log, level in zip(loggers, levels, strict=True):
             log.setLevel(level)
+        if bars:
+            transformers_logging.enable_progress_bar()
         if printed.getvalue().strip():
             logging.getLogger(__name__).debug("the converter printed:\n%s", printed.getvalue())

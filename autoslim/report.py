@@ -144,6 +144,16 @@ class TaskSavings(NamedTuple):
     seconds_saved: float
 
 
+class RuntimePhases(NamedTuple):
+    """A runtime's fastest feasible trial per phase (tokens/s; NaN where none measured it)."""
+
+    runtime: str
+    prefill_tokens_per_second: float
+    prefill_trial: int
+    decode_tokens_per_second: float
+    decode_trial: int
+
+
 class SummaryInfo(NamedTuple):
     study_name: str
     model: str
@@ -163,6 +173,8 @@ class SummaryInfo(NamedTuple):
     stale_seconds: float = 0.0
     limits: tuple[tuple[str, int], ...] = ()  # each limit beside perplexity, trials it excludes
     task_savings: TaskSavings | None = None  # None when the study has no tasks
+    # per runtime with feasible, trusted trials: its fastest prefill and decode tokens/s
+    runtime_phases: tuple[RuntimePhases, ...] = ()
 
 
 def _label(trial: TrialRecord) -> str:
@@ -399,7 +411,58 @@ def get_summary_info(study: optuna.Study) -> SummaryInfo:
             for lim in (budget.limits if budget else ())
         ),
         task_savings=task_savings(trials) if _has_tasks(study) else None,
+        runtime_phases=runtime_phases(
+            [t for t in complete if _within(budget, t) and not t.measurement.get("timing_flags")]
+        ),
     )
+
+
+def runtime_phases(trials: Sequence[TrialRecord]) -> tuple[RuntimePhases, ...]:
+    """Each runtime's fastest of ``trials`` in prefill and in decode (tokens per second)."""
+    out = []
+    for runtime in sorted({t.recipe.runtime for t in trials}, key=_runtime_order):
+        own = [t for t in trials if t.recipe.runtime == runtime]
+        best = {}
+        for phase in ("prefill_tokens_per_second", "decode_tokens_per_second"):
+            rates = [(float(t.measurement.get(phase, math.nan)), t.number) for t in own]
+            rates = [r for r in rates if r[0] == r[0]]
+            best[phase] = max(rates) if rates else (math.nan, -1)
+        out.append(
+            RuntimePhases(
+                runtime,
+                *best["prefill_tokens_per_second"],
+                *best["decode_tokens_per_second"],
+            )
+        )
+    return tuple(out)
+
+
+def phase_winners(phases: Sequence[RuntimePhases]) -> list[str]:
+    """Which runtime is fastest in each phase on this machine, and by how much over the next."""
+    lines = []
+    for label, rate, trial in (
+        ("prefill", "prefill_tokens_per_second", "prefill_trial"),
+        ("decode", "decode_tokens_per_second", "decode_trial"),
+    ):
+        ranked = sorted(
+            (p for p in phases if getattr(p, rate) == getattr(p, rate)),
+            key=lambda p: -getattr(p, rate),
+        )
+        if not ranked:
+            continue
+        first = ranked[0]
+        text = (
+            f"{label}: {first.runtime} fastest, {getattr(first, rate):,.1f} tokens/s "
+            f"(trial {getattr(first, trial)})"
+        )
+        if len(ranked) > 1:
+            second = ranked[1]
+            text += (
+                f", {getattr(first, rate) / getattr(second, rate):.2f}x {second.runtime}'s "
+                f"{getattr(second, rate):,.1f} (trial {getattr(second, trial)})"
+            )
+        lines.append(text)
+    return lines
 
 
 def empty_notice(info: SummaryInfo) -> str | None:
@@ -766,6 +829,11 @@ def render_summary(info: SummaryInfo) -> str:
             "until re-timed side by side with `autoslim pick --retime`"
             if info.timing_flagged[0]
             else "none",
+        ),
+        *(
+            (("runtimes (feasible, trusted timings)", "; ".join(winners)),)
+            if (winners := phase_winners(info.runtime_phases))
+            else ()
         ),
         ("corpus fingerprint", info.corpus_fingerprint),
         ("seed", info.seed),

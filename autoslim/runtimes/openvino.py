@@ -285,9 +285,10 @@ class OpenVINORuntime(Runtime):
         from autoslim.compress import save
 
         built = source.workdir / "built"
-        save(source.model, source.tokenizer, built)
+        ir = source.workdir / "openvino"
         config = ov_config(source.recipe.precision, source.threads)
         with muted():
+            save(source.model, source.tokenizer, built)
             model = OVModelForCausalLM.from_pretrained(
                 built,
                 export=True,
@@ -296,10 +297,9 @@ class OpenVINORuntime(Runtime):
                 ov_config=config,
                 trust_remote_code=False,
             )
-        ir = source.workdir / "openvino"
-        model.save_pretrained(ir)
-        source.tokenizer.save_pretrained(ir)
-        _save_openvino_tokenizers(source.tokenizer, ir)
+            model.save_pretrained(ir)
+            source.tokenizer.save_pretrained(ir)
+            _save_openvino_tokenizers(source.tokenizer, ir)
         return OpenVINOModel(model, ir, source.threads, config)
 
     def load(

@@ -216,6 +216,31 @@ def test_summary_info_names_the_balanced_pick(study):
     assert "1 trial(s): cpu_contended" in render_summary(info)
 
 
+def test_summary_says_which_runtime_wins_each_phase(tmp_path):
+    ov = Recipe(runtime="openvino", bits=8)
+    trials = [
+        base(100.0, 1.0, 10.0),
+        replace(complete(ov, 101.0, 0.4, 4.0), figures={"decode_tokens_per_second": 1000.0}),
+        replace(
+            complete(Recipe(runtime="openvino", bits=4), 104.0, 0.3, 3.0),
+            figures={"prefill_tokens_per_second": 50_000.0, "decode_tokens_per_second": 800.0},
+        ),
+        # over the budget: no runtime is judged by a trial nobody would ship
+        replace(
+            complete(Recipe(prune_ratio=0.5), 150.0, 0.2, 2.0),
+            figures={"decode_tokens_per_second": 5000.0},
+        ),
+    ]
+    study = optuna.load_study(study_name="demo", storage=make_study_file(tmp_path, trials=trials))
+    info = get_summary_info(study)
+    assert [p.runtime for p in info.runtime_phases] == ["torch", "openvino"]
+    shown = render_summary(info)
+    assert "prefill: openvino fastest, 50,000.0 tokens/s (trial 2), 2.50x torch" in shown
+    assert (
+        "decode: openvino fastest, 1,000.0 tokens/s (trial 1), 2.50x torch&#x27;s 400.0" in shown
+    )
+
+
 def test_summary_without_any_completed_trial(tmp_path):
     url = make_study_file(tmp_path, trials=[failed(Recipe(), "OOM")], base_perplexity=50.0)
     study = optuna.load_study(study_name="demo", storage=url)
