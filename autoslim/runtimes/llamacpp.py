@@ -4,14 +4,16 @@ llama.cpp (through llama-cpp-python) on the CPU.
 Conversion writes the built model, as the operators left it (layers dropped, MLP pruned, heads
 dropped: the shapes are read from its tensors, per layer), with the ``gguf`` package's
 ``GGUFWriter``: the architecture's metadata, every tensor under llama.cpp's name (in float32,
-so nothing is rounded before the quantizer), and the tokenizer, copied from the GGUF file the
-base model came from where there is one, else converted from the Hugging Face tokenizer
-(byte-level BPE). llama.cpp's ``llama_model_quantize`` then writes the ``gguf_type`` asked
-for, with llama.cpp's own per-tensor choices (a ``_K_M`` type keeps some tensors wider; a
-weight whose input width is not a multiple of the type's block falls back to another type,
-which ``describe_dtype`` shows). With ``imatrix`` the quantizer is given an importance matrix:
-per weight, the mean squared input of each column over the calibration windows, the statistic
-``llama-imatrix`` collects, computed here on the built model in PyTorch.
+so nothing is rounded before the quantizer; Llama's and Mistral's q/k rows permuted to the
+pairs llama.cpp rotates, GPT-2's ``Conv1D`` weights transposed), and the tokenizer, copied
+from the GGUF file the base model came from where there is one, else converted from the
+Hugging Face tokenizer (byte-level BPE). llama.cpp's ``llama_model_quantize`` then writes
+the ``gguf_type`` asked for, with llama.cpp's own per-tensor choices (a ``_K_M`` type keeps
+some tensors wider; a weight whose input width is not a multiple of the type's block falls
+back to another type, which ``describe_dtype`` shows). With ``imatrix`` the quantizer is given
+an importance matrix: per weight, the mean squared input of each column over the calibration
+windows, the statistic ``llama-imatrix`` collects (with ``--process-output``), computed here on
+the built model in PyTorch.
 
 Measured on token ids: ``logits`` evaluates exactly the Hugging Face tokenizer's ids (each row
 from an empty KV cache), so a pre-tokenizer difference cannot skew a perplexity; a sample of
@@ -78,7 +80,15 @@ K_BLOCK = 256
 BLOCK = 32
 # Hugging Face model_type -> llama.cpp architecture; the llama architecture's rope rotates
 # interleaved pairs, so its q/k rows are permuted from Hugging Face's half-split layout.
-ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+ARCHITECTURES = {
+    "gpt2": "gpt2",
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+}
+# GPT-2's activations llama.cpp's gpt2 architecture computes (GELU, tanh approximation).
+GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 PERMUTED_QK = ("llama",)
 # Families whose llama.cpp architecture sizes the query and output projections by the hidden
 # size (llama.cpp's models/qwen2.cpp), so their query heads cannot be dropped.
@@ -302,7 +312,6 @@ class LlamaCppRuntime(Runtime):
     devices = ("cpu",)
     unsupported_families: ClassVar[Mapping[str, str]] = {
         "opt": "llama.cpp has no OPT architecture",
-        "gpt2": "autoslim writes no GPT-2 GGUF yet (fused qkv, Conv1D layout)",
     }
     install_note = (
         'it builds llama.cpp from source (10-15 min); where that build faults, set CMAKE_ARGS="'
@@ -363,6 +372,12 @@ class LlamaCppRuntime(Runtime):
             raise UnsupportedError(
                 f"runtime={NAME!r} cannot convert {family} models: autoslim writes GGUF for "
                 f"{', '.join(sorted(ARCHITECTURES))}"
+            )
+        activation = getattr(config, "activation_function", GPT2_ACTIVATIONS[0])
+        if family == "gpt2" and activation not in GPT2_ACTIVATIONS:
+            raise UnsupportedError(
+                f"runtime={NAME!r} cannot convert a gpt2 model with activation_function="
+                f"{activation!r} (llama.cpp's gpt2 computes {GPT2_ACTIVATIONS[0]})"
             )
         rope = dict(getattr(config, "rope_parameters", None) or {})
         rope_type = rope.get("rope_type") or rope.get("type") or "default"
@@ -470,43 +485,29 @@ def _per_layer(values: list[int]) -> int | list[int]:
     return values[0] if len(set(values)) == 1 else values
 
 
-def write_gguf(model: Any, tokenizer: Any, path: Path, source: Path | None = None) -> None:
-    """Write ``model`` (a built llama-like transformers model) as a float32 GGUF file at
-    ``path``: shapes per layer from its tensors, the tokenizer copied from GGUF file
-    ``source`` when given, else converted from the Hugging Face ``tokenizer``."""
-    import gguf
+def _conv1d(module: Any) -> bool:
+    """Whether ``module`` is transformers' GPT-2 ``Conv1D`` (a linear layer stored [in, out])."""
+    from transformers.pytorch_utils import Conv1D
 
-    config = model.config
-    family = str(config.model_type)
-    if family not in ARCHITECTURES:
-        raise UnsupportedError(f"runtime={NAME!r} cannot convert {family} models")
-    arch = ARCHITECTURES[family]
-    state = {name: t.detach().float().cpu().numpy() for name, t in model.state_dict().items()}
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    if tied:
-        state.pop("lm_head.weight", None)
+    return isinstance(module, Conv1D)
+
+
+def _llama_metadata(writer: Any, config: Any, state: Mapping[str, Any]) -> dict[str, list[int]]:
+    """The llama/qwen hyperparameters, per layer from the tensors; the heads per layer."""
     layers = int(config.num_hidden_layers)
     head_dim = int(
         getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     )
-    prefix = "model.layers.{}."
-    heads = [
-        state[prefix.format(i) + "self_attn.q_proj.weight"].shape[0] // head_dim
-        for i in range(layers)
-    ]
-    kv_heads = [
-        state[prefix.format(i) + "self_attn.k_proj.weight"].shape[0] // head_dim
-        for i in range(layers)
-    ]
-    widths = [state[prefix.format(i) + "mlp.gate_proj.weight"].shape[0] for i in range(layers)]
-    vocab = int(state["model.embed_tokens.weight"].shape[0])
 
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_name(str(getattr(config, "_name_or_path", "") or "autoslim model"))
+    def rows(i: int, key: str) -> int:
+        return int(state[f"model.layers.{i}.{key}.weight"].shape[0])
+
+    heads = [rows(i, "self_attn.q_proj") // head_dim for i in range(layers)]
+    kv_heads = [rows(i, "self_attn.k_proj") // head_dim for i in range(layers)]
     writer.add_context_length(int(config.max_position_embeddings))
     writer.add_embedding_length(int(config.hidden_size))
     writer.add_block_count(layers)
-    writer.add_feed_forward_length(_per_layer(widths))
+    writer.add_feed_forward_length(_per_layer([rows(i, "mlp.gate_proj") for i in range(layers)]))
     writer.add_head_count(_per_layer(heads))
     writer.add_head_count_kv(_per_layer(kv_heads))
     writer.add_key_length(head_dim)
@@ -514,6 +515,46 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, source: Path | None = Non
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(_rope_theta(config))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    return {"q_proj": heads, "k_proj": kv_heads}
+
+
+def _gpt2_metadata(writer: Any, model: Any) -> None:
+    """GPT-2's hyperparameters; the MLP width per layer from its weights (pruned or not)."""
+    config = model.config
+    widths = [int(block.mlp.c_fc.bias.shape[0]) for block in model.transformer.h]
+    writer.add_context_length(int(config.n_positions))
+    writer.add_embedding_length(int(config.n_embd))
+    writer.add_block_count(len(widths))
+    writer.add_feed_forward_length(_per_layer(widths))
+    writer.add_head_count(int(config.n_head))
+    writer.add_layer_norm_eps(float(config.layer_norm_epsilon))
+
+
+def write_gguf(model: Any, tokenizer: Any, path: Path, source: Path | None = None) -> None:
+    """Write ``model`` (a built transformers model of a family in ``ARCHITECTURES``) as a
+    float32 GGUF file at ``path``: shapes per layer from its tensors, the tokenizer copied from
+    GGUF file ``source`` when given, else converted from the Hugging Face ``tokenizer``."""
+    import gguf
+    import numpy as np
+
+    config = model.config
+    family = str(config.model_type)
+    if family not in ARCHITECTURES:
+        raise UnsupportedError(f"runtime={NAME!r} cannot convert {family} models")
+    arch = ARCHITECTURES[family]
+    state = {name: t.detach().float().cpu().numpy() for name, t in model.state_dict().items()}
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    stored_in_out = {f"{name}.weight" for name, m in model.named_modules() if _conv1d(m)}
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(str(getattr(config, "_name_or_path", "") or "autoslim model"))
+    heads: dict[str, list[int]] = {}
+    if arch == "gpt2":
+        _gpt2_metadata(writer, model)
+    else:
+        heads = _llama_metadata(writer, config, state)
     writer.add_vocab_size(vocab)
     writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
     if source is not None:
@@ -521,19 +562,18 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, source: Path | None = Non
     else:
         _convert_tokenizer(tokenizer, writer, vocab, path.parent)
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], layers)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config.num_hidden_layers)
     for key, array in state.items():
         name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise UnsupportedError(
                 f"runtime={NAME!r}: tensor {key} of this {family} model has no llama.cpp name"
             )
-        if arch in PERMUTED_QK and key.endswith(("q_proj.weight", "q_proj.bias")):
-            i = int(key.split(".")[2])
-            array = _permute(array, heads[i])
-        elif arch in PERMUTED_QK and key.endswith(("k_proj.weight", "k_proj.bias")):
-            i = int(key.split(".")[2])
-            array = _permute(array, kv_heads[i])
+        if key in stored_in_out:
+            array = np.ascontiguousarray(array.T)
+        projection = key.rsplit(".", 2)[-2]
+        if arch in PERMUTED_QK and projection in heads:
+            array = _permute(array, heads[projection][int(key.split(".")[2])])
         writer.add_tensor(name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -632,7 +672,7 @@ def importance_matrix(model: Any, calibration: torch.Tensor) -> dict[str, Any]:
     )
     modules = {}
     for key, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear):
+        if not isinstance(module, torch.nn.Linear) and not _conv1d(module):
             continue
         if key == "lm_head" and getattr(config, "tie_word_embeddings", False):
             modules["token_embd.weight"] = module
