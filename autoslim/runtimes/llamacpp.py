@@ -64,6 +64,7 @@ GGUF_TYPES: dict[str, str] = {
     "Q8_0": "MOSTLY_Q8_0",
     "Q6_K": "MOSTLY_Q6_K",
     "Q5_K_M": "MOSTLY_Q5_K_M",
+    "Q5_1": "MOSTLY_Q5_1",
     "Q5_0": "MOSTLY_Q5_0",
     "Q4_K_M": "MOSTLY_Q4_K_M",
     "Q4_1": "MOSTLY_Q4_1",
@@ -328,7 +329,7 @@ class LlamaCppRuntime(Runtime):
             "tensors wider; a weight whose width is not a multiple of 256 falls back from a "
             "k-quant to a 32-wide type)",
             choices=tuple(GGUF_TYPES),
-            search=["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_NL"],
+            search=["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0", "IQ4_NL"],
             active=_runs_here,
         ),
         Knob(
