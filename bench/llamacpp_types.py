@@ -14,10 +14,10 @@ and one structural recipe (``--drop-layers`` layers dropped, no recovery) at a f
 second rounding of them, and Q4_1 re-quantizes to the very file.)
 
 Speed is the runtime's own ``prefill`` (1 x 256 tokens) and greedy ``decode`` (32 tokens after
-a 32-token prompt) at ``--threads`` threads: the fastest of 2 runs in each of ``--rounds``
-rounds, the rounds interleaved over the rows, the median round reported, with the load average
-and the CPU wait of each row. Conversion seconds are one conversion (write + importance
-matrix + quantize + tokenizer check).
+a 32-token prompt) at ``--threads`` threads: after a warm-up, the fastest of 2 runs in each of
+``--rounds`` rounds, the rounds interleaved over the rows, the median round reported, with the
+load average and the CPU wait of each row. Conversion seconds are one conversion (write +
+importance matrix + quantize + tokenizer check).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from autoslim.recipe import Recipe
 from autoslim.runtimes.base import ConvertInput, RuntimeModel
 from autoslim.runtimes.llamacpp import IMATRIX_BLIND, RUNTIME, LlamaCppModel, system_info
 from bench.machine import Load, describe, machine
+from bench.peers import best_seconds
 
 TYPES = "F16,Q8_0,Q6_K,Q5_K_M,Q5_0,Q4_K_M,Q4_1,Q4_0,IQ4_NL"
 STRUCTURAL_TYPES = ("Q8_0", "Q4_0")
@@ -54,25 +54,14 @@ PROMPT_TOKENS = 32
 DECODE_TOKENS = 32
 
 
-def fastest(run: Callable[[], Any], repeats: int = 2) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
 def time_model(model: RuntimeModel, ids: torch.Tensor, threads: int) -> dict[str, float]:
     """Prefill seconds and decode tokens/s of ``model``, with the load while it ran."""
     prefill_ids = ids[:PREFILL_TOKENS].unsqueeze(0)
     prompt = ids[:PROMPT_TOKENS].unsqueeze(0)
-    model.prefill(prefill_ids)  # warm-up (and the context opened)
-    model.decode(prompt, DECODE_TOKENS)
     load = Load(threads)
-    prefill = fastest(lambda: model.prefill(prefill_ids))
-    prompt_only = fastest(lambda: model.decode(prompt, 1))
-    decode = fastest(lambda: model.decode(prompt, DECODE_TOKENS)) - prompt_only
+    prefill = best_seconds(lambda: model.prefill(prefill_ids), repeats=2)
+    prompt_only = best_seconds(lambda: model.decode(prompt, 1), repeats=2)
+    decode = best_seconds(lambda: model.decode(prompt, DECODE_TOKENS), repeats=2) - prompt_only
     return {
         "prefill_s": prefill,
         "decode_tok_s": (DECODE_TOKENS - 1) / decode,
