@@ -16,8 +16,9 @@ second rounding of them, and Q4_1 re-quantizes to the very file.)
 Speed is the runtime's own ``prefill`` (1 x 256 tokens) and greedy ``decode`` (32 tokens after
 a 32-token prompt) at ``--threads`` threads: after a warm-up, the fastest of 2 runs in each of
 ``--rounds`` rounds, the rounds interleaved over the rows, the median round reported, with the
-load average and the CPU wait of each row. Conversion seconds are one conversion (write +
-importance matrix + quantize + tokenizer check).
+load average and the CPU wait of each row; beside them the same from this process's CPU
+seconds, which a busy machine inflates far less at 1 thread. Conversion seconds are one
+conversion (write + importance matrix + quantize + tokenizer check).
 """
 
 from __future__ import annotations
@@ -59,14 +60,16 @@ def time_model(model: RuntimeModel, ids: torch.Tensor, threads: int) -> dict[str
     prefill_ids = ids[:PREFILL_TOKENS].unsqueeze(0)
     prompt = ids[:PROMPT_TOKENS].unsqueeze(0)
     load = Load(threads)
-    prefill = best_seconds(lambda: model.prefill(prefill_ids), repeats=2)
-    prompt_only = best_seconds(lambda: model.decode(prompt, 1), repeats=2)
-    decode = best_seconds(lambda: model.decode(prompt, DECODE_TOKENS), repeats=2) - prompt_only
-    return {
-        "prefill_s": prefill,
-        "decode_tok_s": (DECODE_TOKENS - 1) / decode,
-        **load.stop(),
-    }
+    found = {}
+    for clock, name in ((time.perf_counter, ""), (time.process_time, "_cpu")):
+        prefill = best_seconds(lambda: model.prefill(prefill_ids), 2, clock)
+        prompt_only = best_seconds(lambda: model.decode(prompt, 1), 2, clock)
+        decode = best_seconds(lambda: model.decode(prompt, DECODE_TOKENS), 2, clock)
+        found |= {
+            f"prefill{name}_s": prefill,
+            f"decode{name}_tok_s": (DECODE_TOKENS - 1) / (decode - prompt_only),
+        }
+    return {**found, **load.stop()}
 
 
 def main() -> None:
@@ -166,41 +169,47 @@ def run(workdir: Path) -> None:
             timings[label].append(time_model(model, ids, args.threads))
             model.close()
     for label, runs in timings.items():
-        median = sorted(runs, key=lambda r: r["decode_tok_s"])[len(runs) // 2]
         rows[label] |= {
-            "prefill_s": statistics.median(r["prefill_s"] for r in runs),
-            "decode_tok_s": median["decode_tok_s"],
+            key: statistics.median(r[key] for r in runs)
+            for key in ("prefill_s", "decode_tok_s", "prefill_cpu_s", "decode_cpu_tok_s")
+        }
+        rows[label] |= {
             "load_average": max(r["load_average"] for r in runs),
             "cpu_wait": max(r["cpu_wait"] for r in runs),
         }
 
-    reference = rows.get(f"{source.name} (as shipped)", {}) if source else {}
+    shipped = rows.get(f"{source.name} (as shipped)", {}) if source else {}
     print(
         f"\n{args.model}, {args.threads} thread(s), perplexity over {args.windows} x 256 "
         f"stdlib eval tokens; prefill 1 x {PREFILL_TOKENS}, decode {DECODE_TOKENS} after "
-        f"{PROMPT_TOKENS}; median of {args.rounds} interleaved rounds (fastest of 2 each)\n"
+        f"{PROMPT_TOKENS}; median of {args.rounds} interleaved rounds (fastest of 2 each); "
+        "in parentheses: from CPU seconds\n"
     )
     print(
         "| row | tensor types | MB | perplexity | Δ torch | prefill ms | decode tok/s | "
-        "× shipped | convert s | load, wait |"
+        "decode × shipped | convert s | load, wait |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for label, row in rows.items():
         ppl = row["ppl"]
-        speed = row.get("decode_tok_s")
-        ratio = (
-            speed / reference["decode_tok_s"] if speed and reference.get("decode_tok_s") else None
+        cells = [label, row.get("dtype", ""), f"{row['size_mb']:.1f}" if "size_mb" in row else ""]
+        cells += [f"{ppl:.3f}", f"{(ppl / torch_ppl - 1) * 100:+.2f} %"]
+        if "decode_tok_s" in row:
+            cells += [
+                f"{row['prefill_s'] * 1000:.0f} ({row['prefill_cpu_s'] * 1000:.0f})",
+                f"{row['decode_tok_s']:.1f} ({row['decode_cpu_tok_s']:.1f})",
+                f"{row['decode_tok_s'] / shipped['decode_tok_s']:.2f} "
+                f"({row['decode_cpu_tok_s'] / shipped['decode_cpu_tok_s']:.2f})"
+                if "decode_tok_s" in shipped
+                else "",
+            ]
+        else:
+            cells += ["", "", ""]
+        cells.append(f"{row['convert_s']:.1f}" if "convert_s" in row else "")
+        cells.append(
+            f"{row['load_average']:.1f}, {row['cpu_wait']:.2f}" if "decode_tok_s" in row else ""
         )
-        types = row.get("dtype", "")
-        size = f"{row['size_mb']:.1f}" if "size_mb" in row else ""
-        print(
-            f"| {label} | {types} | {size} | {ppl:.3f} | "
-            f"{(ppl / torch_ppl - 1) * 100:+.2f} % | "
-            + (f"{row['prefill_s'] * 1000:.0f} | {speed:.1f} | " if speed else "| | ")
-            + (f"{ratio:.2f} | " if ratio else "| ")
-            + (f"{row['convert_s']:.1f} | " if "convert_s" in row else "| ")
-            + (f"{row['load_average']:.1f}, {row['cpu_wait']:.2f} |" if speed else "|")
-        )
+        print("| " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps({"machine": record, "rows": rows}, indent=2) + "\n")
 
