@@ -41,10 +41,9 @@ CPU_FLAGS_ENV = "AUTOSLIM_CPU_FLAGS"
 
 
 @functools.cache
-def _cpu_flags() -> frozenset[str]:
-    override = os.environ.get(CPU_FLAGS_ENV)
-    if override is not None:
-        return frozenset(override.replace(",", " ").split())
+def proc_cpu_flags() -> frozenset[str]:
+    """The flags this CPU reports in ``/proc/cpuinfo`` (none where it has none), whatever
+    ``AUTOSLIM_CPU_FLAGS`` pretends: what decides whether an instruction can run here."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -53,6 +52,14 @@ def _cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    override = os.environ.get(CPU_FLAGS_ENV)
+    if override is not None:
+        return frozenset(override.replace(",", " ").split())
+    return proc_cpu_flags()
 
 
 def why_not(precision: str, device: str) -> str | None:

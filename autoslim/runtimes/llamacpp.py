@@ -365,7 +365,7 @@ class LlamaCppRuntime(Runtime):
         return f"llamacpp {recipe.gguf_type}{imatrix}"
 
     def check(self, recipe: Any, config: Any, device: str) -> None:
-        from autoslim.operators.precision import _cpu_flags
+        from autoslim.operators.precision import proc_cpu_flags
         from autoslim.operators.quantize import final_shapes
 
         family = str(config.model_type)
@@ -394,7 +394,7 @@ class LlamaCppRuntime(Runtime):
                 f"runtime={NAME!r}: llama_cpp does not load ({str(e).splitlines()[0]}); "
                 f"reinstall it: {INSTALL}"
             ) from e
-        lacking = missing_cpu_features(info, _cpu_flags())
+        lacking = missing_cpu_features(info, proc_cpu_flags())
         if lacking:
             raise UnsupportedError(
                 f"runtime={NAME!r}: llama-cpp-python was built for {', '.join(lacking)}, which "

@@ -182,16 +182,18 @@ def test_llamacpp_missing_says_what_to_install(monkeypatch):
 def test_a_build_for_instructions_this_cpu_lacks_is_refused(monkeypatch):
     from autoslim.operators import precision
 
-    monkeypatch.setenv(precision.CPU_FLAGS_ENV, "sse2")
-    precision._cpu_flags.cache_clear()
-    try:
-        with pytest.raises(UnsupportedError, match=r"which this CPU lacks.*CMAKE_ARGS="):
-            RUNTIME.check(llamacpp_recipe(), tiny_model("llama").config, "cpu")
-    finally:
-        monkeypatch.undo()
-        precision._cpu_flags.cache_clear()
+    monkeypatch.setattr(precision, "proc_cpu_flags", lambda: frozenset({"sse2"}))
+    with pytest.raises(UnsupportedError, match=r"which this CPU lacks.*CMAKE_ARGS="):
+        RUNTIME.check(llamacpp_recipe(), tiny_model("llama").config, "cpu")
     info = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_BF16 = 0 | OPENMP = 1 |"
     assert llamacpp.missing_cpu_features(info, frozenset({"avx2"})) == ["AVX512"]
+
+
+def test_a_faked_cpu_class_does_not_refuse_the_build_this_cpu_runs():
+    from autoslim.testing.cpu import fake_cpu
+
+    with fake_cpu("avx2"):  # a study checked for another class; the build runs here
+        RUNTIME.check(llamacpp_recipe(), tiny_model("llama").config, "cpu")
 
 
 def test_what_llamacpp_cannot_run_is_refused_before_any_work():
