@@ -2,14 +2,16 @@
 becomes, its perplexity, speed, size and conversion time.
 
     .venv/bin/python bench/llamacpp_types.py [--model smollm2-135m] [--threads 1]
-        [--types F16,Q8_0,...] [--windows 8] [--rounds 3] [--drop-layers 4] [--json OUT]
+        [--types F16,Q8_0,...] [--no-imatrix] [--windows 8] [--rounds 3] [--drop-layers 4]
+        [--structural-types Q8_0,Q4_1] [--json OUT]
 
 Every row is converted by ``autoslim.runtimes.llamacpp`` (GGUF writer, llama.cpp's quantizer,
 an importance matrix from the calibration windows of the KD split for the ``+imatrix`` rows)
 and scored by the one perplexity implementation (``autoslim.measure.perplexity``) on the
 stdlib eval windows (``--windows`` windows of 256 tokens, the Hugging Face tokenizer's ids).
 Beside them: the model in PyTorch fp32, the GGUF file the named model ships (read as it is),
-and one structural recipe (``--drop-layers`` layers dropped, no recovery) at a few types.
+and one structural recipe (``--drop-layers`` layers dropped, no recovery) at
+``--structural-types``.
 (``smollm2-135m``'s weights are dequantized from that Q4_1 file, so every other type is a
 second rounding of them, and Q4_1 re-quantizes to the very file.)
 
@@ -49,7 +51,6 @@ from bench.machine import Load, describe, machine
 from bench.peers import best_seconds
 
 TYPES = "F16,Q8_0,Q6_K,Q5_K_M,Q5_0,Q4_K_M,Q4_1,Q4_0,IQ4_NL"
-STRUCTURAL_TYPES = ("Q8_0", "Q4_0")
 PREFILL_TOKENS = 256
 PROMPT_TOKENS = 32
 DECODE_TOKENS = 32
@@ -88,6 +89,7 @@ def run(workdir: Path) -> None:
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--drop-layers", type=int, default=4)
+    parser.add_argument("--structural-types", default="Q8_0,Q4_1")
     parser.add_argument("--no-imatrix", action="store_true", help="leave the +imatrix rows out")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -150,7 +152,7 @@ def run(workdir: Path) -> None:
     if args.drop_layers:
         cut = Recipe(drop_layers=args.drop_layers)
         built = build(base, cut, corpus=corpus, calibration=calibration).model
-        for kind in STRUCTURAL_TYPES:
+        for kind in args.structural_types.split(","):
             convert(
                 f"drop {args.drop_layers} layers, {kind}",
                 built,
