@@ -368,6 +368,11 @@ class LlamaCppRuntime(Runtime):
         from autoslim.operators.precision import proc_cpu_flags
         from autoslim.operators.quantize import final_shapes
 
+        if recipe.bits != 16:
+            raise UnsupportedError(
+                f"bits={recipe.bits} under runtime={NAME!r}: llama.cpp's weight format is "
+                "gguf_type (Q8_0 for 8 bits; Q4_K_M, Q4_0, IQ4_NL ... for 4); leave bits at 16"
+            )
         family = str(config.model_type)
         if family not in ARCHITECTURES:
             raise UnsupportedError(

@@ -204,6 +204,8 @@ def test_what_llamacpp_cannot_run_is_refused_before_any_work():
         RUNTIME.validate(llamacpp_recipe(), config, "cuda")
     with pytest.raises(UnsupportedError, match="query heads dropped"):
         RUNTIME.check(llamacpp_recipe(drop_heads_per_layer=2), tiny_model("qwen2").config, "cpu")
+    with pytest.raises(UnsupportedError, match="leave bits at 16"):
+        RUNTIME.check(llamacpp_recipe(bits=8), config, "cpu")
     config.rope_parameters = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0}
     with pytest.raises(UnsupportedError, match="rope_type='llama3'"):
         RUNTIME.check(llamacpp_recipe(), config, "cpu")
