@@ -77,8 +77,8 @@ def _hub_id(model: str) -> str | None:
 def _figure(value: Any, fmt: str) -> str | None:
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN (not measured)" if math.isnan(value) else str(value)
     return fmt.format(int(value) if fmt.startswith("{:,}") else value)
 
 
@@ -97,14 +97,21 @@ def model_card(
     out: str,
 ) -> ModelCard:
     """The model card of trial ``trial`` of ``study``, exported to the folder ``out``."""
+    from autoslim.runtimes import get_runtime
+
+    runtime = get_runtime(recipe.runtime)
     hub_id = _hub_id(model)
     changed = changed_knobs(recipe)
     operators = [op.name for op in OPERATORS if any(k.name in changed for k in op.knobs)]
     data = ModelCardData(
         base_model=hub_id,
-        library_name="transformers",
+        library_name=runtime.library_name,
         pipeline_tag="text-generation",
-        tags=["autoslim", *(["compressed", *operators] if operators else [])],
+        tags=[
+            "autoslim",
+            *([runtime.name] if runtime.name != "torch" else []),
+            *(["compressed", *operators] if operators else []),
+        ],
         autoslim={
             "version": __version__,
             "study": study,
@@ -119,14 +126,9 @@ def model_card(
         f"# {recipe.describe()}",
         "",
         f"{base} compressed by [autoslim](https://pypi.org/project/autoslim/): trial {trial} "
-        f"of study `{study}`, chosen because: {reason}.",
+        f"of study `{study}`, chosen because: {reason}. It runs in **{runtime.name}**.",
         "",
-        "```python",
-        "from transformers import pipeline",
-        "",
-        f'generate = pipeline("text-generation", model="{out}")',
-        'print(generate("def fibonacci(n):", max_new_tokens=32)[0]["generated_text"])',
-        "```",
+        *runtime.usage(out),
         "",
         "## Recipe",
         "",
@@ -154,7 +156,7 @@ def model_card(
         f"- device: {provenance.get('device', 'unknown')}"
         + (f" ({provenance['device_name']})" if provenance.get("device_name") else ""),
         f"- corpus: {corpus['name']} (eval split), fingerprint `{corpus['fingerprint']}`",
-        f"- reloaded with plain `from_pretrained` at export: perplexity "
+        f"- reloaded with {runtime.reloaded_with} at export: perplexity "
         f"{verification['perplexity']:.4f} against the stored "
         f"{verification['stored_perplexity']:.4f} ({verification['relative_difference']:+.3%}"
         f", tolerance {verification['tolerance']:.0%})",
@@ -169,6 +171,6 @@ def model_card(
         "`STUDY` is the study file or storage the search wrote; `autoslim.json` beside this card "
         "holds the full stored measurement, library versions and the sha256 of every file.",
     ]
-    if recipe.bits == 8 and recipe.quant_backend == "bitsandbytes":
+    if recipe.bits == 8 and recipe.runtime == "torch" and recipe.quant_backend == "bitsandbytes":
         lines += ["", "## Note", "", INT8_CAST_NOTE]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")

@@ -42,7 +42,7 @@ SAMPLERS = ("tpe", "nsga2", "random", "grid")
 # device of the worker that creates the study (every precision it computes natively), and, in
 # a study with a time limit, from the costs that worker measures
 # (:meth:`autoslim.costs.CostModel.derived_kd_steps`).
-FROM_DEVICE = ("precision",)
+FROM_DEVICE = ("runtime", "precision")
 FROM_COSTS = ("kd_steps",)
 DERIVABLE = (*FROM_DEVICE, *FROM_COSTS)
 # Measurement fields a study may minimise (and any task of its [tasks] tables).
@@ -374,7 +374,7 @@ def load(
     if not file.is_file():
         raise ConfigError(f"study file {where!r} does not exist; pass a studies/NAME.toml file")
     try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        raw = tomllib.loads(file.read_text(encoding="utf-8-sig"))  # a BOM some editors write
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{where}: cannot read the file ({e})") from e
     except tomllib.TOMLDecodeError as e:
@@ -411,7 +411,7 @@ def parse(raw: Mapping[str, Any], file: Path, *, check_model: bool = True) -> St
     budgets = _budgets(root.table("budgets"), workload)
     early = _early_abort(root.table("early_abort"))
     search_table = root.table("search")
-    search = _search(search_table, model.device)
+    search = _search(search_table, model.device, tasks=bool(tasks))
     root.finish()
     derive = tuple(
         k
@@ -451,12 +451,28 @@ def _positive(table: _Table, name: str, value: float | None, *, allow_none: bool
 
 # What a study name may be made of (it names the study in its storage and its default file).
 STUDY_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# Files are named after it (NAME.toml, NAME.db, NAME.db.backup-STAMP-wal, report-NAME.html,
+# a journal's NAME.log.lock<uuid>…): with this many characters the longest still fits the
+# 255 bytes a file name may have.
+MAX_STUDY_NAME = 128
+
+
+def study_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a study (None when it can)."""
+    if not STUDY_NAME.fullmatch(name):
+        return f"{name!r}: use letters, digits, '-', '_' or '.' only"
+    if len(name) > MAX_STUDY_NAME:
+        return (
+            f"{name[:20]!r}… is {len(name)} characters; at most {MAX_STUDY_NAME}, so the files "
+            "named after it (NAME.db.backup-…, report-NAME.html) fit the file system"
+        )
+    return None
 
 
 def _run_section(t: _Table, file: Path) -> RunSection:
     name = t.get("name", str, file.stem)
-    if not STUDY_NAME.fullmatch(name):
-        raise t.error("name", f"{name!r}: use letters, digits, '-', '_' or '.' only")
+    if (problem := study_name_problem(name)) is not None:
+        raise t.error("name", problem)
     storage = t.get("storage", str, "")
     n_trials = t.get("n_trials", int, 20)
     time_limit = t.get("time_limit_seconds", (int, float), None)
@@ -502,11 +518,18 @@ def _run_section(t: _Table, file: Path) -> RunSection:
 
 
 def _storage(t: _Table, url: str, file: Path, name: str) -> str:
-    """The storage URL, checked without creating anything (SQLite beside the study file)."""
+    """The storage URL, checked without creating anything (SQLite beside the study file; a
+    relative file path is relative to the study file's folder, not the current one)."""
     from autoslim import integrity
+    from autoslim.storage import SCHEMES, scheme_of
 
     if not url:
         url = "sqlite:///" + str((file.parent / f"{name}.db").absolute())
+    kind = SCHEMES.get(scheme_of(url))
+    if kind is not None and kind.file and url.startswith(kind.prefix):
+        given = url.removeprefix(kind.prefix)
+        if given and given != ":memory:" and not Path(given).expanduser().is_absolute():
+            url = kind.prefix + str((file.parent / given).absolute())
     parsed = _url(url)
     if parsed is None:
         raise t.error(
@@ -522,8 +545,6 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
             "get shared, so remove it from the URL and give it to the database client "
             "instead (PGPASSWORD, a passfile or ~/.pgpass for PostgreSQL)",
         )
-    from autoslim.storage import SCHEMES, scheme_of
-
     scheme = scheme_of(url)
     if scheme not in SCHEMES:
         kinds = ", ".join(f"{s.example} ({s.use})" for s in SCHEMES.values())
@@ -539,6 +560,17 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
         parent = target.parent
         if target.is_dir():
             raise t.error("storage", f"{db!r} is a folder; name a database file inside it")
+        if target.exists() and not target.is_file():
+            raise t.error(
+                "storage",
+                f"{db!r} is not a regular file (a device, pipe or socket"
+                + (
+                    f", through the link to {os.path.realpath(target)!r}"
+                    if target.is_symlink()
+                    else ""
+                )
+                + "); name a database file",
+            )
         if target.exists():
             if not os.access(target, os.R_OK | os.W_OK):
                 raise t.error("storage", f"{db!r} exists but is not writable; fix permissions")
@@ -686,12 +718,18 @@ def default_search(device: str = "cpu") -> dict[str, Any]:
     return {name: knob.default_search(device) for name, knob in KNOBS.items()}
 
 
-def _search(t: _Table, device: str) -> SearchSpace:
+def _search(t: _Table, device: str, *, tasks: bool = False) -> SearchSpace:
     defaults = default_search(device)
+    if tasks:  # task evaluations wrap a transformers model: the torch runtime's
+        defaults["runtime"] = ["torch"]
     knobs = {name: _knob(t, name, defaults[name]) for name in KNOBS}
     t.finish(tuple(KNOBS))
-    if "precision" in t.data:
-        _check_precisions(t, knobs["precision"], device)
+    if "runtime" in t.data and tasks and knobs["runtime"].values() != ["torch"]:
+        raise t.error(
+            "runtime",
+            f"{knobs['runtime'].values()}: task evaluations ([tasks]) run on the torch "
+            'runtime only; set search.runtime = ["torch"] or drop the tasks',
+        )
     heads = [v for v in knobs["drop_heads"].values() if v]
     per_layer = [v for v in knobs["drop_heads_per_layer"].extremes() if v]
     if heads and per_layer:
@@ -703,18 +741,33 @@ def _search(t: _Table, device: str) -> SearchSpace:
     return SearchSpace(knobs)
 
 
-def _check_precisions(t: _Table, knob: Knob, device: str) -> None:
-    """Refuse a listed precision ``device`` would only emulate (slower than fp32)."""
-    for value in knob.values():
+def runtime_problem(name: str, device: str) -> str | None:
+    """None when runtime ``name`` is installed and runs on ``device``, else why not."""
+    from autoslim.runtimes import RUNTIMES
+
+    runtime = RUNTIMES[name]
+    if device.split(":", 1)[0] not in runtime.devices:
+        return f"{name} runs on {', '.join(runtime.devices)}, not {device}"
+    return runtime.available()
+
+
+def check_device(config: StudyConfig) -> None:
+    """Refuse a precision or runtime the study file lists that this device cannot run: a
+    precision it would only emulate (slower than fp32), a runtime not installed here."""
+    device = config.model.device
+    for value in [] if "precision" in config.derive else config.search["precision"].values():
         reason = precision.why_not(value, device)
         if reason is not None:
             native = ", ".join(precision.supported(device))
-            raise t.error(
-                "precision",
-                f"{value!r} on {device}: {reason}; this device computes {native} natively: "
-                "list only those, or leave search.precision out to search every precision "
-                "the device computes",
+            raise ConfigError(
+                f"{config.path}: search.precision: {value!r} on {device}: {reason}; this "
+                f"device computes {native} natively: list only those, or leave "
+                "search.precision out to search every precision the device computes"
             )
+    for value in [] if "runtime" in config.derive else config.search["runtime"].values():
+        reason = runtime_problem(value, device)
+        if reason is not None:
+            raise ConfigError(f"{config.path}: search.runtime: {value!r}: {reason}")
 
 
 def _knob(t: _Table, name: str, default: Any) -> Knob:
@@ -761,6 +814,15 @@ def _range(t: _Table, name: str, integer: bool) -> Range:
             )
         if log:
             raise t.error("log", "a range cannot have both a step and log = true; drop one")
+        count = (high - low) / step
+        if abs(count - round(count)) > 1e-9 * max(1.0, count):
+            last = low + math.floor(count) * step
+            raise t.error(
+                "step",
+                f"{step} does not divide the range {low}..{high} (the sampler would cut it to "
+                f"{low}..{last:.12g}); use a step that divides {high - low:.12g}, or high = "
+                f"{last:.12g}",
+            )
     if log and low <= 0:
         raise t.error("low", f"{low}: a log range needs low > 0")
     return Range(low=low, high=high, step=step, log=log, integer=integer)
@@ -777,10 +839,12 @@ def _check_value(t: _Table, name: str, key: str, value: Any, field_name: str = "
 
 
 def check_against_model(config: StudyConfig) -> StudyConfig:
-    """Check the workload fits the model's context and ask every operator whether the space's
+    """Check the listed precisions and runtimes run on this device (:func:`check_device`),
+    the workload fits the model's context, and ask every operator whether the space's
     extreme recipes can be built for this model on this device (its config only; no weights
     are loaded). A precision the file left out is searched in every precision the device
     computes natively that the rest of the space can be built in: the config returned."""
+    check_device(config)
     from autoslim import models
 
     try:

@@ -29,8 +29,8 @@ import glob
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -117,21 +117,30 @@ class CostModel:
     early_abort_windows: int
     cpu_wait_fraction: float  # while the costs were measured
     teacher_seconds: float = 0.0  # the teacher's share of the measured KD step (cached later)
+    # one conversion of the base model into each runtime of the space but torch (none there)
+    convert_seconds: dict[str, float] = field(default_factory=dict)
 
-    def trial_seconds(self, kd_steps: int, *, cheap_stages: bool = True) -> float:
-        """Predicted quiet seconds of a trial with ``kd_steps`` distillation steps."""
+    def trial_seconds(
+        self, kd_steps: int, *, cheap_stages: bool = True, runtime: str = "torch"
+    ) -> float:
+        """Predicted quiet seconds of a trial with ``kd_steps`` distillation steps in
+        ``runtime`` (the workload timed in torch: no slower in the engines it is compared
+        with here)."""
         check = self.early_abort_windows * self.eval_window_seconds if cheap_stages else 0.0
         return (
             self.copy_seconds
             + check
             + kd_steps * self.kd_step_seconds
+            + self.convert_seconds.get(runtime, 0.0)
             + MEASURE_PASSES * self.eval_windows * self.eval_window_seconds
             + self.workload_runs * self.workload_run_seconds
         )
 
-    def timeout_seconds(self, kd_steps: int) -> float:
+    def timeout_seconds(self, kd_steps: int, runtime: str = "torch") -> float:
         """The trial timeout (own seconds) a study file that sets none gets."""
-        return max(MIN_TIMEOUT_SECONDS, TIMEOUT_FACTOR * self.trial_seconds(kd_steps))
+        return max(
+            MIN_TIMEOUT_SECONDS, TIMEOUT_FACTOR * self.trial_seconds(kd_steps, runtime=runtime)
+        )
 
     def describe(self, kd_steps: int, time_limit_seconds: float | None = None) -> str:
         """One line for the start of a study, e.g. ``one KD step 7.9 s, one trial with 50 KD
@@ -140,7 +149,9 @@ class CostModel:
         text = (
             f"one KD step {_short(self.kd_step_seconds)}, one eval window "
             f"{_short(self.eval_window_seconds)}, one workload run "
-            f"{_short(self.workload_run_seconds)}; one trial with {kd_steps} KD steps ≈ "
+            f"{_short(self.workload_run_seconds)}"
+            + "".join(f", one {r} conversion {_short(t)}" for r, t in self.convert_seconds.items())
+            + f"; one trial with {kd_steps} KD steps ≈ "
             f"{duration(trial)} (timeout {duration(self.timeout_seconds(kd_steps))})"
         )
         if time_limit_seconds is not None:
@@ -235,16 +246,16 @@ class _Stopwatch:
 
 
 def measure_costs(
-    base: Any,
+    pipeline: Any,
     *,
-    teacher_cache: Any,
     eval_ids: Any,
-    workload: Any,
-    device: str,
     kd_steps_space: list[int],
     early_abort_windows_set: int | None,
+    runtimes: Sequence[str] = (),
 ) -> CostModel:
-    """Time each stage once on the base model (``base``: a LoadedModel); see the module doc."""
+    """Time each stage once on the base model of ``pipeline`` (an
+    :class:`autoslim.pipeline.Pipeline` with its teacher cache), and one conversion into each
+    of ``runtimes`` but torch; see the module doc."""
     import copy
     from dataclasses import replace
 
@@ -253,10 +264,13 @@ def measure_costs(
     from autoslim.compress.distill import distill
     from autoslim.measure.perplexity import perplexity
     from autoslim.measure.workload import WorkloadRunner, synchronize
+    from autoslim.operators.precision import precision_of
     from autoslim.recipe import Recipe
 
-    model = base.model
-    dev = torch.device(device)
+    model = pipeline.base.model
+    workload = pipeline.workload
+    teacher_cache = pipeline.teacher_cache
+    dev = torch.device(pipeline.device)
 
     def watch() -> _Stopwatch:
         return _Stopwatch(lambda: synchronize(dev))
@@ -266,7 +280,7 @@ def measure_costs(
     eval_windows = min(available, protocol.max_windows or available)
     probe = min(EARLY_ABORT_WINDOWS[0], available)
     with watch() as copied:
-        student = copy.deepcopy(model).to(device=device, dtype=torch.float32)
+        student = copy.deepcopy(model).to(device=pipeline.device, dtype=torch.float32)
     with watch() as evaluated:
         perplexity(model, eval_ids, replace(protocol, max_windows=probe))
     defaults = Recipe()
@@ -282,10 +296,22 @@ def measure_costs(
         )
     del student
     teacher = teacher_cache.teacher_seconds - teacher_before
-    runner = WorkloadRunner(model, eval_ids, workload, dev)
+    runner = WorkloadRunner(model, eval_ids, workload)
     with watch() as ran:
         runner.run()
-    watches = (copied, evaluated, stepped, ran)
+    watches = [copied, evaluated, stepped, ran]
+    converts = {}
+    precision = precision_of(next(model.parameters()).dtype)
+    for runtime in runtimes:
+        if runtime == "torch":
+            continue
+        with (
+            watch() as converted,
+            pipeline.converted(model, Recipe(runtime=runtime, precision=precision)),
+        ):
+            pass
+        converts[runtime] = converted.quiet
+        watches.append(converted)
     wall = sum(w.wall for w in watches)
     # The teacher runs once per KD window for the whole study, not per step: count the step
     # without it (its seconds are the wall share of the measured step).
@@ -300,6 +326,7 @@ def measure_costs(
         early_abort_windows=0,
         cpu_wait_fraction=1 - sum(w.quiet for w in watches) / wall if wall > 0 else 0.0,
         teacher_seconds=teacher,
+        convert_seconds=converts,
     )
     cheapest = min((s for s in kd_steps_space if s > 0), default=0)
     windows = early_abort_windows_set or early_abort_windows(

@@ -10,7 +10,10 @@ file. The saved folder is reloaded with plain ``AutoModelForCausalLM.from_pretra
 ``tolerance`` (1 %) away from the stored value fails the export.
 
 Everything is written to a temporary folder beside the destination and renamed into place
-only after the check passed, so a failed export leaves nothing behind.
+only after the check passed, so a failed export leaves nothing behind. Over a previous export
+(``force``), only the files its ``autoslim.json`` lists, unchanged since (their sha256), are
+replaced: anything else in the folder (a ``.git`` of a Hub repository, the user's notes) is
+kept, and a listed file the user has changed since is never overwritten.
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ from optuna.trial import TrialState
 
 from autoslim.card import model_card
 from autoslim.config import StudyConfig
-from autoslim.errors import ConfigError, DataError, ModelError
+from autoslim.errors import ConfigError, ModelError
 from autoslim.measure.measurement import versions
 from autoslim.pick import choose
 from autoslim.recipe import Recipe
-from autoslim.trials import TrialRecord, read_trials, stored_config
+from autoslim.trials import TrialRecord, jsonable, read_trials, stored_config
 from autoslim.weights import PRESETS, Weights
 
 logger = logging.getLogger(__name__)
@@ -55,6 +58,7 @@ class ExportResult:
     measured_perplexity: float
     files: dict[str, str]  # file name → sha256
     reason: str  # why this trial: the pick's reason, or "--trial N"
+    kept: tuple[str, ...] = ()  # what --out held that the export did not write, kept as it was
 
     @property
     def relative_difference(self) -> float:
@@ -76,6 +80,11 @@ def select_trial(
         choice = choose(
             study, weights or PRESETS["balanced"], max_ppl_increase, tighten, retime=retime
         )
+        if not choice.recommended:
+            raise ConfigError(
+                f"{choice.reason}; export re-times by default (drop --no-retime), or name the "
+                "trial with --trial N"
+            )
         return _trial(study, choice.best.number), choice.reason
     if weights is not None or max_ppl_increase is not None or tighten or retime:
         raise ConfigError(
@@ -116,13 +125,51 @@ def study_files(study: optuna.Study) -> list[Path]:
     return [] if path is None else [path]
 
 
-def is_export(folder: Path) -> bool:
-    """Whether ``folder`` is a previous export (its manifest says so)."""
+def _manifest(folder: Path) -> dict[str, Any] | None:
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
+        return None
+    ours = isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
+    return manifest if ours else None
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` is a previous export (its manifest says so)."""
+    return _manifest(folder) is not None
+
+
+def previous_files(out: Path) -> list[str]:
+    """The files of the previous export in ``out`` that ``--force`` may replace: those its
+    manifest lists, each still as that export wrote it (its sha256), and the manifest itself.
+    A listed file the user changed since, or a listing outside ``out``, is refused."""
+    manifest = _manifest(out)
+    listed = manifest.get("files") if manifest is not None else None
+    if not isinstance(listed, dict):
+        raise ConfigError(
+            f"--out {str(out)!r}: {MANIFEST} lists no files, so nothing in it is known to be the "
+            "export's; choose a new folder"
+        )
+    changed = []
+    for name, digest in listed.items():
+        path = out / str(name)
+        inside = not Path(name).is_absolute() and ".." not in Path(name).parts
+        if not inside:
+            raise ConfigError(
+                f"--out {str(out)!r}: {MANIFEST} lists {name!r}, outside the folder; it is not "
+                "an export autoslim wrote, so choose a new folder"
+            )
+        if path.is_symlink() or (
+            path.exists() and (not path.is_file() or _sha256(path) != digest)
+        ):
+            changed.append(str(name))
+    if changed:
+        raise ConfigError(
+            f"--out {str(out)!r}: {', '.join(changed)} changed since the previous export wrote "
+            f"{'them' if len(changed) > 1 else 'it'}; --force never overwrites your changes, so "
+            "move them out of the folder (or restore them) and run again"
+        )
+    return [*map(str, listed), MANIFEST]
 
 
 def check_destination(out: Path, force: bool, protected: Sequence[Path] = ()) -> None:
@@ -140,6 +187,13 @@ def check_destination(out: Path, force: bool, protected: Sequence[Path] = ()) ->
                 "there would replace it, so it is refused even with --force; choose a new "
                 f"folder such as {str(folder / 'export')!r}"
             )
+    inside = next((p for p in target.parents if is_export(p)), None)
+    if inside is not None:
+        raise ConfigError(
+            f"--out {str(out)!r} is inside the previous export {str(inside)!r}; an export there "
+            "would nest one model's folder in another's (and be uploaded with it), so choose a "
+            "folder outside it"
+        )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a folder path")
     if out.is_dir() and any(out.iterdir()):
@@ -154,6 +208,7 @@ def check_destination(out: Path, force: bool, protected: Sequence[Path] = ()) ->
                 f"{MANIFEST} of format {MANIFEST_FORMAT}); --force replaces only a previous "
                 "export, so choose a new folder"
             )
+        previous_files(out)
     parent = next(p for p in (target.parent, *target.parent.parents) if p.exists())
     why = writable_folder(parent)
     if why is not None:
@@ -180,23 +235,29 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def reload_perplexity(folder: Path, corpus: Any, protocol: Any, device: str) -> float:
-    """Perplexity of ``folder`` loaded with plain ``from_pretrained`` (no remote code)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def reload_perplexity(
+    folder: Path, corpus: Any, protocol: Any, device: str, recipe: Recipe | None = None
+) -> float:
+    """Perplexity of ``folder`` loaded back by ``recipe``'s runtime (torch: plain
+    ``from_pretrained``, no remote code), on the eval tokens of the tokenizer saved there."""
+    from transformers import AutoTokenizer
 
     from autoslim import data
     from autoslim.measure.perplexity import perplexity
+    from autoslim.runtimes import get_runtime
 
+    recipe = recipe or Recipe()
+    runtime = get_runtime(recipe.runtime)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, device_map={"": device})
+        model = runtime.load(folder, recipe=recipe, threads=0, device=device)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelError(
-            f"the exported folder does not load with plain AutoModelForCausalLM."
-            f"from_pretrained ({type(e).__name__}: {e}); this recipe cannot be exported yet"
+            f"the exported folder does not load with {runtime.reloaded_with} "
+            f"({type(e).__name__}: {e}); this recipe cannot be exported yet"
         ) from e
-    model.eval()
-    return perplexity(model, data.tokens(tokenizer, corpus, "eval"), protocol).perplexity
+    with model:
+        return perplexity(model, data.tokens(tokenizer, corpus, "eval"), protocol).perplexity
 
 
 def export(
@@ -215,9 +276,7 @@ def export(
 ) -> ExportResult:
     """Rebuild, save, verify and move into ``out`` one trial of ``study``; ``hub_repo`` is the
     Hub repository it is going to (:func:`push_to_hub`), named in the card's load example."""
-    from autoslim import compress, data, models
-    from autoslim.measure import Workload
-    from autoslim.operators.precision import torch_dtype
+    from autoslim.pipeline import Pipeline
 
     out = Path(out)
     trial, reason = select_trial(study, trial_number, weights, max_ppl_increase, tighten, retime)
@@ -227,37 +286,18 @@ def export(
     stored = trial.measurement
     stored_perplexity = trial.perplexity
     device = config.model.device
-    corpus = data.load_corpus(
-        text=list(config.data.text) or None, dataset=config.data.dataset or None
-    )
-    expected = study.user_attrs.get("corpus_fingerprint")
-    if expected is not None and corpus.fingerprint != expected:
-        raise DataError(
-            f"corpus {corpus.name!r} has fingerprint {corpus.fingerprint} here, but study "
-            f"{study.study_name!r} was measured on {expected}: the text changed (another Python "
-            "version's stdlib, edited files), so perplexities would not match; export where the "
-            "search ran, with the same data"
-        )
-    workload = Workload.from_dict(config.workload)
-    seed = int(study.user_attrs.get("seed", 0))
-    base = models.load_model(
-        str(study.user_attrs["model"]),
-        device=device,
-        dtype=torch_dtype(str(study.user_attrs.get("base_precision", "fp32"))),
-        trust_remote_code=config.model.trust_remote_code,
-    )
-    logger.info("rebuilding trial %d: %s", trial.number, recipe.describe())
-    built = compress.build(base, recipe, corpus=corpus, seed=seed, device=device)
-
+    pipeline = Pipeline.for_study(study, config)
+    corpus, workload, seed = pipeline.corpus, pipeline.workload, pipeline.seed
     parent = out.absolute().parent
     created = _missing_ancestor(parent)
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export is an ordinary folder
     try:
-        compress.save(built.model, base.tokenizer, staging)
-        del built
-        measured = reload_perplexity(staging, corpus, workload.protocol, device)
+        logger.info("rebuilding trial %d: %s", trial.number, recipe.describe())
+        with pipeline.built(recipe) as built:
+            built.model.save(staging)
+        measured = reload_perplexity(staging, corpus, workload.protocol, device, recipe)
         difference = measured / stored_perplexity - 1
         if not abs(difference) <= tolerance:
             raise ModelError(
@@ -311,8 +351,9 @@ def export(
             "versions": versions("optuna", "safetensors", "accelerate"),
             "files": files,
         }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _move_into_place(staging, out)
+        text = json.dumps(jsonable(manifest), indent=2, allow_nan=False)
+        (staging / MANIFEST).write_text(text + "\n", encoding="utf-8")
+        kept = _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created is not None:
@@ -327,6 +368,7 @@ def export(
         measured_perplexity=measured,
         files=files,
         reason=reason,
+        kept=kept,
     )
 
 
@@ -354,20 +396,52 @@ def _missing_ancestor(folder: Path) -> Path | None:
     return missing
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
-    """Rename ``staging`` to ``out``; an existing ``out`` is set aside and removed after."""
+def _move_into_place(staging: Path, out: Path) -> tuple[str, ...]:
+    """Rename ``staging`` to ``out``. Over a previous export, only its own unchanged files
+    (:func:`previous_files`, checked again now) are set aside, the new ones moved in, and the
+    old ones removed after; returns what else ``out`` holds, kept as it was."""
     if not out.exists():
         os.rename(staging, out)
-        return
+        return ()
+    old = previous_files(out)
+    new = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+    theirs = [n for n in new if n not in old and ((out / n).exists() or (out / n).is_symlink())]
+    if theirs:
+        raise ConfigError(
+            f"--out {str(out)!r}: {', '.join(theirs)} would be overwritten, and the previous "
+            "export did not write it; move it out of the folder and run again"
+        )
     aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.absolute().parent))
-    os.rename(out, aside / out.name)
+    moved_old: list[str] = []
+    moved_new: list[str] = []
     try:
-        os.rename(staging, out)
-    except OSError:
-        os.rename(aside / out.name, out)
+        for name in old:
+            if (out / name).is_file():
+                (aside / name).parent.mkdir(parents=True, exist_ok=True)
+                os.rename(out / name, aside / name)
+                moved_old.append(name)
+        for name in new:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staging / name, out / name)
+            moved_new.append(name)
+    except BaseException:
+        for name in moved_new:
+            os.rename(out / name, staging / name)
+        for name in moved_old:
+            os.rename(aside / name, out / name)
         shutil.rmtree(aside, ignore_errors=True)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)  # only the emptied folders are left in it
+    for name in old:  # folders only the old export's files were in
+        for folder in (out / name).parents:
+            if folder == out or not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
+    ours = {n.split("/", 1)[0] for n in new}
+    return tuple(
+        sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if p.name not in ours)
+    )
 
 
 def push_to_hub(folder: Path, repo_id: str, *, private: bool = False) -> str:

@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 SUFFIX = ".gguf"
 CACHE_ENV = "AUTOSLIM_CACHE"
+# The version of the converted folder's layout, part of its cache key: a conversion made by an
+# earlier autoslim (version 1 saved a tokenizer that transformers 5.5 reloads wrongly) is not
+# reused.
+FOLDER_FORMAT = "v2"
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
 NOTE_FILE = "autoslim-gguf.json"
 INSTALL_HINT = "pip install 'autoslim[gguf]'"
 # Tensor types stored as plain floats (everything else is a quantization to dequantize).
@@ -131,7 +136,7 @@ def inspect(path: Path) -> dict[str, Any]:
 def convert(path: Path) -> Path:
     """The cached Hugging Face folder of GGUF file ``path``, converting it on first use."""
     digest = sha256(path)
-    folder = cache_root() / "gguf" / digest
+    folder = cache_root() / "gguf" / f"{digest}-{FOLDER_FORMAT}"
     if (folder / NOTE_FILE).is_file():
         return folder
     facts = inspect(path)
@@ -171,7 +176,7 @@ def convert(path: Path) -> Path:
 
 def _write_folder(path: Path, out: Path) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
     where, name = str(path.parent), path.name
     try:
@@ -188,7 +193,13 @@ def _write_folder(path: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    # The tokenizer as the plain fast tokenizer it is: transformers 5.5 gives GGUF's BPE
+    # tokenizer the class CodeLlamaTokenizer, which tokenizes right in memory but rebuilds a
+    # sentencepiece-style one from the saved folder (every space an unknown token).
+    special = {k: v for k, v in tokenizer.special_tokens_map.items() if k in SPECIAL_TOKENS}
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer, **special
+    ).save_pretrained(out)
 
 
 def source(folder: str) -> dict[str, Any] | None:

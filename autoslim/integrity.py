@@ -11,7 +11,14 @@
   (disk full, read-only, locked, server gone) in a small JSON file under autoslim's cache
   folder, outside that storage; :func:`deferred_failures` finds them again, so the next search
   or worker on the study fails the trial with that reason before the heartbeat calls it stale.
-- :func:`backup` and :func:`recover` are what ``autoslim doctor`` runs on a SQLite file.
+- :func:`scan_journal` reads a journal file the way Optuna replays it and finds what it
+  cannot: a complete line that is no entry (damage, or an entry appended onto a torn one) and a
+  torn tail (a writer killed mid-append, a full disk). A damaged journal is refused before
+  anything is written; a torn tail is refused under the journal's own lock, before each append
+  (:class:`autoslim.storage` opens journals with :func:`check_journal_tail`), since an entry
+  appended onto it would glue to it and make the file unreadable.
+- :func:`backup`, :func:`recover` (SQLite) and :func:`recover_journal` are what
+  ``autoslim doctor`` runs.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from autoslim.config import mask_url
 from autoslim.errors import StorageError
@@ -133,6 +141,9 @@ def storage_fault(error: BaseException, storage: str | None = None) -> StorageEr
     """A one-line :class:`StorageError` for a storage fault somewhere in ``error``'s chain,
     or None when it is not one (``storage``: the URL, default the last one opened)."""
     chain = list(_chain(error))
+    already = [e for e in chain if isinstance(e, StorageError)]
+    if already:  # raised on purpose inside the storage (a torn journal tail)
+        return already[0]
     if not any(_is_storage_error(e) for e in chain):
         return None
     text = " ".join(str(e) for e in chain).lower()
@@ -152,6 +163,132 @@ def sqlite_path(url: str) -> Path | None:
     if not url.startswith("sqlite:///"):
         return None
     return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def journal_path(url: str) -> Path | None:
+    """The file of a ``journal:///`` URL, or None for other storages."""
+    from autoslim.storage import file_of, scheme_of
+
+    return file_of(url) if scheme_of(url) == "journal" else None
+
+
+@dataclass(frozen=True)
+class JournalScan:
+    """What a journal file holds, line by line, as Optuna's journal reader sees it."""
+
+    entries: int  # complete lines that are an entry
+    damaged: tuple[int, ...]  # numbers (from 1) of complete lines that are no entry
+    torn_bytes: int  # bytes after the last line end: an entry cut short
+
+    def describe(self) -> str:
+        parts = []
+        if self.damaged:
+            more = ", …" if len(self.damaged) > 5 else ""
+            shown = ", ".join(map(str, self.damaged[:5])) + more
+            parts.append(
+                f"line{'s' if len(self.damaged) > 1 else ''} {shown} of "
+                f"{self.entries + len(self.damaged)} {'are' if len(self.damaged) > 1 else 'is'} "
+                "no complete journal entry"
+            )
+        if self.torn_bytes:
+            parts.append(
+                f"it ends with an incomplete entry ({self.torn_bytes} bytes after the last "
+                "complete one: a writer killed mid-append, or a full disk)"
+            )
+        return "; ".join(parts) or f"{self.entries} complete entries"
+
+
+def _entry(line: bytes) -> dict[str, Any] | None:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and "op_code" in entry else None
+
+
+def scan_journal(path: Path) -> JournalScan:
+    """Read ``path`` without writing to it."""
+    entries = 0
+    damaged = []
+    torn = 0
+    with path.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                torn = len(line)
+            elif _entry(line) is not None:
+                entries += 1
+            else:
+                damaged.append(number)
+    return JournalScan(entries, tuple(damaged), torn)
+
+
+def torn_tail(path: Path) -> int:
+    """How many bytes follow the last line end of ``path`` (0: it ends with a whole entry)."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        block = 4096
+        while True:
+            start = max(0, size - block)
+            f.seek(start)
+            data = f.read(size - start)
+            end = data.rfind(b"\n")
+            if end >= 0:
+                return len(data) - end - 1
+            if start == 0:
+                return size
+            block *= 2
+
+
+def check_journal_tail(url: str, path: Path) -> None:
+    """Refuse to append to a journal file whose last entry is incomplete (called under the
+    journal's lock, so no live writer is halfway through it)."""
+    torn = torn_tail(path)
+    if torn:
+        raise StorageError(
+            f"storage {mask_url(url)!r} ends with an incomplete entry ({torn} bytes after the "
+            "last complete one: a writer killed mid-append, or a full disk); nothing was "
+            "appended to it; run `autoslim doctor STUDY` to back it up and keep every complete "
+            "entry"
+        )
+
+
+def _salvage(line: bytes) -> dict[str, Any] | None:
+    """The complete entry that ends a damaged line (one appended onto a torn entry), if any."""
+    start = line.find(b"{", 1)
+    while start >= 0:
+        entry = _entry(line[start:])
+        if entry is not None:
+            return entry
+        start = line.find(b"{", start + 1)
+    return None
+
+
+def recover_journal(path: Path, target: Path) -> tuple[int, int]:
+    """Copy every complete entry of the journal ``path`` (an entry glued after a torn one
+    included) into a new journal file ``target``; returns (entries kept, pieces left out).
+    With no entry to keep (not a journal at all), no ``target`` is written."""
+    kept: list[dict[str, Any]] = []
+    lost = 0
+    with path.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):  # the torn tail
+                lost += 1
+                continue
+            entry = _entry(line)
+            if entry is None:  # damaged, or a torn entry with a complete one glued after it
+                lost += 1
+                entry = _salvage(line)
+            if entry is not None:
+                kept.append(entry)
+    if not kept:
+        return 0, lost
+    text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in kept)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(target)
+    return len(kept), lost
 
 
 def _quick_check(url: str, path: Path) -> str:
@@ -198,6 +335,17 @@ def check_storage(url: str) -> None:
             "postgresql://USER@HOST/DB"
         ) from e
     OPENED.append(shown)
+    journal = journal_path(url)
+    if journal is not None and journal.is_file():
+        scan = scan_journal(journal)
+        if scan.damaged:
+            raise StorageError(
+                f"storage {shown!r} is damaged ({scan.describe()}); nothing was written to it; "
+                f"{RECOVER_HINT}"
+            )
+        if scan.torn_bytes:  # readers skip it; a writer is refused before it appends
+            logger.info("storage %s: %s; read without it", shown, scan.describe())
+        return
     path = sqlite_path(url)
     if path is None or not path.is_file() or path.stat().st_size == 0:
         return
@@ -315,7 +463,8 @@ def backup(path: Path) -> Path:
 
 def recover(path: Path, target: Path) -> dict[str, int]:
     """Copy every row SQLite can still read from ``path`` into a new file ``target`` with the
-    same schema; returns rows recovered and rows lost per table."""
+    same schema; returns rows recovered and rows lost per table. When not even the schema can
+    be read (``sqlite3.DatabaseError``), no ``target`` is left behind."""
     source = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
     out = sqlite3.connect(target)
     counts: dict[str, int] = {}
@@ -324,6 +473,12 @@ def recover(path: Path, target: Path) -> dict[str, int]:
             "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL "
             "AND name NOT LIKE 'sqlite_%' ORDER BY type = 'index'"
         ).fetchall()
+    except sqlite3.DatabaseError:
+        source.close()
+        out.close()
+        target.unlink(missing_ok=True)
+        raise
+    try:
         for kind, _name, sql in schema:
             if kind in ("table", "index"):
                 out.execute(sql)

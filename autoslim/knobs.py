@@ -6,13 +6,23 @@ with it; :data:`autoslim.operators.KNOBS` collects them all, in the order a samp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from autoslim.errors import ConfigError
 
-__all__ = ["Knob"]
+__all__ = ["FLOAT_DIGITS", "Knob", "snap_float"]
+
+# Significant digits a float knob keeps: a sampler's step arithmetic (0.1 * 3 =
+# 0.30000000000000004) must not make the recipe the build sees as 0.3 a different one.
+FLOAT_DIGITS = 12
+
+
+def snap_float(value: float) -> float:
+    """``value`` without the rounding noise of step arithmetic (``FLOAT_DIGITS`` digits)."""
+    return float(f"{value:.{FLOAT_DIGITS}g}") if math.isfinite(value) else value
 
 
 def _always(_chosen: Mapping[str, Any]) -> bool:
@@ -88,6 +98,8 @@ class Knob:
             value, ok = float(value), True
         if not ok:
             raise ConfigError(f"{self.name}={value!r}: must be {self.allowed()}")
+        if kind is float:
+            value = snap_float(value)
         if self.choices and value not in self.choices:
             raise ConfigError(f"{self.name}={value!r}: must be {self.allowed()}")
         too_low = self.minimum is not None and not value >= self.minimum

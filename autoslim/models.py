@@ -153,8 +153,19 @@ def load_config(name: str, trust_remote_code: bool = False) -> Any:
     return config
 
 
+# The files a folder's tokenizer vocabulary is read from (fast, sentencepiece, BPE, WordPiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
 def _load_failure(name: str, where: str, e: Exception) -> str:
+    from safetensors import SafetensorError
+
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, SafetensorError):
+        return (
+            f"cannot load model folder {name!r}: a weights file is damaged or cut short "
+            f"(safetensors: {first_line}); copy or download the model again"
+        )
     if Path(where).is_dir():
         return f"cannot load model folder {name!r}: {first_line}"
     return (
@@ -171,6 +182,7 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer by name, ready for evaluation."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = resolve(name)
@@ -180,8 +192,15 @@ def load_model(
             where, dtype=dtype, trust_remote_code=trust_remote_code
         )
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise ModelError(_load_failure(name, where, e)) from e
+    folder = Path(where)
+    if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        # transformers then makes an empty tokenizer from the config (a vocabulary of 1)
+        raise ModelError(
+            f"model folder {name!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+            "copy the tokenizer files of the model it came from into it"
+        )
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)

@@ -202,6 +202,9 @@ class Choice:
     # Trials within the budget kept out because their stored timing is untrusted, and why.
     held_back: dict[int, str] = field(default_factory=dict)
     retimed: tuple[int, ...] = ()  # the trials whose figures come from a side-by-side re-timing
+    # False when the base model's own timing is held back: nothing then says any candidate
+    # is faster than the base, so none is recommended until `pick --retime`.
+    recommended: bool = True
 
     @property
     def best(self) -> Candidate:
@@ -218,7 +221,8 @@ class Choice:
                 "max_perplexity": self.budget.max_perplexity,
                 "limits": [limit.text for limit in self.budget.limits],
             },
-            "best_trial": self.best.number,
+            "best_trial": self.best.number if self.recommended else None,
+            "recommended": self.recommended,
             "reason": self.reason,
             "held_back": {str(n): why for n, why in self.held_back.items()},
             "retimed": list(self.retimed),
@@ -352,11 +356,46 @@ def rank(
     winner = min(tied, key=lambda c: (c.perplexity, c.score, c.number))
     ranking = (winner, *(c for c in by_score if c is not winner))
     logger.info("ranked %d candidates under %s", len(ranking), budget.describe())
-    reason = _reason(ranking, lowest, weighted, budget) + _trust_note(
-        ranking, weighted, held_back, retimed
-    )
+    base = None
+    if weighted:  # a choice on time or energy: it needs the base's timing to mean anything
+        base = next(
+            (r for r in within(study, budget) if r.is_base and r.number in held_back), None
+        )
+    if base is not None:
+        reason = _base_held_back(ranking, base, held_back[base.number], weighted)
+    else:
+        reason = _reason(ranking, lowest, weighted, budget) + _trust_note(
+            ranking, weighted, held_back, retimed
+        )
     return Choice(
-        weights, weighted, names, budget, ranking, reason, held_back, tuple(sorted(retimed or ()))
+        weights,
+        weighted,
+        names,
+        budget,
+        ranking,
+        reason,
+        held_back,
+        tuple(sorted(retimed or ())),
+        recommended=base is None,
+    )
+
+
+def _base_held_back(
+    ranking: tuple[Candidate, ...], base: TrialRecord, why: str, weights: dict[str, float]
+) -> str:
+    """Why nothing is recommended while the base model's timing is untrusted, with the base's
+    stored figure beside each candidate's."""
+
+    def beside(c: Candidate) -> str:
+        return ", ".join(
+            f"{c.values[n]:.4g} {UNITS[n]} (base {base.values[n]:.4g})" for n in weights
+        )
+
+    shown = "; ".join(f"trial {c.number} ({c.recipe.describe()}) {beside(c)}" for c in ranking)
+    return (
+        f"no candidate can be recommended until the base model is re-timed: its own timing is "
+        f"held back (trial {base.number}: {why}), so nothing here says any trial is faster than "
+        f"it; run `autoslim pick --retime` to re-time them side by side. Stored figures: {shown}"
     )
 
 

@@ -11,13 +11,20 @@ In a Jupyter kernel without ipywidgets, ``import optuna`` (its ``tqdm.auto`` imp
 ``IProgress not found`` about notebook progress bars, which neither autoslim nor its notebook
 draws (tqdm falls back to text bars where one is drawn): :func:`install` ignores that one
 warning too, for an ``import optuna`` after ``import autoslim``.
+
+A runtime's converter (optimum-intel tracing the model, NNCF compressing it) prints progress
+bars and per-layer tables and warns about its tracing on every conversion, in every trial:
+:func:`muted` holds that back while it runs (logged at debug level) and lets errors through.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 import warnings
+from collections.abc import Iterator
 
 HARMLESS = {
     "torchao": re.compile(r"^Failed to load .*\.so"),
@@ -45,3 +52,27 @@ def install() -> None:
         if not any(isinstance(f, _Harmless) for f in log.filters):
             log.addFilter(_Harmless(pattern))
     warnings.filterwarnings("ignore", message=re.escape(NO_IPYWIDGETS))
+
+
+# The loggers of the libraries a conversion runs, quieted to errors while it runs.
+CONVERTERS = ("transformers", "optimum", "nncf", "openvino")
+
+
+@contextlib.contextmanager
+def muted() -> Iterator[None]:
+    """Run a third-party conversion without its progress bars, tables and warnings: what it
+    prints is kept for the debug log, what its loggers say below ERROR is dropped."""
+    printed = io.StringIO()
+    loggers = [logging.getLogger(name) for name in CONVERTERS]
+    levels = [log.level for log in loggers]
+    try:
+        for log in loggers:
+            log.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(printed):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+        if printed.getvalue().strip():
+            logging.getLogger(__name__).debug("the converter printed:\n%s", printed.getvalue())

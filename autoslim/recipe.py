@@ -23,8 +23,8 @@ class Recipe:
     """One compression recipe: the value of every declared knob (defaults for the rest).
 
     Applied in the operators' order: drop layers → drop heads → structured prune → distil →
-    precision → quantize. Equal recipes compare and hash equal; ``replace`` returns a copy
-    with some knobs changed.
+    precision → quantize, then converted into its runtime. Equal recipes compare and hash
+    equal; ``replace`` returns a copy with some knobs changed.
     """
 
     __slots__ = ("_values",)
@@ -97,7 +97,11 @@ class Recipe:
     def describe(self) -> str:
         """A one-line summary: the applied stages, or ``base model (PRECISION)`` when only
         the precision is chosen, so base trials at different precisions read apart."""
+        from autoslim.runtimes import RUNTIMES
+
         parts = {op.name: op.describe(self) for op in OPERATORS if op.active(self)}
+        runtime = RUNTIMES[self.runtime].describe(self)
         if not any(text for name, text in parts.items() if name != "precision"):
-            return f"base model ({self.precision})"
-        return ", ".join(text for text in parts.values() if text)
+            base = f"base model ({self.precision})"
+            return f"{base}, {runtime}" if runtime else base
+        return ", ".join(text for text in [*parts.values(), runtime] if text)

@@ -68,6 +68,7 @@ class Point(NamedTuple):
     number: int
     values: tuple[float, ...]
     label: str
+    runtime: str = "torch"
 
 
 class BudgetLine(NamedTuple):
@@ -169,7 +170,8 @@ def _label(trial: TrialRecord) -> str:
 
 
 def _point(trial: TrialRecord, objectives: Sequence[str]) -> Point:
-    return Point(trial.number, tuple(trial.values[n] for n in objectives), _label(trial))
+    values = tuple(trial.values[n] for n in objectives)
+    return Point(trial.number, values, _label(trial), trial.recipe.runtime)
 
 
 def _budget_limit(budget: Budget | None) -> float | None:
@@ -445,24 +447,49 @@ def _hover(point: Point, names: Sequence[str]) -> str:
     return f"{html.escape(point.label)}<br>{figures}"
 
 
+# Marker shapes of the runtimes on a front, in the order they are declared.
+RUNTIME_SYMBOLS = ("circle", "square", "cross", "circle-open")  # shapes 2D and 3D both draw
+
+
+def _runtime_order(name: str) -> int:
+    from autoslim.runtimes import RUNTIMES
+
+    order = list(RUNTIMES)
+    return order.index(name) if name in order else len(order)
+
+
 def plot_pareto(info: ParetoInfo) -> Any:
     import plotly.graph_objects as go
 
     three_d = len(info.axis_names) == 3
     scatter = go.Scatter3d if three_d else go.Scatter
-    groups = (
-        ("Pareto front", sorted(info.front, key=lambda p: p.values), "#1f77b4", "circle"),
-        ("dominated", info.dominated, "#aaaaaa", "circle"),
-        ("over the perplexity budget", info.over_budget, "#d62728", "x"),
-        ("base model", (info.base,) if info.base else (), "#2ca02c", "diamond"),
-    )
+    # the front and the dominated trials split by runtime, one marker shape each
+    runtimes = sorted({p.runtime for p in (*info.front, *info.dominated)}, key=_runtime_order)
+    split = len(runtimes) > 1
+    groups = [
+        (
+            f"{label} ({runtime})" if split else label,
+            [p for p in points if p.runtime == runtime],
+            color,
+            RUNTIME_SYMBOLS[_runtime_order(runtime) % len(RUNTIME_SYMBOLS)],
+        )
+        for label, points, color in (
+            ("Pareto front", sorted(info.front, key=lambda p: p.values), "#1f77b4"),
+            ("dominated", info.dominated, "#aaaaaa"),
+        )
+        for runtime in runtimes
+    ]
+    groups += [
+        ("over the perplexity budget", list(info.over_budget), "#d62728", "x"),
+        ("base model", [info.base] if info.base else [], "#2ca02c", "diamond"),
+    ]
     fig = go.Figure()
     for name, points, color, symbol in groups:
         coords = {
             axis: [p.values[k] for p in points]
             for k, axis in enumerate(("x", "y", "z")[: len(info.axis_names)])
         }
-        line = name == "Pareto front" and not three_d
+        line = name.startswith("Pareto front") and not three_d
         fig.add_trace(
             scatter(
                 **coords,

@@ -92,63 +92,52 @@ def retime(
     """Rebuild ``numbers`` (COMPLETE trials of ``study``) here and time them interleaved for
     ``rounds`` rounds (default: the study's workload repeats); store each as ``retimed``.
     Reports its stages through :mod:`autoslim.progress`."""
+    import contextlib
+
     import torch
 
-    from autoslim import compress, data, models
-    from autoslim.measure import Workload
     from autoslim.measure.energy import get_meter
     from autoslim.measure.workload import WorkloadRunner, cv
-    from autoslim.operators.precision import torch_dtype
+    from autoslim.pipeline import Pipeline
     from autoslim.trials import read_trials, stored_config
 
     config = stored_config(study)
     records = {r.number: r for r in read_trials(study)}
     chosen = list(dict.fromkeys(numbers))
-    workload = Workload.from_dict(config.workload)
+    pipeline = Pipeline.for_study(study, config)
+    workload = pipeline.workload
     rounds = rounds or workload.repeats
-    device = config.model.device
-    corpus = data.load_corpus(
-        text=list(config.data.text) or None, dataset=config.data.dataset or None
-    )
-    base = models.load_model(
-        str(study.user_attrs.get("model", config.model.name)),
-        device=device,
-        dtype=torch_dtype(str(study.user_attrs.get("base_precision", "fp32"))),
-        trust_remote_code=config.model.trust_remote_code,
-    )
-    seed = int(study.user_attrs.get("seed", 0))
-    ids = data.tokens(base.tokenizer, corpus, "eval")
-    dev = torch.device(device)
+    ids = pipeline.eval_ids()
+    dev = torch.device(config.model.device)
     runners = {}
-    for number in chosen:
-        logger.info("rebuilding trial %d for re-timing", number)
-        progress.report(f"rebuild trial {number}")
-        recipe = records[number].recipe
-        built = compress.build(base, recipe, corpus=corpus, seed=seed, device=device)
-        built.model.eval()
-        runners[number] = WorkloadRunner(built.model, ids, workload, dev)
-    threads_before = torch.get_num_threads()
-    if workload.threads:
-        torch.set_num_threads(workload.threads)
-    meter = get_meter("auto", device=dev)
     seconds: dict[int, list[float]] = {n: [] for n in chosen}
     joules: dict[int, list[float | None]] = {n: [] for n in chosen}
     waited: dict[int, list[float | None]] = {n: [] for n in chosen}
-    try:
-        for runner in runners.values():
-            for _ in range(workload.warmup):
-                runner.run()
-        for r in range(rounds):
-            order = chosen[r % len(chosen) :] + chosen[: r % len(chosen)]
-            for number in order:
-                run = runners[number].timed(meter)
-                seconds[number].append(run.seconds)
-                joules[number].append(run.energy.joules)
-                waited[number].append(run.waited_seconds)
-            progress.report("interleaved rounds", r + 1, rounds)
-    finally:
-        meter.close()
-        torch.set_num_threads(threads_before)
+    with contextlib.ExitStack() as models:
+        for number in chosen:
+            logger.info("rebuilding trial %d for re-timing", number)
+            progress.report(f"rebuild trial {number}")
+            built = models.enter_context(pipeline.built(records[number].recipe))
+            runners[number] = WorkloadRunner(built.model, ids, workload)
+        threads_before = torch.get_num_threads()
+        if workload.threads:
+            torch.set_num_threads(workload.threads)
+        meter = get_meter("auto", device=dev)
+        try:
+            for runner in runners.values():
+                for _ in range(workload.warmup):
+                    runner.run()
+            for r in range(rounds):
+                order = chosen[r % len(chosen) :] + chosen[: r % len(chosen)]
+                for number in order:
+                    run = runners[number].timed(meter)
+                    seconds[number].append(run.seconds)
+                    joules[number].append(run.energy.joules)
+                    waited[number].append(run.waited_seconds)
+                progress.report("interleaved rounds", r + 1, rounds)
+        finally:
+            meter.close()
+            torch.set_num_threads(threads_before)
     out = {}
     for number in chosen:
         samples = seconds[number]

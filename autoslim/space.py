@@ -82,7 +82,8 @@ def known_recipes(space: SearchSpace, base: Recipe) -> list[tuple[str, Recipe]]:
     """Known good starting points, snapped into the space, without duplicates.
 
     The base model at every other precision the space offers (what a dtype cast alone buys),
-    8-bit and 4-bit weight quantization of the unchanged model, and a Minitron-style recipe
+    in every other runtime of the space and with that runtime's 8-bit weights, 8-bit and
+    4-bit weight quantization of the unchanged model, and a Minitron-style recipe
     (width pruning of about 30 %, the smallest head drop the space offers, the longest
     distillation it offers at temperature 2).
     """
@@ -97,6 +98,12 @@ def known_recipes(space: SearchSpace, base: Recipe) -> list[tuple[str, Recipe]]:
         kd_temperature=2.0,
     )
     wanted = [(p, base.replace(precision=p)) for p in space["precision"].values()]
+    for runtime in space["runtime"].values():
+        if runtime != base.runtime:
+            wanted += [
+                (runtime, base.replace(runtime=runtime)),
+                (f"{runtime} int8", base.replace(runtime=runtime, bits=8)),
+            ]
     for backend in space["quant_backend"].values():
         wanted += [
             (f"{backend} int8", base.replace(bits=8, quant_backend=backend)),

@@ -110,9 +110,14 @@ def make_storage(url: str, heartbeat_seconds: int | None = None) -> optuna.stora
     heartbeats and retries stale trials (what a worker needs; readers pass nothing)."""
     from autoslim import integrity
 
+    scheme = scheme_of(url)
+    if scheme not in SCHEMES:
+        kinds = ", ".join(f"{s.example} ({s.use})" for s in SCHEMES.values())
+        raise ConfigError(
+            f"storage {mask_url(url)!r}: unknown kind {scheme!r}; use one of {kinds}"
+        )
     check_driver(url)
     integrity.check_storage(url)
-    scheme = scheme_of(url)
     try:
         if scheme == "journal":
             return _journal(url)
@@ -136,7 +141,30 @@ def _journal(url: str) -> optuna.storages.JournalStorage:
         raise ConfigError(f"{url!r}: write journal:///PATH/TO/FILE.log")
     from optuna.storages.journal import JournalFileBackend
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return optuna.storages.JournalStorage(
+        JournalFileBackend(str(path), lock_obj=_tail_checked_lock(url, path))
+    )
+
+
+def _tail_checked_lock(url: str, path: Path) -> Any:
+    """Optuna's journal lock (the one it uses by default), which refuses to let an entry be
+    appended onto an incomplete one (:func:`autoslim.integrity.check_journal_tail`): Optuna
+    takes it before each append, and every writer appends whole lines under it."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    from autoslim import integrity
+
+    class TailCheckedLock(JournalFileSymlinkLock):
+        def acquire(self) -> bool:
+            super().acquire()
+            try:
+                integrity.check_journal_tail(url, path)
+            except BaseException:
+                self.release()
+                raise
+            return True
+
+    return TailCheckedLock(str(path))
 
 
 def _rdb(url: str, heartbeat_seconds: int | None) -> optuna.storages.RDBStorage:

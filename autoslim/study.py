@@ -54,7 +54,14 @@ from optuna.trial import FrozenTrial, TrialState
 from autoslim import integrity
 from autoslim import space as search_space
 from autoslim.budgets import constraint_names, limits_of
-from autoslim.config import FROM_COSTS, FROM_DEVICE, RunSection, StudyConfig, mask_url
+from autoslim.config import (
+    FROM_COSTS,
+    FROM_DEVICE,
+    RunSection,
+    StudyConfig,
+    mask_url,
+    runtime_problem,
+)
 from autoslim.costs import UNMEASURED_TIMEOUT_SECONDS, CostModel, duration
 from autoslim.errors import AutoslimError, ConfigError
 from autoslim.operators.precision import why_not
@@ -177,14 +184,29 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 
 def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a stored config that must not change when a study is resumed."""
+    """The parts of a stored config that must not change when a study is resumed (the
+    workload with its defaults filled in: seconds and joules are measured under it)."""
+    from autoslim.protocol import Workload
+
     return {
         "model": config_dict["model"]["name"],
         "objectives": config_dict["objectives"],
         "search": config_dict["search"],
         "budgets": config_dict.get("budgets", {}),
         "tasks": config_dict.get("tasks", {}),
+        "workload": Workload.from_dict(config_dict.get("workload", {})).to_dict(),
     }
+
+
+def _differences(stored: Any, current: Any, key: str) -> list[str]:
+    """``key.sub (old → new)`` for each leaf that differs between two config parts."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        return [
+            line
+            for k in sorted(set(stored) | set(current), key=str)
+            for line in _differences(stored.get(k), current.get(k), f"{key}.{k}")
+        ]
+    return [] if stored == current else [f"{key} ({stored!r} → {current!r})"]
 
 
 def open_study(
@@ -207,18 +229,20 @@ def open_study(
     current = config.to_dict()
     stored = study.user_attrs.get("config")
     if stored is not None and _comparable(stored) != _comparable(current):
-        changed = [k for k, v in _comparable(current).items() if _comparable(stored)[k] != v]
+        old, new = _comparable(stored), _comparable(current)
+        changed = [k for k, v in new.items() if old[k] != v]
+        details = [d for k in changed for d in _differences(old[k], new[k], k)]
         raise ConfigError(
             f"{config.path}: study {name!r} in {mask_url(config.study.storage)} was created "
-            f"with a different {' and '.join(changed)}; results would not be comparable. "
-            "Set a new [study].name, or restore the old values"
+            f"with a different {'; '.join(details[:3]) or ' and '.join(changed)}; results "
+            "would not be comparable. Set a new [study].name, or restore the old values"
         )
     if len(study.directions) != len(config.objectives):
         raise ConfigError(
             f"{config.path}: study {name!r} has {len(study.directions)} objectives, the file "
             f"{len(config.objectives)}; set a new [study].name"
         )
-    _check_precisions(config)
+    _check_device(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(config.objectives))
@@ -242,23 +266,29 @@ def open_study(
     return study, config
 
 
-def _check_precisions(config: StudyConfig) -> None:
-    """Refuse a worker whose device would only emulate a precision of the study's space (the
-    space another machine derived or its file lists): its trials would time the emulation."""
+def _check_device(config: StudyConfig) -> None:
+    """Refuse a worker that cannot measure the study's space as the study defines it (the
+    space another machine derived, or its file lists): a runtime not installed here, or a
+    precision this device would only emulate (its trials would time the emulation)."""
     device = config.model.device
-    for value in config.search["precision"].values():
-        reason = why_not(value, device)
-        if reason is not None:
-            origin = (
-                "derived from the device of the worker that created it"
-                if "precision" in config.derive
-                else "from its study file"
-            )
-            raise ConfigError(
-                f"{config.path}: study {config.study.name!r} searches precision {value!r} "
-                f"(search.precision {origin}), but on {device}: {reason}; run this worker "
-                "on a machine that computes it, or set a new [study].name"
-            )
+    problems = [
+        (knob, value, reason)
+        for knob, why in (("runtime", runtime_problem), ("precision", why_not))
+        for value in config.search[knob].values()
+        if (reason := why(value, device)) is not None
+    ]
+    if problems:
+        knob, value, reason = problems[0]
+        origin = (
+            "derived from the device of the worker that created it"
+            if knob in config.derive
+            else "from its study file"
+        )
+        raise ConfigError(
+            f"{config.path}: study {config.study.name!r} searches {knob} {value!r} "
+            f"(search.{knob} {origin}), but on {device}: {reason}; run this worker on a "
+            "machine that has it, or set a new [study].name"
+        )
 
 
 def pending_cost_derivation(study: optuna.Study, config: StudyConfig) -> tuple[str, ...]:
@@ -296,15 +326,45 @@ def base_recipe(config: StudyConfig) -> Recipe:
 
 def counts_toward_total(trial: FrozenTrial) -> bool:
     """Finished trials that evaluated a recipe (not duplicates, not over the budget, not
-    interrupted ones)."""
+    interrupted ones, not ones put back behind the base-model trial, not a failed base-model
+    trial: it is run again, and nothing is compared without it)."""
     attrs = trial.user_attrs
     return (
         trial.state.is_finished()
         and "duplicate_of" not in attrs
         and "over_budget" not in attrs
         and "past_time_limit" not in attrs
+        and WAITS_FOR_BASE not in attrs
+        and not (attrs.get("is_base") and trial.state != TrialState.COMPLETE)
         and not is_interrupted(trial)
     )
+
+
+# The user attr of a trial taken while the base-model trial was still queued behind it.
+WAITS_FOR_BASE = "waits_for_base"
+
+
+def _base_queued_behind(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
+    """Whether the base model is unknown, no worker is measuring it and its trial waits in the
+    queue (after a base trial that failed, the resumed study enqueues it again behind the
+    recipes still waiting)."""
+    attrs = study.user_attrs
+    if "base_figures" in attrs or "base_perplexity" in attrs:
+        return False
+    bases = {t.state for t in trials if t.user_attrs.get("is_base")}
+    return TrialState.WAITING in bases and TrialState.RUNNING not in bases
+
+
+def _put_back(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Record ``trial`` as put back behind the base-model trial (PRUNED, not counted) and
+    enqueue its recipe again, after the base."""
+    trial.set_user_attr(WAITS_FOR_BASE, True)
+    trial.set_user_attr(
+        "prune_reason", "the base-model trial was queued behind it; its recipe is queued again"
+    )
+    study.tell(trial, state=TrialState.PRUNED)
+    kept = {k: v for k, v in trial.user_attrs.items() if k in RETRY_KEEPS}
+    study.enqueue_trial(trial.params, user_attrs=kept)
 
 
 def recover_stale_trials(
@@ -786,6 +846,9 @@ def run_study(
                         trial.set_user_attr(key, value)
                     trial.set_user_attr("worker", host)
                     latest = study.get_trials(deepcopy=False)
+                    if not is_base and _base_queued_behind(study, latest):
+                        _put_back(study, trial)
+                        continue
                     if _over_budget(latest, trial, run.n_trials):
                         trial.set_user_attr("over_budget", True)
                         trial.set_user_attr(
@@ -797,7 +860,7 @@ def run_study(
                         duplicates_in_a_row += 1
                         continue
                     predicted = _seconds_left_short_of(
-                        costs, run, time.monotonic() - started, recipe.kd_steps
+                        costs, run, time.monotonic() - started, recipe.kd_steps, recipe.runtime
                     )
                     if predicted is not None and not is_base:
                         trial.set_user_attr("past_time_limit", True)
@@ -871,17 +934,22 @@ def trial_timeout(config: StudyConfig, costs: CostModel | None, recipe: Recipe) 
         return config.study.trial_timeout_seconds
     if costs is None:
         return UNMEASURED_TIMEOUT_SECONDS
-    return costs.timeout_seconds(recipe.kd_steps)
+    return costs.timeout_seconds(recipe.kd_steps, recipe.runtime)
 
 
 def _seconds_left_short_of(
-    costs: CostModel | None, run: RunSection, elapsed: float, kd_steps: int
+    costs: CostModel | None,
+    run: RunSection,
+    elapsed: float,
+    kd_steps: int,
+    runtime: str = "torch",
 ) -> float | None:
-    """A trial with ``kd_steps`` distillation steps is predicted to take this many seconds,
-    more than the time limit leaves; None when it fits (or nothing predicts it)."""
+    """A trial with ``kd_steps`` distillation steps in ``runtime`` is predicted to take this
+    many seconds, more than the time limit leaves; None when it fits (or nothing predicts
+    it)."""
     if costs is None or run.time_limit_seconds is None:
         return None
-    predicted = costs.trial_seconds(kd_steps)
+    predicted = costs.trial_seconds(kd_steps, runtime=runtime)
     return predicted if elapsed + predicted > run.time_limit_seconds else None
 
 
@@ -955,6 +1023,10 @@ def _find_evaluated(trials: list[FrozenTrial], recipe: Recipe, number: int) -> i
     mine = next(t for t in trials if t.number == number)
     for t in trials:
         if t.number == number or "duplicate_of" in t.user_attrs or "over_budget" in t.user_attrs:
+            continue
+        if WAITS_FOR_BASE in t.user_attrs:
+            continue
+        if t.user_attrs.get("is_base") and t.state == TrialState.FAIL:  # it is run again
             continue
         if t.state == TrialState.WAITING or is_interrupted(t):
             continue

@@ -13,6 +13,7 @@ modules. :func:`pareto_mask` and :func:`hypervolume` are small exact implementat
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,10 +111,29 @@ def stored_config(study: optuna.Study) -> StudyConfig:
     return StudyConfig.from_dict(stored)
 
 
+# How stored records and JSON output write non-finite figures (strict JSON has no NaN).
+NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def jsonable(value: Any) -> Any:
+    """Strict-JSON form: non-finite floats become ``"nan"`` / ``"inf"`` / ``"-inf"``
+    (:func:`measurement_of` reads them back as floats)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
 def measurement_of(trial: FrozenTrial) -> dict[str, Any]:
-    """The trial's full Measurement record (empty when it has none)."""
+    """The trial's full Measurement record (empty when it has none), a figure stored as
+    ``"nan"`` (``seconds_cv`` of one repeat) read back as the float it was."""
     record = trial.system_attrs.get(MEASUREMENT_ATTR, trial.user_attrs.get("measurement"))
-    return dict(record) if isinstance(record, dict) else {}
+    if not isinstance(record, dict):
+        return {}
+    return {k: NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in record.items()}
 
 
 def recipe_of(trial: FrozenTrial) -> Recipe:

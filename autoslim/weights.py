@@ -48,6 +48,11 @@ def parse_weights(text: str) -> Weights:
             raise ConfigError(
                 f"--weights entry {item!r}: write time=W and/or energy=W, e.g. time=0.7,energy=0.3"
             )
+        if key in given:
+            raise ConfigError(
+                f"--weights {text!r} names {key} twice; give each weight once, e.g. "
+                "time=0.7,energy=0.3"
+            )
         try:
             given[key] = float(value)
         except ValueError as e:
@@ -59,9 +64,9 @@ def parse_weights(text: str) -> Weights:
 
 def weights_from(prefer: str | None, weights: str | None) -> Weights:
     """The weights a command asked for: ``--weights`` or a ``--prefer`` preset (balanced)."""
-    if prefer and weights:
+    if prefer and weights is not None:
         raise ConfigError("give either --prefer or --weights, not both")
-    if weights:
+    if weights is not None:  # an empty --weights "" is a mistake, not the default
         return parse_weights(weights)
     if prefer is None:
         return PRESETS["balanced"]

@@ -395,49 +395,47 @@ class BuildAndMeasure:
     def __init__(self, config: StudyConfig) -> None:
         from transformers.utils import logging as transformers_logging
 
-        from autoslim import compress, data, models
+        from autoslim import compress, data
         from autoslim.compress.calibration import calibration_batch, context_window
         from autoslim.costs import measure_costs
         from autoslim.measure import Workload
         from autoslim.measure.perplexity import perplexity
-        from autoslim.operators.precision import torch_dtype
+        from autoslim.pipeline import Pipeline
         from autoslim.study import base_recipe
 
         transformers_logging.disable_progress_bar()
         self.config = config
         self.device = config.model.device
         self.base_recipe = base_recipe(config)
+        self.workload = Workload.from_dict(config.workload)
         progress.report("setup: load the base model")
-        self.base = models.load_model(
+        self.pipeline = Pipeline.load(
             config.model.name,
+            precision=self.base_recipe.precision,
+            workload=self.workload,
+            text=list(config.data.text),
+            dataset=config.data.dataset,
             device=self.device,
-            dtype=torch_dtype(self.base_recipe.precision),
+            seed=config.study.seed,
             trust_remote_code=config.model.trust_remote_code,
         )
-        self.corpus = data.load_corpus(
-            text=list(config.data.text) or None, dataset=config.data.dataset or None
-        )
-        self.workload = Workload.from_dict(config.workload)
-        model_config = self.base.model.config
+        self.base = base = self.pipeline.base
+        self.corpus = corpus = self.pipeline.corpus
+        model_config = base.model.config
         window = min(256, int(getattr(model_config, "max_position_embeddings", 256)))
-        self.teacher_cache = compress.TeacherCache(
-            self.base.model, data.tokens(self.base.tokenizer, self.corpus, "kd"), window=window
+        self.pipeline.teacher_cache = compress.TeacherCache(
+            base.model, data.tokens(base.tokenizer, corpus, "kd"), window=window
         )
-        self.calibration = calibration_batch(
-            self.base.tokenizer,
-            self.corpus,
-            window=context_window(model_config),
-            seed=config.study.seed,
+        self.pipeline.calibration = calibration_batch(
+            base.tokenizer, corpus, window=context_window(model_config), seed=config.study.seed
         )
-        self.quick_ids = data.tokens(self.base.tokenizer, self.corpus, "eval")
+        self.quick_ids = self.pipeline.eval_ids()
         progress.report("setup: cost model")
         self.costs = measure_costs(
-            self.base,
-            teacher_cache=self.teacher_cache,
+            self.pipeline,
             eval_ids=self.quick_ids,
-            workload=self.workload,
-            device=self.device,
             kd_steps_space=[int(v) for v in config.search["kd_steps"].extremes()],
+            runtimes=[str(v) for v in config.search["runtime"].values()],
             early_abort_windows_set=config.early_abort.windows,
         )
         self.early_windows = self.costs.early_abort_windows
@@ -445,7 +443,7 @@ class BuildAndMeasure:
         self._perplexity = perplexity
         progress.report("setup: base perplexity")
         self.base_quick_perplexity = perplexity(
-            self.base.model, self.quick_ids, self.quick_protocol
+            base.model, self.quick_ids, self.quick_protocol
         ).perplexity
         from autoslim.budgets import SizeBound
         from autoslim.tasks.run import TaskEvaluator
@@ -453,7 +451,7 @@ class BuildAndMeasure:
         self.size_bound = SizeBound(model_config)
         self.tasks = TaskEvaluator(config.tasks, self.device) if config.tasks else None
         self.info: dict[str, Any] = {
-            "corpus_fingerprint": self.corpus.fingerprint,
+            "corpus_fingerprint": corpus.fingerprint,
             "model": config.model.name,
             "base_quick_perplexity": self.base_quick_perplexity,
             "base_precision": self.base_recipe.precision,
@@ -486,8 +484,6 @@ class BuildAndMeasure:
     def __call__(self, recipe: Recipe, limits: Sequence[Limit] = ()) -> dict[str, Any]:
         from autoslim import compress
         from autoslim.budgets import DRY_RUN, SHAPES, missed
-        from autoslim.measure import measure
-        from autoslim.measure.footprint import size_bytes
 
         sized = [limit for limit in limits if limit.known == SHAPES]
         dry = [limit for limit in limits if limit.known == DRY_RUN]
@@ -501,43 +497,29 @@ class BuildAndMeasure:
             if stages:
                 self._check(stages, model)
 
-        built = compress.build(
-            self.base,
-            recipe,
-            corpus=self.corpus,
-            seed=self.config.study.seed,
-            teacher_cache=self.teacher_cache,
-            calibration=self.calibration,
-            check=check,
-            device=self.device,
-        )
-        exact = {"size_bytes": size_bytes(built.model)}
-        _give_up(sized, exact, "right after the build: not measured")
-        if dry and not dry_before_distillation:
-            self._dry_run(built.model, dry, "after the build: not measured")
-        progress.report("measure")
-        measurement = measure(
-            built.model,
-            self.base.tokenizer,
-            self.corpus,
-            self.workload,
-            teacher=self.base.model,
-            device=self.device,
-        ).to_dict()
-        payload: dict[str, Any] = {
-            "measurement": measurement,
-            "build": {"stage_seconds": built.stage_seconds, "info": built.info},
-        }
-        if self.tasks is None:
+        with self.pipeline.built(recipe, check=check) as built:
+            exact = {"size_bytes": built.model.size_bytes()}
+            _give_up(sized, exact, f"right after the build ({recipe.runtime}): not measured")
+            if dry and not dry_before_distillation:
+                self._dry_run(built.model, dry, "after the build: not measured")
+            progress.report("measure")
+            measurement = self.pipeline.measure(built.model).to_dict()
+            payload: dict[str, Any] = {
+                "measurement": measurement,
+                "build": {"stage_seconds": built.stage_seconds, "info": built.info},
+            }
+            if self.tasks is None:
+                return payload
+            cheaper = [limit for limit in limits if limit.figure not in self.config.tasks]
+            misses = missed(cheaper, measurement)
+            if misses:
+                payload["tasks_skipped"] = "; ".join(m.explain(measurement) for m in misses)
+            else:
+                results = self.tasks.evaluate(
+                    built.model.transformers_model(), self.base.tokenizer
+                )
+                payload["tasks"] = {name: r.to_dict() for name, r in results.items()}
             return payload
-        cheaper = [limit for limit in limits if limit.figure not in self.config.tasks]
-        misses = missed(cheaper, measurement)
-        if misses:
-            payload["tasks_skipped"] = "; ".join(m.explain(measurement) for m in misses)
-        else:
-            results = self.tasks.evaluate(built.model, self.base.tokenizer)
-            payload["tasks"] = {name: r.to_dict() for name, r in results.items()}
-        return payload
 
 
 def _give_up(limits: Sequence[Limit], figures: dict[str, Any], when: str) -> None:

@@ -57,7 +57,10 @@ TABLE = Path(__file__).resolve().parent / "data" / "search_grid.json"
 # with other work (load average near 10 when this was written): pruning in 0.2 steps,
 # weight-only int8, no distillation (a 20-step KD trial took 130 s at that load). 48 recipes;
 # the demo's own space has 288 plus a continuous temperature.
+# The space bench/data/search_grid.json was measured in (on a CPU with bf16; torch only).
 GRID_OVERRIDES: dict[str, Any] = {
+    "runtime": ["torch"],
+    "precision": ["bf16", "fp32"],
     "prune_ratio": {"low": 0.0, "high": 0.4, "step": 0.2},
     "kd_steps": [0],
     "kd_temperature": [2.0],

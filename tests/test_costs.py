@@ -84,7 +84,7 @@ def test_kd_steps_left_out_of_a_timed_study_are_derived_to_fit_ten_trials() -> N
 
 
 def test_only_a_timed_study_that_leaves_kd_steps_out_derives_them(tmp_path) -> None:
-    fixed = {"precision": ["fp32"]}  # a precision left out is derived from the device
+    fixed = {"precision": ["fp32"], "runtime": ["torch"]}  # left out: derived from the device
 
     def derive(raw: dict) -> tuple[str, ...]:
         return parse({"search": fixed, **raw}, tmp_path / "s.toml", check_model=False).derive

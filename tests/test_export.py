@@ -191,9 +191,14 @@ def test_force_replaces_only_a_previous_export(built, tmp_path):
     assert [p.name for p in out.iterdir()] == ["old.txt"]
     previous = tmp_path / "previous"
     export(study, previous, trial_number=0)
-    (previous / "stale.txt").write_text("stale")
-    export(study, previous, trial_number=0, force=True)
-    assert not (previous / "stale.txt").exists() and (previous / MANIFEST).is_file()
+    (previous / "notes.txt").write_text("mine")
+    (previous / "README.md").write_text("my card")
+    with pytest.raises(ConfigError, match="README.md changed since the previous export wrote"):
+        export(study, previous, trial_number=0, force=True)
+    (previous / "README.md").unlink()
+    again = export(study, previous, trial_number=0, force=True)
+    assert again.kept == ("notes.txt",) and (previous / "notes.txt").read_text() == "mine"
+    assert (previous / MANIFEST).is_file() and (previous / "README.md").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "previous"]
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from autoslim import __version__
 from autoslim.cli import demo, doctor, export, init, measure, pick, report, search, worker, zoo
-from autoslim.cli._common import DeferredParser
+from autoslim.cli._common import DeferredParser, outcome_final
 from autoslim.errors import AutoslimError
 
 COMMANDS = (demo, init, search, worker, measure, zoo, report, pick, export, doctor)
@@ -57,8 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     # bitsandbytes warns on every process that an optional faster CPU kernel is not installed.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    interrupt = signal.getsignal(signal.SIGINT)
     try:
         status: int = args.func(args)
+        outcome_final()
         sys.stdout.flush()
     except AutoslimError as e:
         print(f"autoslim {args.command}: error: {e}", file=sys.stderr)
@@ -78,4 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"autoslim {args.command}: error: {fault}", file=sys.stderr)
         return 2
+    finally:
+        if argv is not None:  # a caller in its own process keeps its Ctrl-C
+            signal.signal(signal.SIGINT, interrupt)
     return status

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from autoslim.operators import OPERATORS
+from autoslim.operators import KNOBS, knob_groups
 from autoslim.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -165,9 +166,9 @@ def workload_from(args: argparse.Namespace) -> Workload:
 
 def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     """One flag per declared knob (dest = the knob; unset flags keep its default)."""
-    for op in OPERATORS:
-        group = parser.add_argument_group(f"recipe: {op.name}", op.doc)
-        for knob in op.knobs:
+    for owner, doc, knobs in knob_groups():
+        group = parser.add_argument_group(f"recipe: {owner}", doc)
+        for knob in knobs:
             help_text = f"{knob.doc} (default {knob.to_param(knob.default)!r})"
             if knob.type is bool:
                 group.add_argument(
@@ -191,13 +192,16 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
 
 def recipe_from_args(args: argparse.Namespace, **defaults: Any) -> Recipe:
     """The recipe given by the recipe flags (``defaults`` for knobs not given)."""
-    given = {
-        knob.name: getattr(args, knob.name)
-        for op in OPERATORS
-        for knob in op.knobs
-        if getattr(args, knob.name, None) is not None
-    }
+    given = {name: getattr(args, name) for name in KNOBS if getattr(args, name, None) is not None}
     return Recipe.from_params({**defaults, **given})
+
+
+def outcome_final() -> None:
+    """The command's work is done (and about to be, or being, printed): from now on Ctrl-C is
+    ignored, so a late one (while printing, flushing or while Python shuts down) cannot turn
+    the outcome into "interrupted" (exit 130) or a traceback. ``main`` restores the handler
+    for a caller in its own process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # The version of the one ``--json`` shape every subcommand prints (README: "JSON output").
@@ -210,7 +214,11 @@ def json_document(command: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_json(command: str, body: dict[str, Any]) -> None:
-    print(json.dumps(json_document(command, body), indent=2, sort_keys=False, default=str))
+    """One strict JSON document: a NaN or infinite figure is the string ``"nan"`` / ``"inf"``."""
+    from autoslim.trials import jsonable
+
+    document = jsonable(json_document(command, body))
+    print(json.dumps(document, indent=2, sort_keys=False, default=str, allow_nan=False))
 
 
 def print_table(rows: list[tuple[str, Any]]) -> None:

@@ -38,6 +38,11 @@ def open_study(args: argparse.Namespace) -> Any:
     shown = mask_url(url)
     storage = make_storage(url)
     names = optuna.study.get_all_study_names(storage=storage)
+    if not names:
+        raise ConfigError(
+            f"STUDY {shown!r} holds no study yet; run `autoslim search` on the study file "
+            "first, or check the path"
+        )
     if name is None:
         if len(names) != 1:
             raise ConfigError(

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from autoslim.cli._common import print_json
+from autoslim.cli._common import outcome_final, print_json
 from autoslim.cli._study_args import add_study_args, open_study, study_arg_files
 from autoslim.cli.pick import add_choice_args, show_progress, tightened
 
@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_choice_args(parser, retime_by_default=True)
     parser.add_argument("--out", type=Path, required=True, help="the folder to write")
     parser.add_argument(
-        "--force", action="store_true", help="replace --out when it exists and is not empty"
+        "--force",
+        action="store_true",
+        help="replace a previous export in --out: only the files it wrote, unchanged since",
     )
     parser.add_argument(
         "--push-to-hub",
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--private needs --push-to-hub REPO")
 
     study = open_study(args)
-    weights = weights_from(args.prefer, args.weights) if args.prefer or args.weights else None
+    chosen = args.prefer or args.weights is not None
+    weights = weights_from(args.prefer, args.weights) if chosen else None
     args.retime = args.retime and args.trial is None  # a given trial is not chosen: no re-timing
     with show_progress(args):
         result = export(
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         if args.push_to_hub
         else None
     )
+    outcome_final()  # the export is in place and verified: say so whatever comes
     summary = {
         "study": study.study_name,
         "folder": str(result.folder),
@@ -82,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         "measured_perplexity": result.measured_perplexity,
         "relative_difference": result.relative_difference,
         "files": sorted(result.files),
+        "kept": list(result.kept),
         "pushed_to": pushed,
     }
     if args.json:
@@ -89,11 +94,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"exported trial {result.trial} ({result.recipe.describe()}) to {result.folder}")
     print(f"  chosen because: {result.reason}")
+    if result.kept:
+        print(f"  kept, not written by the export: {', '.join(result.kept)}")
     print(
         f"  perplexity re-measured after reload: {result.measured_perplexity:.4f} "
         f"(stored {result.stored_perplexity:.4f}, {result.relative_difference:+.3%})"
     )
-    print(f"  load it with: AutoModelForCausalLM.from_pretrained({str(result.folder)!r})")
+    from autoslim.runtimes import get_runtime
+
+    print(f"  load it with: {get_runtime(result.recipe.runtime).load_line(str(result.folder))}")
     if pushed:
         print(f"  pushed to the Hub: {pushed}")
     return 0

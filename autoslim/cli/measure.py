@@ -91,9 +91,9 @@ def _column(m: Measurement, workload: Workload) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim import data, models
-    from autoslim.measure import get_meter, measure
-    from autoslim.operators.precision import torch_dtype
+    from autoslim import models
+    from autoslim.measure import get_meter
+    from autoslim.pipeline import Pipeline
 
     workload = workload_from(args)
     device = args.device or "cpu"
@@ -109,24 +109,24 @@ def run(args: argparse.Namespace) -> int:
 
         validate(recipe, model_config, device)
     workload.check_context(model_config)
-    corpus = data.load_corpus(text=args.text, dataset=args.dataset)
+    pipeline = Pipeline.load(
+        args.model,
+        precision=base_precision,
+        workload=workload,
+        text=args.text,
+        dataset=args.dataset,
+        device=device,
+        seed=args.seed,
+        trust_remote_code=args.trust_remote_code,
+    )
+    loaded, corpus = pipeline.base, pipeline.corpus
     with get_meter(args.energy, device=device) as meter:
-        loaded = models.load_model(
-            args.model,
-            trust_remote_code=args.trust_remote_code,
-            device=device,
-            dtype=torch_dtype(base_precision),
-        )
         results: dict[str, Measurement] = {
-            "base": measure(loaded.model, loaded.tokenizer, corpus, workload, meter=meter)
+            "base": pipeline.measure(loaded.model, meter=meter, teacher=False)
         }
         if compress:
-            from autoslim.compress import build
-
-            built = build(loaded, recipe, corpus=corpus, seed=args.seed, device=device)
-            results["compressed"] = measure(
-                built.model, loaded.tokenizer, corpus, workload, teacher=loaded.model, meter=meter
-            )
+            with pipeline.built(recipe) as built:
+                results["compressed"] = pipeline.measure(built.model, meter=meter)
     base = results["base"]
     if args.json:
         report: dict[str, Any] = {

@@ -172,5 +172,5 @@ def run(args: argparse.Namespace) -> int:
     for c in choice.ranking:
         if c.budgets:
             print(f"trial {c.number}: {c.budgets}")
-    print(f"chosen: {choice.reason}")
+    print(f"{'chosen' if choice.recommended else 'no recommendation'}: {choice.reason}")
     return 0

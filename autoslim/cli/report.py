@@ -35,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from autoslim.trials import best_records
 
     study = open_study(args)
-    out = args.out or Path(f"report-{re.sub(r'[^A-Za-z0-9_.-]', '_', study.study_name)}.html")
+    from autoslim.config import MAX_STUDY_NAME
+
+    # a study another tool created may have any name: cut to what a file name can hold
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", study.study_name)[:MAX_STUDY_NAME]
+    out = args.out or Path(f"report-{safe}.html")
     path = write_report(study, out)
     if args.json:
         summary = get_summary_info(study)

@@ -41,11 +41,15 @@ class BuildResult:
 
 
 def validate(recipe: Recipe, config: Any, device: str = "cpu") -> None:
-    """Raise ConfigError / UnsupportedError for a recipe this model or machine cannot build."""
+    """Raise ConfigError / UnsupportedError for a recipe this model or machine cannot build,
+    or its runtime cannot convert."""
+    from autoslim.runtimes import get_runtime
+
     family_of(config)
     for op in OPERATORS:
         if op.active(recipe):
             op.validate(recipe, config, device)
+    get_runtime(recipe.runtime).validate(recipe, config, device)
 
 
 def needs_calibration(recipe: Recipe) -> bool:
@@ -57,8 +61,8 @@ def needs_calibration(recipe: Recipe) -> bool:
 def final_before_distillation(recipe: Recipe) -> bool:
     """Whether the model ``check`` sees (the fp32 working copy after the cheap stages) holds
     the memory of the built one: distillation changes only values, so it does unless the
-    recipe casts to another precision or quantizes."""
-    return bool(recipe.precision == "fp32" and recipe.bits == 16)
+    recipe casts to another precision, quantizes or runs in another runtime."""
+    return bool(recipe.precision == "fp32" and recipe.bits == 16 and recipe.runtime == "torch")
 
 
 def build(

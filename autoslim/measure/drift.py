@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from autoslim.errors import ModelError
-from autoslim.measure.perplexity import _model_device, window_batches
+from autoslim.measure.perplexity import as_runtime_model, window_batches
 from autoslim.protocol import PerplexityProtocol
 
 
@@ -29,14 +29,16 @@ class Drift:
 def drift(
     student: Any, teacher: Any, ids: torch.Tensor, protocol: PerplexityProtocol | None = None
 ) -> Drift:
-    """Top-1 agreement and mean KL of ``student`` against ``teacher`` on ``ids``."""
+    """Top-1 agreement and mean KL of ``student`` against ``teacher`` on ``ids`` (each a torch
+    model or a model converted into any runtime)."""
     protocol = protocol or PerplexityProtocol()
     agree = 0
     kl_sum = 0.0
     positions = 0
+    student, teacher = as_runtime_model(student), as_runtime_model(teacher)
     for inputs, mask in window_batches(ids, protocol):
-        s_logits = student(input_ids=inputs.to(_model_device(student)), use_cache=False).logits
-        t_logits = teacher(input_ids=inputs.to(_model_device(teacher)), use_cache=False).logits
+        s_logits = student.logits(inputs)
+        t_logits = teacher.logits(inputs)
         if s_logits.shape[-1] != t_logits.shape[-1]:
             raise ModelError(
                 f"teacher vocabulary of {t_logits.shape[-1]} differs from the model's "

@@ -19,7 +19,6 @@ processes (3 runnable threads on 2 cores) they vary by 3-22 %, ~1.5x slower, and
 from __future__ import annotations
 
 import logging
-import math
 import os
 import platform
 import statistics
@@ -35,10 +34,11 @@ from autoslim.data import Corpus, tokens
 from autoslim.errors import ConfigError, reject_unknown
 from autoslim.measure.drift import drift
 from autoslim.measure.energy import EnergyMeter, get_meter
-from autoslim.measure.footprint import PeakMemory, parameter_count, size_bytes
-from autoslim.measure.perplexity import _model_device, perplexity
+from autoslim.measure.footprint import PeakMemory
+from autoslim.measure.perplexity import as_runtime_model, perplexity
 from autoslim.measure.workload import WorkloadRunner, cv, synchronize
 from autoslim.protocol import Workload
+from autoslim.trials import jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +47,6 @@ UNRESOLVED = "joules_unresolved"
 CONTENDED = "cpu_contended"
 # Waiting for a CPU this share of the timed wall time flags the seconds as inflated.
 CONTENDED_FRACTION = 0.05
-
-
-def _jsonable(value: Any) -> Any:
-    """Strict-JSON form: non-finite floats become ``"nan"`` / ``"inf"`` / ``"-inf"``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 @dataclass
@@ -93,7 +82,7 @@ class Measurement:
         return (self.perplexity, self.seconds, self.joules)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = _jsonable({f.name: getattr(self, f.name) for f in fields(self)})
+        out: dict[str, Any] = jsonable({f.name: getattr(self, f.name) for f in fields(self)})
         return out
 
     @classmethod
@@ -146,23 +135,18 @@ def versions(*extra: str) -> dict[str, str]:
     return found
 
 
+@torch.no_grad()
 def dry_run_peak_bytes(model: Any, ids: torch.Tensor, workload: Workload) -> int:
     """The peak memory of one forward of ``workload``'s largest input over the eval tokens
-    ``ids``, on the meter :func:`measure` reports ``peak_memory_bytes`` with: the workload
-    runs that forward too, so its peak is at least this (what decides a memory budget before
-    measuring)."""
-    dev = _model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        runner = WorkloadRunner(model, ids, workload, dev)
-        peak = PeakMemory(dev)
-        peak.start()
-        runner.largest()
-        synchronize(dev)
-        return peak.peak_bytes()
-    finally:
-        model.train(was_training)
+    ``ids`` (``model``: a torch model or a converted one), on the meter :func:`measure` reports
+    ``peak_memory_bytes`` with: the workload runs that forward too, so its peak is at least
+    this (what decides a memory budget before measuring)."""
+    runner = WorkloadRunner(model, ids, workload)
+    peak = PeakMemory(runner.device)
+    peak.start()
+    runner.largest()
+    synchronize(runner.device)
+    return peak.peak_bytes()
 
 
 def measure(
@@ -176,15 +160,18 @@ def measure(
     device: str | None = None,
 ) -> Measurement:
     """Perplexity, drift from ``teacher``, size, and the workload's seconds, joules and peak
-    memory for ``model`` on ``corpus``'s eval split. ``meter`` is a name for
-    :func:`get_meter` (closed afterwards) or a meter you own; ``device`` moves the model there
-    (default: where its parameters are)."""
+    memory for ``model`` on ``corpus``'s eval split: a torch model, or a model converted into
+    any runtime (:class:`autoslim.runtimes.RuntimeModel`), measured by the same code.
+    ``meter`` is a name for :func:`get_meter` (closed afterwards) or a meter you own;
+    ``device`` moves a torch model there (default: where its parameters are)."""
     workload = workload or Workload()
-    if device is not None:
-        model.to(device)
-    dev = _model_device(model)
+    torch_model = model if isinstance(model, torch.nn.Module) else None
+    if torch_model is not None and device is not None:
+        torch_model.to(device)
+    handle = as_runtime_model(model)
+    dev = torch.device(handle.device())
     energy = get_meter(meter, device=dev) if isinstance(meter, str) else meter
-    was_training = model.training
+    was_training = torch_model is not None and torch_model.training
     threads_before = torch.get_num_threads()
     if workload.threads:
         torch.set_num_threads(workload.threads)
@@ -196,8 +183,9 @@ def measure(
         ppl = perplexity(model, ids, workload.protocol)
         progress.report("measure: drift")
         moved = drift(model, teacher, ids, workload.protocol) if teacher is not None else None
-        model.eval()
-        runner = WorkloadRunner(model, ids, workload, dev)
+        if torch_model is not None:
+            torch_model.eval()
+        runner = WorkloadRunner(handle, ids, workload)
         for _ in range(workload.warmup):
             runner.run()
         peak = PeakMemory(dev)
@@ -214,7 +202,8 @@ def measure(
         load_after = os.getloadavg()[0]
     finally:
         torch.set_num_threads(threads_before)
-        model.train(was_training)
+        if torch_model is not None:
+            torch_model.train(was_training)
         if isinstance(meter, str):
             energy.close()
 
@@ -259,7 +248,6 @@ def measure(
             os.cpu_count(),
             " or lower workload.threads" if threads > 1 else "",
         )
-    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
     prefill_seconds = statistics.median(r.prefill_seconds for r in runs)
     decode_seconds = statistics.median(r.decode_seconds for r in runs)
     return Measurement(
@@ -269,9 +257,9 @@ def measure(
         energy_source=energy.source,
         seconds_cv=cv(seconds),
         joules_cv=joules_cv,
-        size_bytes=size_bytes(model),
+        size_bytes=handle.size_bytes(),
         peak_memory_bytes=peak_bytes,
-        parameters=parameter_count(model),
+        parameters=handle.parameters(),
         top1_agreement=moved.top1_agreement if moved else None,
         teacher_kl=moved.teacher_kl if moved else None,
         nll_per_token=ppl.nll_per_token,
@@ -288,7 +276,8 @@ def measure(
         provenance={
             "device": str(dev),
             "device_name": _device_name(dev),
-            "dtype": "+".join(dtypes),
+            "dtype": handle.describe_dtype(),
+            "runtime": handle.provenance(),
             "protocol": workload.protocol.describe(),
             "workload": workload.to_dict(),
             "corpus": corpus.name,
@@ -298,7 +287,9 @@ def measure(
             "cpu_wait": "Linux schedstat run delay, all threads"
             if cpu_wait is not None
             else "unavailable",
-            "size": "state_dict tensor bytes, shared memory once",
+            "size": "state_dict tensor bytes, shared memory once"
+            if handle.runtime == "torch"
+            else f"bytes of the {handle.runtime} weights file",
             "torch_threads": threads,
             "load_average_1min": {"before": load_before, "after": load_after},
             "versions": versions(),

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from autoslim.protocol import PerplexityProtocol
+from autoslim.runtimes.base import RuntimeModel
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,13 @@ class PerplexityResult:
 
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def as_runtime_model(model: Any) -> RuntimeModel:
+    """``model`` as a RuntimeModel: itself, or a torch model wrapped in the torch runtime's."""
+    from autoslim.runtimes.pytorch import TorchModel
+
+    return model if isinstance(model, RuntimeModel) else TorchModel(model, None, 0)
 
 
 def window_batches(
@@ -67,27 +75,32 @@ def window_batches(
 
 @torch.no_grad()
 def perplexity(
-    model: torch.nn.Module, ids: torch.Tensor, protocol: PerplexityProtocol | None = None
+    model: torch.nn.Module | RuntimeModel,
+    ids: torch.Tensor,
+    protocol: PerplexityProtocol | None = None,
 ) -> PerplexityResult:
-    """Perplexity of ``model`` on the token stream ``ids`` under ``protocol``."""
+    """Perplexity of ``model`` (a torch model, or a model converted into any runtime) on the
+    token stream ``ids`` under ``protocol``."""
     protocol = protocol or PerplexityProtocol()
-    was_training = model.training
-    model.eval()
-    device = _model_device(model)
+    scorer = as_runtime_model(model)
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     total_nll = 0.0
     scored = 0
     batches = window_batches(ids, protocol)
     try:
         for inputs, mask in batches:
-            logits = model(input_ids=inputs.to(device), use_cache=False).logits
+            logits = scorer.logits(inputs)
             logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)
-            targets = inputs[:, 1:].to(device)
+            targets = inputs[:, 1:].to(logits.device)
             nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            mask = mask.to(device)
+            mask = mask.to(logits.device)
             total_nll += float(nll[mask].sum())
             scored += int(mask.sum())
     finally:
-        model.train(was_training)
+        if isinstance(model, torch.nn.Module):
+            model.train(was_training)
     mean = total_nll / scored
     return PerplexityResult(
         perplexity=math.exp(mean) if mean < 700 else math.inf,

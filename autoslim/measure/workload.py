@@ -48,6 +48,15 @@ def run_delay_seconds() -> float | None:
     return total / 1e9 if found else None
 
 
+def cache_of(output: Any) -> dict[str, Any]:
+    """The KV cache of a transformers forward's ``output``, as the keyword argument that hands
+    it to the next forward: ``cache`` in recent transformers (5.25), ``past_key_values`` in
+    earlier 5.x releases (5.5, which optimum-intel requires)."""
+    if hasattr(output, "cache"):
+        return {"cache": output.cache}
+    return {"past_key_values": output.past_key_values}
+
+
 @dataclass(frozen=True)
 class TimedRun:
     """One timed run: wall seconds in total and per phase, its energy, and how long the
@@ -61,14 +70,15 @@ class TimedRun:
 
 
 class WorkloadRunner:
-    """The workload's inputs, prepared once on ``device``, and the code that runs them."""
+    """The workload's inputs, prepared once on the model's device, and the code that runs
+    them on ``model``: a torch model, or a model converted into any runtime."""
 
-    def __init__(
-        self, model: Any, ids: torch.Tensor, workload: Workload, device: torch.device
-    ) -> None:
-        self.model = model
+    def __init__(self, model: Any, ids: torch.Tensor, workload: Workload) -> None:
+        from autoslim.measure.perplexity import as_runtime_model
+
+        self.model = as_runtime_model(model)
         self.workload = workload
-        self.device = device
+        self.device = device = torch.device(self.model.device())
         protocol = workload.protocol
         spread = replace(protocol, max_windows=workload.prefill_windows or None)
         starts = spread.window_starts(len(ids))[: workload.prefill_windows]
@@ -83,34 +93,28 @@ class WorkloadRunner:
             torch.stack(windows[i : i + workload.prefill_batch]).to(device)
             for i in range(0, len(windows), workload.prefill_batch)
         ]
-        workload.check_context(model.config)
+        config = getattr(model, "config", None)  # a torch model's (Pipeline checks the rest)
+        if config is not None:
+            workload.check_context(config)
         self.prompt = ids[: workload.decode_prompt_tokens].unsqueeze(0).to(device)
 
-    @torch.no_grad()
     def prefill(self) -> None:
         for batch in self.prefill_batches:
-            self.model(input_ids=batch)
+            self.model.prefill(batch)
 
-    @torch.no_grad()
     def decode(self) -> None:
         """Greedy generation of ``decode_tokens`` tokens with the KV cache, batch 1."""
-        if not self.workload.decode_tokens:
-            return
-        out = self.model(input_ids=self.prompt, use_cache=True)
-        for _ in range(self.workload.decode_tokens - 1):
-            token = out.logits[:, -1:].argmax(-1)
-            out = self.model(input_ids=token, cache=out.cache, use_cache=True)
+        self.model.decode(self.prompt, self.workload.decode_tokens)
 
     def run(self) -> None:
         self.prefill()
         self.decode()
 
-    @torch.no_grad()
     def largest(self) -> None:
         """One forward of the workload's largest input (a dry run): the first prefill batch,
         or the decode prompt when it holds more tokens."""
         inputs = [*self.prefill_batches[:1], self.prompt]
-        self.model(input_ids=max(inputs, key=lambda batch: batch.numel()))
+        self.model.prefill(max(inputs, key=lambda batch: batch.numel()))
 
     def timed(self, meter: EnergyMeter) -> TimedRun:
         """One run, metered and timed; synchronised at both edges and between phases."""

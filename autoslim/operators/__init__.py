@@ -26,6 +26,7 @@ __all__ = [
     "BuildContext",
     "Knob",
     "Operator",
+    "knob_groups",
     "knob_table",
     "operator_of",
     "support_matrix",
@@ -97,9 +98,20 @@ def _operators() -> tuple[Operator, ...]:
     )
 
 
-# In build order: each knob's ``active`` may only read knobs declared before it.
+def _knobs() -> dict[str, Knob]:
+    from autoslim.runtimes import RUNTIME_KNOB, RUNTIMES
+
+    declared = [RUNTIME_KNOB, *(k for op in OPERATORS for k in op.knobs)]
+    declared += [k for runtime in RUNTIMES.values() for k in runtime.knobs]
+    return {knob.name: knob for knob in declared}
+
+
+# In build order; the runtime converts the built model after the last of them.
 OPERATORS: tuple[Operator, ...] = _operators()
-KNOBS: dict[str, Knob] = {knob.name: knob for op in OPERATORS for knob in op.knobs}
+# In the order a sampler chooses them: each knob's ``active`` may only read knobs before it.
+# The runtime comes first (the torch quantization backends and each runtime's own knobs depend
+# on it), the runtimes' own knobs last.
+KNOBS: dict[str, Knob] = _knobs()
 _OWNER = {knob.name: op for op in OPERATORS for knob in op.knobs}
 
 
@@ -107,30 +119,60 @@ def operator_of(knob: str) -> Operator:
     return _OWNER[knob]
 
 
+def knob_groups() -> list[tuple[str, str, tuple[Knob, ...]]]:
+    """Every knob with the declaration it comes from, in sampling order: (name, doc, knobs)
+    for the runtime knob, each operator and each runtime's own knobs."""
+    from autoslim.runtimes import RUNTIME_KNOB, RUNTIMES
+
+    groups: list[tuple[str, str, tuple[Knob, ...]]] = [
+        ("runtime", "the engine the built model runs in", (RUNTIME_KNOB,))
+    ]
+    groups += [(op.name, op.doc, op.knobs) for op in OPERATORS]
+    groups += [(f"{r.name} runtime", r.doc, r.knobs) for r in RUNTIMES.values() if r.knobs]
+    return groups
+
+
 def knob_table() -> str:
-    """README's knob table (markdown), generated from the declarations."""
+    """README's knob table (markdown), generated from the declarations, in sampling order."""
     rows = [
         "| knob | flag | operator | default | allowed | meaning |",
         "|---|---|---|---|---|---|",
     ]
-    for op in OPERATORS:
-        for knob in op.knobs:
+    for owner, _, knobs in knob_groups():
+        for knob in knobs:
             default = knob.to_param(knob.default)
             rows.append(
-                f"| `{knob.name}` | `{knob.flag}` | {op.name} | `{default!r}` | "
+                f"| `{knob.name}` | `{knob.flag}` | {owner} | `{default!r}` | "
                 f"{knob.allowed()} | {knob.doc} |"
             )
     return "\n".join(rows)
 
 
 def support_matrix(families: tuple[str, ...]) -> str:
-    """README's support matrix (markdown): which family each operator handles, and why not."""
-    rows = ["| family | " + " | ".join(op.name for op in OPERATORS) + " |"]
-    rows.append("|---|" + "---|" * len(OPERATORS))
+    """README's support matrix (markdown): which family each operator handles and each runtime
+    converts, and why not."""
+    from autoslim.runtimes import RUNTIMES
+
+    runtimes = list(RUNTIMES.values())
+    rows = [
+        "| family | "
+        + " | ".join([op.name for op in OPERATORS] + [f"runtime {r.name}" for r in runtimes])
+        + " |"
+    ]
+    rows.append("|---|" + "---|" * (len(OPERATORS) + len(runtimes)))
     for family in families:
         cells = [
             "yes" if family not in op.unsupported else f"no: {op.unsupported[family]}"
             for op in OPERATORS
         ]
+        cells += [
+            "yes"
+            if family not in r.unsupported_families
+            else f"no: {r.unsupported_families[family]}"
+            for r in runtimes
+        ]
         rows.append(f"| {family} | " + " | ".join(cells) + " |")
+    for r in runtimes:
+        for op, why in r.unsupported_operators.items():
+            rows.append(f"\n{r.name} cannot convert a model changed by {op}: {why}.")
     return "\n".join(rows)

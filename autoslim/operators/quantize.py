@@ -1,5 +1,8 @@
 """quantize: weight quantization through a backend (bitsandbytes, torchao), applied last.
 
+``bits`` is the weight bits under every runtime; this operator quantizes them in the torch
+runtime, another runtime when it converts the built model (``autoslim/runtimes/``).
+
 The backends live in ``autoslim/compress/backends/`` behind one protocol (check → quantize
 → save → plain ``from_pretrained``); this operator only maps the recipe's knobs to a
 ``QuantSpec`` and asks the chosen backend.
@@ -50,7 +53,9 @@ def final_shapes(recipe: Any, config: Any) -> dict[str, tuple[int, int]]:
 
 
 def _active(recipe: Any) -> bool:
-    return bool(recipe.bits != 16)
+    """Quantizes in the torch runtime; another runtime quantizes ``bits`` its own way when it
+    converts the built model."""
+    return bool(recipe.bits != 16 and recipe.runtime == "torch")
 
 
 def _validate(recipe: Any, config: Any, device: str) -> None:
@@ -91,7 +96,7 @@ def _describe(recipe: Any) -> str:
 
 
 def _quantizing(chosen: Mapping[str, Any]) -> bool:
-    return int(chosen.get("bits", 16)) != 16
+    return int(chosen.get("bits", 16)) != 16 and chosen.get("runtime", "torch") == "torch"
 
 
 def _bnb_4bit(chosen: Mapping[str, Any]) -> bool:

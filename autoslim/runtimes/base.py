@@ -84,6 +84,15 @@ class RuntimeModel(abc.ABC):
     def describe_dtype(self) -> str:
         """The weights' storage types, e.g. ``int8+float32`` or ``Q4_K+Q6_K``."""
 
+    def transformers_model(self) -> Any:
+        """The model behind transformers' interface (a forward that returns logits,
+        ``generate``): what a notebook generates with, and (a ``PreTrainedModel`` in the torch
+        runtime) what task evaluations wrap."""
+        raise UnsupportedError(
+            f"runtime={self.runtime!r} has no transformers model to run task evaluations on; "
+            'evaluate tasks in the torch runtime (search.runtime = ["torch"])'
+        )
+
     def device(self) -> str:
         """Where it computes (``cpu``, ``cuda:0``): what synchronisation and memory use."""
         return "cpu"
@@ -120,17 +129,26 @@ class Runtime(abc.ABC):
     unsupported_families: ClassVar[Mapping[str, str]] = {}
     unsupported_operators: ClassVar[Mapping[str, str]] = {}
     install_note: ClassVar[str] = ""
+    library_name: ClassVar[str] = "transformers"  # the Hub's name for what loads the export
+    reloaded_with: ClassVar[str] = ""  # how an export is loaded back to verify it
+
+    def usage(self, folder: str) -> list[str]:
+        """Markdown lines of the model card that show how to run an export in ``folder``."""
+        return []
+
+    def load_line(self, folder: str) -> str:
+        """One line that loads an export in ``folder`` (what ``autoslim export`` prints)."""
+        return f"{self.name}: {folder}"
 
     def available(self) -> str | None:
         """None when the engine imports here, else what is missing and the line that installs
         it."""
-        missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
+        missing = [m for m in self.modules if not _importable(m)]
         if not missing:
             return None
-        note = f" ({self.install_note})" if self.install_note else ""
-        return (
-            f"{', '.join(missing)} is not installed: pip install 'autoslim[{self.extra}]'{note}"
-        )
+        target = f"'autoslim[{self.extra}]'" if self.extra else "autoslim"
+        note = f", {self.install_note}" if self.install_note else ""
+        return f"{', '.join(missing)} is not installed: pip install {target}{note}"
 
     def validate(self, recipe: Any, config: Any, device: str) -> None:
         """Refuse, before any work, what this runtime cannot do with ``recipe`` for a model of
@@ -161,6 +179,10 @@ class Runtime(abc.ABC):
                 )
         self.check(recipe, config, device)
 
+    def describe(self, recipe: Any) -> str:
+        """What this runtime does with ``recipe``, for its one-line summary ("" for nothing)."""
+        return self.name
+
     def check(self, recipe: Any, config: Any, device: str) -> None:  # noqa: B027 - optional
         """Refuse a knob setting or layer shape this engine cannot quantize or run."""
 
@@ -169,5 +191,17 @@ class Runtime(abc.ABC):
         """The built model converted into this engine, with the recipe's quantization."""
 
     @abc.abstractmethod
-    def load(self, folder: Path, *, threads: int) -> RuntimeModel:
-        """A RuntimeModel read back from what :meth:`RuntimeModel.save` wrote."""
+    def load(
+        self, folder: Path, *, recipe: Any, threads: int, device: str = "cpu"
+    ) -> RuntimeModel:
+        """A RuntimeModel read back from what :meth:`RuntimeModel.save` wrote for ``recipe``
+        (whose settings, such as the precision an engine computes in, it runs with)."""
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` is installed, without importing it (its parent package is imported
+    for a dotted name)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package is missing
+        return False

@@ -12,7 +12,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from autoslim.config import STUDY_NAME
+from autoslim.config import study_name_problem
 from autoslim.errors import ConfigError
 
 # The commented study that ``autoslim init`` starts from: it shows every key.
@@ -65,8 +65,8 @@ def init_text(
     shortened to ``context`` (the model's context length, when known) if it is longer; every
     other key and comment as they are (its precision is left out, so the study searches what
     ``device`` computes natively)."""
-    if not STUDY_NAME.fullmatch(name):
-        raise ConfigError(f"study name {name!r}: use letters, digits, '-', '_' or '.' only")
+    if (problem := study_name_problem(name)) is not None:
+        raise ConfigError(f"study name {problem}")
     text = read_text(TEMPLATE)
     header, _, body = text.partition("\n\n")
     body = body.replace(f"{TEMPLATE}.db", f"{name}.db")

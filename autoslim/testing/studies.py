@@ -250,26 +250,30 @@ def make_built_study(
     seed: int = 0,
     **kwargs: Any,
 ) -> optuna.Study:
-    """A study whose trials are real builds of ``model``: each recipe is built with
-    ``compress.build`` and its perplexity measured under the workload's protocol, as a search
-    would store it; seconds and joules are made up (falling with the trial number). The
-    identity recipe is the base-model trial. ``corpus`` is the default (stdlib) corpus."""
-    from autoslim import compress, data, models
+    """A study whose trials are real builds of ``model``: each recipe is built and converted
+    into its runtime by the pipeline and its perplexity measured under the workload's
+    protocol, as a search would store it; seconds and joules are made up (falling with the
+    trial number). The identity recipe is the base-model trial. ``corpus`` is the default
+    (stdlib) corpus."""
+    from autoslim import models
     from autoslim.measure import Workload
     from autoslim.measure.perplexity import perplexity
+    from autoslim.pipeline import Pipeline
 
     workload = TINY_WORKLOAD if workload is None else workload
-    protocol = Workload.from_dict(workload).protocol
-    loaded = models.load_model(str(model))
-    ids = data.tokens(loaded.tokenizer, corpus, "eval")
+    pipeline = Pipeline(
+        models.load_model(str(model)), corpus, Workload.from_dict(workload), seed=seed
+    )
+    ids = pipeline.eval_ids()
     trials = []
     for i, recipe in enumerate(recipes):
-        built = compress.build(loaded, recipe, corpus=corpus, seed=seed)
+        with pipeline.built(recipe) as built:
+            measured = perplexity(built.model, ids, pipeline.workload.protocol).perplexity
         trials.append(
             FakeTrial(
                 recipe,
                 TrialState.COMPLETE,
-                perplexity(built.model, ids, protocol).perplexity,
+                measured,
                 1.0 - 0.1 * i,
                 10.0 - i,
                 is_base=recipe.is_identity(),

@@ -106,6 +106,7 @@ def study_tables(model_dir: Path, **study: object) -> dict[str, dict[str, object
         "model": {"name": str(model_dir)},
         "workload": {"protocol": {"window": 128}},  # the tiny model's whole context
         "search": {
+            "runtime": ["torch"],  # the harness under test, not the engines
             "precision": ["fp32"],
             "bits": [16, 8, 4],
             "quant_backend": ["bitsandbytes"],

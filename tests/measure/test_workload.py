@@ -51,7 +51,7 @@ def test_decode_must_fit_the_context() -> None:
         protocol=PerplexityProtocol(window=64),
     )
     with pytest.raises(ConfigError, match="exceed the model's context of 128"):
-        WorkloadRunner(model, ids, workload, torch.device("cpu"))
+        WorkloadRunner(model, ids, workload)
 
 
 def test_too_few_eval_windows() -> None:
@@ -59,7 +59,7 @@ def test_too_few_eval_windows() -> None:
     protocol = PerplexityProtocol(window=64, max_windows=4)
     workload = Workload(protocol=protocol, prefill_windows=32, decode_tokens=4)
     with pytest.raises(DataError, match="prefill_windows=32: the eval split holds only 31"):
-        WorkloadRunner(tiny_model("qwen3"), torch.arange(2000), workload, torch.device("cpu"))
+        WorkloadRunner(tiny_model("qwen3"), torch.arange(2000), workload)
 
 
 def test_cv() -> None:

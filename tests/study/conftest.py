@@ -67,6 +67,7 @@ def study_file(tmp_path: Path, tiny_model_dir: Path):
             "search": {
                 "drop_heads_per_layer": [0, 2],
                 "kd_steps": [0, 20],
+                "runtime": ["torch"],  # the harness under test, not the engines
                 "precision": ["fp32"],
                 "bits": [16, 8, 4],
                 "quant_backend": ["bitsandbytes"],

@@ -6,10 +6,10 @@ head dropping and quantization cost perplexity and save time, distillation recov
 the damage, best near temperature 2. :class:`FakeObjective` serves it from a worker process
 and injects faults keyed by the recipe's bit width, read from the environment (spawned
 workers inherit it): ``AUTOSLIM_FAKE_FAULTS="8:raise,4:segfault"`` with faults ``raise``,
-``nan``, ``segfault``, ``hang``, ``oom``, ``burn`` (spend ``AUTOSLIM_FAKE_CPU_SECONDS`` of
-its own CPU time, reporting progress, then answer) and ``hog`` (hold
-``AUTOSLIM_FAKE_HOG_BYTES`` of resident memory for 10 s, then answer); ``AUTOSLIM_FAKE_SLEEP``
-seconds per trial;
+``nan``, ``noisy`` (a seconds CV of 17 %, as timed on a busy machine), ``segfault``, ``hang``,
+``oom``, ``burn`` (spend ``AUTOSLIM_FAKE_CPU_SECONDS`` of its own CPU time, reporting
+progress, then answer) and ``hog`` (hold ``AUTOSLIM_FAKE_HOG_BYTES`` of resident memory for
+10 s, then answer); ``AUTOSLIM_FAKE_SLEEP`` seconds per trial;
 ``AUTOSLIM_FAKE_COSTS``: a cost model (JSON, :meth:`autoslim.costs.CostModel.to_dict`) the
 worker publishes as if it had measured it.
 """
@@ -114,6 +114,8 @@ class FakeObjective:
             raise MemoryError("injected out of memory")
         if fault == "nan":
             measurement["perplexity"] = math.nan
+        if fault == "noisy":  # timed while the machine was busy
+            measurement["seconds_cv"] = 0.17
         if fault == "segfault":
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no slow core dump
             os.kill(os.getpid(), signal.SIGSEGV)

@@ -28,6 +28,7 @@ def test_three_real_trials_on_a_tiny_model(tmp_path: Path) -> None:
             "model": {"name": str(model)},
             "workload": TINY_WORKLOAD,
             "search": {
+                "runtime": ["torch"],
                 "kd_steps": [0],
                 "precision": ["fp32"],
                 "bits": [16, 8, 4],

@@ -49,7 +49,8 @@ def _check_one_budget(
     trials: list[optuna.trial.FrozenTrial], n_trials: int, interrupted: int = 0
 ) -> None:
     """Every trial of the budget COMPLETE, each recipe once, nothing left running; the only
-    other trials are duplicates, back-offs and ``interrupted`` stale ones, none counted."""
+    other trials are duplicates, back-offs (over the budget, or put back behind the base) and
+    ``interrupted`` stale ones, none counted."""
     counted = [t for t in trials if study.counts_toward_total(t)]
     assert len(counted) == n_trials
     assert all(t.state == TrialState.COMPLETE for t in counted)
@@ -60,7 +61,10 @@ def _check_one_budget(
     others = [t for t in trials if not study.counts_toward_total(t)]
     assert sum(is_interrupted(t) for t in others) == interrupted
     assert all(
-        "duplicate_of" in t.user_attrs or "over_budget" in t.user_attrs or is_interrupted(t)
+        "duplicate_of" in t.user_attrs
+        or "over_budget" in t.user_attrs
+        or study.WAITS_FOR_BASE in t.user_attrs
+        or is_interrupted(t)
         for t in others
     )
     assert sum(bool(t.user_attrs.get("is_base")) for t in counted) == 1
