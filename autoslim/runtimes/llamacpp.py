@@ -326,8 +326,8 @@ class LlamaCppRuntime(Runtime):
             str,
             "F16",
             "llamacpp: the GGUF type llama.cpp's quantizer writes (a _K_M type keeps some "
-            "tensors wider; a weight whose width is not a multiple of 256 falls back from a "
-            "k-quant to a 32-wide type)",
+            "tensors wider; a weight whose input width is not a multiple of 256 falls back "
+            "from a k-quant to a 32-wide type, which the trial's dtype and provenance show)",
             choices=tuple(GGUF_TYPES),
             search=["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0", "IQ4_NL"],
             active=_runs_here,
@@ -415,23 +415,6 @@ class LlamaCppRuntime(Runtime):
                 f"equal the hidden size ({config.hidden_size}, here {shapes['q_proj'][1]}); "
                 "leave drop_heads out, or use another runtime"
             )
-        kind = recipe.gguf_type
-        if kind in FLOAT_TYPES:
-            return
-        widths = sorted({inputs for inputs, _ in shapes.values()})
-        odd = [w for w in widths if w % BLOCK]
-        if odd:
-            raise UnsupportedError(
-                f"gguf_type={kind!r}: input widths {odd} are not multiples of {BLOCK}, so "
-                "llama.cpp would keep those weights in F16; choose F16, or prune to a width "
-                f"that is a multiple of {BLOCK}"
-            )
-        if kind in K_FALLBACK and all(w % K_BLOCK for w in widths):
-            raise UnsupportedError(
-                f"gguf_type={kind!r}: no weight of this model has an input width that is a "
-                f"multiple of {K_BLOCK} (widths {widths}), so llama.cpp would store every one "
-                f"as {K_FALLBACK[kind]}; choose {K_FALLBACK[kind]}"
-            )
 
     def convert(self, source: ConvertInput) -> LlamaCppModel:
         from autoslim import gguf as gguf_files
@@ -450,8 +433,11 @@ class LlamaCppRuntime(Runtime):
         facts = {
             "gguf_type": recipe.gguf_type,
             "imatrix": matrix is not None,
+            "fallback": fallback(recipe.gguf_type, source.model),
             "tokenizer_check": tokenizer_check(out, source.tokenizer, source.calibration),
         }
+        if facts["fallback"]:
+            logger.info("%s", facts["fallback"])
         return LlamaCppModel(out, source.threads, facts, source.tokenizer)
 
     def load(
@@ -470,6 +456,35 @@ class LlamaCppRuntime(Runtime):
             else None
         )
         return LlamaCppModel(path, threads, facts, tokenizer)
+
+
+def fallback(gguf_type: str, model: Any) -> str:
+    """What llama.cpp stores instead of ``gguf_type`` for the weights of ``model`` whose input
+    width the type's block does not divide ("" when it divides every one): a k-quant falls back
+    to a 32-wide type (llama-quant.cpp's tensor_type_fallback), a 32-wide type to F16."""
+    import torch
+
+    if gguf_type in FLOAT_TYPES:
+        return ""
+    widths = {
+        int(m.weight.shape[-1] if isinstance(m, torch.nn.Linear) else m.weight.shape[0])
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear) or _conv1d(m)
+    }
+    block = K_BLOCK if gguf_type in K_FALLBACK else BLOCK
+    odd = sorted(w for w in widths if w % block)
+    if not odd:
+        return ""
+    instead = (
+        f"in 32-wide types instead (mostly {K_FALLBACK[gguf_type]}; F16 where 32 does not "
+        "divide either)"
+        if gguf_type in K_FALLBACK
+        else "in F16 instead"
+    )
+    return (
+        f"gguf_type={gguf_type!r}: input widths {odd} are not multiples of {block}, so "
+        f"llama.cpp stores those weights {instead}"
+    )
 
 
 def _rope_theta(config: Any) -> float:

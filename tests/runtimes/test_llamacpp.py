@@ -211,19 +211,20 @@ def test_what_llamacpp_cannot_run_is_refused_before_any_work():
         RUNTIME.check(llamacpp_recipe(), config, "cpu")
 
 
-def test_a_width_the_type_cannot_quantize_is_refused_with_its_fallback():
-    from transformers import LlamaConfig
-
-    smollm_like = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3}
-    whole = LlamaConfig(intermediate_size=1536, **smollm_like)
-    RUNTIME.check(llamacpp_recipe(gguf_type="Q6_K"), whole, "cpu")  # down_proj takes Q6_K
-    narrow = LlamaConfig(intermediate_size=1088, **smollm_like)
-    with pytest.raises(UnsupportedError, match="would store every one as Q8_0; choose Q8_0"):
-        RUNTIME.check(llamacpp_recipe(gguf_type="Q6_K"), narrow, "cpu")
-    odd = LlamaConfig(intermediate_size=1000, **smollm_like)
-    with pytest.raises(UnsupportedError, match=r"input widths \[1000\] are not multiples of 32"):
-        RUNTIME.check(llamacpp_recipe(gguf_type="Q4_0"), odd, "cpu")
-    RUNTIME.check(llamacpp_recipe(gguf_type="F16"), odd, "cpu")
+def test_a_width_the_type_cannot_quantize_falls_back_and_says_so(tmp_path):
+    model = tiny_model("llama")  # inputs 128 wide, the MLP's output projection 256
+    with convert(model, tmp_path, gguf_type="Q6_K") as converted:
+        assert converted.tensor_types().keys() == {"Q8_0", "Q6_K", "F32"}
+        assert converted.provenance()["fallback"] == (
+            "gguf_type='Q6_K': input widths [128] are not multiples of 256, so llama.cpp "
+            "stores those weights in 32-wide types instead (mostly Q8_0; F16 where 32 does "
+            "not divide either)"
+        )
+    assert llamacpp.fallback("Q4_0", model) == ""
+    assert llamacpp.fallback("F16", tiny_model("llama", hidden_size=96, head_dim=24)) == ""
+    assert "in F16 instead" in llamacpp.fallback(
+        "Q4_0", tiny_model("llama", hidden_size=80, head_dim=20)
+    )
 
 
 def test_imatrix_without_calibration_windows_is_refused(tmp_path):
