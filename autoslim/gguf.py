@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,7 @@ def convert(path: Path) -> Path:
         note = {
             "source": "gguf",
             "file": path.name,
+            "gguf_path": str(path.resolve()),
             "sha256": digest,
             **facts,
             "convert_seconds": round(time.perf_counter() - started, 1),
@@ -207,3 +209,21 @@ def source(folder: str) -> dict[str, Any] | None:
         return None
     found: dict[str, Any] = json.loads(note.read_text())
     return found
+
+
+def original(note: Mapping[str, Any]) -> Path | None:
+    """The GGUF file a conversion note (:func:`source`) was made from, where it still is with
+    the same SHA-256: the path it was converted from, else the named model shipping a file of
+    that name; None for a note of no GGUF conversion or a file no longer found."""
+    from autoslim import models
+
+    if note.get("source") != "gguf":
+        return None
+    found = [Path(note["gguf_path"])] if note.get("gguf_path") else []
+    for name, named in models.NAMED.items():
+        if named.file == note.get("file"):
+            try:
+                found.append(models.named_file(name))
+            except ModelError:
+                continue
+    return next((p for p in found if p.is_file() and sha256(p) == note.get("sha256")), None)

@@ -58,7 +58,8 @@ class LoadedModel:
         return str(self.model.config.model_type)
 
 
-def _named_file(name: str) -> Path:
+def named_file(name: str) -> Path:
+    """The GGUF file named model ``name`` ships in its package."""
     from importlib import metadata
 
     named = NAMED[name]
@@ -85,7 +86,7 @@ def resolve(name: str) -> str:
     from autoslim import gguf
 
     if name in NAMED:
-        return str(gguf.convert(_named_file(name)))
+        return str(gguf.convert(named_file(name)))
     if name == REFERENCE:
         if not (REFERENCE_DIR / "config.json").is_file():
             raise ModelError(

@@ -17,6 +17,7 @@ from autoslim.config import Knob, SearchSpace
 from autoslim.errors import ConfigError
 from autoslim.operators import KNOBS
 from autoslim.recipe import Recipe
+from autoslim.runtimes import RUNTIMES
 
 ORDER = tuple(KNOBS)
 
@@ -100,10 +101,9 @@ def known_recipes(space: SearchSpace, base: Recipe) -> list[tuple[str, Recipe]]:
     wanted = [(p, base.replace(precision=p)) for p in space["precision"].values()]
     for runtime in space["runtime"].values():
         if runtime != base.runtime:
-            wanted += [
-                (runtime, base.replace(runtime=runtime)),
-                (f"{runtime} int8", base.replace(runtime=runtime, bits=8)),
-            ]
+            in_runtime = base.replace(runtime=runtime)
+            eight_bit = RUNTIMES[runtime].with_weight_bits(in_runtime, 8)
+            wanted += [(runtime, in_runtime), (f"{runtime} int8", eight_bit)]
     for backend in space["quant_backend"].values():
         wanted += [
             (f"{backend} int8", base.replace(bits=8, quant_backend=backend)),

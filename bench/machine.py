@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
 from typing import Any
 
 from autoslim.measure.measurement import versions
@@ -67,3 +68,18 @@ class Load:
             "cpu_wait": wait,
             "load_average": max(self.load_average, os.getloadavg()[0]),
         }
+
+
+def best_seconds(
+    run: Callable[[], Any], repeats: int = 5, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Fastest of ``repeats`` runs after a warm-up: on a machine shared with other work the
+    minimum is the estimate least inflated by waiting for a CPU. ``clock=time.process_time``
+    counts this process's CPU seconds instead (load-independent at 1 thread)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        started = clock()
+        run()
+        times.append(clock() - started)
+    return min(times)

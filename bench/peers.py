@@ -182,9 +182,10 @@ def llama_peer(threads: int) -> dict[str, Any]:
     if missing:
         print(f"llama.cpp: not measured ({missing})")
         return {}
+    from autoslim.runtimes.llamacpp import LlamaCppModel
+
     gguf, _ = smollm2_file()
-    model = runtime.load(gguf.parent, recipe=Recipe(runtime="llamacpp"), threads=threads)
-    return {f"llama.cpp, {gguf.name}": model}
+    return {f"llama.cpp, {gguf.name}": LlamaCppModel(gguf, threads, {}, None)}
 
 
 def smollm2_file() -> tuple[Path, Path]:

@@ -82,3 +82,12 @@ def test_cache_location_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(gguf.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert gguf.cache_root() == tmp_path / "xdg" / "autoslim"
+
+
+def test_the_original_file_of_a_conversion_is_found_only_while_unchanged(tmp_path):
+    path = tmp_path / "model.gguf"
+    _write(path, "llama")
+    note = {"source": "gguf", "file": path.name, "gguf_path": str(path)}
+    assert gguf.original({**note, "sha256": gguf.sha256(path)}) == path
+    assert gguf.original({**note, "sha256": "0" * 64}) is None  # another file since
+    assert gguf.original({"source": "folder or hub"}) is None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from autoslim.errors import UnsupportedError
@@ -41,10 +42,9 @@ CPU_FLAGS_ENV = "AUTOSLIM_CPU_FLAGS"
 
 
 @functools.cache
-def _cpu_flags() -> frozenset[str]:
-    override = os.environ.get(CPU_FLAGS_ENV)
-    if override is not None:
-        return frozenset(override.replace(",", " ").split())
+def proc_cpu_flags() -> frozenset[str]:
+    """The flags this CPU reports in ``/proc/cpuinfo`` (none where it has none), whatever
+    ``AUTOSLIM_CPU_FLAGS`` pretends: what decides whether an instruction can run here."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -53,6 +53,14 @@ def _cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    override = os.environ.get(CPU_FLAGS_ENV)
+    if override is not None:
+        return frozenset(override.replace(",", " ").split())
+    return proc_cpu_flags()
 
 
 def why_not(precision: str, device: str) -> str | None:
@@ -119,6 +127,12 @@ def _describe(recipe: Any) -> str:
     return "" if recipe.precision == "fp32" else str(recipe.precision)
 
 
+def _computes(chosen: Mapping[str, Any]) -> bool:
+    """llama.cpp is given float32 weights and computes in its own types (gguf_type), so a
+    torch precision would only add a rounding before its own."""
+    return bool(chosen.get("runtime", "torch") != "llamacpp")
+
+
 def _search(device: str) -> list[str]:
     return supported(device)
 
@@ -135,9 +149,10 @@ OPERATOR = Operator(
             "model's other layers compute",
             choices=PRECISIONS,
             search=_search,
+            active=_computes,
         ),
     ),
-    active=lambda recipe: True,
+    active=lambda recipe: bool(recipe.runtime != "llamacpp"),
     validate=_validate,
     apply=_apply,
     describe=_describe,

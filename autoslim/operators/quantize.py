@@ -95,6 +95,11 @@ def _describe(recipe: Any) -> str:
     return str(recipe.quant_type) + ("+dq" if recipe.double_quant else "")
 
 
+def _weight_bits(chosen: Mapping[str, Any]) -> bool:
+    """bits is the weight format everywhere but llamacpp, whose own knob gguf_type is."""
+    return bool(chosen.get("runtime", "torch") != "llamacpp")
+
+
 def _quantizing(chosen: Mapping[str, Any]) -> bool:
     return int(chosen.get("bits", 16)) != 16 and chosen.get("runtime", "torch") == "torch"
 
@@ -111,7 +116,15 @@ OPERATOR = Operator(
     name="quantize",
     doc="weight quantization by a backend, the last stage",
     knobs=(
-        Knob("bits", int, 16, "weight bits (16 = no quantization)", choices=BITS, search=[16, 8]),
+        Knob(
+            "bits",
+            int,
+            16,
+            "weight bits (16 = no quantization; under llamacpp, gguf_type instead)",
+            choices=BITS,
+            search=[16, 8],
+            active=_weight_bits,
+        ),
         Knob(
             "quant_backend",
             str,

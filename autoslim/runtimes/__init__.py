@@ -25,9 +25,9 @@ __all__ = [
 
 
 def _runtimes() -> dict[str, Runtime]:
-    from autoslim.runtimes import openvino, pytorch
+    from autoslim.runtimes import llamacpp, openvino, pytorch
 
-    return {r.name: r for r in (pytorch.RUNTIME, openvino.RUNTIME)}
+    return {r.name: r for r in (pytorch.RUNTIME, openvino.RUNTIME, llamacpp.RUNTIME)}
 
 
 RUNTIMES: dict[str, Runtime] = _runtimes()

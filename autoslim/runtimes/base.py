@@ -136,6 +136,11 @@ class Runtime(abc.ABC):
         """Markdown lines of the model card that show how to run an export in ``folder``."""
         return []
 
+    def card_notes(self, provenance: Mapping[str, Any]) -> list[str]:
+        """What the model card must say about a measurement made with this engine
+        (``provenance``: the RuntimeModel's, as stored), one markdown paragraph each."""
+        return []
+
     def load_line(self, folder: str) -> str:
         """One line that loads an export in ``folder`` (what ``autoslim export`` prints)."""
         return f"{self.name}: {folder}"
@@ -178,6 +183,11 @@ class Runtime(abc.ABC):
                     f"({self.unsupported_operators[op.name]})"
                 )
         self.check(recipe, config, device)
+
+    def with_weight_bits(self, recipe: Any, bits: int) -> Any:
+        """``recipe`` with its weights stored in about ``bits`` bits in this runtime (16: as
+        built): the starting points a study enqueues, and what the contract tests compare."""
+        return recipe.replace(bits=bits)
 
     def describe(self, recipe: Any) -> str:
         """What this runtime does with ``recipe``, for its one-line summary ("" for nothing)."""

@@ -730,7 +730,7 @@ def test_a_study_name_too_long_for_a_file_name(model_dir, study_copy, tmp_path) 
 def test_float_noise_does_not_measure_a_recipe_twice(model_dir, tmp_path) -> None:
     tables = study_tables(model_dir, n_trials=7, sampler="random")
     tables["search"] = {
-        "runtime": ["torch"],
+        "runtime": ["torch"],  # not every runtime installed here: the space is these 6 recipes
         "precision": ["fp32"],
         "bits": [16],
         "quant_backend": ["bitsandbytes"],

@@ -85,11 +85,13 @@ def test_8_bit_weights_shrink_the_model_and_stay_close(
         pytest.skip(missing)
     pipeline = Pipeline(LoadedModel(tiny_model("llama"), tiny_tok, "llama", ""), corpus, WORKLOAD)
     ids = pipeline.eval_ids()
-    with pipeline.built(Recipe(runtime=runtime)) as full:
+    in_runtime = Recipe(runtime=runtime)
+    with pipeline.built(in_runtime) as full:
         full_ppl = perplexity(full.model, ids, PROTOCOL).perplexity
         full_size = full.model.size_bytes()
-    with pipeline.built(Recipe(runtime=runtime, bits=8)) as eight:
-        assert eight.model.size_bytes() < 0.5 * full_size
+    with pipeline.built(RUNTIMES[runtime].with_weight_bits(in_runtime, 8)) as eight:
+        # below 16-bit weights (llama.cpp's unquantized type) and far below fp32 (OpenVINO's)
+        assert eight.model.size_bytes() < 0.6 * full_size
         assert perplexity(eight.model, ids, PROTOCOL).perplexity == pytest.approx(
             full_ppl, rel=0.02
         )
