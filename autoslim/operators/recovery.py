@@ -1,0 +1,113 @@
+"""recovery: heal the structural cuts on the calibration batch, before distillation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from autoslim.operators import BuildContext, Knob, Operator
+
+METHODS = ("none", "bias", "block_kd")
+# The method the bundled studies and the README recommend (it heals every cut in every family).
+DEFAULT_METHOD = "block_kd"
+# Calibration tokens each method needs at least: a mean over fewer fits the sample, not the
+# text; block distillation takes its steps over batches of 4 windows of 256 tokens.
+MIN_TOKENS = {"none": 0, "bias": 256, "block_kd": 1024}
+
+
+def _cut(chosen: Mapping[str, Any]) -> bool:
+    return any(
+        chosen.get(name)
+        for name in ("drop_layers", "drop_heads", "drop_heads_per_layer", "prune_ratio")
+    )
+
+
+def _block_kd(chosen: Mapping[str, Any]) -> bool:
+    return bool(chosen.get("recovery") == "block_kd")
+
+
+def _active(recipe: Any) -> bool:
+    return bool(recipe.recovery != "none")
+
+
+def _validate(recipe: Any, config: Any, device: str) -> None:
+    from autoslim.compress.recovery import check
+
+    OPERATOR.require_family(str(config.model_type))
+    check(recipe, config)
+
+
+def _apply(ctx: BuildContext) -> None:
+    from autoslim.compress.calibration import require_calibration
+    from autoslim.compress.recovery import Cuts, recover
+
+    recipe = ctx.recipe
+    calibration = require_calibration(f"recovery={recipe.recovery!r}", ctx.calibration)
+    cuts = Cuts.of(
+        int(ctx.base.model.config.num_hidden_layers),
+        ctx.kept_layers,
+        ctx.removed_channels,
+        ctx.removed_heads,
+    )
+    ctx.info |= recover(
+        ctx.model,
+        ctx.base.model,
+        ctx.family,
+        cuts,
+        calibration,
+        method=recipe.recovery,
+        steps=recipe.recovery_steps,
+        lr=recipe.recovery_lr,
+        keep_zero=ctx.keep_zero,
+    )
+
+
+def _describe(recipe: Any) -> str:
+    if recipe.recovery == "block_kd":
+        return f"block KD {recipe.recovery_steps} steps"
+    return "bias compensation" if recipe.recovery == "bias" else ""
+
+
+OPERATOR = Operator(
+    name="recovery",
+    doc="heal the cuts on the calibration batch, layer by layer on the healed stream: "
+    "compensation biases (FLAP) or block-local distillation",
+    knobs=(
+        Knob(
+            "recovery",
+            str,
+            "none",
+            "how the structural cuts are healed before distillation: none; bias (the removed "
+            "channels', heads' and layers' mean output as a bias, training-free); block_kd "
+            "(each cut block trained to reproduce the base model's hidden states)",
+            choices=METHODS,
+            search=["none"],
+            active=_cut,
+        ),
+        Knob(
+            "recovery_steps",
+            int,
+            16,
+            "block_kd: Adam steps per healed block, each on 4 calibration windows",
+            minimum=1,
+            search=[16],
+            active=_block_kd,
+            metavar="N",
+            extreme=True,
+        ),
+        Knob(
+            "recovery_lr",
+            float,
+            1e-4,
+            "block_kd: learning rate",
+            minimum=1e-8,
+            maximum=1.0,
+            search=[1e-4],
+            active=_block_kd,
+        ),
+    ),
+    active=_active,
+    validate=_validate,
+    apply=_apply,
+    describe=_describe,
+)
