@@ -19,8 +19,9 @@ memory stays at a couple of [windows, tokens, hidden] tensors. The base model is
 * ``block_kd`` (block-local distillation): each block whose structure changed, or that a run of
   dropped layers follows, is trained on the calibration windows to map the healed stream
   entering it to what the base model's hidden state is at the same depth (the output of the
-  dropped run included), by Adam on the mean per-token relative squared error. A block whose
-  loss ends higher than it started (or not finite) is put back as it was, and recorded.
+  dropped run included), by Adam on the mean per-token relative squared error. The last 4
+  windows are held out: a block whose error on them ends higher than it started (or not
+  finite) is put back as it was, and recorded.
 """
 
 from __future__ import annotations
@@ -487,9 +488,13 @@ def block_distillation(
     steps: int,
     lr: float,
     keep_zero: dict[str, torch.Tensor] | None = None,
+    following: bool = False,
+    autocast: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Heal ``model`` in place by block-local distillation (see the module doc): ``steps``
-    Adam steps of ``BATCH_SIZE`` windows per touched block, at learning rate ``lr``."""
+    Adam steps of ``BATCH_SIZE`` windows per touched block (``following``: every block from
+    the first touched one on), at learning rate ``lr``; the training steps compute in
+    ``autocast`` (the recipe's precision; None: fp32), the stream in fp32."""
     device = next(model.parameters()).device
     calibration = calibration.to(device)
     blocks, base_blocks = layers(model, family), layers(base, family)
@@ -502,17 +507,26 @@ def block_distillation(
     trained: list[int] = []
     reverted: list[int] = []
     before_after: list[tuple[float, float]] = []
+    started = False
     for layer, block in enumerate(blocks):
         for index in range(cuts.kept_layers[layer], cuts.next_base(layer)):
             target = teacher.run(_fp32(base_blocks[index]), index, target)
-        if cuts.touched(layer) or (layer == 0 and cuts.leading_gap):
+        touched = cuts.touched(layer) or (layer == 0 and cuts.leading_gap)
+        started = started or touched
+        if touched or (following and started):
             masks = {
                 name: mask
                 for name, mask in (keep_zero or {}).items()
                 if name.startswith(f"{prefix}.{layer}.")
             }
             before, after, out = _train_block(
-                student, block, layer, hidden, target, steps, lr, masks, f"{prefix}.{layer}."
+                student,
+                block,
+                layer,
+                (hidden, target),
+                (steps, lr, autocast),
+                masks,
+                f"{prefix}.{layer}.",
             )
             trained.append(layer)
             before_after.append((before, after))
@@ -537,17 +551,30 @@ def _train_block(
     stream: Stream,
     block: nn.Module,
     layer: int,
-    hidden: torch.Tensor,
-    target: torch.Tensor,
-    steps: int,
-    lr: float,
+    data: tuple[torch.Tensor, torch.Tensor],
+    settings: tuple[int, float, torch.dtype | None],
     masks: dict[str, torch.Tensor],
     prefix: str,
 ) -> tuple[float, float, torch.Tensor]:
-    """Train ``block`` to map ``hidden`` to ``target``; returns its error before and after
-    (put back as it was if higher, or not finite: then after is inf) and its output."""
+    """Train ``block`` to map ``data`` = (hidden, target) for ``settings`` = (steps, lr,
+    autocast dtype); returns its error before and after and its output on ``hidden``.
+
+    The last batch of windows is held out (when there are two or more): the block trains on
+    the others, and is put back as it was if its error on the held-out windows rises or is not
+    finite (then after is inf), so it cannot fit the calibration sample at the text's cost."""
+    hidden, target = data
+    steps, lr, autocast = settings
+    device = hidden.device
+    context = (
+        torch.autocast(device.type, dtype=autocast)
+        if autocast not in (None, torch.float32)
+        else contextlib.nullcontext()
+    )
+    batches = list(zip(hidden.split(BATCH_SIZE), target.split(BATCH_SIZE), strict=True))
+    held_x, held_y = batches[-1]
+    training = batches[:-1] or batches
     saved = copy.deepcopy(block.state_dict())
-    before = float(_relative_error(stream.run(block, layer, hidden), target))
+    before = float(_relative_error(stream.step(block, layer, held_x), held_y))
     params = dict(block.named_parameters())
     handles = [
         params[name.removeprefix(prefix)].register_hook(
@@ -557,11 +584,12 @@ def _train_block(
         if name.removeprefix(prefix) in params
     ]
     optimizer = torch.optim.Adam(block.parameters(), lr=lr)
-    batches = list(zip(hidden.split(BATCH_SIZE), target.split(BATCH_SIZE), strict=True))
     try:  # in eval mode: no dropout, as the block will run
         for step in range(steps):
-            x, y = batches[step % len(batches)]
-            loss = _relative_error(stream.step(block, layer, x, grad=True), y)
+            x, y = training[step % len(training)]
+            with context:
+                out = stream.step(block, layer, x, grad=True)
+            loss = _relative_error(out.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -569,7 +597,7 @@ def _train_block(
         for handle in handles:
             handle.remove()
     out = stream.run(block, layer, hidden)
-    after = float(_relative_error(out, target))
+    after = float(_relative_error(out[-len(held_x) :], held_y))
     if not math.isfinite(after) or after > before:
         block.load_state_dict(saved)
         logger.warning(
@@ -593,8 +621,11 @@ def recover(
     steps: int = 0,
     lr: float = 0.0,
     keep_zero: dict[str, torch.Tensor] | None = None,
+    following: bool = False,
+    autocast: torch.dtype | None = None,
 ) -> dict[str, Any]:
-    """Heal ``model`` (a cut copy of ``base``, which is left unchanged) with ``method``."""
+    """Heal ``model`` (a cut copy of ``base``, which is left unchanged) with ``method``;
+    block distillation trains in ``autocast`` (the recipe's precision; None: fp32)."""
     if method == "none" or not cuts.any():
         return {"recovery": method, "recovery_seconds": 0.0}
     check_tokens(method, calibration)
@@ -606,7 +637,16 @@ def recover(
             info = bias_compensation(model, base, family, cuts, calibration)
         else:
             info = block_distillation(
-                model, base, family, cuts, calibration, steps=steps, lr=lr, keep_zero=keep_zero
+                model,
+                base,
+                family,
+                cuts,
+                calibration,
+                steps=steps,
+                lr=lr,
+                keep_zero=keep_zero,
+                following=following,
+                autocast=autocast,
             )
     finally:
         model.train(was_training)

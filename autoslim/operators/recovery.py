@@ -40,6 +40,7 @@ def _validate(recipe: Any, config: Any, device: str) -> None:
 def _apply(ctx: BuildContext) -> None:
     from autoslim.compress.calibration import require_calibration
     from autoslim.compress.recovery import Cuts, recover
+    from autoslim.operators.precision import torch_dtype
 
     recipe = ctx.recipe
     calibration = require_calibration(f"recovery={recipe.recovery!r}", ctx.calibration)
@@ -59,6 +60,7 @@ def _apply(ctx: BuildContext) -> None:
         steps=recipe.recovery_steps,
         lr=recipe.recovery_lr,
         keep_zero=ctx.keep_zero,
+        autocast=torch_dtype(recipe.precision),
     )
 
 
@@ -98,11 +100,11 @@ OPERATOR = Operator(
         Knob(
             "recovery_lr",
             float,
-            1e-4,
-            "block_kd: learning rate",
+            1e-3,
+            "block_kd: learning rate (Adam)",
             minimum=1e-8,
             maximum=1.0,
-            search=[1e-4],
+            search=[1e-3],
             active=_block_kd,
         ),
     ),
