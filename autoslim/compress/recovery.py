@@ -16,12 +16,12 @@ memory stays at a couple of [windows, tokens, hidden] tensors. The base model is
   already), whose other biases stay zero, so plain ``from_pretrained`` reloads the result.
   FLAP also picks a different width per layer; stock configs carry one width for every layer
   (and every runtime's export needs it), so widths stay uniform.
-* ``block_kd`` (block-local distillation): each block whose structure changed, or that a run of
-  dropped layers follows, is trained on the calibration windows to map the healed stream
-  entering it to what the base model's hidden state is at the same depth (the output of the
-  dropped run included), by Adam on the mean per-token relative squared error. The last 4
-  windows are held out: a block whose error on them ends higher than it started (or not
-  finite) is put back as it was, and recorded.
+* ``block_kd`` (block-local distillation; ``bias+block_kd`` runs it after ``bias``): each
+  block whose structure changed, or that a run of dropped layers follows, is trained on the
+  calibration windows to map the healed stream entering it to what the base model's hidden
+  state is at the same depth (the output of the dropped run included), by Adam on the mean
+  per-token relative squared error. The last 4 windows are held out: a block whose error on
+  them ends higher than it started (or not finite) is put back as it was, and recorded.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def every_layer_cut(config: Any, method: str) -> Cuts:
     count = int(config.num_hidden_layers)
     one: tuple[tuple[int, ...], ...] = ((0,),) * count
     none: tuple[tuple[int, ...], ...] = ((),) * count
-    heads = method == "bias" and "mlp" not in bias_sites(config)
+    heads = "bias" in method and "mlp" not in bias_sites(config)
     return Cuts(count, tuple(range(count)), none if heads else one, one if heads else none)
 
 
@@ -156,13 +156,13 @@ def check(recipe: Any, config: Any) -> None:
             f"recovery={method!r} heals structural cuts (drop_layers, drop_heads, prune_ratio) "
             "and the recipe makes none: set a cut or use recovery='none'"
         )
-    if method == "bias":
+    if method in ("bias", "bias+block_kd"):
         sites = bias_sites(config)
         for cut in cuts:
             if _SITE_OF_CUT[cut] not in sites:
                 heals = [c for c in _SITE_OF_CUT if _SITE_OF_CUT[c] in sites]
                 raise UnsupportedError(
-                    f"recovery='bias' cannot heal {cut} on {config.model_type} models: their "
+                    f"recovery={method!r} cannot heal {cut} on {config.model_type} models: their "
                     f"config has no {_SITE_OF_CUT[cut]} output bias to carry the compensation "
                     f"(here it heals {', '.join(heals) or 'no cut'}); use recovery='block_kd'"
                 )
@@ -632,11 +632,12 @@ def recover(
     started = time.perf_counter()
     was_training = model.training
     model.eval()
+    info: dict[str, Any] = {}
     try:
-        if method == "bias":
-            info = bias_compensation(model, base, family, cuts, calibration)
-        else:
-            info = block_distillation(
+        if method in ("bias", "bias+block_kd"):
+            info |= bias_compensation(model, base, family, cuts, calibration)
+        if method in ("block_kd", "bias+block_kd"):
+            info |= block_distillation(
                 model,
                 base,
                 family,

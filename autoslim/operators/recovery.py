@@ -7,12 +7,12 @@ from typing import Any
 
 from autoslim.operators import BuildContext, Knob, Operator
 
-METHODS = ("none", "bias", "block_kd")
+METHODS = ("none", "bias", "block_kd", "bias+block_kd")
 # The method the bundled studies and the README recommend (it heals every cut in every family).
 DEFAULT_METHOD = "block_kd"
 # Calibration tokens each method needs at least: a mean over fewer fits the sample, not the
 # text; block distillation takes its steps over batches of 4 windows of 256 tokens.
-MIN_TOKENS = {"none": 0, "bias": 256, "block_kd": 1024}
+MIN_TOKENS = {"none": 0, "bias": 256, "block_kd": 1024, "bias+block_kd": 1024}
 
 
 def _cut(chosen: Mapping[str, Any]) -> bool:
@@ -23,7 +23,7 @@ def _cut(chosen: Mapping[str, Any]) -> bool:
 
 
 def _block_kd(chosen: Mapping[str, Any]) -> bool:
-    return bool(chosen.get("recovery") == "block_kd")
+    return "block_kd" in str(chosen.get("recovery"))
 
 
 def _active(recipe: Any) -> bool:
@@ -65,9 +65,10 @@ def _apply(ctx: BuildContext) -> None:
 
 
 def _describe(recipe: Any) -> str:
-    if recipe.recovery == "block_kd":
-        return f"block KD {recipe.recovery_steps} steps"
-    return "bias compensation" if recipe.recovery == "bias" else ""
+    parts = {"bias": "bias compensation", "block_kd": f"block KD {recipe.recovery_steps} steps"}
+    if recipe.recovery == "none":
+        return ""
+    return " + ".join(parts[part] for part in recipe.recovery.split("+"))
 
 
 OPERATOR = Operator(
@@ -81,7 +82,8 @@ OPERATOR = Operator(
             "none",
             "how the structural cuts are healed before distillation: none; bias (the removed "
             "channels', heads' and layers' mean output as a bias, training-free); block_kd "
-            "(each cut block trained to reproduce the base model's hidden states)",
+            "(each cut block trained to reproduce the base model's hidden states); "
+            "bias+block_kd (both, in that order)",
             choices=METHODS,
             search=["none"],
             active=_cut,

@@ -37,6 +37,7 @@ CASES = [
     ("block_kd", "qwen3", "heads"),
     ("block_kd", "gpt2", "prune"),
     ("block_kd", "opt", "layers"),
+    ("bias+block_kd", "llama", "layers"),
 ]
 
 
