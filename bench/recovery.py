@@ -3,8 +3,8 @@ base, side by side: perplexity, the share of the cut's increase taken back, seco
 recovery pass (wall and quiet: wall less the CPU wait), in one run.
 
     .venv/bin/python bench/recovery.py [--model smollm2-135m] [--max-windows 16]
-        [--calibration-windows 16] [--cuts prune20,drop4] [--methods bias,block_kd]
-        [--steps 16] [--lr 1e-3] [--kd-steps 0]
+        [--calibration-windows 16] [--cuts prune20,drop4] [--methods bias,block_kd,...]
+        [--steps 16] [--lr 1e-3] [--kd-steps 0] [--threads 1]
 
 Every row is built by ``autoslim.compress.build`` from a recipe, as a trial builds it, on the
 calibration batch a study uses (KD split, seed 0); perplexity is the protocol's over the eval
@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autoslim import data, models
@@ -37,6 +39,8 @@ CUTS: dict[str, dict[str, Any]] = {
     "prune20": {"prune_ratio": 0.2, "prune_importance": "activation"},
     "prune20f": {"prune_ratio": 0.2, "prune_importance": "fluctuation"},
     "prune30": {"prune_ratio": 0.3, "prune_importance": "activation"},
+    "drop1": {"drop_layers": 1},
+    "drop2": {"drop_layers": 2},
     "drop4": {"drop_layers": 4},
     "heads3": {"drop_heads_per_layer": 3, "prune_importance": "activation"},
 }
@@ -48,11 +52,13 @@ def main() -> None:
     parser.add_argument("--max-windows", type=int, default=16, help="perplexity windows")
     parser.add_argument("--calibration-windows", type=int, default=16)
     parser.add_argument("--cuts", default="prune20,drop4", help=", ".join(CUTS))
-    parser.add_argument("--methods", default="bias,block_kd")
+    parser.add_argument("--methods", default="bias,block_kd,bias+block_kd")
     parser.add_argument("--steps", type=int, default=16, help="recovery_steps (block_kd)")
     parser.add_argument("--lr", type=float, default=1e-3, help="recovery_lr (block_kd)")
     parser.add_argument("--kd-steps", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)
     record = machine("torch", "transformers")
     corpus = data.stdlib_corpus()
@@ -63,7 +69,7 @@ def main() -> None:
         base.tokenizer, corpus, windows=args.calibration_windows, window=256
     )
     base_ppl = perplexity(base.model, ids, protocol).perplexity
-    print(f"{args.model}, fp32; {describe(record)}")
+    print(f"{args.model}, fp32, {args.threads} thread(s); {describe(record)}")
     print(
         f"perplexity over {args.max_windows} eval windows of 256 tokens; calibration "
         f"{tuple(calibration.shape)}; block_kd {args.steps} steps at lr {args.lr:g}\n"

@@ -17,11 +17,12 @@ memory stays at a couple of [windows, tokens, hidden] tensors. The base model is
   FLAP also picks a different width per layer; stock configs carry one width for every layer
   (and every runtime's export needs it), so widths stay uniform.
 * ``block_kd`` (block-local distillation; ``bias+block_kd`` runs it after ``bias``): each
-  block whose structure changed, or that a run of dropped layers follows, is trained on the
-  calibration windows to map the healed stream entering it to what the base model's hidden
-  state is at the same depth (the output of the dropped run included), by Adam on the mean
-  per-token relative squared error. The last 4 windows are held out: a block whose error on
-  them ends higher than it started (or not finite) is put back as it was, and recorded.
+  block whose structure changed, or that a run of dropped layers follows, is trained (the
+  step budget shared equally between them) on the calibration windows to map the healed
+  stream entering it to what the base model's hidden state is at the same depth (the output
+  of the dropped run included), by Adam on the mean per-token relative squared error. The
+  last 4 windows are held out: each block keeps the weights with the lowest error on them,
+  checked after every pass over the others (its own, and recorded, when no step lowered it).
 """
 
 from __future__ import annotations
@@ -113,8 +114,17 @@ class Cuts:
         """Whether layers before the first kept one were dropped."""
         return bool(self.kept_layers) and self.kept_layers[0] > 0
 
+    def healed_layers(self) -> list[int]:
+        """The current layers recovery heals: those ``touched``, and the first one when
+        layers before it were dropped."""
+        return [
+            i
+            for i in range(len(self.kept_layers))
+            if self.touched(i) or (i == 0 and self.leading_gap)
+        ]
+
     def any(self) -> bool:
-        return self.leading_gap or any(self.touched(i) for i in range(len(self.kept_layers)))
+        return bool(self.healed_layers())
 
 
 def every_layer_cut(config: Any, method: str) -> Cuts:
@@ -488,13 +498,12 @@ def block_distillation(
     steps: int,
     lr: float,
     keep_zero: dict[str, torch.Tensor] | None = None,
-    following: bool = False,
     autocast: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Heal ``model`` in place by block-local distillation (see the module doc): ``steps``
-    Adam steps of ``BATCH_SIZE`` windows per touched block (``following``: every block from
-    the first touched one on), at learning rate ``lr``; the training steps compute in
-    ``autocast`` (the recipe's precision; None: fp32), the stream in fp32."""
+    Adam steps of ``BATCH_SIZE`` windows in all, shared equally by the healed blocks (at
+    least one each), at learning rate ``lr``; the training steps compute in ``autocast`` (the
+    recipe's precision; None: fp32), the stream in fp32."""
     device = next(model.parameters()).device
     calibration = calibration.to(device)
     blocks, base_blocks = layers(model, family), layers(base, family)
@@ -507,13 +516,12 @@ def block_distillation(
     trained: list[int] = []
     reverted: list[int] = []
     before_after: list[tuple[float, float]] = []
-    started = False
+    healed = cuts.healed_layers()
+    per_block = max(1, steps // max(1, len(healed)))
     for layer, block in enumerate(blocks):
         for index in range(cuts.kept_layers[layer], cuts.next_base(layer)):
             target = teacher.run(_fp32(base_blocks[index]), index, target)
-        touched = cuts.touched(layer) or (layer == 0 and cuts.leading_gap)
-        started = started or touched
-        if touched or (following and started):
+        if layer in healed:
             masks = {
                 name: mask
                 for name, mask in (keep_zero or {}).items()
@@ -524,7 +532,7 @@ def block_distillation(
                 block,
                 layer,
                 (hidden, target),
-                (steps, lr, autocast),
+                (per_block, lr, autocast),
                 masks,
                 f"{prefix}.{layer}.",
             )
@@ -537,6 +545,7 @@ def block_distillation(
             hidden = student.run(block, layer, hidden)
     error = float(_relative_error(hidden, target))
     return {
+        "recovery_steps_per_block": per_block,
         "recovery_blocks_trained": trained,
         "recovery_blocks_reverted": reverted,
         "recovery_block_error_before": [round(b, 5) for b, _ in before_after],
@@ -560,21 +569,26 @@ def _train_block(
     autocast dtype); returns its error before and after and its output on ``hidden``.
 
     The last batch of windows is held out (when there are two or more): the block trains on
-    the others, and is put back as it was if its error on the held-out windows rises or is not
-    finite (then after is inf), so it cannot fit the calibration sample at the text's cost."""
+    the others, its error on the held-out windows is checked after every pass over them, and
+    it keeps the weights with the lowest (its own if no step lowered it, then after is inf),
+    so it cannot fit the calibration sample at the text's cost, nor end on a non-finite step.
+    """
     hidden, target = data
     steps, lr, autocast = settings
-    device = hidden.device
-    context = (
-        torch.autocast(device.type, dtype=autocast)
-        if autocast not in (None, torch.float32)
-        else contextlib.nullcontext()
-    )
     batches = list(zip(hidden.split(BATCH_SIZE), target.split(BATCH_SIZE), strict=True))
     held_x, held_y = batches[-1]
     training = batches[:-1] or batches
-    saved = copy.deepcopy(block.state_dict())
-    before = float(_relative_error(stream.step(block, layer, held_x), held_y))
+    context = (
+        torch.autocast(hidden.device.type, dtype=autocast)
+        if autocast not in (None, torch.float32)
+        else contextlib.nullcontext()
+    )
+
+    def held_out_error() -> float:
+        return float(_relative_error(stream.step(block, layer, held_x), held_y))
+
+    before = best = held_out_error()
+    best_state: dict[str, torch.Tensor] | None = None
     params = dict(block.named_parameters())
     handles = [
         params[name.removeprefix(prefix)].register_hook(
@@ -584,6 +598,7 @@ def _train_block(
         if name.removeprefix(prefix) in params
     ]
     optimizer = torch.optim.Adam(block.parameters(), lr=lr)
+    saved = copy.deepcopy(block.state_dict())
     try:  # in eval mode: no dropout, as the block will run
         for step in range(steps):
             x, y = training[step % len(training)]
@@ -593,21 +608,22 @@ def _train_block(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if (step + 1) % len(training) == 0 or step + 1 == steps:
+                error = held_out_error()
+                if error < best:  # NaN compares false: never kept
+                    best, best_state = error, copy.deepcopy(block.state_dict())
     finally:
         for handle in handles:
             handle.remove()
-    out = stream.run(block, layer, hidden)
-    after = float(_relative_error(out[-len(held_x) :], held_y))
-    if not math.isfinite(after) or after > before:
-        block.load_state_dict(saved)
+    block.load_state_dict(best_state if best_state is not None else saved)
+    if best_state is None:
         logger.warning(
-            "block distillation: layer %d error %.4g -> %.4g; put back as it was",
+            "block distillation: no step lowered layer %d's held-out error %.4g; put back "
+            "as it was",
             layer,
             before,
-            after,
         )
-        return before, math.inf, stream.run(block, layer, hidden)
-    return before, after, out
+    return before, best if best_state is not None else math.inf, stream.run(block, layer, hidden)
 
 
 def recover(
@@ -621,7 +637,6 @@ def recover(
     steps: int = 0,
     lr: float = 0.0,
     keep_zero: dict[str, torch.Tensor] | None = None,
-    following: bool = False,
     autocast: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Heal ``model`` (a cut copy of ``base``, which is left unchanged) with ``method``;
@@ -646,7 +661,6 @@ def recover(
                 steps=steps,
                 lr=lr,
                 keep_zero=keep_zero,
-                following=following,
                 autocast=autocast,
             )
     finally:

@@ -91,10 +91,12 @@ OPERATOR = Operator(
         Knob(
             "recovery_steps",
             int,
-            16,
-            "block_kd: Adam steps per healed block, each on 4 calibration windows",
+            512,
+            "block_kd: Adam steps in all, each on 4 calibration windows, shared equally by "
+            "the healed blocks (every block for a width or head cut, the one before each gap "
+            "for a layer drop)",
             minimum=1,
-            search=[16],
+            search=[512],
             active=_block_kd,
             metavar="N",
             extreme=True,
