@@ -4,7 +4,7 @@ recovery pass (wall and quiet: wall less the CPU wait), in one run.
 
     .venv/bin/python bench/recovery.py [--model smollm2-135m] [--max-windows 16]
         [--calibration-windows 16] [--cuts prune20,drop4] [--methods bias,block_kd,...]
-        [--steps 16] [--lr 1e-3] [--kd-steps 0] [--threads 1]
+        [--steps 512] [--lr 1e-3] [--kd-steps 0] [--threads 1]
 
 Every row is built by ``autoslim.compress.build`` from a recipe, as a trial builds it, on the
 calibration batch a study uses (KD split, seed 0); perplexity is the protocol's over the eval
@@ -31,6 +31,7 @@ from autoslim.compress import build
 from autoslim.compress.calibration import calibration_batch
 from autoslim.costs import quiet_seconds, schedstat_seconds
 from autoslim.measure.perplexity import perplexity
+from autoslim.operators import KNOBS
 from autoslim.protocol import PerplexityProtocol
 from autoslim.recipe import Recipe
 from bench.machine import describe, machine
@@ -53,8 +54,8 @@ def main() -> None:
     parser.add_argument("--calibration-windows", type=int, default=16)
     parser.add_argument("--cuts", default="prune20,drop4", help=", ".join(CUTS))
     parser.add_argument("--methods", default="bias,block_kd,bias+block_kd")
-    parser.add_argument("--steps", type=int, default=16, help="recovery_steps (block_kd)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="recovery_lr (block_kd)")
+    parser.add_argument("--steps", type=int, default=KNOBS["recovery_steps"].default)
+    parser.add_argument("--lr", type=float, default=KNOBS["recovery_lr"].default)
     parser.add_argument("--kd-steps", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
@@ -72,7 +73,7 @@ def main() -> None:
     print(f"{args.model}, fp32, {args.threads} thread(s); {describe(record)}")
     print(
         f"perplexity over {args.max_windows} eval windows of 256 tokens; calibration "
-        f"{tuple(calibration.shape)}; block_kd {args.steps} steps at lr {args.lr:g}\n"
+        f"{tuple(calibration.shape)}; block_kd {args.steps} steps in all at lr {args.lr:g}\n"
     )
     header = (
         f"{'cut':<9}{'recipe':<58}{'ppl':>8}{'ppl +%':>9}{'back':>7}"
