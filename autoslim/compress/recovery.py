@@ -616,7 +616,7 @@ def _train_block(
         for handle in handles:
             handle.remove()
     block.load_state_dict(best_state if best_state is not None else saved)
-    if best_state is None:
+    if best_state is None and before > 0:  # (an uncut block, as the cost model times, has 0)
         logger.warning(
             "block distillation: no step lowered layer %d's held-out error %.4g; put back "
             "as it was",
