@@ -172,14 +172,6 @@ def test_a_diverging_block_is_put_back_never_nan(
     assert all(torch.isfinite(p).all() for p in healed.model.parameters())
 
 
-@pytest.fixture(scope="module")
-def reference() -> models.LoadedModel:
-    try:
-        return models.load_model("reference")
-    except Exception as e:  # the reference model is committed by the zoo issue
-        pytest.skip(f"reference model not available: {e}")
-
-
 @pytest.mark.slow
 def test_reference_30_percent_cut_healed_keeps_at_most_half_its_increase(
     reference: models.LoadedModel, corpus: data.Corpus
