@@ -2,11 +2,12 @@
 
 At setup the trial worker times the base model once per stage (:func:`measure_costs`): one
 copy (every trial starts from an fp32 copy of the base), one eval window, one distillation
-step, one workload run. Each figure is *quiet* seconds: wall time less the share of it the
+step, one recovery pass of each method the search space holds, one workload run. Each figure is
+*quiet* seconds: wall time less the share of it the
 process waited for a CPU (Linux schedstat, :func:`quiet_seconds`), so a busy machine at study
 start does not inflate the model. :class:`CostModel` predicts a trial from its recipe
-(``copy + early-abort check + kd_steps × step + perplexity and drift over the eval windows +
-(warm-up + repeats) × run``) and derives what a study file does not set:
+(``copy + early-abort check + recovery pass + kd_steps × step + perplexity and drift over the
+eval windows + (warm-up + repeats) × run``) and derives what a study file does not set:
 
 - the trial timeout: ``TIMEOUT_FACTOR`` × the trial's predicted seconds, at least
   ``MIN_TIMEOUT_SECONDS``; quantized or pruned models may run slower than the base, which the
@@ -15,6 +16,11 @@ start does not inflate the model. :class:`CostModel` predicts a trial from its r
   trial with distillation, between ``EARLY_ABORT_WINDOWS`` bounds;
 - the ETA printed at start (trials that fit the time limit), and, when fewer than
   ``FEW_TRIALS`` of the longest kind fit it, the KD steps that would let that many run.
+
+A recovery pass is timed as one that heals every decoder layer at the space's most
+``recovery_steps`` (:func:`recovery_pass_seconds`): exact for MLP and head cuts, an upper bound
+for layer drops (which heal only the layers next to a gap). The longest kind of trial is the
+one with the most KD steps and the costliest recovery.
 
 Timeouts run on the trial's own clock (:class:`TrialClock`): wall time advances it only in the
 share that the worker process had the CPU it asked for (CPU time over CPU time plus run-queue
@@ -117,42 +123,65 @@ class CostModel:
     early_abort_windows: int
     cpu_wait_fraction: float  # while the costs were measured
     teacher_seconds: float = 0.0  # the teacher's share of the measured KD step (cached later)
+    # One recovery pass per method of the search space, healing every decoder layer.
+    recovery_seconds: dict[str, float] = field(default_factory=dict)
     # one conversion of the base model into each runtime of the space but torch (none there)
     convert_seconds: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def longest_recovery(self) -> str:
+        """The costliest recovery method the space holds ("none" if it holds none)."""
+        return max(self.recovery_seconds, key=self.recovery_seconds.__getitem__, default="none")
+
     def trial_seconds(
-        self, kd_steps: int, *, cheap_stages: bool = True, runtime: str = "torch"
+        self,
+        kd_steps: int,
+        *,
+        recovery: str = "none",
+        runtime: str = "torch",
+        cheap_stages: bool = True,
     ) -> float:
-        """Predicted quiet seconds of a trial with ``kd_steps`` distillation steps in
-        ``runtime`` (the workload timed in torch: no slower in the engines it is compared
-        with here)."""
+        """Predicted quiet seconds of a trial with ``kd_steps`` distillation steps after a
+        ``recovery`` pass, converted into ``runtime`` (the workload timed in torch: no slower
+        in the engines it is compared with here)."""
         check = self.early_abort_windows * self.eval_window_seconds if cheap_stages else 0.0
         return (
             self.copy_seconds
             + check
+            + self.recovery_seconds.get(recovery, 0.0)
             + kd_steps * self.kd_step_seconds
             + self.convert_seconds.get(runtime, 0.0)
             + MEASURE_PASSES * self.eval_windows * self.eval_window_seconds
             + self.workload_runs * self.workload_run_seconds
         )
 
-    def timeout_seconds(self, kd_steps: int, runtime: str = "torch") -> float:
+    def timeout_seconds(
+        self, kd_steps: int, recovery: str = "none", runtime: str = "torch"
+    ) -> float:
         """The trial timeout (own seconds) a study file that sets none gets."""
-        return max(
-            MIN_TIMEOUT_SECONDS, TIMEOUT_FACTOR * self.trial_seconds(kd_steps, runtime=runtime)
-        )
+        trial = self.trial_seconds(kd_steps, recovery=recovery, runtime=runtime)
+        return max(MIN_TIMEOUT_SECONDS, TIMEOUT_FACTOR * trial)
 
     def describe(self, kd_steps: int, time_limit_seconds: float | None = None) -> str:
-        """One line for the start of a study, e.g. ``one KD step 7.9 s, one trial with 50 KD
-        steps ≈ 8 min (timeout 48 min), about 60 trials in 8 h``."""
-        trial = self.trial_seconds(kd_steps)
+        """One line for the start of a study, e.g. ``one KD step 7.9 s, one eval window
+        120 ms, one workload run 1.1 s, recovery block_kd 2.5 min; one trial with 50 KD steps
+        and block_kd ≈ 8 min (timeout 48 min), about 60 trials in 8 h``."""
+        recovery = self.longest_recovery
+        trial = self.trial_seconds(kd_steps, recovery=recovery)
+        passes = "".join(
+            f", recovery {method} {_short(seconds)}"
+            for method, seconds in self.recovery_seconds.items()
+        )
+        converts = "".join(
+            f", one {r} conversion {_short(t)}" for r, t in self.convert_seconds.items()
+        )
+        kind = f"{kd_steps} KD steps" + (f" and {recovery}" if recovery != "none" else "")
+        timeout = self.timeout_seconds(kd_steps, recovery)
         text = (
             f"one KD step {_short(self.kd_step_seconds)}, one eval window "
             f"{_short(self.eval_window_seconds)}, one workload run "
-            f"{_short(self.workload_run_seconds)}"
-            + "".join(f", one {r} conversion {_short(t)}" for r, t in self.convert_seconds.items())
-            + f"; one trial with {kd_steps} KD steps ≈ "
-            f"{duration(trial)} (timeout {duration(self.timeout_seconds(kd_steps))})"
+            f"{_short(self.workload_run_seconds)}{passes}{converts}; one trial with {kind} ≈ "
+            f"{duration(trial)} (timeout {duration(timeout)})"
         )
         if time_limit_seconds is not None:
             count = math.floor(time_limit_seconds / trial)
@@ -170,8 +199,9 @@ class CostModel:
         return text
 
     def kd_steps_fitting(self, trials: int, seconds: float) -> int:
-        """The most KD steps per trial that let ``trials`` trials run in ``seconds``."""
-        spare = seconds / trials - self.trial_seconds(0)
+        """The most KD steps per trial that let ``trials`` trials of the longest kind (with
+        the costliest recovery) run in ``seconds``."""
+        spare = seconds / trials - self.trial_seconds(0, recovery=self.longest_recovery)
         return max(0, math.floor(spare / self.kd_step_seconds)) if self.kd_step_seconds else 0
 
     def derived_kd_steps(self, time_limit_seconds: float) -> list[int]:
@@ -252,16 +282,21 @@ def measure_costs(
     kd_steps_space: list[int],
     early_abort_windows_set: int | None,
     runtimes: Sequence[str] = (),
+    recovery_space: Sequence[str] = (),
+    recovery_steps: int = 0,
 ) -> CostModel:
     """Time each stage once on the base model of ``pipeline`` (an
-    :class:`autoslim.pipeline.Pipeline` with its teacher cache), and one conversion into each
-    of ``runtimes`` but torch; see the module doc."""
+    :class:`autoslim.pipeline.Pipeline` with its teacher cache and calibration windows), one
+    conversion into each of ``runtimes`` but torch, and one recovery pass per method of
+    ``recovery_space`` (block distillation at ``recovery_steps`` steps); see the module doc."""
     import copy
     from dataclasses import replace
 
     import torch
 
     from autoslim.compress.distill import distill
+    from autoslim.compress.families import family_of
+    from autoslim.compress.recovery import every_layer_cut, recover
     from autoslim.measure.perplexity import perplexity
     from autoslim.measure.workload import WorkloadRunner, synchronize
     from autoslim.operators.precision import precision_of
@@ -294,6 +329,25 @@ def measure_costs(
             alpha=defaults.kd_alpha,
             lr=defaults.kd_lr,
         )
+    recovery = {}
+    for method in recovery_space:
+        if method == "none":
+            continue
+        cuts = every_layer_cut(model.config, method)
+        healed = copy.deepcopy(model).to(device=pipeline.device, dtype=torch.float32)
+        with watch() as healing:
+            recover(
+                healed,
+                model,
+                family_of(model.config),
+                cuts,
+                pipeline.calibration_windows(),
+                method=method,
+                steps=recovery_steps,
+                lr=defaults.recovery_lr,
+            )
+        recovery[method] = healing.quiet
+        del healed
     del student
     teacher = teacher_cache.teacher_seconds - teacher_before
     runner = WorkloadRunner(model, eval_ids, workload)
@@ -326,6 +380,7 @@ def measure_costs(
         early_abort_windows=0,
         cpu_wait_fraction=1 - sum(w.quiet for w in watches) / wall if wall > 0 else 0.0,
         teacher_seconds=teacher,
+        recovery_seconds=recovery,
         convert_seconds=converts,
     )
     cheapest = min((s for s in kd_steps_space if s > 0), default=0)

@@ -22,9 +22,9 @@ __all__ = ["BITS", "QUANT_TYPES", "Recipe", "format_heads", "parse_heads"]
 class Recipe:
     """One compression recipe: the value of every declared knob (defaults for the rest).
 
-    Applied in the operators' order: drop layers → drop heads → structured prune → distil →
-    precision → quantize, then converted into its runtime. Equal recipes compare and hash
-    equal; ``replace`` returns a copy with some knobs changed.
+    Applied in the operators' order: drop layers → drop heads → structured prune → recovery →
+    distil → precision → quantize, then converted into its runtime. Equal recipes compare and
+    hash equal; ``replace`` returns a copy with some knobs changed.
     """
 
     __slots__ = ("_values",)

@@ -770,7 +770,9 @@ def run_study(
         eta = None
         per_trial = _mean(durations) if durations else None
         if per_trial is None and costs is not None:
-            per_trial = costs.trial_seconds(_typical_kd_steps(config))
+            per_trial = costs.trial_seconds(
+                _typical_kd_steps(config), recovery=costs.longest_recovery
+            )
         if per_trial is not None:
             left = [] if run.n_trials is None else [(run.n_trials - done) * per_trial]
             if run.time_limit_seconds is not None:
@@ -860,7 +862,12 @@ def run_study(
                         duplicates_in_a_row += 1
                         continue
                     predicted = _seconds_left_short_of(
-                        costs, run, time.monotonic() - started, recipe.kd_steps, recipe.runtime
+                        costs,
+                        run,
+                        time.monotonic() - started,
+                        recipe.kd_steps,
+                        recipe.recovery,
+                        recipe.runtime,
                     )
                     if predicted is not None and not is_base:
                         trial.set_user_attr("past_time_limit", True)
@@ -934,7 +941,7 @@ def trial_timeout(config: StudyConfig, costs: CostModel | None, recipe: Recipe) 
         return config.study.trial_timeout_seconds
     if costs is None:
         return UNMEASURED_TIMEOUT_SECONDS
-    return costs.timeout_seconds(recipe.kd_steps, recipe.runtime)
+    return costs.timeout_seconds(recipe.kd_steps, recipe.recovery, recipe.runtime)
 
 
 def _seconds_left_short_of(
@@ -942,14 +949,15 @@ def _seconds_left_short_of(
     run: RunSection,
     elapsed: float,
     kd_steps: int,
+    recovery: str = "none",
     runtime: str = "torch",
 ) -> float | None:
-    """A trial with ``kd_steps`` distillation steps in ``runtime`` is predicted to take this
-    many seconds, more than the time limit leaves; None when it fits (or nothing predicts
-    it)."""
+    """A trial with ``kd_steps`` distillation steps after a ``recovery`` pass, converted into
+    ``runtime``, is predicted to take this many seconds, more than the time limit leaves; None
+    when it fits (or nothing predicts it)."""
     if costs is None or run.time_limit_seconds is None:
         return None
-    predicted = costs.trial_seconds(kd_steps, runtime=runtime)
+    predicted = costs.trial_seconds(kd_steps, recovery=recovery, runtime=runtime)
     return predicted if elapsed + predicted > run.time_limit_seconds else None
 
 

@@ -437,6 +437,8 @@ class BuildAndMeasure:
             kd_steps_space=[int(v) for v in config.search["kd_steps"].extremes()],
             runtimes=[str(v) for v in config.search["runtime"].values()],
             early_abort_windows_set=config.early_abort.windows,
+            recovery_space=[str(v) for v in config.search["recovery"].values()],
+            recovery_steps=int(max(config.search["recovery_steps"].extremes())),
         )
         self.early_windows = self.costs.early_abort_windows
         self.quick_protocol = replace(self.workload.protocol, max_windows=self.early_windows)

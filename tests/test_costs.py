@@ -98,3 +98,28 @@ def test_only_a_timed_study_that_leaves_kd_steps_out_derives_them(tmp_path) -> N
     assert derived.search["kd_steps"].values() == [0, 20]
     assert derived.search["precision"] == config.search["precision"]
     assert type(config).from_dict(derived.to_dict()).derive == ("kd_steps",)
+
+
+def test_a_recovery_pass_is_part_of_the_trial_its_timeout_and_the_derived_steps(
+    tmp_path,
+) -> None:
+    from dataclasses import replace
+
+    healing = replace(MODEL, recovery_seconds={"bias": 40.0, "block_kd": 200.0})
+    assert healing.longest_recovery == "block_kd"
+    assert MODEL.longest_recovery == "none"
+    plain = healing.trial_seconds(50)
+    assert healing.trial_seconds(50, recovery="bias") == pytest.approx(plain + 40)
+    assert healing.timeout_seconds(50, "block_kd") == pytest.approx(TIMEOUT_FACTOR * (plain + 200))
+    recipe = Recipe(drop_layers=1, recovery="block_kd", kd_steps=50)
+    assert trial_timeout(parse({}, tmp_path / "s.toml", check_model=False), healing, recipe) == (
+        healing.timeout_seconds(50, "block_kd")
+    )
+    line = healing.describe(50, 8 * 3600)
+    assert (
+        "recovery bias 40.0 s, recovery block_kd 200.0 s; one trial with 50 KD steps and "
+        "block_kd ≈ 13 min" in line
+    )
+    # Ten trials of the longest kind in 8 h: 200 s of recovery leave 2,502 s, 316 steps -> 200.
+    assert healing.kd_steps_fitting(10, 8 * 3600) == 316
+    assert CostModel.from_dict(healing.to_dict()) == healing

@@ -1,10 +1,11 @@
 """validate and build: one compressed model from one Recipe.
 
 The operators (``autoslim/operators/``) run in their declared order: drop layers → drop heads
-→ structured prune → distil → precision → quantize. The base model is never modified: the
-stages work on an fp32 deep copy (lossless from any stored dtype), distillation computes in
-the recipe's precision against the base model's cached outputs, the precision stage casts,
-and quantization hands the result to the recipe's backend.
+→ structured prune → recovery → distil → precision → quantize. The base model is never
+modified: the stages work on an fp32 deep copy (lossless from any stored dtype), recovery and
+distillation learn from the base model's outputs (distillation in the recipe's precision, from
+its cached outputs), the precision stage casts, and quantization hands the result to the
+recipe's backend.
 """
 
 from __future__ import annotations
@@ -53,9 +54,11 @@ def validate(recipe: Recipe, config: Any, device: str = "cpu") -> None:
 
 
 def needs_calibration(recipe: Recipe) -> bool:
-    """Whether a stage of ``recipe`` scores channels, heads or layers on activations."""
+    """Whether a stage of ``recipe`` scores channels, heads or layers on activations, or
+    heals the cuts on the calibration batch."""
     scored = recipe.prune_ratio or recipe.drop_heads_per_layer
-    return bool(recipe.drop_layers or (scored and recipe.prune_importance != "magnitude"))
+    by_activations = scored and recipe.prune_importance != "magnitude"
+    return bool(recipe.drop_layers or by_activations or recipe.recovery != "none")
 
 
 def final_before_distillation(recipe: Recipe) -> bool:

@@ -16,8 +16,9 @@ shrinks as far as a stock config can express. ``drop_heads_per_layer=N`` drops t
 important heads of each layer evenly, so it is always fully physical. Importance is one of
 ``prune.IMPORTANCES``: ``magnitude`` (``|W_q[h]| * |W_o[:, h]|``, no data), ``activation``
 (Minitron: the mean L2 norm of the head's output, the input of ``o_proj``, per calibration
-token) or ``wanda`` (``|W_o| * ||x||`` summed over the head's ``o_proj`` columns, ``||x||`` the
-root mean square of each column's input on the calibration batch).
+token), ``wanda`` (``|W_o| * ||x||`` summed over the head's ``o_proj`` columns, ``||x||`` the
+root mean square of each column's input on the calibration batch) or ``fluctuation`` (FLAP:
+``var(x) * ||W_o[:, c]||²`` summed over the head's columns).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch import nn
 
 from autoslim.compress.calibration import input_sums, require_calibration
 from autoslim.compress.families import Family, get_path, layers
-from autoslim.compress.prune import activation_norms, check_importance
+from autoslim.compress.prune import activation_norms, check_importance, column_weights
 from autoslim.errors import ConfigError, UnsupportedError
 from autoslim.recipe import Recipe, format_heads
 
@@ -209,10 +210,10 @@ def head_scores(
             model, outs, calibration, lambda x: x.view(len(x), shape.heads, d).norm(dim=-1)
         )
         return [norms[str(i)] for i in range(len(attentions))]
-    rms = activation_norms(model, outs, importance, calibration)
+    stats = activation_norms(model, outs, importance, calibration)
     scores = []
     for i, attn in enumerate(attentions):
-        column = attn.o_proj.weight.detach().float().abs().sum(dim=0) * rms[str(i)]
+        column = column_weights(attn.o_proj.weight, importance) * stats[str(i)]
         scores.append(column.view(shape.heads, d).sum(dim=1))
     return scores
 

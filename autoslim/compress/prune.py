@@ -9,7 +9,11 @@ the channels with the lowest importance go; ``importance`` is one of ``IMPORTANC
 * ``activation`` (Minitron): the mean absolute value of the channel's activation (the input of
   the down projection) on a calibration batch;
 * ``wanda``: Wanda's ``|W| * ||x||`` summed over the channel's column of the down projection,
-  with ``||x||`` the root mean square of the channel's activation on the calibration batch.
+  with ``||x||`` the root mean square of the channel's activation on the calibration batch;
+* ``fluctuation`` (FLAP): the variance of the channel's activation on the calibration batch
+  times the squared norm of its column of the down projection: what the channel's output
+  varies by around its mean, which is what a compensation bias (``recovery = "bias"``)
+  cannot restore.
 
 Whatever the score, torch-pruning's dependency graph does the cutting.
 """
@@ -42,12 +46,31 @@ def check_importance(importance: str) -> None:
 def activation_norms(
     model: Any, modules: dict[str, nn.Module], importance: str, calibration: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Per module, per input feature: the mean ``|x|`` (``activation``) or the root mean square
-    of ``x`` (``wanda``) over the calibration tokens."""
+    """Per module, per input feature: the mean ``|x|`` (``activation``), the root mean square
+    of ``x`` (``wanda``) or the variance of ``x`` (``fluctuation``) over the calibration
+    tokens."""
     if importance == "activation":
         return input_sums(model, modules, calibration, torch.abs)
+    if importance == "fluctuation":
+        moments = input_sums(
+            model, modules, calibration, lambda x: torch.cat([x, x.square()], dim=-1)
+        )
+        return {
+            name: (value.chunk(2)[1] - value.chunk(2)[0].square()).clamp(min=0.0)
+            for name, value in moments.items()
+        }
     squares = input_sums(model, modules, calibration, torch.square)
     return {name: value.sqrt() for name, value in squares.items()}
+
+
+def column_weights(weight: torch.Tensor, importance: str) -> torch.Tensor | float:
+    """The factor an output projection's weight ([out, in]) gives each input feature's
+    activation statistic: ``sum |W|`` (``wanda``), ``sum W²`` (``fluctuation``), else 1."""
+    if importance == "wanda":
+        return weight.detach().float().abs().sum(dim=0)
+    if importance == "fluctuation":
+        return weight.detach().float().square().sum(dim=0)
+    return 1.0
 
 
 def pruned_width(width: int, ratio: float) -> int:
@@ -103,11 +126,13 @@ def structured_prune(
     *,
     importance: str = "magnitude",
     calibration: torch.Tensor | None = None,
+    removed: list[list[int]] | None = None,
 ) -> dict[str, Any]:
     """Prune every block's MLP to the same width in place; returns what was removed.
 
     ``importance`` other than ``magnitude`` needs ``calibration`` (a [windows, tokens] batch,
-    ``calibration.calibration_batch``).
+    ``calibration.calibration_batch``). ``removed``, if given, receives each block's removed
+    channel indices (the recovery stage heals them).
     """
     check_importance(importance)
     if importance != "magnitude":
@@ -155,7 +180,7 @@ def structured_prune(
         down = get_path(block, family.mlp_out)
         scorer: Any = magnitude
         if norms:
-            weight = down.weight.detach().float().abs().sum(dim=0) if importance == "wanda" else 1
+            weight = column_weights(down.weight, importance)
             scorer = _ChannelScores({down: norms[index].to(down.weight.device) * weight})
         group = graph.get_pruning_group(down, tp.prune_linear_in_channels, list(range(width)))
         scores = scorer(group)
@@ -163,6 +188,8 @@ def structured_prune(
         order = sorted(range(width), key=lambda i: (float(scores[i]), i))
         drop = sorted(order[: width - kept])
         graph.get_pruning_group(down, tp.prune_linear_in_channels, drop).prune()
+        if removed is not None:
+            removed.append(drop)
     if conv1d:
         for block in blocks:
             for path in (*family.mlp_in, family.mlp_out):

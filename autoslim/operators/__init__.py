@@ -39,7 +39,9 @@ class BuildContext:
 
     ``info`` collects JSON-able facts about what changed (stored with the trial);
     ``keep_zero`` maps parameter names to masks that must stay zero through distillation;
-    ``kept_layers`` maps the current decoder layers to the base model's layer indices.
+    ``kept_layers`` maps the current decoder layers to the base model's layer indices;
+    ``removed_channels`` and ``removed_heads`` hold, per current layer, the base model's MLP
+    channels and query heads the cuts removed (or masked), for the recovery stage.
     """
 
     model: Any
@@ -53,6 +55,8 @@ class BuildContext:
     info: dict[str, Any] = field(default_factory=dict)
     keep_zero: dict[str, Any] = field(default_factory=dict)
     kept_layers: list[int] | None = None
+    removed_channels: list[list[int]] | None = None
+    removed_heads: list[list[int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,12 +90,13 @@ class Operator:
 
 
 def _operators() -> tuple[Operator, ...]:
-    from autoslim.operators import depth, distill, heads, precision, quantize, width
+    from autoslim.operators import depth, distill, heads, precision, quantize, recovery, width
 
     return (
         depth.OPERATOR,
         heads.OPERATOR,
         width.OPERATOR,
+        recovery.OPERATOR,
         distill.OPERATOR,
         precision.OPERATOR,
         quantize.OPERATOR,

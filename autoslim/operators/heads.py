@@ -102,6 +102,10 @@ def _apply(ctx: BuildContext) -> None:
         )
     head_plan = heads.plan(drops, shape)
     ctx.keep_zero |= heads.drop_heads(model, ctx.family, head_plan)
+    ctx.removed_heads = [
+        sorted({*gone, *masked})
+        for gone, masked in zip(head_plan.remove_heads, head_plan.mask_heads, strict=True)
+    ]
     ctx.info |= head_plan.info()
 
 

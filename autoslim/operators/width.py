@@ -7,7 +7,7 @@ from typing import Any
 
 from autoslim.operators import BuildContext, Knob, Operator
 
-IMPORTANCES = ("magnitude", "activation", "wanda")
+IMPORTANCES = ("magnitude", "activation", "wanda", "fluctuation")
 
 
 def _active(recipe: Any) -> bool:
@@ -21,12 +21,14 @@ def _validate(recipe: Any, config: Any, device: str) -> None:
 def _apply(ctx: BuildContext) -> None:
     from autoslim.compress.prune import structured_prune
 
+    ctx.removed_channels = []
     ctx.info |= structured_prune(
         ctx.model,
         ctx.family,
         ctx.recipe.prune_ratio,
         importance=ctx.recipe.prune_importance,
         calibration=ctx.calibration,
+        removed=ctx.removed_channels,
     )
 
 
@@ -61,7 +63,8 @@ OPERATOR = Operator(
             str,
             "magnitude",
             "how channels and heads are ranked: weight magnitude, or activations on a "
-            "calibration sample of the KD split",
+            "calibration sample of the KD split (mean |x|, Wanda's |W|·‖x‖, or FLAP's "
+            "fluctuation var(x)·‖W‖², the one a recovery bias compensates best)",
             choices=IMPORTANCES,
             search=["activation"],
             active=_scores_something,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from autoslim import data
+from autoslim import data, models
 from autoslim.measure.perplexity import perplexity
 from autoslim.models import LoadedModel
 from autoslim.protocol import PerplexityProtocol
@@ -27,6 +27,14 @@ def ppl(eval_ids: torch.Tensor) -> Callable[[Any], float]:
         return perplexity(model, eval_ids, PROTOCOL).perplexity
 
     return compute
+
+
+@pytest.fixture(scope="session")
+def reference() -> models.LoadedModel:
+    try:
+        return models.load_model("reference")
+    except Exception as e:  # the reference model is committed by the zoo issue
+        pytest.skip(f"reference model not available: {e}")
 
 
 @pytest.fixture

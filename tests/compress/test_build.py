@@ -64,14 +64,6 @@ def test_identity_recipe_returns_an_equal_copy(base: Callable[..., Any], corpus:
     assert weights_hash(result.model) == weights_hash(loaded.model)
 
 
-@pytest.fixture(scope="module")
-def reference() -> models.LoadedModel:
-    try:
-        return models.load_model("reference")
-    except Exception as e:  # the reference model is committed by the zoo issue
-        pytest.skip(f"reference model not available: {e}")
-
-
 @pytest.mark.slow
 def test_reference_composed_recipe_saves_and_reloads(
     reference: models.LoadedModel, corpus: Any, tmp_path: Path

@@ -20,6 +20,7 @@ RECIPES = {
     "drop_layers": Recipe(drop_layers=1),
     "drop_heads": Recipe(drop_heads_per_layer=2),
     "structured_prune": Recipe(prune_ratio=0.5),
+    "recovery": Recipe(prune_ratio=0.5, recovery="block_kd", recovery_steps=8),
     "distill": Recipe(kd_steps=1),
     "precision": Recipe(precision="bf16"),
     "quantize": Recipe(bits=4, double_quant=False),
@@ -63,7 +64,7 @@ def test_supported_cell_builds_saves_and_reloads(
     )
     for key in shapes:
         assert getattr(reloaded.config, key, None) == getattr(result.model.config, key, None)
-    if operator == "structured_prune":
+    if operator in ("structured_prune", "recovery"):
         assert result.info["intermediate_size"] == result.info["intermediate_size_before"] // 2
     if operator == "drop_heads":
         assert reloaded.config.num_attention_heads == 2

@@ -74,7 +74,7 @@ def calibration(tiny_tok: Any, corpus: Any) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("family", ["qwen3", "opt", "gpt2"])
-@pytest.mark.parametrize("importance", ["activation", "wanda"])
+@pytest.mark.parametrize("importance", ["activation", "wanda", "fluctuation"])
 def test_quiet_channels_go_first_though_their_weights_are_large(
     family: str, importance: str, base: Callable[..., Any], calibration: torch.Tensor
 ) -> None:

@@ -63,3 +63,39 @@ def test_three_real_trials_on_a_tiny_model(tmp_path: Path) -> None:
         assert record(t, s.metric_names).build["stage_seconds"]
     assert s.user_attrs["base_perplexity"] == s.trials[0].values[0]
     assert len(s.user_attrs["corpus_fingerprint"]) == 16
+
+
+def test_recovery_is_timed_at_start_and_heals_in_the_trials(tmp_path: Path) -> None:
+    from autoslim.testing import save_tiny_model
+
+    model = save_tiny_model("llama", tmp_path / "tiny", num_hidden_layers=4)
+    path = write_study(
+        tmp_path,
+        {
+            "study": {"n_trials": 3, "seed": 1},
+            "model": {"name": str(model)},
+            "workload": TINY_WORKLOAD,
+            "search": {
+                "kd_steps": [0],
+                "precision": ["fp32"],
+                "bits": [16],
+                "drop_layers": [1],
+                "recovery": ["bias", "block_kd"],
+                "recovery_steps": [8],
+            },
+        },
+        name="healed",
+    )
+    summary = study.run_study(config.load(path))
+    assert summary.states.get("FAIL", 0) == 0
+    s = optuna.load_study(study_name="healed", storage=f"sqlite:///{tmp_path / 'healed.db'}")
+    costs = CostModel.from_dict(s.user_attrs["cost_model"])
+    assert set(costs.recovery_seconds) == {"bias", "block_kd"}
+    assert all(seconds > 0 for seconds in costs.recovery_seconds.values())
+    healed = [record(t, s.metric_names) for t in s.trials if t.state == TrialState.COMPLETE]
+    healed = [r for r in healed if not r.is_base]
+    assert healed
+    for r in healed:
+        assert r.build["info"]["recovery"] == r.recipe.recovery
+        timeout = s.trials[r.number].user_attrs["worker"]["timeout_seconds"]
+        assert timeout == costs.timeout_seconds(0, r.recipe.recovery)

@@ -1,0 +1,119 @@
+"""recovery: heal the structural cuts on the calibration batch, before distillation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from autoslim.operators import BuildContext, Knob, Operator
+
+METHODS = ("none", "bias", "block_kd", "bias+block_kd")
+# The method the bundled studies and the README recommend (it heals every cut in every family).
+DEFAULT_METHOD = "block_kd"
+# Calibration tokens each method needs at least: a mean over fewer fits the sample, not the
+# text; block distillation takes its steps over batches of 4 windows of 256 tokens.
+MIN_TOKENS = {"none": 0, "bias": 256, "block_kd": 1024, "bias+block_kd": 1024}
+
+
+def _cut(chosen: Mapping[str, Any]) -> bool:
+    return any(
+        chosen.get(name)
+        for name in ("drop_layers", "drop_heads", "drop_heads_per_layer", "prune_ratio")
+    )
+
+
+def _block_kd(chosen: Mapping[str, Any]) -> bool:
+    return "block_kd" in str(chosen.get("recovery"))
+
+
+def _active(recipe: Any) -> bool:
+    return bool(recipe.recovery != "none")
+
+
+def _validate(recipe: Any, config: Any, device: str) -> None:
+    from autoslim.compress.recovery import check
+
+    OPERATOR.require_family(str(config.model_type))
+    check(recipe, config)
+
+
+def _apply(ctx: BuildContext) -> None:
+    from autoslim.compress.calibration import require_calibration
+    from autoslim.compress.recovery import Cuts, recover
+    from autoslim.operators.precision import torch_dtype
+
+    recipe = ctx.recipe
+    calibration = require_calibration(f"recovery={recipe.recovery!r}", ctx.calibration)
+    cuts = Cuts.of(
+        int(ctx.base.model.config.num_hidden_layers),
+        ctx.kept_layers,
+        ctx.removed_channels,
+        ctx.removed_heads,
+    )
+    ctx.info |= recover(
+        ctx.model,
+        ctx.base.model,
+        ctx.family,
+        cuts,
+        calibration,
+        method=recipe.recovery,
+        steps=recipe.recovery_steps,
+        lr=recipe.recovery_lr,
+        keep_zero=ctx.keep_zero,
+        autocast=torch_dtype(recipe.precision),
+    )
+
+
+def _describe(recipe: Any) -> str:
+    parts = {"bias": "bias compensation", "block_kd": f"block KD {recipe.recovery_steps} steps"}
+    if recipe.recovery == "none":
+        return ""
+    return " + ".join(parts[part] for part in recipe.recovery.split("+"))
+
+
+OPERATOR = Operator(
+    name="recovery",
+    doc="heal the cuts on the calibration batch, layer by layer on the healed stream: "
+    "compensation biases (FLAP) or block-local distillation",
+    knobs=(
+        Knob(
+            "recovery",
+            str,
+            "none",
+            "how the structural cuts are healed before distillation: none; bias (the removed "
+            "channels', heads' and layers' mean output as a bias, training-free); block_kd "
+            "(each cut block trained to reproduce the base model's hidden states); "
+            "bias+block_kd (both, in that order)",
+            choices=METHODS,
+            search=["none"],
+            active=_cut,
+        ),
+        Knob(
+            "recovery_steps",
+            int,
+            512,
+            "block_kd: Adam steps in all, each on 4 calibration windows, shared equally by "
+            "the healed blocks (every block for a width or head cut, the one before each gap "
+            "for a layer drop)",
+            minimum=1,
+            search=[512],
+            active=_block_kd,
+            metavar="N",
+            extreme=True,
+        ),
+        Knob(
+            "recovery_lr",
+            float,
+            1e-3,
+            "block_kd: learning rate (Adam)",
+            minimum=1e-8,
+            maximum=1.0,
+            search=[1e-3],
+            active=_block_kd,
+        ),
+    ),
+    active=_active,
+    validate=_validate,
+    apply=_apply,
+    describe=_describe,
+)
