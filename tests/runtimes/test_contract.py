@@ -24,7 +24,16 @@ PROTOCOL = PerplexityProtocol(window=64, max_windows=4, batch_size=2)
 WORKLOAD = Workload(
     prefill_windows=2, decode_tokens=4, decode_prompt_tokens=8, repeats=1, protocol=PROTOCOL
 )
-CUTS = {"base": {}, "structural": {"prune_ratio": 0.5, "drop_layers": 1}}
+# the structural cut is healed by block distillation: what it trains must reach every engine
+CUTS = {
+    "base": {},
+    "structural": {
+        "prune_ratio": 0.5,
+        "drop_layers": 1,
+        "recovery": "block_kd",
+        "recovery_steps": 4,
+    },
+}
 # An unquantized conversion computes what torch computes, up to the engine's kernels' rounding.
 SAME = 1e-3
 
