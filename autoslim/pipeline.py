@@ -10,8 +10,6 @@ up between the steps (the worker's early abort and budgets) through the hooks of
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +21,7 @@ from autoslim import progress
 from autoslim.errors import AutoslimError, ModelError
 from autoslim.recipe import Recipe
 from autoslim.runtimes import ConvertInput, RuntimeModel, get_runtime
+from autoslim.scratch import scratch_folder
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +187,7 @@ class Pipeline:
         that took; the conversion folder is removed on exit."""
         runtime = get_runtime(recipe.runtime)
         calibration = None if recipe.runtime == "torch" else self.calibration_windows()
-        workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
-        try:
+        with scratch_folder(WORKDIR_PREFIX) as workdir:
             progress.report("convert")
             started = time.perf_counter()
             try:
@@ -216,8 +214,6 @@ class Pipeline:
                 yield converted, seconds
             finally:
                 converted.close()
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     def _source(self) -> dict[str, Any]:
         """The file the base model was converted from (a GGUF), where it was."""

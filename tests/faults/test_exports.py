@@ -236,9 +236,9 @@ def test_a_killed_quantization_leaves_no_scratch_folder(tmp_path) -> None:
         [
             sys.executable,
             "-c",
-            "import time; from autoslim.compress.backends import base\n"
-            "with base._scratch() as folder:\n"
-            "    open(folder + '/model.safetensors', 'wb').write(bytes(1 << 20))\n"
+            "import time; from autoslim.scratch import scratch_folder\n"
+            "with scratch_folder('autoslim-quantize-') as folder:\n"
+            "    open(folder / 'model.safetensors', 'wb').write(bytes(1 << 20))\n"
             "    print(folder, flush=True); time.sleep(600)",
         ],
         stdout=subprocess.PIPE,

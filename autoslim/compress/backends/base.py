@@ -10,14 +10,7 @@ reloads it without being told how it was quantized.
 from __future__ import annotations
 
 import abc
-import contextlib
-import fcntl
 import logging
-import os
-import shutil
-import tempfile
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +18,7 @@ from typing import Any
 import torch
 
 from autoslim.errors import UnsupportedError
+from autoslim.scratch import scratch_folder
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +99,7 @@ class QuantBackend(abc.ABC):
         ``dtype``; ``model`` is left as is."""
         from transformers import AutoModelForCausalLM
 
-        with _scratch() as folder:
+        with scratch_folder(SCRATCH_PREFIX) as folder:
             model.save_pretrained(folder)
             quantized: Any = AutoModelForCausalLM.from_pretrained(
                 folder,
@@ -128,43 +122,6 @@ class QuantBackend(abc.ABC):
         save_pretrained(model, tokenizer, folder)
 
 
-# The scratch folders ``quantize`` saves the model to, in the system temp folder; each holds
-# LOCK, locked while its process lives, so one a killed process left (``kill -9`` mid-export:
-# a whole model) is removed by the next quantization on the machine.
+# The scratch folders ``quantize`` saves the model to (:mod:`autoslim.scratch`: one a killed
+# process left is removed by the next quantization on the machine).
 SCRATCH_PREFIX = "autoslim-quantize-"
-LOCK = ".in-use"
-ABANDONED_AFTER_SECONDS = 60
-
-
-@contextlib.contextmanager
-def _scratch() -> Iterator[str]:
-    root = Path(tempfile.gettempdir())
-    for old in root.glob(f"{SCRATCH_PREFIX}*"):
-        _remove_if_abandoned(old)
-    folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=root))
-    lock = os.open(folder / LOCK, os.O_CREAT | os.O_WRONLY, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield str(folder)
-    finally:
-        os.close(lock)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _remove_if_abandoned(folder: Path) -> None:
-    """Remove ``folder`` when no live process holds its lock (a folder without one is being
-    made right now, or is not ours: left alone)."""
-    try:
-        lock = os.open(folder / LOCK, os.O_WRONLY)
-    except OSError:
-        return
-    try:
-        if time.time() - os.fstat(lock).st_mtime < ABANDONED_AFTER_SECONDS:
-            return  # made a moment ago: its process may not hold the lock yet
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # its process is alive
-        return
-    finally:
-        os.close(lock)
-    logger.info("removing %s, left by a process that was killed mid-quantization", folder)
-    shutil.rmtree(folder, ignore_errors=True)
