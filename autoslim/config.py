@@ -886,24 +886,38 @@ def check_against_model(config: StudyConfig) -> StudyConfig:
 
 def extreme_recipes(space: SearchSpace) -> list[Recipe]:
     """The recipes at the corners of ``space`` that decide whether all of it can be built:
-    every categorical combination at the largest prune and layer drop (the narrowest
-    shapes), and every explicit head list."""
-    import itertools
-
-    categorical = [n for n, k in space.knobs.items() if k.range is None and n != "drop_heads"]
-    heads: list[dict[str, Any]] = [{"drop_heads": h} for h in space["drop_heads"].values()]
+    every combination of the categorical knobs that matter together (a knob is varied only
+    where it is active, as a sampler chooses them: a runtime's own knobs under that runtime
+    alone), at the largest prune and layer drop (the narrowest shapes), and every explicit
+    head list."""
     largest = {n: max(space[n].extremes()) for n in space.knobs if KNOBS[n].extreme}
     out: list[Recipe] = []
-    for combo in itertools.product(*(space[n].values() for n in categorical)):
-        chosen = dict(zip(categorical, combo, strict=True))
-        for head in heads:
-            params = {**chosen, **largest, **head}
-            if params["drop_heads"]:
-                params["drop_heads_per_layer"] = 0
-            raw = Recipe.from_params(params)
-            recipe = Recipe.from_params(raw.active_params())
+    names = list(KNOBS)
+
+    def walk(i: int, chosen: dict[str, Any]) -> None:
+        if i == len(names):
+            recipe = Recipe.from_params(chosen)
             if recipe not in out:
                 out.append(recipe)
+            return
+        name = names[i]
+        if not KNOBS[name].active(chosen):
+            walk(i + 1, chosen)
+            return
+        if name in largest:
+            values = [largest[name]]
+        elif space[name].range is not None:
+            values = []  # a range of a knob that shapes nothing: its default stands in
+        elif name == "drop_heads_per_layer" and chosen.get("drop_heads"):
+            values = [0]  # an explicit head list drops heads alone
+        else:
+            values = space[name].values()
+        for value in values:
+            walk(i + 1, {**chosen, name: value})
+        if not values:
+            walk(i + 1, chosen)
+
+    walk(0, {})
     return out
 
 
