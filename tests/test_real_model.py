@@ -40,6 +40,7 @@ RECIPES = {
     "drop_heads": Recipe(drop_heads_per_layer=3),  # one query head per key-value group
     "drop_layers": Recipe(drop_layers=4),
     "distill": Recipe(kd_steps=2, kd_optimizer="adamw8bit"),
+    "recovery": Recipe(drop_layers=2, recovery="block_kd", recovery_steps=2),
 }
 
 
@@ -66,7 +67,8 @@ def test_smollm2_converts_compresses_saves_and_reloads(
     cache = TeacherCache(
         base.model, data.tokens(base.tokenizer, corpus, "kd"), window=64, batch_size=2
     )
-    calibration = calibration_batch(base.tokenizer, corpus, windows=2, window=64)
+    # 16 windows of 64 tokens: the 1024 calibration tokens block_kd needs at least
+    calibration = calibration_batch(base.tokenizer, corpus, windows=16, window=64)
     for name, recipe in RECIPES.items():
         built = compress.build(
             base,
