@@ -31,11 +31,12 @@ a trial is killed after ``MAX_STRETCH`` × its timeout of wall time.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -275,6 +276,20 @@ class _Stopwatch:
         self.quiet = quiet_seconds(self.wall, self._stat, stat)
 
 
+@contextlib.contextmanager
+def _errors_only(name: str) -> Iterator[None]:
+    """Hold back logger ``name``'s warnings meanwhile: the timing pass heals a one-channel cut
+    no recipe makes, and what it says of each layer (a block put back as it was) is about that
+    cut, not the user's model."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def measure_costs(
     pipeline: Any,
     *,
@@ -335,7 +350,7 @@ def measure_costs(
             continue
         cuts = every_layer_cut(model.config, method)
         healed = copy.deepcopy(model).to(device=pipeline.device, dtype=torch.float32)
-        with watch() as healing:
+        with watch() as healing, _errors_only(recover.__module__):
             recover(
                 healed,
                 model,
