@@ -150,6 +150,7 @@ def onnx_peers(base: models.LoadedModel, folder: Path, threads: int) -> dict[str
 def optimum_cli_peers(pipeline: Pipeline, folder: Path, threads: int) -> dict[str, Any]:
     """What ``optimum-cli export openvino --weight-format int8`` / ``int4`` write for the base
     model (optimum-intel's own default settings), run by autoslim's openvino runtime."""
+    import nncf
     from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
 
     from autoslim.compress import save
@@ -158,17 +159,29 @@ def optimum_cli_peers(pipeline: Pipeline, folder: Path, threads: int) -> dict[st
     source = folder / "base"
     save(pipeline.base.model, pipeline.base.tokenizer, source)
     rows = {}
-    for fmt, quantization in (
-        ("int8", OVWeightQuantizationConfig(bits=8)),
-        ("int4", OVWeightQuantizationConfig(bits=4)),
-    ):
-        config = ov_config("fp32", threads)
-        model = OVModelForCausalLM.from_pretrained(
-            source, export=True, quantization_config=quantization, ov_config=config
-        )
-        out = folder / fmt
+    config = ov_config("fp32", threads)
+    for bits in (8, 4):
+        label = f"optimum-cli --weight-format int{bits}"
+        try:
+            model = OVModelForCausalLM.from_pretrained(
+                source,
+                export=True,
+                quantization_config=OVWeightQuantizationConfig(bits=bits),
+                ov_config=config,
+            )
+        except nncf.InvalidGroupSizeError:
+            # int4's default group of 128 does not divide SmolLM2's 576: what a user then
+            # passes is the largest group that does
+            label += " --group-size 64"
+            model = OVModelForCausalLM.from_pretrained(
+                source,
+                export=True,
+                quantization_config=OVWeightQuantizationConfig(bits=bits, group_size=64),
+                ov_config=config,
+            )
+        out = folder / f"int{bits}"
         model.save_pretrained(out)
-        rows[f"optimum-cli --weight-format {fmt}"] = OpenVINOModel(model, out, threads, config)
+        rows[label] = OpenVINOModel(model, out, threads, config)
     return rows
 
 
