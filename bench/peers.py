@@ -108,7 +108,8 @@ class OnnxRuntimeModel(RuntimeModel):
         raise NotImplementedError("a peer is measured, not exported")
 
     def size_bytes(self) -> int:
-        return self.path.stat().st_size
+        """The graph and its external weights file (``NAME.onnx.data``) where it has one."""
+        return sum(p.stat().st_size for p in self.path.parent.glob(f"{self.path.name}*"))
 
     def parameters(self) -> int:
         return 0
@@ -225,8 +226,12 @@ def measure_rows(
     prefill_only = replace(WORKLOAD, decode_tokens=0)
     for _ in range(rounds):
         for name, model in rows.items():
-            workload = prefill_only if isinstance(model, OnnxRuntimeModel) else WORKLOAD
-            out[name].append(measure(model, pipeline.base.tokenizer, pipeline.corpus, workload))
+            tokenizer, corpus = pipeline.base.tokenizer, pipeline.corpus
+            if isinstance(model, OnnxRuntimeModel):  # prefill only: its decode is not measured
+                m = measure(model, tokenizer, corpus, prefill_only)
+                out[name].append(replace(m, decode_seconds=math.nan))
+            else:
+                out[name].append(measure(model, tokenizer, corpus, WORKLOAD))
     return out
 
 
@@ -275,7 +280,10 @@ def print_engines(title: str, results: dict[str, list[Measurement]], ours: list[
             for column, ours_best, value in zip(columns, best, theirs, strict=True)
             if value < ours_best
         ]
-        print(f"  {peer}: not dominated; it beats autoslim's best row on {', '.join(wins)}")
+        if wins:
+            print(f"  {peer}: not dominated; it beats autoslim's best row on {', '.join(wins)}")
+        else:
+            print(f"  {peer}: not dominated by one row; autoslim's rows are best in each column")
 
 
 # ------------------------------------------------------------------------- hand-written loop
