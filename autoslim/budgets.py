@@ -416,7 +416,7 @@ class SizeBound:
         """The bound for the smallest model ``space`` can build, and the corner it assumes:
         the most layers dropped, the widest MLP prune, the most heads dropped, the fewest
         weight bits and the narrowest float type."""
-        from autoslim.operators import KNOBS
+        from autoslim.recipe import KNOBS
 
         drop_layers = int(max(space["drop_layers"].extremes()))
         prune = float(max(space["prune_ratio"].extremes()))

@@ -15,8 +15,8 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from autoslim import __version__
-from autoslim.operators import KNOBS, OPERATORS
-from autoslim.recipe import Recipe
+from autoslim.operators import OPERATORS
+from autoslim.recipe import KNOBS, Recipe
 
 # The stored figures the card lists, in this order, with how each is shown.
 FIGURES: tuple[tuple[str, str, str], ...] = (
@@ -116,7 +116,7 @@ def model_card(
             "version": __version__,
             "study": study,
             "trial": trial,
-            "recipe": recipe.to_dict(),
+            "recipe": recipe.to_params(),
         },
     )
     base = f"[{model}](https://huggingface.co/{model})" if hub_id else f"`{model}`"

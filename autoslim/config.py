@@ -18,13 +18,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from autoslim import precisions
 from autoslim.budgets import BY_KEY as BUDGET_KEYS
 from autoslim.budgets import parse_bytes
 from autoslim.errors import ConfigError, ModelError
-from autoslim.operators import KNOBS, precision
-from autoslim.operators.precision import PRECISIONS
-from autoslim.recipe import Recipe
+from autoslim.precisions import PRECISIONS
+from autoslim.recipe import KNOBS, Recipe
 from autoslim.tasks.spec import TaskSpec, parse_tasks, unused
+from autoslim.urls import SCHEMES, mask_url, parse_url, scheme_of, url_credentials
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -260,47 +261,6 @@ class StudyConfig:
             ) from e
 
 
-def _url(url: str) -> Any:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url)
-    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
-        return None
-
-
-# Query parameters of a database URL that carry a credential (libpq's password and
-# sslpassword, drivers' tokens and keys); ``passfile`` names a file and is not one.
-CREDENTIAL_PARAM = re.compile(r"pass(?!file)|pwd|secret|token|key", re.IGNORECASE)
-
-
-def url_credentials(url: str) -> list[str]:
-    """The parts of ``url`` that carry a credential: ``password`` and query parameter names."""
-    parsed = _url(url)
-    if parsed is None:
-        return []
-    found = ["password"] if parsed.password is not None else []
-    return found + [k for k in parsed.query if CREDENTIAL_PARAM.search(k)]
-
-
-def mask_url(url: str) -> str:
-    """The URL as it may be shown or stored: every credential (the password, query
-    parameters such as ``password`` or ``sslpassword``) replaced by ``***``."""
-    parsed = _url(url)
-    if parsed is None:  # masked by hand: the host stays readable, the secrets do not
-        head, _, query_text = url.partition("?")
-        head = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", head)
-        params = [
-            f"{k}=***" if CREDENTIAL_PARAM.search(k) else f"{k}={v}"
-            for k, _, v in (p.partition("=") for p in query_text.split("&") if p)
-        ]
-        return head + ("?" + "&".join(params) if params else "")
-    query = {k: "***" if CREDENTIAL_PARAM.search(k) else v for k, v in parsed.query.items()}
-    shown = str(parsed.set(query=query).render_as_string(hide_password=True))
-    return shown.replace("%2A%2A%2A", "***")
-
-
 class _Table:
     """A TOML table being read: tracks its key path and refuses keys nobody read."""
 
@@ -436,7 +396,7 @@ def parse(raw: Mapping[str, Any], file: Path, *, check_model: bool = True) -> St
     )
     if check_model:
         config = check_against_model(config)
-        from autoslim.tasks.spec import check_reachable
+        from autoslim.tasks.run import check_reachable
 
         check_reachable(config.tasks)
     return config
@@ -521,7 +481,6 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
     """The storage URL, checked without creating anything (SQLite beside the study file; a
     relative file path is relative to the study file's folder, not the current one)."""
     from autoslim import integrity
-    from autoslim.storage import SCHEMES, scheme_of
 
     if not url:
         url = "sqlite:///" + str((file.parent / f"{name}.db").absolute())
@@ -530,7 +489,7 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
         given = url.removeprefix(kind.prefix)
         if given and given != ":memory:" and not Path(given).expanduser().is_absolute():
             url = kind.prefix + str((file.parent / given).absolute())
-    parsed = _url(url)
+    parsed = parse_url(url)
     if parsed is None:
         raise t.error(
             "storage",
@@ -636,7 +595,7 @@ def _workload(t: _Table) -> dict[str, Any]:
     t.read.update(t.data)
     workload = dict(t.data)
     if workload:
-        from autoslim.measure import Workload
+        from autoslim.protocol import Workload
 
         try:
             Workload.from_dict(workload)
@@ -671,7 +630,7 @@ def _objectives(t: _Table, tasks: tuple[str, ...]) -> tuple[tuple[str, ...], flo
 
 def _budgets(t: _Table, workload: dict[str, Any]) -> dict[str, float]:
     """The ``[budgets]`` table: each key one declared :data:`autoslim.budgets.BUDGETS`."""
-    from autoslim.measure import Workload
+    from autoslim.protocol import Workload
 
     out = {}
     for key, budget in BUDGET_KEYS.items():
@@ -757,9 +716,9 @@ def check_device(config: StudyConfig) -> None:
     precision it would only emulate (slower than fp32), a runtime not installed here."""
     device = config.model.device
     for value in [] if "precision" in config.derive else config.search["precision"].values():
-        reason = precision.why_not(value, device)
+        reason = precisions.why_not(value, device)
         if reason is not None:
-            native = ", ".join(precision.supported(device))
+            native = ", ".join(precisions.supported(device))
             raise ConfigError(
                 f"{config.path}: search.precision: {value!r} on {device}: {reason}; this "
                 f"device computes {native} natively: list only those, or leave "
@@ -924,7 +883,7 @@ def extreme_recipes(space: SearchSpace) -> list[Recipe]:
 def _buildable_precisions(config: StudyConfig, model_config: Any) -> StudyConfig:
     """``config`` searching only the native precisions every extreme recipe builds in (fp16 is
     native on an AVX512-FP16 CPU, but torchao's int8 kernels overflow in it)."""
-    from autoslim import compress
+    from autoslim.build import validate
     from autoslim.errors import UnsupportedError
 
     knobs = dict(config.search.knobs)
@@ -933,7 +892,7 @@ def _buildable_precisions(config: StudyConfig, model_config: Any) -> StudyConfig
         knobs["precision"] = Knob("precision", choices=(value,))
         try:
             for recipe in extreme_recipes(SearchSpace(knobs)):
-                compress.validate(recipe, model_config, config.model.device)
+                validate(recipe, model_config, config.model.device)
         except (ConfigError, UnsupportedError) as e:
             logger.info("search.precision: %s left out of the derived space: %s", value, e)
             continue
@@ -943,14 +902,26 @@ def _buildable_precisions(config: StudyConfig, model_config: Any) -> StudyConfig
 
 
 def _check_recipes(config: StudyConfig, model_config: Any) -> None:
-    from autoslim import compress
+    from autoslim.build import validate
     from autoslim.errors import UnsupportedError
 
     for recipe in extreme_recipes(config.search):
         try:
-            compress.validate(recipe, model_config, config.model.device)
+            validate(recipe, model_config, config.model.device)
         except (ConfigError, UnsupportedError) as e:
             raise ConfigError(
                 f"{config.path}: search: the recipe '{recipe.describe()}' cannot be "
                 f"built for {config.model.name} on {config.model.device}: {e}"
             ) from e
+
+
+def base_recipe(config: StudyConfig) -> Recipe:
+    """The recipe that is the base model as the study loads it (its precision, nothing else)."""
+    from autoslim import models
+
+    model = config.model
+    return Recipe(
+        precision=models.base_precision(
+            model.name, model.dtype, model.device, trust_remote_code=model.trust_remote_code
+        )
+    )

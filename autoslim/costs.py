@@ -314,7 +314,7 @@ def measure_costs(
     from autoslim.compress.recovery import every_layer_cut, recover
     from autoslim.measure.perplexity import perplexity
     from autoslim.measure.workload import WorkloadRunner, synchronize
-    from autoslim.operators.precision import precision_of
+    from autoslim.precisions import precision_of
     from autoslim.recipe import Recipe
 
     model = pipeline.base.model

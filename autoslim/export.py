@@ -35,10 +35,10 @@ from optuna.trial import TrialState
 from autoslim.card import model_card
 from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError, ModelError
-from autoslim.measure.measurement import versions
+from autoslim.measure.measurement import jsonable, versions
 from autoslim.pick import choose
 from autoslim.recipe import Recipe
-from autoslim.trials import TrialRecord, jsonable, read_trials, stored_config
+from autoslim.trials import TrialRecord, read_trials, stored_config
 from autoslim.weights import PRESETS, Weights
 
 logger = logging.getLogger(__name__)
@@ -342,7 +342,7 @@ def export(
             "chosen_because": reason,
             "model": study.user_attrs["model"],
             "seed": seed,
-            "recipe": recipe.to_dict(),
+            "recipe": recipe.to_params(),
             "recipe_summary": recipe.describe(),
             "stored_measurement": stored,
             "stored_tasks": trial.tasks,

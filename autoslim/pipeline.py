@@ -88,7 +88,7 @@ class Pipeline:
         study measured on, refused when the text here differs."""
         from autoslim import data, models
         from autoslim.errors import DataError
-        from autoslim.operators.precision import torch_dtype
+        from autoslim.precisions import torch_dtype
 
         corpus = data.load_corpus(text=text or None, dataset=dataset or None)
         if fingerprint is not None and corpus.fingerprint != fingerprint:
@@ -143,7 +143,7 @@ class Pipeline:
 
     def validate(self, recipe: Recipe) -> None:
         """Refuse, before any work, a recipe this model, machine or runtime cannot take."""
-        from autoslim.compress import validate
+        from autoslim.build import validate
 
         validate(recipe, self.base.model.config, self.device)
 
@@ -157,9 +157,9 @@ class Pipeline:
     ) -> Iterator[Built]:
         """Build ``recipe`` and convert it into its runtime; the converted model is closed and
         its conversion folder removed on exit. ``check(stages, model)`` runs after the cheap
-        stages (``compress.build``), ``before_convert(torch_model)`` after the build; either
+        stages (``build.build``), ``before_convert(torch_model)`` after the build; either
         may raise to give the recipe up."""
-        from autoslim.compress.build import build, needs_calibration
+        from autoslim.build import build, needs_calibration
 
         result = build(
             self.base,

@@ -8,15 +8,42 @@ can be rebuilt exactly from its params alone.
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from autoslim.errors import reject_unknown
-from autoslim.operators import KNOBS, OPERATORS
+from autoslim.knobs import Knob
+from autoslim.operators import OPERATORS
 from autoslim.operators.heads import format_heads, parse_heads
 from autoslim.operators.quantize import BITS, QUANT_TYPES
+from autoslim.runtimes import RUNTIME_KNOB, RUNTIMES
 
-__all__ = ["BITS", "QUANT_TYPES", "Recipe", "format_heads", "parse_heads"]
+__all__ = [
+    "BITS",
+    "KNOBS",
+    "QUANT_TYPES",
+    "Recipe",
+    "format_heads",
+    "knob_groups",
+    "knob_table",
+    "parse_heads",
+    "support_matrix",
+]
+
+
+def _knobs() -> dict[str, Knob]:
+    declared = [RUNTIME_KNOB, *(k for op in OPERATORS for k in op.knobs)]
+    declared += [k for runtime in RUNTIMES.values() for k in runtime.knobs]
+    return {knob.name: knob for knob in declared}
+
+
+# Every knob, in the order a sampler chooses them: each knob's ``active`` may only read knobs
+# before it. The runtime comes first (the torch quantization backends and each runtime's own
+# knobs depend on it), then the operators' in build order, the runtimes' own knobs last.
+KNOBS: dict[str, Knob] = _knobs()
 
 
 class Recipe:
@@ -76,9 +103,6 @@ class Recipe:
         """Every knob as a flat, JSON-able param: heads as ``"layer:head,..."``."""
         return {name: KNOBS[name].to_param(v) for name, v in self._values.items()}
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.to_params()
-
     def active_params(self) -> dict[str, Any]:
         """Only the knobs that matter, in declaration order (what a sampler chooses)."""
         full = self.to_params()
@@ -97,11 +121,85 @@ class Recipe:
     def describe(self) -> str:
         """A one-line summary: the applied stages, or ``base model (PRECISION)`` when only
         the precision is chosen, so base trials at different precisions read apart."""
-        from autoslim.runtimes import RUNTIMES
-
         parts = {op.name: op.describe(self) for op in OPERATORS if op.active(self)}
         runtime = RUNTIMES[self.runtime].describe(self)
         if not any(text for name, text in parts.items() if name != "precision"):
             base = f"base model ({self.precision})"
             return f"{base}, {runtime}" if runtime else base
         return ", ".join(text for text in [*parts.values(), runtime] if text)
+
+
+def knob_groups() -> list[tuple[str, str, tuple[Knob, ...]]]:
+    """Every knob with the declaration it comes from, in sampling order: (name, doc, knobs)
+    for the runtime knob, each operator and each runtime's own knobs."""
+    groups: list[tuple[str, str, tuple[Knob, ...]]] = [
+        ("runtime", "the engine the built model runs in", (RUNTIME_KNOB,))
+    ]
+    groups += [(op.name, op.doc, op.knobs) for op in OPERATORS]
+    groups += [(f"{r.name} runtime", r.doc, r.knobs) for r in RUNTIMES.values() if r.knobs]
+    return groups
+
+
+def knob_table() -> str:
+    """README's knob table (markdown), generated from the declarations, in sampling order."""
+    rows = [
+        "| knob | flag | operator | default | allowed | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for owner, _, knobs in knob_groups():
+        for knob in knobs:
+            default = knob.to_param(knob.default)
+            rows.append(
+                f"| `{knob.name}` | `{knob.flag}` | {owner} | `{default!r}` | "
+                f"{knob.allowed()} | {knob.doc} |"
+            )
+    return "\n".join(rows)
+
+
+def support_matrix(families: tuple[str, ...]) -> str:
+    """README's support matrix (markdown): which family each operator handles and each runtime
+    converts, and why not."""
+    runtimes = list(RUNTIMES.values())
+    rows = [
+        "| family | "
+        + " | ".join([op.name for op in OPERATORS] + [f"runtime {r.name}" for r in runtimes])
+        + " |"
+    ]
+    rows.append("|---|" + "---|" * (len(OPERATORS) + len(runtimes)))
+    for family in families:
+        cells = [
+            "yes" if family not in op.unsupported else f"no: {op.unsupported[family]}"
+            for op in OPERATORS
+        ]
+        cells += [
+            "yes"
+            if family not in r.unsupported_families
+            else f"no: {r.unsupported_families[family]}"
+            for r in runtimes
+        ]
+        rows.append(f"| {family} | " + " | ".join(cells) + " |")
+    for r in runtimes:
+        for op, why in r.unsupported_operators.items():
+            rows.append(f"\n{r.name} cannot convert a model changed by {op}: {why}.")
+    return "\n".join(rows)
+
+
+def main(path: str = "README.md") -> None:
+    """``python -m autoslim.recipe [README.md]``: rewrite README's generated knob table and
+    support matrix from the declarations."""
+    from autoslim.compress.families import FAMILIES
+
+    readme = Path(path)
+    text = readme.read_text(encoding="utf-8")
+    for name, table in (
+        ("knobs", knob_table()),
+        ("support", support_matrix(tuple(sorted(FAMILIES)))),
+    ):
+        block = f"<!-- {name}:begin -->\n{table}\n<!-- {name}:end -->"
+        pattern = f"<!-- {name}:begin -->\n.*?\n<!-- {name}:end -->"
+        text = re.sub(pattern, block.replace("\\", "\\\\"), text, flags=re.S)
+    readme.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -40,9 +40,8 @@ from optuna.trial import TrialState
 from autoslim import __version__
 from autoslim.config import RunSection
 from autoslim.errors import ConfigError
-from autoslim.operators import KNOBS
 from autoslim.pick import Budget, rank, study_budget
-from autoslim.recipe import Recipe, format_heads
+from autoslim.recipe import KNOBS, Recipe, format_heads
 from autoslim.retime import stored_retimings
 from autoslim.storage import GRACE_BEATS, is_stale
 from autoslim.trials import (

@@ -15,8 +15,7 @@ import optuna
 
 from autoslim.config import Knob, SearchSpace
 from autoslim.errors import ConfigError
-from autoslim.operators import KNOBS
-from autoslim.recipe import Recipe
+from autoslim.recipe import KNOBS, Recipe
 from autoslim.runtimes import RUNTIMES
 
 ORDER = tuple(KNOBS)

@@ -25,14 +25,13 @@ import importlib.util
 import logging
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from autoslim.config import mask_url
 from autoslim.errors import ConfigError
+from autoslim.urls import SCHEMES, SQLITE_LOCK_TIMEOUT_SECONDS, file_of, mask_url, scheme_of
 
 logger = logging.getLogger(__name__)
 
@@ -40,52 +39,8 @@ logger = logging.getLogger(__name__)
 GRACE_BEATS = 3
 # A stale trial's recipe is tried once more; a retry that goes stale again is not.
 MAX_RETRY = 1
-SQLITE_LOCK_TIMEOUT_SECONDS = 60
 # Attempts to open a database whose tables another worker is creating at the same moment.
 SCHEMA_RACE_RETRIES = 5
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """One kind of storage URL: who it is for and what it needs installed."""
-
-    prefix: str
-    example: str
-    use: str
-    drivers: tuple[str, ...] = ()  # importable modules, any one of which will do
-    extra: str = ""  # the pip extra that installs a driver
-    file: bool = False  # the URL names a local file (after ``prefix``), not a server
-
-
-SCHEMES = {
-    "sqlite": Scheme("sqlite:///", "sqlite:///FILE.db", "one process on one machine", file=True),
-    "journal": Scheme(
-        "journal:///", "journal:///FILE.log", "many processes on one machine, no server", file=True
-    ),
-    "postgresql": Scheme(
-        "postgresql://",
-        "postgresql://USER@HOST/DB",
-        "many machines",
-        drivers=("psycopg", "psycopg2"),
-        extra="postgres",
-    ),
-    "mysql": Scheme(
-        "mysql://", "mysql://USER@HOST/DB", "many machines", drivers=("pymysql", "MySQLdb")
-    ),
-}
-
-
-def scheme_of(url: str) -> str:
-    """``postgresql+psycopg2://…`` → ``postgresql``; an unknown scheme as written."""
-    return url.split(":", 1)[0].split("+", 1)[0]
-
-
-def file_of(url: str) -> Path | None:
-    """The file a sqlite or journal URL names (``None`` for a server)."""
-    scheme = SCHEMES.get(scheme_of(url))
-    if scheme is None or not scheme.file:
-        return None
-    return Path(url.removeprefix(scheme.prefix))
 
 
 def check_driver(url: str) -> None:

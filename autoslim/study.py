@@ -59,12 +59,12 @@ from autoslim.config import (
     FROM_DEVICE,
     RunSection,
     StudyConfig,
-    mask_url,
+    base_recipe,
     runtime_problem,
 )
 from autoslim.costs import UNMEASURED_TIMEOUT_SECONDS, CostModel, duration
 from autoslim.errors import AutoslimError, ConfigError
-from autoslim.operators.precision import why_not
+from autoslim.precisions import why_not
 from autoslim.progress import TrialProgress
 from autoslim.recipe import Recipe
 from autoslim.storage import (
@@ -85,6 +85,7 @@ from autoslim.trials import (
     recipe_attrs,
     recipe_of,
 )
+from autoslim.urls import mask_url
 from autoslim.worker import DEFAULT_OBJECTIVE, TrialResult, Worker
 
 logger = logging.getLogger(__name__)
@@ -310,18 +311,6 @@ def derive_search(study: optuna.Study, config: StudyConfig, costs: CostModel) ->
     study.set_user_attr("derived_search", derived)
     study.set_user_attr("config", config.to_dict())
     return config
-
-
-def base_recipe(config: StudyConfig) -> Recipe:
-    """The recipe that is the base model as the study loads it (its precision, nothing else)."""
-    from autoslim import models
-
-    model = config.model
-    return Recipe(
-        precision=models.base_precision(
-            model.name, model.dtype, model.device, trust_remote_code=model.trust_remote_code
-        )
-    )
 
 
 def counts_toward_total(trial: FrozenTrial) -> bool:

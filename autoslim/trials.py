@@ -13,7 +13,6 @@ modules. :func:`pareto_mask` and :func:`hypervolume` are small exact implementat
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoslim.budgets import PERPLEXITY
 from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError
+from autoslim.measure.measurement import NON_FINITE
 from autoslim.recipe import Recipe
 
 # The trial system attr holding the full Measurement record (see ``study._record``): system
@@ -76,7 +76,7 @@ class TrialRecord:
             "values": dict(self.values),
             "feasible": self.feasible,
             "is_base": self.is_base,
-            "recipe": self.recipe.to_dict(),
+            "recipe": self.recipe.to_params(),
             "recipe_summary": self.recipe.describe(),
             "reason": self.reason,
         }
@@ -111,22 +111,6 @@ def stored_config(study: optuna.Study) -> StudyConfig:
     return StudyConfig.from_dict(stored)
 
 
-# How stored records and JSON output write non-finite figures (strict JSON has no NaN).
-NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-def jsonable(value: Any) -> Any:
-    """Strict-JSON form: non-finite floats become ``"nan"`` / ``"inf"`` / ``"-inf"``
-    (:func:`measurement_of` reads them back as floats)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
-
-
 def measurement_of(trial: FrozenTrial) -> dict[str, Any]:
     """The trial's full Measurement record (empty when it has none), a figure stored as
     ``"nan"`` (``seconds_cv`` of one repeat) read back as the float it was."""
@@ -150,7 +134,7 @@ def has_recipe(trial: FrozenTrial) -> bool:
 
 def recipe_attrs(recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:
     """The (system, user) attrs that store a trial's recipe."""
-    return {RECIPE_ATTR: recipe.to_dict()}, {"recipe_summary": recipe.describe()}
+    return {RECIPE_ATTR: recipe.to_params()}, {"recipe_summary": recipe.describe()}
 
 
 def _constraints(trial: FrozenTrial) -> tuple[float, ...]:

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from autoslim import errors, memory, progress
 from autoslim.budgets import Limit, format_bytes
-from autoslim.config import StudyConfig
+from autoslim.config import StudyConfig, base_recipe
 from autoslim.costs import MAX_STRETCH, TrialClock
 from autoslim.recipe import Recipe
 
@@ -379,7 +379,7 @@ def _over_memory_reason(recipe: Recipe, held: int, limit: int) -> str:
 
 
 class BuildAndMeasure:
-    """The product objective: ``compress.build`` the recipe, then ``measure`` the result.
+    """The product objective: ``build`` the recipe, then ``measure`` the result.
 
     Loaded once per worker: the base model, the corpus, the teacher cache, the base model's
     quick perplexity on ``early_abort.windows`` eval windows (derived from the cost model it
@@ -395,13 +395,13 @@ class BuildAndMeasure:
     def __init__(self, config: StudyConfig) -> None:
         from transformers.utils import logging as transformers_logging
 
-        from autoslim import compress, data
+        from autoslim import data
         from autoslim.compress.calibration import calibration_batch, context_window
+        from autoslim.compress.distill import TeacherCache
         from autoslim.costs import measure_costs
         from autoslim.measure import Workload
         from autoslim.measure.perplexity import perplexity
         from autoslim.pipeline import Pipeline
-        from autoslim.study import base_recipe
 
         transformers_logging.disable_progress_bar()
         self.config = config
@@ -423,7 +423,7 @@ class BuildAndMeasure:
         self.corpus = corpus = self.pipeline.corpus
         model_config = base.model.config
         window = min(256, int(getattr(model_config, "max_position_embeddings", 256)))
-        self.pipeline.teacher_cache = compress.TeacherCache(
+        self.pipeline.teacher_cache = TeacherCache(
             base.model, data.tokens(base.tokenizer, corpus, "kd"), window=window
         )
         self.pipeline.calibration = calibration_batch(
@@ -484,14 +484,14 @@ class BuildAndMeasure:
         _give_up(limits, {"peak_memory_bytes": peak}, f"in a dry run {when}")
 
     def __call__(self, recipe: Recipe, limits: Sequence[Limit] = ()) -> dict[str, Any]:
-        from autoslim import compress
         from autoslim.budgets import DRY_RUN, SHAPES, missed
+        from autoslim.build import final_before_distillation
 
         sized = [limit for limit in limits if limit.known == SHAPES]
         dry = [limit for limit in limits if limit.known == DRY_RUN]
         bound = {"size_bytes": self.size_bound.of_recipe(recipe)}
         _give_up(sized, bound, "as a lower bound from the parameter shapes, before the build")
-        dry_before_distillation = bool(dry) and compress.final_before_distillation(recipe)
+        dry_before_distillation = bool(dry) and final_before_distillation(recipe)
 
         def check(stages: str, model: Any) -> None:
             if dry_before_distillation:  # one forward: cheaper than the quick perplexity

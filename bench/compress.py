@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from autoslim import data, models
-from autoslim.compress import build
+from autoslim.build import build
 from autoslim.compress.distill import TeacherCache, distill, kd_loss
+from autoslim.compress.size import parameter_count
 from autoslim.measure.perplexity import perplexity
 from autoslim.operators.width import IMPORTANCES
 from autoslim.protocol import PerplexityProtocol
@@ -156,7 +157,7 @@ def main() -> None:
     ids = data.tokens(base.tokenizer, corpus, "eval")
     protocol = PerplexityProtocol(max_windows=args.max_windows)
     print(
-        f"{args.model}: {models.parameter_count(base.model):,} parameters, "
+        f"{args.model}: {parameter_count(base.model):,} parameters, "
         f"{torch.get_num_threads()} threads, eval {protocol.describe()}"
     )
     print(f"base perplexity {perplexity(base.model, ids, protocol).perplexity:.2f}")

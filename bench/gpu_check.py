@@ -135,27 +135,30 @@ def _perplexity(model: Any, tokenizer: Any, corpus: Any) -> float:
 
 
 def roundtrip(model_name: str) -> None:
-    from autoslim import compress, data, models
+    from autoslim import data, models
+    from autoslim.build import build
+    from autoslim.compress.backends import save
     from autoslim.export import reload_perplexity
     from autoslim.measure import Workload
-    from autoslim.operators.precision import torch_dtype
+    from autoslim.precisions import torch_dtype
 
     corpus = data.stdlib_corpus()
     print(f"{'recipe':<44} {'built ppl':>10} {'reloaded':>10} {'diff':>9}")
     for recipe in ROUNDTRIP:
         base = models.load_model(model_name, device="cuda", dtype=torch_dtype(recipe.precision))
-        built = compress.build(base, recipe, corpus=corpus, device="cuda").model
+        built = build(base, recipe, corpus=corpus, device="cuda").model
         before = _perplexity(built, base.tokenizer, corpus)
         with tempfile.TemporaryDirectory() as folder:
-            compress.save(built, base.tokenizer, folder)
+            save(built, base.tokenizer, folder)
             after = reload_perplexity(Path(folder), corpus, Workload().protocol, "cuda")
         print(f"{label(recipe):<44} {before:10.4f} {after:10.4f} {after - before:+9.2e}")
 
 
 def energy(model_name: str, recipes: list[Recipe]) -> None:
-    from autoslim import compress, data, models
+    from autoslim import data, models
+    from autoslim.build import build
     from autoslim.measure import Workload, measure
-    from autoslim.operators.precision import torch_dtype
+    from autoslim.precisions import torch_dtype
 
     corpus = data.stdlib_corpus()
     workload = Workload()
@@ -171,7 +174,7 @@ def energy(model_name: str, recipes: list[Recipe]) -> None:
     joules: dict[str, float] = {}
     for recipe in recipes:
         base = models.load_model(model_name, device="cuda", dtype=torch_dtype(recipe.precision))
-        built = compress.build(base, recipe, corpus=corpus, device="cuda").model
+        built = build(base, recipe, corpus=corpus, device="cuda").model
         m = measure(built, base.tokenizer, corpus, workload, meter="auto", device="cuda")
         joules[label(recipe)] = m.joules
         print(

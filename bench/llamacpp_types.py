@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autoslim import data, gguf, models
-from autoslim.compress import build
+from autoslim.build import build
 from autoslim.compress.calibration import calibration_batch, context_window
 from autoslim.measure.perplexity import perplexity
 from autoslim.protocol import PerplexityProtocol

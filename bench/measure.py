@@ -24,7 +24,7 @@ from autoslim.measure.energy import get_meter
 
 
 def compressed(base: models.LoadedModel, corpus: data.Corpus) -> tuple[Any, str]:
-    from autoslim.compress import build
+    from autoslim.build import build
     from autoslim.recipe import Recipe
 
     built = build(base, Recipe(prune_ratio=0.5), corpus=corpus)

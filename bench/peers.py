@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autoslim import config as study_config
 from autoslim import data, models
+from autoslim.build import build
 from autoslim.cli.demo import DEMO_FILE
-from autoslim.compress import build
 from autoslim.measure import Measurement, Workload, measure
 from autoslim.pipeline import Pipeline
 from autoslim.protocol import PerplexityProtocol
@@ -154,7 +154,7 @@ def optimum_cli_peers(pipeline: Pipeline, folder: Path, threads: int) -> dict[st
     import nncf
     from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
 
-    from autoslim.compress import save
+    from autoslim.compress.backends import save
     from autoslim.runtimes.openvino import OpenVINOModel, ov_config
 
     source = folder / "base"

@@ -5,7 +5,7 @@ perplexity, size and ratios to the fp32 base, all measured in one run, interleav
 
 Each round measures every row once (default workload, ``autoslim.measure``) in turn, so load
 from other processes hits all rows alike; the table shows the median over rounds and the CPU
-wait beside it. Rows are built by ``autoslim.compress.build`` from recipes, exactly as a trial
+wait beside it. Rows are built by ``autoslim.build.build`` from recipes, exactly as a trial
 builds them: the base at each precision the device runs, each backend's schemes, and a 20 %
 width prune and one dropped layer at the device's best 16-bit precision.
 """
@@ -18,18 +18,17 @@ import os
 import statistics
 from typing import Any
 
-from autoslim import data, models
-from autoslim.compress import build
+from autoslim import data, models, precisions
+from autoslim.build import build
 from autoslim.measure import Measurement, Workload, measure
-from autoslim.operators import precision
 from autoslim.recipe import Recipe
 
 
 def rows(device: str) -> list[Recipe]:
     """The recipes to compare: precisions, then every backend scheme, then two structural cuts."""
-    precisions = [p for p in precision.PRECISIONS if precision.why_not(p, device) is None]
-    fast = "bf16" if "bf16" in precisions else "fp32"
-    recipes = [Recipe(precision=p) for p in precisions]
+    native = [p for p in precisions.PRECISIONS if precisions.why_not(p, device) is None]
+    fast = "bf16" if "bf16" in native else "fp32"
+    recipes = [Recipe(precision=p) for p in native]
     recipes += [
         Recipe(precision=fast, bits=8, quant_backend="torchao"),
         Recipe(precision=fast, bits=8, quant_backend="torchao", quant_activations=True),

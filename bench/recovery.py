@@ -6,7 +6,7 @@ recovery pass (wall and quiet: wall less the CPU wait), in one run.
         [--calibration-windows 16] [--cuts prune20,drop4] [--methods bias,block_kd,...]
         [--steps 512] [--lr 1e-3] [--kd-steps 0] [--threads 1]
 
-Every row is built by ``autoslim.compress.build`` from a recipe, as a trial builds it, on the
+Every row is built by ``autoslim.build.build`` from a recipe, as a trial builds it, on the
 calibration batch a study uses (KD split, seed 0); perplexity is the protocol's over the eval
 split's first ``--max-windows`` windows of 256 tokens (deterministic: rows compare exactly).
 ``--kd-steps N`` adds, per method, the row with N distillation steps after it.
@@ -27,13 +27,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autoslim import data, models
-from autoslim.compress import build
+from autoslim.build import build
 from autoslim.compress.calibration import calibration_batch
 from autoslim.costs import quiet_seconds, schedstat_seconds
 from autoslim.measure.perplexity import perplexity
-from autoslim.operators import KNOBS
 from autoslim.protocol import PerplexityProtocol
-from autoslim.recipe import Recipe
+from autoslim.recipe import KNOBS, Recipe
 from bench.machine import describe, machine
 
 CUTS: dict[str, dict[str, Any]] = {

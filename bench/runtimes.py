@@ -25,8 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from autoslim import precisions
 from autoslim.measure import Measurement, PerplexityProtocol, Workload
-from autoslim.operators import precision
 from autoslim.pipeline import Pipeline
 from autoslim.recipe import Recipe
 from autoslim.runtimes import installed
@@ -37,8 +37,8 @@ def rows(device: str, runtimes: list[str]) -> list[Recipe]:
     """The torch base at each precision the device runs, torchao int8; then each other
     runtime's base, 8-bit and 4-bit weights (data-free and data-aware, all-int4 and mixed with
     int8), and two structural cuts with 8-bit weights."""
-    fast = "bf16" if "bf16" in precision.supported(device) else "fp32"
-    recipes = [Recipe(precision=p) for p in precision.supported(device) if p != "fp16"]
+    fast = "bf16" if "bf16" in precisions.supported(device) else "fp32"
+    recipes = [Recipe(precision=p) for p in precisions.supported(device) if p != "fp16"]
     recipes.append(Recipe(precision=fast, bits=8, quant_backend="torchao"))
     if "openvino" in runtimes:
         ov = Recipe(runtime="openvino")

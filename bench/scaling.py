@@ -8,7 +8,7 @@ loaded by transformers), and a randomly initialised Llama shape larger than both
 its perplexity means nothing). One recipe exercises every stage: one dropped layer, one query
 head dropped per key-value group in every layer, a 20 % activation-aware width prune,
 ``--kd-steps`` distillation steps, bf16 and torchao int8. Stages come from
-``autoslim.compress.build``'s own ``stage_seconds``; the study-time setup (teacher cache) and
+``autoslim.build.build``'s own ``stage_seconds``; the study-time setup (teacher cache) and
 the measurement (the demo's workload) are timed around autoslim's calls. Load average and CPU
 wait are printed beside every row.
 """
@@ -30,8 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autoslim import config as study_config
 from autoslim import data, models
+from autoslim.build import build
 from autoslim.cli.demo import DEMO_FILE
-from autoslim.compress import TeacherCache, build
+from autoslim.compress.distill import TeacherCache
+from autoslim.compress.size import parameter_count
 from autoslim.measure import Workload, measure
 from autoslim.recipe import Recipe
 from bench.machine import Load, describe, machine
@@ -72,7 +74,7 @@ def trial_cost(base: models.LoadedModel, recipe: Recipe, workload: Workload) -> 
     stages = {"teacher cache": setup, **built.stage_seconds}
     stages["measure"] = time.perf_counter() - started
     return {
-        "parameters": models.parameter_count(base.model),
+        "parameters": parameter_count(base.model),
         "stages": stages,
         **load.stop(),
     }

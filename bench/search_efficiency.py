@@ -39,12 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autoslim import config as study_config
 from autoslim.cli.demo import DEMO_FILE
-from autoslim.config import StudyConfig
+from autoslim.config import StudyConfig, base_recipe
 from autoslim.recipe import Recipe
 from autoslim.space import grid_space, suggest_recipe
 from autoslim.study import (
     MAX_DUPLICATES_IN_A_ROW,
-    base_recipe,
     enqueue_starting_points,
     make_sampler,
     recipe_for,

@@ -22,11 +22,10 @@ from scipy.stats import spearmanr  # installed with lm-eval, which the task need
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoslim import data, models, studies
-from autoslim.compress import build
+from autoslim import data, models, precisions, studies
+from autoslim.build import build
 from autoslim.errors import AutoslimError
 from autoslim.measure import PerplexityProtocol, perplexity
-from autoslim.operators import precision
 from autoslim.recipe import Recipe
 from autoslim.tasks.run import TaskEvaluator
 from autoslim.tasks.spec import TaskSpec
@@ -34,7 +33,7 @@ from bench.machine import Load, describe, machine
 
 
 def recipes(device: str) -> list[Recipe]:
-    fast = "bf16" if "bf16" in precision.supported(device) else "fp32"
+    fast = "bf16" if "bf16" in precisions.supported(device) else "fp32"
     return [
         Recipe(),
         Recipe(precision=fast),

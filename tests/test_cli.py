@@ -26,7 +26,7 @@ def test_measure_reference_json(capsys):
 
     # the reference ships fp16 and loads in the device's native 16-bit type (bf16 here)
     precision = base_precision("reference", "auto", "cpu")
-    assert report["recipe"] == Recipe(precision=precision).to_dict()
+    assert report["recipe"] == Recipe(precision=precision).to_params()
     assert list(report["measurements"]) == ["base"]
     base = report["measurements"]["base"]
     assert base["scored_tokens"] == 8 * 255

@@ -10,10 +10,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoslim import config, studies
+from autoslim import config, precisions, studies
 from autoslim.cli import main
 from autoslim.errors import ConfigError
-from autoslim.operators import precision
 from autoslim.testing.cpu import fake_cpu
 
 NATIVE = {
@@ -28,7 +27,7 @@ WITH_TORCHAO_INT8 = {name: [p for p in native if p != "fp16"] for name, native i
 
 
 def test_each_class_computes_the_precisions_its_flags_name(cpu_class: str) -> None:
-    assert precision.supported("cpu") == NATIVE[cpu_class]
+    assert precisions.supported("cpu") == NATIVE[cpu_class]
 
 
 @pytest.mark.parametrize("name", ["demo", "smollm2", "example-task"])

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 from autoslim import config as study_config
+from autoslim import precisions, studies
+from autoslim.cli._common import add_recipe_args
 from autoslim.errors import ConfigError, UnsupportedError
-from autoslim.operators import KNOBS, OPERATORS, knob_table, precision, support_matrix
-from autoslim.recipe import Recipe
+from autoslim.operators import OPERATORS
+from autoslim.recipe import KNOBS, Recipe, knob_table, support_matrix
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -23,28 +27,58 @@ def _block(name: str) -> str:
 
 
 def test_readme_tables_are_the_generated_ones() -> None:
-    from autoslim.compress import FAMILIES
+    from autoslim.compress.families import FAMILIES
 
     assert _block("knobs") == knob_table()
     assert _block("support") == support_matrix(tuple(sorted(FAMILIES)))
 
 
-def test_every_knob_is_a_recipe_field_a_flag_and_a_search_key() -> None:
+def test_every_knob_is_a_recipe_field_a_flag_and_a_study_file_key(tmp_path) -> None:
     recipe = Recipe()
     assert list(recipe.to_params()) == list(KNOBS)
+    parser = argparse.ArgumentParser()
+    add_recipe_args(parser)
+    shown = parser.format_help()
     for name, knob in KNOBS.items():
         assert getattr(recipe, name) == knob.default
-        assert knob.flag == "--" + name.replace("_", "-")
-    assert set(study_config.default_search()) == set(KNOBS)
+        assert f"{knob.flag} " in shown, f"autoslim measure offers no {knob.flag}"
+    # a [search] table holding every knob, each fixed at its default, is a valid study file
+    fixed = {name: [knob.to_param(knob.default)] for name, knob in KNOBS.items()}
+    fixed["drop_heads"] = [""]
+    path = tmp_path / "all.toml"
+    lines = ['[model]\nname = "reference"\n[search]']
+    lines += [f"{name} = {json.dumps(values)}" for name, values in fixed.items()]
+    path.write_text("\n".join(lines) + "\n")
+    space = study_config.load(path, check_model=False).search
+    assert set(space.knobs) == set(KNOBS)
 
 
-def test_knob_order_lets_each_active_rule_read_only_earlier_knobs() -> None:
-    seen: dict[str, object] = {}
+def _variants() -> list[Recipe]:
+    """Recipes that set, one at a time, every knob to each value it allows (or its largest)."""
+    out = [Recipe()]
     for name, knob in KNOBS.items():
-        knob.active(seen)  # would raise or misread if it needed a later knob
-        seen[name] = knob.default
-    names = [op.name for op in OPERATORS]
-    assert names.index("precision") < names.index("quantize")
+        for value in knob.choices or ():
+            try:
+                out.append(Recipe(**{name: value}))
+            except ConfigError:
+                continue  # a value another knob must enable first
+    for name in ("demo", "smollm2"):
+        space = study_config.load(studies.path(name), check_model=False).search
+        out += study_config.extreme_recipes(space)
+    return out
+
+
+def test_each_knob_is_active_by_the_knobs_before_it_alone() -> None:
+    # a sampler decides each knob from the ones already chosen: reading a later knob would
+    # make the same prefix sometimes active, sometimes not
+    names = list(KNOBS)
+    for recipe in _variants():
+        params = recipe.to_params()
+        for i, name in enumerate(names):
+            earlier = {n: params[n] for n in names[:i]}
+            assert KNOBS[name].active(earlier) == KNOBS[name].active(params), (name, recipe)
+    ops = [op.name for op in OPERATORS]
+    assert ops.index("precision") < ops.index("quantize")
 
 
 def test_inactive_knobs_are_not_sampled_params() -> None:
@@ -73,14 +107,14 @@ def test_bad_knob_values_name_the_knob(values: dict[str, object], message: str) 
 def test_precision_refused_where_the_device_would_emulate_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2"}))
-    assert precision.supported("cpu") == ["fp32"]
-    assert precision.resolve("auto", "fp16", "cpu") == "fp32"
+    monkeypatch.setattr(precisions, "_cpu_flags", lambda: frozenset({"avx2"}))
+    assert precisions.supported("cpu") == ["fp32"]
+    assert precisions.resolve("auto", "fp16", "cpu") == "fp32"
     with pytest.raises(UnsupportedError, match="none of avx512_bf16, amx_bf16"):
-        precision.resolve("bf16", "fp16", "cpu")
-    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"amx_bf16"}))
-    assert precision.resolve("auto", "fp16", "cpu") == "bf16"
-    assert precision.resolve("auto", "fp32", "cpu") == "fp32"
+        precisions.resolve("bf16", "fp16", "cpu")
+    monkeypatch.setattr(precisions, "_cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert precisions.resolve("auto", "fp16", "cpu") == "bf16"
+    assert precisions.resolve("auto", "fp32", "cpu") == "fp32"
 
 
 def test_recipe_is_immutable_hashable_and_round_trips() -> None:

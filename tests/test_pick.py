@@ -186,7 +186,7 @@ def test_cli_json_and_table(tmp_path, capsys):
     assert out["best_trial"] == 1
     assert [r["trial"] for r in out["ranking"]] == [1, 2, 3, 0]
     assert out["ranking"][0]["values"] == {"perplexity": 101.0, "seconds": 0.9, "joules": 6.0}
-    assert out["ranking"][0]["recipe"] == Recipe(bits=8).to_dict()
+    assert out["ranking"][0]["recipe"] == Recipe(bits=8).to_params()
     assert out["weights"] == {"time": 0.2, "energy": 0.8}
 
     assert main(["pick", str(tmp_path / "demo.db"), "--weights", "time=1"]) == 0

@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoslim import compress, data, gguf, models
+from autoslim import data, gguf, models
+from autoslim.build import build
+from autoslim.compress.backends import save
 from autoslim.compress.calibration import calibration_batch
 from autoslim.compress.distill import TeacherCache
+from autoslim.compress.size import parameter_count
 from autoslim.export import reload_perplexity
 from autoslim.measure.perplexity import perplexity
 from autoslim.operators import OPERATORS
@@ -56,7 +59,7 @@ def test_smollm2_converts_compresses_saves_and_reloads(
     base = models.load_model("smollm2-135m")
     config = base.model.config
     assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (30, 576, 49152)
-    assert models.parameter_count(base.model) == pytest.approx(134.5e6, rel=0.01)
+    assert parameter_count(base.model) == pytest.approx(134.5e6, rel=0.01)
     ids = data.tokens(base.tokenizer, corpus, "eval")
     base_ppl = perplexity(base.model, ids, PROTOCOL).perplexity
     assert base_ppl < 30  # a pretrained model on Python source, not random weights (~49k)
@@ -70,7 +73,7 @@ def test_smollm2_converts_compresses_saves_and_reloads(
     # 16 windows of 64 tokens: the 1024 calibration tokens block_kd needs at least
     calibration = calibration_batch(base.tokenizer, corpus, windows=16, window=64)
     for name, recipe in RECIPES.items():
-        built = compress.build(
+        built = build(
             base,
             recipe,
             corpus=corpus,
@@ -81,7 +84,7 @@ def test_smollm2_converts_compresses_saves_and_reloads(
         built_ppl = perplexity(built.model, ids, PROTOCOL).perplexity
         assert torch.isfinite(torch.tensor(built_ppl)), name
         out = tmp_path / name
-        compress.save(built.model, base.tokenizer, out)
+        save(built.model, base.tokenizer, out)
         del built
         reloaded = reload_perplexity(out, corpus, PROTOCOL, "cpu")
         assert reloaded == pytest.approx(built_ppl, rel=0.02), name

@@ -62,7 +62,7 @@ def test_older_layout_with_the_measurement_as_a_user_attr(tmp_path):
     study.add_trial(
         optuna.trial.create_trial(
             values=[m["perplexity"], m["joules"]],
-            user_attrs={"measurement": m, "recipe": Recipe(bits=8).to_dict()},
+            user_attrs={"measurement": m, "recipe": Recipe(bits=8).to_params()},
         )
     )
     (only,) = read_trials(study)

@@ -9,8 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from autoslim.errors import ConfigError
-from autoslim.operators import KNOBS, knob_groups
-from autoslim.recipe import Recipe
+from autoslim.recipe import KNOBS, Recipe, knob_groups
 
 if TYPE_CHECKING:
     from autoslim.protocol import PerplexityProtocol, Workload
@@ -223,7 +222,7 @@ def json_document(command: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def print_json(command: str, body: dict[str, Any]) -> None:
     """One strict JSON document: a NaN or infinite figure is the string ``"nan"`` / ``"inf"``."""
-    from autoslim.trials import jsonable
+    from autoslim.measure.measurement import jsonable
 
     document = jsonable(json_document(command, body))
     print(json.dumps(document, indent=2, sort_keys=False, default=str, allow_nan=False))

@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from autoslim.config import mask_url
 from autoslim.errors import ConfigError
+from autoslim.urls import mask_url
 
 
 def add_study_args(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +75,7 @@ def storage_of(study: str) -> tuple[str, str | None]:
                 "its SQLite file or its storage URL (sqlite:///path.db, postgresql://...)"
             )
         url, name = f"sqlite:///{path.resolve()}", None
-    from autoslim.storage import file_of
+    from autoslim.urls import file_of
 
     file = file_of(url)
     if file is not None and not file.is_file():

@@ -35,8 +35,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autoslim import integrity
-    from autoslim.config import mask_url
     from autoslim.errors import ConfigError, StorageError
+    from autoslim.urls import mask_url
 
     url, _ = storage_of(args.study)
     journal = integrity.journal_path(url)

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         "study": study.study_name,
         "folder": str(result.folder),
         "trial": result.trial,
-        "recipe": result.recipe.to_dict(),
+        "recipe": result.recipe.to_params(),
         "recipe_summary": result.recipe.describe(),
         "chosen_because": result.reason,
         "stored_perplexity": result.stored_perplexity,

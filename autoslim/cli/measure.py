@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     built = None
     model_config = models.load_config(args.model, args.trust_remote_code)
     if compress:
-        from autoslim.compress import validate
+        from autoslim.build import validate
 
         validate(recipe, model_config, device)
     workload.check_context(model_config)
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             "tokens_per_second": workload.prefill_tokens / base.prefill_seconds
             if base.prefill_seconds
             else None,
-            "recipe": recipe.to_dict(),
+            "recipe": recipe.to_params(),
             "measurements": {label: m.to_dict() for label, m in results.items()},
         }
         if built is not None:

@@ -62,9 +62,9 @@ def run_search(config: Any, *, quiet: bool = False, worker_id: int = 0) -> tuple
 
     from autoslim import study as search
     from autoslim.cli._progress import StudyProgress, clock
-    from autoslim.config import mask_url
     from autoslim.storage import make_storage
     from autoslim.trials import record
+    from autoslim.urls import mask_url
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
         optuna.logging.set_verbosity(optuna.logging.WARNING)

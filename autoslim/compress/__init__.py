@@ -1,20 +1,8 @@
-"""Compression operators and their composition, built from one Recipe in the operators'
-declared order (``autoslim.operators.OPERATORS``)."""
+"""The compression operators' implementations, in torch: one module per cut (``depth``,
+``heads``, ``prune``, ``recovery``, ``distill``), the quantization backends (``backends/``), the
+families' layouts (``families``) and the calibration batch (``calibration``).
 
-from __future__ import annotations
-
-from autoslim.compress.backends import save
-from autoslim.compress.build import STAGES, BuildResult, build, final_before_distillation, validate
-from autoslim.compress.distill import TeacherCache
-from autoslim.compress.families import FAMILIES
-
-__all__ = [
-    "FAMILIES",
-    "STAGES",
-    "BuildResult",
-    "TeacherCache",
-    "build",
-    "final_before_distillation",
-    "save",
-    "validate",
-]
+Each is called by its operator's declaration (``autoslim/operators/``) and never imports one;
+:mod:`autoslim.build` composes them from a Recipe. Nothing is imported here, so a torch-free
+module (``temperatures``) can be read without loading torch.
+"""

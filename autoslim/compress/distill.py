@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoslim import progress
+from autoslim.compress.temperatures import TEMPERATURES
 from autoslim.errors import ConfigError, DataError
-from autoslim.operators.distill import TEMPERATURES
 
 logger = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ between layers or groups is therefore applied in two parts:
 So the model always computes exactly what the recipe asked for, saves with a stock config, and
 shrinks as far as a stock config can express. ``drop_heads_per_layer=N`` drops the N least
 important heads of each layer evenly, so it is always fully physical. Importance is one of
-``prune.IMPORTANCES``: ``magnitude`` (``|W_q[h]| * |W_o[:, h]|``, no data), ``activation``
-(Minitron: the mean L2 norm of the head's output, the input of ``o_proj``, per calibration
-token), ``wanda`` (``|W_o| * ||x||`` summed over the head's ``o_proj`` columns, ``||x||`` the
-root mean square of each column's input on the calibration batch) or ``fluctuation`` (FLAP:
-``var(x) * ||W_o[:, c]||²`` summed over the head's columns).
+the width operator's ``IMPORTANCES``: ``magnitude`` (``|W_q[h]| * |W_o[:, h]|``, no data),
+``activation`` (Minitron: the mean L2 norm of the head's output, the input of ``o_proj``, per
+calibration token), ``wanda`` (``|W_o| * ||x||`` summed over the head's ``o_proj`` columns,
+``||x||`` the root mean square of each column's input on the calibration batch) or
+``fluctuation`` (FLAP: ``var(x) * ||W_o[:, c]||²`` summed over the head's columns).
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ from torch import nn
 
 from autoslim.compress.calibration import input_sums, require_calibration
 from autoslim.compress.families import Family, get_path, layers
-from autoslim.compress.prune import activation_norms, check_importance, column_weights
+from autoslim.compress.prune import activation_norms, column_weights
 from autoslim.errors import ConfigError, UnsupportedError
-from autoslim.recipe import Recipe, format_heads
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +92,14 @@ class HeadPlan:
             "heads": self.heads,
             "kv_heads": self.kv_heads,
             "heads_kept_per_layer": [self.heads - len(masked) for masked in self.mask_heads],
-            "masked_heads": format_heads(
-                tuple((layer, h) for layer, hs in enumerate(self.mask_heads) for h in hs)
+            "masked_heads": tuple(
+                (layer, h) for layer, hs in enumerate(self.mask_heads) for h in hs
             ),
         }
 
 
 def requested_drops(
-    recipe: Recipe, shape: HeadShape, kept_layers: list[int] | None = None
+    recipe: Any, shape: HeadShape, kept_layers: list[int] | None = None
 ) -> list[set[int]]:
     """The explicit ``drop_heads`` of a recipe per layer, checked against the model's shape.
 
@@ -170,7 +169,7 @@ def plan(drops: list[set[int]], shape: HeadShape) -> HeadPlan:
     return HeadPlan(tuple(remove_groups), tuple(remove_heads), tuple(mask_heads), shape)
 
 
-def physical_heads(recipe: Recipe, shape: HeadShape) -> tuple[int, int]:
+def physical_heads(recipe: Any, shape: HeadShape) -> tuple[int, int]:
     """(query heads, key-value heads) per layer once ``recipe``'s heads are dropped."""
     if recipe.drop_heads:
         head_plan = plan(requested_drops(recipe, shape), shape)
@@ -190,7 +189,6 @@ def head_scores(
     calibration: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Per layer, the importance of each query head (higher is more important)."""
-    check_importance(importance)
     shape = HeadShape.of(model.config)
     d = shape.head_dim
     attentions = [get_path(block, str(family.attention)) for block in layers(model, family)]

@@ -2,7 +2,8 @@
 
 Every block keeps the same width (stock configs carry one ``intermediate_size``), rounded to a
 multiple of ``WIDTH_MULTIPLE`` so bitsandbytes' 4-bit kernels accept the shapes. Inside each block
-the channels with the lowest importance go; ``importance`` is one of ``IMPORTANCES``:
+the channels with the lowest importance go; ``importance`` is one of the names the width
+operator declares (``operators/width.py``):
 
 * ``magnitude``: torch-pruning's group L2 magnitude (gate, up and down projections together);
   needs no data, but on a trained model it is no better than chance (see DESIGN.md);
@@ -28,19 +29,10 @@ from torch import nn
 
 from autoslim.compress.calibration import input_sums, require_calibration
 from autoslim.compress.families import Family, get_path, intermediate_size, layers, set_path
-from autoslim.errors import ConfigError
-from autoslim.operators.width import IMPORTANCES
 
 logger = logging.getLogger(__name__)
 
 WIDTH_MULTIPLE = 64
-
-
-def check_importance(importance: str) -> None:
-    if importance not in IMPORTANCES:
-        raise ConfigError(
-            f"prune_importance={importance!r} is not known; use one of {', '.join(IMPORTANCES)}"
-        )
 
 
 def activation_norms(
@@ -134,7 +126,6 @@ def structured_prune(
     ``calibration.calibration_batch``). ``removed``, if given, receives each block's removed
     channel indices (the recovery stage heals them).
     """
-    check_importance(importance)
     if importance != "magnitude":
         calibration = require_calibration(
             f"prune_importance={importance!r}", calibration, ", or use 'magnitude'"

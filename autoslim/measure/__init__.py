@@ -13,7 +13,6 @@ from autoslim.measure.energy import (
     get_meter,
     probe_meters,
 )
-from autoslim.measure.footprint import parameter_count, size_bytes
 from autoslim.measure.measurement import Measurement, dry_run_peak_bytes, measure
 from autoslim.measure.perplexity import PerplexityResult, perplexity
 from autoslim.protocol import PerplexityProtocol, Workload
@@ -34,8 +33,6 @@ __all__ = [
     "dry_run_peak_bytes",
     "get_meter",
     "measure",
-    "parameter_count",
     "perplexity",
     "probe_meters",
-    "size_bytes",
 ]

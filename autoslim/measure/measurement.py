@@ -19,6 +19,7 @@ processes (3 runnable threads on 2 cores) they vary by 3-22 %, ~1.5x slower, and
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import statistics
@@ -38,7 +39,6 @@ from autoslim.measure.footprint import PeakMemory
 from autoslim.measure.perplexity import as_runtime_model, perplexity
 from autoslim.measure.workload import WorkloadRunner, cv, synchronize
 from autoslim.protocol import Workload
-from autoslim.trials import jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,22 @@ UNRESOLVED = "joules_unresolved"
 CONTENDED = "cpu_contended"
 # Waiting for a CPU this share of the timed wall time flags the seconds as inflated.
 CONTENDED_FRACTION = 0.05
+
+
+# How stored records and JSON output write non-finite figures (strict JSON has no NaN).
+NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def jsonable(value: Any) -> Any:
+    """Strict-JSON form: non-finite floats become ``"nan"`` / ``"inf"`` / ``"-inf"``
+    (:func:`autoslim.trials.measurement_of` reads them back as floats)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
 
 
 @dataclass

@@ -48,15 +48,6 @@ def run_delay_seconds() -> float | None:
     return total / 1e9 if found else None
 
 
-def cache_of(output: Any) -> dict[str, Any]:
-    """The KV cache of a transformers forward's ``output``, as the keyword argument that hands
-    it to the next forward: ``cache`` in recent transformers (5.25), ``past_key_values`` in
-    earlier 5.x releases (5.5, which optimum-intel requires)."""
-    if hasattr(output, "cache"):
-        return {"cache": output.cache}
-    return {"past_key_values": output.past_key_values}
-
-
 @dataclass(frozen=True)
 class TimedRun:
     """One timed run: wall seconds in total and per phase, its energy, and how long the

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoslim.operators import BuildContext, Knob, Operator
+from autoslim.knobs import Knob
+from autoslim.operators.base import BuildContext, Operator
 
 
 def _active(recipe: Any) -> bool:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from autoslim.operators import BuildContext, Knob, Operator
+from autoslim.compress.temperatures import TEMPERATURES
+from autoslim.knobs import Knob
+from autoslim.operators.base import BuildContext, Operator
 
-# The teacher cache keeps log-normalisers at these temperatures; KD temperatures must lie
-# within the grid (the loss interpolates between grid points).
-TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 # kd_optimizer values: torch.optim.AdamW, bitsandbytes.optim.AdamW8bit.
 OPTIMIZERS = ("adamw", "adamw8bit")
 
@@ -29,7 +28,7 @@ def _validate(recipe: Any, config: Any, device: str) -> None:
 def _apply(ctx: BuildContext) -> None:
     from autoslim import data
     from autoslim.compress.distill import TeacherCache, distill
-    from autoslim.operators.precision import torch_dtype
+    from autoslim.precisions import torch_dtype
 
     cache = ctx.teacher_cache
     if cache is None:

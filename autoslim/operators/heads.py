@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from autoslim.errors import ConfigError
-from autoslim.operators import BuildContext, Knob, Operator
+from autoslim.knobs import Knob
+from autoslim.operators.base import BuildContext, Operator
 
 NOT_RELOADABLE = {
     "gpt2": "GPT-2 derives its head size from n_embd / n_head, so a model with dropped heads "
@@ -106,7 +107,8 @@ def _apply(ctx: BuildContext) -> None:
         sorted({*gone, *masked})
         for gone, masked in zip(head_plan.remove_heads, head_plan.mask_heads, strict=True)
     ]
-    ctx.info |= head_plan.info()
+    info = head_plan.info()
+    ctx.info |= info | {"masked_heads": format_heads(info["masked_heads"])}
 
 
 def _describe(recipe: Any) -> str:

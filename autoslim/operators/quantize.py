@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from autoslim.operators import BuildContext, Knob, Operator
+from autoslim.knobs import Knob
+from autoslim.operators.base import BuildContext, Operator
 
 BITS = (16, 8, 4)
 # The names of autoslim.compress.backends.BACKENDS (which imports torch; a test keeps the two
@@ -61,7 +62,7 @@ def _active(recipe: Any) -> bool:
 def _validate(recipe: Any, config: Any, device: str) -> None:
     from autoslim.compress.backends import get_backend
     from autoslim.errors import UnsupportedError
-    from autoslim.operators.precision import torch_dtype
+    from autoslim.precisions import torch_dtype
 
     family = str(config.model_type)
     OPERATOR.require_family(family)
@@ -75,7 +76,7 @@ def _validate(recipe: Any, config: Any, device: str) -> None:
 
 def _apply(ctx: BuildContext) -> None:
     from autoslim.compress.backends import get_backend
-    from autoslim.operators.precision import torch_dtype
+    from autoslim.precisions import torch_dtype
 
     recipe = ctx.recipe
     backend = get_backend(recipe.quant_backend)

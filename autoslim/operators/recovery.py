@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from autoslim.operators import BuildContext, Knob, Operator
+from autoslim.knobs import Knob
+from autoslim.operators.base import BuildContext, Operator
 
 METHODS = ("none", "bias", "block_kd", "bias+block_kd")
 # The method the bundled studies and the README recommend (it heals every cut in every family).
 DEFAULT_METHOD = "block_kd"
-# Calibration tokens each method needs at least: a mean over fewer fits the sample, not the
-# text; block distillation takes its steps over batches of 4 windows of 256 tokens.
-MIN_TOKENS = {"none": 0, "bias": 256, "block_kd": 1024, "bias+block_kd": 1024}
 
 
 def _cut(chosen: Mapping[str, Any]) -> bool:
@@ -40,7 +38,7 @@ def _validate(recipe: Any, config: Any, device: str) -> None:
 def _apply(ctx: BuildContext) -> None:
     from autoslim.compress.calibration import require_calibration
     from autoslim.compress.recovery import Cuts, recover
-    from autoslim.operators.precision import torch_dtype
+    from autoslim.precisions import torch_dtype
 
     recipe = ctx.recipe
     calibration = require_calibration(f"recovery={recipe.recovery!r}", ctx.calibration)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from autoslim.operators import BuildContext, Knob, Operator
+from autoslim.knobs import Knob
+from autoslim.operators.base import BuildContext, Operator
 
 IMPORTANCES = ("magnitude", "activation", "wanda", "fluctuation")
 

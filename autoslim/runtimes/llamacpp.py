@@ -385,8 +385,8 @@ class LlamaCppRuntime(Runtime):
         return f"llamacpp {recipe.gguf_type}{imatrix}"
 
     def check(self, recipe: Any, config: Any, device: str) -> None:
-        from autoslim.operators.precision import proc_cpu_flags
         from autoslim.operators.quantize import final_shapes
+        from autoslim.precisions import proc_cpu_flags
 
         if recipe.bits != 16:
             raise UnsupportedError(

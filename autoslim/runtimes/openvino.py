@@ -64,7 +64,7 @@ def logical_parameters(folder: Path) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from autoslim.measure.footprint import parameter_count
+    from autoslim.compress.size import parameter_count
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
@@ -282,7 +282,7 @@ class OpenVINORuntime(Runtime):
     def convert(self, source: ConvertInput) -> OpenVINOModel:
         from optimum.intel import OVModelForCausalLM
 
-        from autoslim.compress import save
+        from autoslim.compress.backends import save
 
         built = source.workdir / "built"
         ir = source.workdir / "openvino"

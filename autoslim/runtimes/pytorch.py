@@ -13,6 +13,15 @@ if TYPE_CHECKING:
     import torch
 
 
+def cache_of(output: Any) -> dict[str, Any]:
+    """The KV cache of a transformers forward's ``output``, as the keyword argument that hands
+    it to the next forward: ``cache`` in recent transformers (5.25), ``past_key_values`` in
+    earlier 5.x releases (5.5, which optimum-intel requires)."""
+    if hasattr(output, "cache"):
+        return {"cache": output.cache}
+    return {"past_key_values": output.past_key_values}
+
+
 class TorchModel(RuntimeModel):
     """A transformers model, run in PyTorch eager; ``model`` and ``tokenizer`` stay reachable
     (task evaluations wrap them)."""
@@ -45,8 +54,6 @@ class TorchModel(RuntimeModel):
     def decode(self, prompt: torch.Tensor, tokens: int) -> None:
         import torch
 
-        from autoslim.measure.workload import cache_of
-
         if not tokens:
             return
         with torch.no_grad():
@@ -56,17 +63,17 @@ class TorchModel(RuntimeModel):
                 out = self.model(input_ids=token, use_cache=True, **cache_of(out))
 
     def save(self, folder: Path) -> None:
-        from autoslim.compress import save
+        from autoslim.compress.backends import save
 
         save(self.model, self.tokenizer, folder)
 
     def size_bytes(self) -> int:
-        from autoslim.measure.footprint import size_bytes
+        from autoslim.compress.size import size_bytes
 
         return size_bytes(self.model)
 
     def parameters(self) -> int:
-        from autoslim.measure.footprint import parameter_count
+        from autoslim.compress.size import parameter_count
 
         return parameter_count(self.model)
 

@@ -113,6 +113,14 @@ def _harness_result(spec: TaskSpec, results: Mapping[str, Any], seconds: float) 
     )
 
 
+def check_reachable(tasks: dict[str, TaskSpec]) -> None:
+    """Load every harness task (its data too), so an unknown name or data that cannot be
+    reached offline is a ConfigError naming the task before any trial runs."""
+    for spec in tasks.values():
+        if spec.harness:
+            load_harness_task(spec)
+
+
 def _import_function(spec: TaskSpec) -> Callable[..., Any]:
     path, _, attribute = spec.function.rpartition(":")
     module_name = f"autoslim_user_task_{spec.name}"

@@ -148,18 +148,8 @@ def _function(t: Any, base: Path, text: str) -> str:
     return f"{file.resolve()}:{attribute}"
 
 
-def check_reachable(tasks: dict[str, TaskSpec]) -> None:
-    """Load every harness task (its data too), so an unknown name or data that cannot be
-    reached offline is a ConfigError naming the task before any trial runs."""
-    from autoslim.tasks.run import load_harness_task
-
-    for spec in tasks.values():
-        if spec.harness:
-            load_harness_task(spec)
-
-
 def unused(tasks: dict[str, TaskSpec], objectives: tuple[str, ...]) -> list[str]:
     return [n for n, s in tasks.items() if n not in objectives and not s.constrained]
 
 
-__all__ = ["GOALS", "TaskSpec", "check_reachable", "parse_tasks"]
+__all__ = ["GOALS", "TaskSpec", "parse_tasks"]

@@ -1,7 +1,7 @@
 """The CPU classes autoslim must run on, as ``/proc/cpuinfo`` flags, to fake one in tests.
 
 The precisions a CPU computes natively follow from these flags
-(:func:`autoslim.operators.precision.supported`), and so do the bundled studies' search spaces
+(:func:`autoslim.operators.precisions.supported`), and so do the bundled studies' search spaces
 and every check that refuses an emulated precision. Tests run what depends on them once per
 class with :func:`fake_cpu`, whatever CPU the suite happens to run on.
 """
@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from autoslim.operators import precision
+from autoslim import precisions
 
 _AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})
 _AVX512 = _AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
@@ -33,14 +33,14 @@ CPU_CLASSES: dict[str, frozenset[str]] = {
 def fake_cpu(name: str) -> Iterator[frozenset[str]]:
     """Make autoslim, and the processes it starts, see the CPU class ``name``."""
     flags = CPU_CLASSES[name]
-    before = os.environ.get(precision.CPU_FLAGS_ENV)
-    os.environ[precision.CPU_FLAGS_ENV] = ",".join(sorted(flags))
-    precision._cpu_flags.cache_clear()
+    before = os.environ.get(precisions.CPU_FLAGS_ENV)
+    os.environ[precisions.CPU_FLAGS_ENV] = ",".join(sorted(flags))
+    precisions._cpu_flags.cache_clear()
     try:
         yield flags
     finally:
         if before is None:
-            os.environ.pop(precision.CPU_FLAGS_ENV, None)
+            os.environ.pop(precisions.CPU_FLAGS_ENV, None)
         else:
-            os.environ[precision.CPU_FLAGS_ENV] = before
-        precision._cpu_flags.cache_clear()
+            os.environ[precisions.CPU_FLAGS_ENV] = before
+        precisions._cpu_flags.cache_clear()

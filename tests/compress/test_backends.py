@@ -14,10 +14,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from autoslim.compress import build, validate
+from autoslim.build import build, validate
 from autoslim.compress.backends import BACKENDS, QuantSpec, backend_of, get_backend, save
+from autoslim.compress.size import parameter_count, size_bytes
 from autoslim.errors import ConfigError, UnsupportedError
-from autoslim.measure.footprint import parameter_count, size_bytes
 from autoslim.recipe import Recipe
 from autoslim.testing import TINY_CONFIGS
 

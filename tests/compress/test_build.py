@@ -9,7 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from autoslim import data, models
-from autoslim.compress import STAGES, TeacherCache, build, save
+from autoslim.build import STAGES, build
+from autoslim.compress.backends import save
+from autoslim.compress.distill import TeacherCache
 from autoslim.recipe import Recipe
 
 from .conftest import PROTOCOL, weights_hash

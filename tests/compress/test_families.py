@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from transformers import AutoModelForCausalLM
 
-from autoslim.compress import FAMILIES, build, save, validate
+from autoslim.build import build, validate
+from autoslim.compress.backends import save
+from autoslim.compress.families import FAMILIES
 from autoslim.errors import UnsupportedError
 from autoslim.operators import OPERATORS
 from autoslim.recipe import Recipe

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 import torch
 
-from autoslim.compress import build, validate
+from autoslim.build import build, validate
 from autoslim.compress.calibration import calibration_batch
 from autoslim.compress.families import FAMILIES
 from autoslim.compress.heads import HeadShape, least_important, plan

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from autoslim import data, models
-from autoslim.compress import build, save
+from autoslim.build import build
+from autoslim.compress.backends import save
 from autoslim.compress.calibration import calibration_batch
 from autoslim.errors import ConfigError, UnsupportedError
 from autoslim.models import LoadedModel

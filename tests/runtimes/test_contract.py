@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from autoslim.compress import FAMILIES
+from autoslim.compress.families import FAMILIES
 from autoslim.measure import Workload, perplexity
 from autoslim.measure.workload import WorkloadRunner
 from autoslim.models import LoadedModel

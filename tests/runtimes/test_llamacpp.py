@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoslim import data, gguf
-from autoslim.compress import build
+from autoslim import data, gguf, precisions
+from autoslim.build import build
 from autoslim.errors import ConfigError, UnsupportedError
 from autoslim.measure.perplexity import perplexity
 from autoslim.models import LoadedModel, load_model
@@ -180,9 +180,7 @@ def test_llamacpp_missing_says_what_to_install(monkeypatch):
 
 
 def test_a_build_for_instructions_this_cpu_lacks_is_refused(monkeypatch):
-    from autoslim.operators import precision
-
-    monkeypatch.setattr(precision, "proc_cpu_flags", lambda: frozenset({"sse2"}))
+    monkeypatch.setattr(precisions, "proc_cpu_flags", lambda: frozenset({"sse2"}))
     with pytest.raises(UnsupportedError, match=r"which this CPU lacks.*CMAKE_ARGS="):
         RUNTIME.check(llamacpp_recipe(), tiny_model("llama").config, "cpu")
     info = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_BF16 = 0 | OPENMP = 1 |"

@@ -68,7 +68,7 @@ def test_openvino_knobs_are_sampled_only_under_openvino_at_4_bits() -> None:
 
 
 def test_a_group_size_that_does_not_divide_a_layer_is_refused_before_work() -> None:
-    from autoslim.compress import validate
+    from autoslim.build import validate
     from autoslim.testing import tiny_model
 
     config = tiny_model("llama").config  # hidden 128, MLP 256

@@ -1,4 +1,4 @@
-"""The product objective (compress.build + measure) in a worker process, on a tiny model."""
+"""The product objective (build + measure) in a worker process, on a tiny model."""
 
 from __future__ import annotations
 

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from autoslim import compress, config, progress
+from autoslim import config, progress
 from autoslim.budgets import SizeBound, hardware_limits
+from autoslim.build import build
+from autoslim.compress.size import size_bytes
 from autoslim.errors import ConfigError
-from autoslim.measure import size_bytes
 from autoslim.recipe import Recipe
 from autoslim.worker import BuildAndMeasure, TrialAbandoned
 from tests.study.conftest import TINY_WORKLOAD, write_study
@@ -39,7 +40,7 @@ def test_the_size_bound_never_exceeds_what_the_build_stores(
 
     base = LoadedModel(tiny_model("qwen3"), tiny_tok, "qwen3", "")
     bound = SizeBound(base.model.config).of_recipe(recipe)
-    stored = size_bytes(compress.build(base, recipe, corpus=corpus).model)
+    stored = size_bytes(build(base, recipe, corpus=corpus).model)
     assert 0.5 * stored < bound <= stored
     if recipe.bits == 16 and not recipe.drop_heads and not recipe.drop_heads_per_layer:
         assert bound == stored  # whole layers and MLP channels removed: exact

@@ -22,8 +22,9 @@ import torch
 from autoslim import progress
 from autoslim.compress.distill import TeacherCache
 from autoslim.compress.families import family_of
+from autoslim.compress.size import parameter_count
 from autoslim.data import Corpus
-from autoslim.models import LoadedModel, parameter_count
+from autoslim.models import LoadedModel
 from autoslim.operators import OPERATORS, BuildContext
 from autoslim.recipe import Recipe
 
