@@ -37,7 +37,7 @@ from autoslim.compress.size import parameter_count
 from autoslim.measure import Workload, measure
 from autoslim.recipe import Recipe
 from bench.machine import Load, describe, machine
-from bench.peers import smollm2
+from bench.peers import smollm2_file
 
 # A Llama shape above SmolLM2-135M: about 235 M parameters; 8 key-value groups of 2 query
 # heads, so dropping one head per group leaves 8, a divisor of hidden_size (Llama reloads it).
@@ -106,7 +106,7 @@ def main() -> None:
     )
     print(f"machine: {describe(machine())}")
     print(f"recipe: {recipe.describe()} + 1 head per KV group; workload {workload.describe()}")
-    _gguf, small = smollm2()
+    _gguf, small = smollm2_file()
     rows: dict[str, dict[str, Any]] = {}
     for make in (
         lambda: models.load_model("reference"),

@@ -12,16 +12,9 @@ from typing import Any
 import pytest
 import torch
 
+from autoslim.compress.size import parameter_count, size_bytes
 from autoslim.errors import ConfigError, UnsupportedError
-from autoslim.measure import (
-    Measurement,
-    PerplexityProtocol,
-    Workload,
-    measure,
-    parameter_count,
-    perplexity,
-    size_bytes,
-)
+from autoslim.measure import Measurement, PerplexityProtocol, Workload, measure, perplexity
 from autoslim.measure.energy.base import SHORT_WINDOW, EnergyReading, WindowStart
 from autoslim.measure.measurement import CONTENDED, CONTENDED_FRACTION, POOLED, UNRESOLVED
 from autoslim.measure.workload import run_delay_seconds
