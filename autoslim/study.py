@@ -710,218 +710,276 @@ def run_study(
     ``worker_id``: the sampler seed is the study seed plus the trials stored plus a step per
     worker id, and ``n_trials`` is the budget of the whole study, not of each process.
     """
-    run = config.study
-    started = time.monotonic()
-    storage = make_storage(run.storage, heartbeat_seconds=run.heartbeat_seconds)
-    study, config = open_study(config, storage)
-    summary = RunSummary(study_name=run.name, storage=mask_url(run.storage))
-    recovered = fail_deferred(study, storage, run.storage)
-    recovered += recover_stale_trials(study, storage, run.heartbeat_seconds)
+    return _StudyRun(config, objective, progress, worker_id).run()
 
-    def begin() -> None:
+
+class _StudyRun:
+    """One process's run of a study: its loop (:meth:`run`), why it stops
+    (:meth:`stop_reason`), the trial worker it starts (:meth:`ensure_worker`), the checks a
+    trial passes before it is built (:meth:`skipped`) and the progress it reports."""
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        objective: str,
+        progress: Callable[[Progress], None] | None,
+        worker_id: int,
+    ) -> None:
+        self.run_section = run = config.study
+        self.started = time.monotonic()
+        self.storage = make_storage(run.storage, heartbeat_seconds=run.heartbeat_seconds)
+        self.study, self.config = open_study(config, self.storage)
+        self.summary = RunSummary(study_name=run.name, storage=mask_url(run.storage))
+        self.recovered = fail_deferred(self.study, self.storage, run.storage)
+        self.recovered += recover_stale_trials(self.study, self.storage, run.heartbeat_seconds)
+        self.progress = progress
+        self.worker_id = worker_id
+        self.worker = Worker(
+            self.config,
+            objective,
+            start_timeout=max(run.trial_timeout_seconds or 0, WORKER_START_SECONDS),
+        )
+        self.host = {
+            "host": socket.gethostname(),
+            "study_pid": os.getpid(),
+            "worker_id": worker_id,
+        }
+        self.begun = False
+        self.costs: CostModel | None = None
+        self.durations: list[float] = []
+        self.duplicates_in_a_row = 0
+        self.current: optuna.Trial | None = None
+        self.front = 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def run(self) -> RunSummary:
+        run, study, storage = self.run_section, self.study, self.storage
+        try:
+            while True:
+                self.current = None
+                fail_deferred(study, storage, run.storage)
+                recover_stale_trials(study, storage, run.heartbeat_seconds)
+                trials = study.get_trials(deepcopy=False)
+                done = sum(counts_toward_total(t) for t in trials)
+                running = sum(t.state == TrialState.RUNNING for t in trials)
+                reason = self.stop_reason(done)
+                if reason is not None:
+                    self.summary.stopped_because = reason
+                    break
+                if run.n_trials is not None and done + running >= run.n_trials:
+                    # Other workers run the rest of the budget: wait for them to finish, or to
+                    # go stale and have their recipe retried here.
+                    time.sleep(min(1.0, run.heartbeat_seconds))
+                    continue
+                self.ensure_worker(done)
+                self.trial(done)
+        except KeyboardInterrupt:
+            if self.current is not None:
+                _stop(study, storage, self.current.number, "stopped by the user")
+            raise
+        except Exception as e:
+            fault = integrity.storage_fault(e, run.storage)
+            if fault is None:
+                raise
+            if self.current is not None:
+                _stop_after_fault(study, storage, run.storage, self.current, fault)
+            raise fault from e
+        finally:
+            self.worker.close()
+            self.summary.wall_seconds = self.elapsed()
+        return self.summary
+
+    def stop_reason(self, done: int) -> str | None:
+        """Why this process stops before asking for another trial (None: it goes on)."""
+        run = self.run_section
+        if run.n_trials is not None and done >= run.n_trials:
+            return f"reached n_trials={run.n_trials}"
+        if run.time_limit_seconds is not None and self.elapsed() >= run.time_limit_seconds:
+            return f"reached time_limit_seconds={run.time_limit_seconds:g}"
+        cheapest = _seconds_left_short_of(
+            self.costs, run, self.elapsed(), _cheapest_kd_steps(self.config)
+        )
+        if done and cheapest is not None:  # (the base trial always runs)
+            return (
+                f"the time left of time_limit_seconds={run.time_limit_seconds:g} fits no "
+                f"further trial (the cheapest takes ≈ {duration(cheapest)})"
+            )
+        if self.duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
+            return "the search space looks exhausted (only duplicates)"
+        return None
+
+    def ensure_worker(self, done: int) -> None:
+        """Start the trial worker if it is not running; the first start measures the cost
+        model (and derives the knobs that come from it), then the sampler is seeded."""
+        if self.worker.alive:
+            return
+
+        def starting(step: TrialProgress) -> None:
+            self.report(done, None, "starting the trial worker", stage=step)
+
+        self.report(done, None, "starting the trial worker")
+        info = self.worker.start(starting)
+        self.summary.worker_setup_seconds.append(info["setup_seconds"])
+        _check_corpus(self.study, self.config, info)
+        if "costs" in info and self.costs is None:
+            self.take_costs(CostModel.from_dict(info["costs"]), done)
+        if not self.begun:
+            self.begin()
+            self.begun = True
+
+    def take_costs(self, costs: CostModel, done: int) -> None:
+        """Store the cost model and derive the search knobs that come from it."""
+        study = self.study
+        self.costs = costs
+        study.set_user_attr("cost_model", costs.to_dict())
+        derived = pending_cost_derivation(study, self.config)
+        self.config = self.worker.config = derive_search(study, self.config, costs)
+        line = costs.describe(_typical_kd_steps(self.config), self.run_section.time_limit_seconds)
+        logger.info("cost model: %s", line)
+        self.report(done, None, notice=f"cost model: {line}")
+        if derived:
+            line = f"search.kd_steps derived from it: {self.config.search['kd_steps'].values()}"
+            logger.info(line)
+            self.report(done, None, notice=line)
+
+    def begin(self) -> None:
         """Enqueue the starting points and seed the sampler, in the space as derived."""
-        added = enqueue_starting_points(study, config)
+        run, study = self.run_section, self.study
+        added = enqueue_starting_points(study, self.config)
         trials = study.get_trials(deepcopy=False)
         # numpy seeds below 2**32; a random worker id (up to 2**31) times the step is far above
-        seed = (run.seed + len(trials) + 1_000_003 * worker_id) % 2**32
-        study.sampler = make_sampler(config, seed)
+        seed = (run.seed + len(trials) + 1_000_003 * self.worker_id) % 2**32
+        study.sampler = make_sampler(self.config, seed)
         logger.info(
             "study %s: %d trials stored, %d recovered, enqueued %s, sampler %s seed %d, "
             "worker %d",
-            run.name, len(trials), len(recovered), added or "nothing", run.sampler, seed,
-            worker_id,
+            run.name, len(trials), len(self.recovered), added or "nothing", run.sampler, seed,
+            self.worker_id,
         )  # fmt: skip
 
-    begun = False
-    worker = Worker(
-        config, objective, start_timeout=max(run.trial_timeout_seconds or 0, WORKER_START_SECONDS)
-    )
-    costs: CostModel | None = None
-    host = {"host": socket.gethostname(), "study_pid": os.getpid(), "worker_id": worker_id}
-    durations: list[float] = []
-    duplicates_in_a_row = 0
-    current: optuna.Trial | None = None
-    front = 0
+    def trial(self, done: int) -> None:
+        """Ask for a trial, and build, measure and record it unless a check skips it."""
+        study, run = self.study, self.run_section
+        with warnings.catch_warnings():  # we beat ourselves (Optuna's does in optimize)
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            trial = self.current = study.ask()
+        try:
+            with _Heartbeat(self.storage, trial, run.heartbeat_seconds):
+                is_base = bool(trial.user_attrs.get("is_base"))
+                recipe = recipe_for(trial, self.config)
+                system, user = recipe_attrs(recipe)
+                _set_system_attrs(study, trial, system)
+                for key, value in user.items():
+                    trial.set_user_attr(key, value)
+                trial.set_user_attr("worker", self.host)
+                if self.skipped(trial, recipe, is_base):
+                    return
+                self.duplicates_in_a_row = 0
+                status = f"trial {trial.number}: {recipe.describe()}"
+                self.report(done, None, status)
+                timeout = trial_timeout(self.config, self.costs, recipe)
+
+                def show(step: TrialProgress) -> None:
+                    self.report(done, None, status, stage=step)
+
+                base = study.user_attrs.get("base_figures")
+                limits = [] if is_base else limits_of(self.config, base)
+                result = self.worker.run(recipe, timeout, limits, show)
+                # Checked again once every worker that took this recipe with us has written
+                # it: one that took it first and wrote it last was not seen.
+                if _prune_if_duplicate(study, trial, recipe):
+                    return
+                state = _record(study, trial, result, self.config, is_base, timeout)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            if not is_interrupted(study.get_trials(deepcopy=False)[trial.number]):
+                raise
+            logger.warning(
+                "trial %d was failed as stale by another worker while it ran here (this "
+                "process stalled for over %d s); its recipe is retried",
+                trial.number, GRACE_BEATS * run.heartbeat_seconds,
+            )  # fmt: skip
+            return
+        self.current = None
+        self.tally(result, state)
+        frozen = study.get_trials(deepcopy=False)[trial.number]
+        self.report(done + 1, frozen)
+        if is_base and state != TrialState.COMPLETE:
+            raise AutoslimError(
+                f"the base-model trial {trial.number} failed "
+                f"({frozen.user_attrs.get('fail_reason', state.name)}); every other trial "
+                "is compared with it, so fix that first (try `autoslim measure`)"
+            )
+
+    def skipped(self, trial: optuna.Trial, recipe: Recipe, is_base: bool) -> bool:
+        """Put back, or prune with the reason, a trial that must not be built now: one ahead
+        of the base trial, one past the study's budget, a duplicate, or one predicted to
+        outlast the time left."""
+        study, run = self.study, self.run_section
+        latest = study.get_trials(deepcopy=False)
+        if not is_base and _base_queued_behind(study, latest):
+            _put_back(study, trial)
+            return True
+        if _over_budget(latest, trial, run.n_trials):
+            trial.set_user_attr("over_budget", True)
+            trial.set_user_attr("prune_reason", f"n_trials={run.n_trials} taken by other workers")
+            study.tell(trial, state=TrialState.PRUNED)
+            return True
+        if _prune_if_duplicate(study, trial, recipe, latest):
+            self.duplicates_in_a_row += 1
+            return True
+        predicted = _seconds_left_short_of(
+            self.costs, run, self.elapsed(), recipe.kd_steps, recipe.recovery, recipe.runtime
+        )
+        if predicted is not None and not is_base:
+            trial.set_user_attr("past_time_limit", True)
+            trial.set_user_attr(
+                "prune_reason",
+                f"predicted to take ≈ {duration(predicted)}, more than the "
+                f"time left of time_limit_seconds={run.time_limit_seconds:g}",
+            )
+            study.tell(trial, state=TrialState.PRUNED)
+            return True
+        return False
+
+    def tally(self, result: TrialResult, state: TrialState) -> None:
+        """Count a recorded trial in the run's summary and its duration for the ETA."""
+        summary = self.summary
+        if result.status in ("done", "abandoned"):
+            summary.overhead_seconds.append(result.wall_seconds - result.seconds)
+        self.durations.append(result.wall_seconds)
+        summary.trials_run += 1
+        summary.states[state.name] = summary.states.get(state.name, 0) + 1
 
     def report(
+        self,
         done: int,
         trial: FrozenTrial | None,
         message: str = "",
         notice: str = "",
         stage: TrialProgress | None = None,
     ) -> None:
-        nonlocal front
-        if progress is None:
+        if self.progress is None:
             return
         if stage is None:  # not a repeat from inside a trial: the front may have moved
-            front = pareto_size(study)
-        elapsed = time.monotonic() - started
+            self.front = pareto_size(self.study)
+        run, costs = self.run_section, self.costs
+        elapsed = self.elapsed()
         eta = None
-        per_trial = _mean(durations) if durations else None
+        per_trial = _mean(self.durations) if self.durations else None
         if per_trial is None and costs is not None:
             per_trial = costs.trial_seconds(
-                _typical_kd_steps(config), recovery=costs.longest_recovery
+                _typical_kd_steps(self.config), recovery=costs.longest_recovery
             )
         if per_trial is not None:
             left = [] if run.n_trials is None else [(run.n_trials - done) * per_trial]
             if run.time_limit_seconds is not None:
                 left.append(max(0.0, run.time_limit_seconds - elapsed))
             eta = min(left) if left else None
-        progress(Progress(done, run.n_trials, elapsed, eta, front, trial, message, notice, stage))
-
-    try:
-        while True:
-            current = None
-            fail_deferred(study, storage, run.storage)
-            recover_stale_trials(study, storage, run.heartbeat_seconds)
-            trials = study.get_trials(deepcopy=False)
-            done = sum(counts_toward_total(t) for t in trials)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            elapsed = time.monotonic() - started
-            if run.n_trials is not None and done >= run.n_trials:
-                summary.stopped_because = f"reached n_trials={run.n_trials}"
-                break
-            if run.time_limit_seconds is not None and elapsed >= run.time_limit_seconds:
-                summary.stopped_because = f"reached time_limit_seconds={run.time_limit_seconds:g}"
-                break
-            cheapest = _seconds_left_short_of(costs, run, elapsed, _cheapest_kd_steps(config))
-            if done and cheapest is not None:  # (the base trial always runs)
-                summary.stopped_because = (
-                    f"the time left of time_limit_seconds={run.time_limit_seconds:g} fits no "
-                    f"further trial (the cheapest takes ≈ {duration(cheapest)})"
-                )
-                break
-            if duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
-                summary.stopped_because = "the search space looks exhausted (only duplicates)"
-                break
-            if run.n_trials is not None and done + running >= run.n_trials:
-                # Other workers run the rest of the budget: wait for them to finish, or to go
-                # stale and have their recipe retried here.
-                time.sleep(min(1.0, run.heartbeat_seconds))
-                continue
-            if not worker.alive:
-
-                def starting(step: TrialProgress, done: int = done) -> None:
-                    report(done, None, "starting the trial worker", stage=step)
-
-                report(done, None, "starting the trial worker")
-                info = worker.start(starting)
-                summary.worker_setup_seconds.append(info["setup_seconds"])
-                _check_corpus(study, config, info)
-                if "costs" in info and costs is None:
-                    costs = CostModel.from_dict(info["costs"])
-                    study.set_user_attr("cost_model", costs.to_dict())
-                    derived = pending_cost_derivation(study, config)
-                    config = worker.config = derive_search(study, config, costs)
-                    line = costs.describe(_typical_kd_steps(config), run.time_limit_seconds)
-                    logger.info("cost model: %s", line)
-                    report(done, None, notice=f"cost model: {line}")
-                    if derived:
-                        choices = config.search["kd_steps"].values()
-                        line = f"search.kd_steps derived from it: {choices}"
-                        logger.info(line)
-                        report(done, None, notice=line)
-                if not begun:
-                    begin()
-                    begun = True
-            with warnings.catch_warnings():  # we beat ourselves (Optuna's does in optimize)
-                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-                trial = current = study.ask()
-            try:
-                with _Heartbeat(storage, trial, run.heartbeat_seconds):
-                    is_base = bool(trial.user_attrs.get("is_base"))
-                    recipe = recipe_for(trial, config)
-                    system, user = recipe_attrs(recipe)
-                    _set_system_attrs(study, trial, system)
-                    for key, value in user.items():
-                        trial.set_user_attr(key, value)
-                    trial.set_user_attr("worker", host)
-                    latest = study.get_trials(deepcopy=False)
-                    if not is_base and _base_queued_behind(study, latest):
-                        _put_back(study, trial)
-                        continue
-                    if _over_budget(latest, trial, run.n_trials):
-                        trial.set_user_attr("over_budget", True)
-                        trial.set_user_attr(
-                            "prune_reason", f"n_trials={run.n_trials} taken by other workers"
-                        )
-                        study.tell(trial, state=TrialState.PRUNED)
-                        continue
-                    if _prune_if_duplicate(study, trial, recipe, latest):
-                        duplicates_in_a_row += 1
-                        continue
-                    predicted = _seconds_left_short_of(
-                        costs,
-                        run,
-                        time.monotonic() - started,
-                        recipe.kd_steps,
-                        recipe.recovery,
-                        recipe.runtime,
-                    )
-                    if predicted is not None and not is_base:
-                        trial.set_user_attr("past_time_limit", True)
-                        trial.set_user_attr(
-                            "prune_reason",
-                            f"predicted to take ≈ {duration(predicted)}, more than the "
-                            f"time left of time_limit_seconds={run.time_limit_seconds:g}",
-                        )
-                        study.tell(trial, state=TrialState.PRUNED)
-                        continue
-                    duplicates_in_a_row = 0
-                    status = f"trial {trial.number}: {recipe.describe()}"
-                    report(done, None, status)
-                    timeout = trial_timeout(config, costs, recipe)
-
-                    def show(step: TrialProgress, done: int = done, status: str = status) -> None:
-                        report(done, None, status, stage=step)
-
-                    limits = (
-                        [] if is_base else limits_of(config, study.user_attrs.get("base_figures"))
-                    )
-                    result = worker.run(recipe, timeout, limits, show)
-                    # Checked again once every worker that took this recipe with us has
-                    # written it: one that took it first and wrote it last was not seen.
-                    if _prune_if_duplicate(study, trial, recipe):
-                        continue
-                    state = _record(study, trial, result, config, is_base, timeout)
-            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-                if not is_interrupted(study.get_trials(deepcopy=False)[trial.number]):
-                    raise
-                logger.warning(
-                    "trial %d was failed as stale by another worker while it ran here (this "
-                    "process stalled for over %d s); its recipe is retried",
-                    trial.number, GRACE_BEATS * run.heartbeat_seconds,
-                )  # fmt: skip
-                continue
-            current = None
-            if result.status in ("done", "abandoned"):
-                summary.overhead_seconds.append(result.wall_seconds - result.seconds)
-            durations.append(result.wall_seconds)
-            summary.trials_run += 1
-            summary.states[state.name] = summary.states.get(state.name, 0) + 1
-            frozen = study.get_trials(deepcopy=False)[trial.number]
-            report(done + 1, frozen)
-            if is_base and state != TrialState.COMPLETE:
-                raise AutoslimError(
-                    f"the base-model trial {trial.number} failed "
-                    f"({frozen.user_attrs.get('fail_reason', state.name)}); every other trial "
-                    "is compared with it, so fix that first (try `autoslim measure`)"
-                )
-    except KeyboardInterrupt:
-        if current is not None:
-            _stop(study, storage, current.number, "stopped by the user")
-        raise
-    except Exception as e:
-        fault = integrity.storage_fault(e, run.storage)
-        if fault is None:
-            raise
-        if current is not None:
-            _stop_after_fault(study, storage, run.storage, current, fault)
-        raise fault from e
-    finally:
-        worker.close()
-        summary.wall_seconds = time.monotonic() - started
-    return summary
+        self.progress(
+            Progress(done, run.n_trials, elapsed, eta, self.front, trial, message, notice, stage)
+        )
 
 
 def trial_timeout(config: StudyConfig, costs: CostModel | None, recipe: Recipe) -> float:
