@@ -22,6 +22,7 @@ from autoslim import precisions
 from autoslim.budgets import BY_KEY as BUDGET_KEYS
 from autoslim.budgets import parse_bytes
 from autoslim.errors import ConfigError, ModelError
+from autoslim.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
 from autoslim.precisions import PRECISIONS
 from autoslim.recipe import KNOBS, Recipe
 from autoslim.tasks.spec import TaskSpec, parse_tasks, unused
@@ -46,11 +47,8 @@ SAMPLERS = ("tpe", "nsga2", "random", "grid")
 FROM_DEVICE = ("runtime", "precision")
 FROM_COSTS = ("kd_steps",)
 DERIVABLE = (*FROM_DEVICE, *FROM_COSTS)
-# Measurement fields a study may minimise (and any task of its [tasks] tables).
-OBJECTIVES = ("perplexity", "seconds", "joules", "size_bytes", "peak_memory_bytes")
 # Figures a task may not be named after.
 FIGURES = (*OBJECTIVES, *(b.figure for b in BUDGET_KEYS.values()))
-DEFAULT_OBJECTIVES = ("perplexity", "seconds", "joules")
 
 
 @dataclass(frozen=True)

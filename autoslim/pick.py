@@ -48,6 +48,7 @@ from optuna.trial import TrialState
 from autoslim.budgets import PERPLEXITY, Limit, limits_of, missed, tightened
 from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError
+from autoslim.objectives import unit_of
 from autoslim.recipe import Recipe
 from autoslim.retime import DEFAULT_TOP, Retimed, untrusted_timing
 from autoslim.trials import TrialRecord, minimised, objective_names, pareto_mask, read_trials
@@ -388,7 +389,7 @@ def _base_held_back(
 
     def beside(c: Candidate) -> str:
         return ", ".join(
-            f"{c.values[n]:.4g} {UNITS[n]} (base {base.values[n]:.4g})" for n in weights
+            f"{c.values[n]:.4g} {unit_of(n)} (base {base.values[n]:.4g})" for n in weights
         )
 
     shown = "; ".join(f"trial {c.number} ({c.recipe.describe()}) {beside(c)}" for c in ranking)
@@ -513,9 +514,6 @@ def _nothing_meets(study: optuna.Study, budget: Budget) -> str:
     )
 
 
-UNITS = {"seconds": "s", "joules": "J"}
-
-
 def _reason(
     ranking: tuple[Candidate, ...],
     lowest: Candidate,
@@ -535,7 +533,8 @@ def _reason(
             f"{lowest.score:.3f}, noise {best.noise(lowest, weights):.3f}), among"
         )
     figures = [
-        f"{best.values[n]:.4g} {UNITS[n]} (best candidate {min(c.values[n] for c in ranking):.4g}"
+        f"{best.values[n]:.4g} {unit_of(n)} "
+        f"(best candidate {min(c.values[n] for c in ranking):.4g}"
         + (f", {best.energy_source})" if n == "joules" else ")")
         for n in weights
     ]

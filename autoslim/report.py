@@ -40,6 +40,7 @@ from optuna.trial import TrialState
 from autoslim import __version__
 from autoslim.config import RunSection
 from autoslim.errors import ConfigError
+from autoslim.objectives import unit_of
 from autoslim.pick import Budget, rank, study_budget
 from autoslim.recipe import KNOBS, Recipe, format_heads
 from autoslim.retime import stored_retimings
@@ -57,8 +58,6 @@ from autoslim.weights import PRESETS
 
 logger = logging.getLogger(__name__)
 
-UNITS = {"perplexity": "", "seconds": "s", "joules": "J", "size_bytes": "B"}
-UNITS["peak_memory_bytes"] = "B"
 # PED-ANOVA needs no scikit-learn; below this many completed trials it says nothing useful.
 MIN_IMPORTANCE_TRIALS = 5
 
@@ -498,13 +497,12 @@ def _has_tasks(study: optuna.Study) -> bool:
 
 
 def _axis_title(name: str) -> str:
-    return f"{name} ({UNITS[name]})" if UNITS.get(name) else name
+    return f"{name} ({unit_of(name)})" if unit_of(name) else name
 
 
 def _hover(point: Point, names: Sequence[str]) -> str:
     figures = "<br>".join(
-        f"{n} {v:.4g} {UNITS.get(n, '')}".rstrip()
-        for n, v in zip(names, point.values, strict=True)
+        f"{n} {v:.4g} {unit_of(n)}".rstrip() for n, v in zip(names, point.values, strict=True)
     )
     return f"{html.escape(point.label)}<br>{figures}"
 

@@ -53,6 +53,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "quiet",
             "scratch",
             "memory",
+            "objectives",
             "urls",
         ),
     ),

@@ -24,7 +24,6 @@ from optuna.trial import TrialState
 
 from autoslim.budgets import Limit, hardware_limits
 from autoslim.config import (
-    DEFAULT_OBJECTIVES,
     DataSection,
     EarlyAbort,
     ModelSection,
@@ -32,6 +31,7 @@ from autoslim.config import (
     StudyConfig,
 )
 from autoslim.measure.measurement import CONTENDED
+from autoslim.objectives import DEFAULT_OBJECTIVES
 from autoslim.recipe import BITS, QUANT_TYPES, Recipe
 from autoslim.trials import (
     BUILD_ATTR,
