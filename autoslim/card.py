@@ -15,18 +15,15 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from autoslim import __version__
+from autoslim.objectives import OBJECTIVES
 from autoslim.operators import OPERATORS
 from autoslim.recipe import KNOBS, Recipe
 
 # The stored figures the card lists, in this order, with how each is shown.
 FIGURES: tuple[tuple[str, str, str], ...] = (
-    ("perplexity", "perplexity", "{:.4f}"),
-    ("seconds", "seconds of the timed workload (median)", "{:.4f} s"),
+    *((o.name, o.label, o.card_format) for o in OBJECTIVES.values()),
     ("seconds_cv", "seconds, coefficient of variation", "{:.1%}"),
-    ("joules", "joules of the timed workload (median)", "{:.3f} J"),
     ("joules_cv", "joules, coefficient of variation", "{:.1%}"),
-    ("size_bytes", "size of the weights", "{:,} bytes"),
-    ("peak_memory_bytes", "peak memory while measuring", "{:,} bytes"),
     ("parameters", "parameters", "{:,}"),
     ("top1_agreement", "top-1 agreement with the base model", "{:.2%}"),
     ("teacher_kl", "KL divergence from the base model", "{:.4f} nats/token"),

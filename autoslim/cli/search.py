@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from autoslim.cli._common import print_json
+from autoslim.objectives import DEFAULT_OBJECTIVES
 
 
 def register(subparsers: Any) -> None:
@@ -109,7 +110,7 @@ def describe_record(trial: Any) -> str:
     if trial.complete:
         figures = ", ".join(
             f"{name} {_figure(trial.values.get(name, trial.measurement.get(name)))}"
-            for name in dict.fromkeys(("perplexity", "seconds", "joules", *trial.values))
+            for name in dict.fromkeys((*DEFAULT_OBJECTIVES, *trial.values))
         )
         return f"#{trial.number} {trial.recipe.describe()}: {figures}{seconds}"
     return f"#{trial.number} {trial.recipe.describe()}: {trial.state.name} {trial.reason}{seconds}"

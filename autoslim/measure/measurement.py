@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
@@ -38,6 +39,7 @@ from autoslim.measure.energy import EnergyMeter, get_meter
 from autoslim.measure.footprint import PeakMemory
 from autoslim.measure.perplexity import as_runtime_model, perplexity
 from autoslim.measure.workload import WorkloadRunner, cv, synchronize
+from autoslim.objectives import DEFAULT_OBJECTIVES
 from autoslim.protocol import Workload
 
 logger = logging.getLogger(__name__)
@@ -93,9 +95,10 @@ class Measurement:
     timing_flags: list[str] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
 
-    def objectives(self) -> tuple[float, float, float]:
-        """The search's objectives, all minimised: (perplexity, seconds, joules)."""
-        return (self.perplexity, self.seconds, self.joules)
+    def objectives(self, names: Sequence[str] = DEFAULT_OBJECTIVES) -> tuple[float, ...]:
+        """The figures of objectives ``names``, all minimised (by default perplexity, seconds,
+        joules)."""
+        return tuple(float(getattr(self, name)) for name in names)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = jsonable({f.name: getattr(self, f.name) for f in fields(self)})
