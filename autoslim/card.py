@@ -9,6 +9,7 @@ and energy source it was measured under, the reload check, and the commands that
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,29 +80,68 @@ def _figure(value: Any, fmt: str) -> str | None:
     return fmt.format(int(value) if fmt.startswith("{:,}") else value)
 
 
-def model_card(
-    *,
-    model: str,
-    study: str,
-    trial: int,
-    recipe: Recipe,
-    reason: str,
-    measurement: dict[str, Any],
-    verification: dict[str, Any],
-    workload: str,
-    corpus: dict[str, str],
-    seed: int,
-    out: str,
-) -> ModelCard:
-    """The model card of trial ``trial`` of ``study``, exported to the folder ``out``."""
+@dataclass(frozen=True)
+class ExportFacts:
+    """What an export states about itself, once: its card and its manifest both read it.
+    ``out`` is where the export goes (a folder, or the Hub repository it is pushed to)."""
+
+    model: str
+    study: str
+    trial: int
+    recipe: Recipe
+    reason: str
+    measurement: dict[str, Any]
+    verification: dict[str, Any]
+    workload: str
+    corpus: dict[str, str]
+    seed: int
+    out: str
+
+
+def model_card(facts: ExportFacts) -> ModelCard:
+    """The model card of an export: metadata, what it is and how to load it, its recipe, its
+    figures and how they were measured, how to reproduce it, and its runtime's notes."""
     from autoslim.runtimes import get_runtime
 
-    runtime = get_runtime(recipe.runtime)
-    hub_id = _hub_id(model)
+    runtime = get_runtime(facts.recipe.runtime)
+    model, recipe = facts.model, facts.recipe
     changed = changed_knobs(recipe)
+    base = f"[{model}](https://huggingface.co/{model})" if _hub_id(model) else f"`{model}`"
+    if model == "reference":
+        base = "autoslim's bundled reference model (`reference`)"
+    lines = [
+        f"# {recipe.describe()}",
+        "",
+        f"{base} compressed by [autoslim](https://pypi.org/project/autoslim/): trial "
+        f"{facts.trial} of study `{facts.study}`, chosen because: {facts.reason}. It runs in "
+        f"**{runtime.name}**.",
+        "",
+        *runtime.usage(facts.out),
+        "",
+        "## Recipe",
+        "",
+        "| knob | value |",
+        "|---|---|",
+        *(f"| `{k}` | `{v}` |" for k, v in changed.items()),
+        *(["| (none: the base model as it is) | |"] if not changed else []),
+        *_measured(facts, runtime.reloaded_with),
+        *_reproduce(facts),
+    ]
+    provenance = facts.measurement.get("provenance") or {}
+    notes = runtime.card_notes(provenance.get("runtime") or {})
+    if recipe.bits == 8 and recipe.runtime == "torch" and recipe.quant_backend == "bitsandbytes":
+        notes.append(INT8_CAST_NOTE)
+    if notes:
+        lines += ["", "## Note"] + [line for note in notes for line in ("", note)]
+    data = _card_data(facts, runtime, changed)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+
+
+def _card_data(facts: ExportFacts, runtime: Any, changed: dict[str, Any]) -> ModelCardData:
+    """The card's metadata: what the Hub and transformers read, and autoslim's own entry."""
     operators = [op.name for op in OPERATORS if any(k.name in changed for k in op.knobs)]
-    data = ModelCardData(
-        base_model=hub_id,
+    return ModelCardData(
+        base_model=_hub_id(facts.model),
         library_name=runtime.library_name,
         pipeline_tag="text-generation",
         tags=[
@@ -111,34 +151,17 @@ def model_card(
         ],
         autoslim={
             "version": __version__,
-            "study": study,
-            "trial": trial,
-            "recipe": recipe.to_params(),
+            "study": facts.study,
+            "trial": facts.trial,
+            "recipe": facts.recipe.to_params(),
         },
     )
-    base = f"[{model}](https://huggingface.co/{model})" if hub_id else f"`{model}`"
-    if model == "reference":
-        base = "autoslim's bundled reference model (`reference`)"
-    lines = [
-        f"# {recipe.describe()}",
-        "",
-        f"{base} compressed by [autoslim](https://pypi.org/project/autoslim/): trial {trial} "
-        f"of study `{study}`, chosen because: {reason}. It runs in **{runtime.name}**.",
-        "",
-        *runtime.usage(out),
-        "",
-        "## Recipe",
-        "",
-        "| knob | value |",
-        "|---|---|",
-        *(f"| `{k}` | `{v}` |" for k, v in changed.items()),
-        *(["| (none: the base model as it is) | |"] if not changed else []),
-        "",
-        "## Measured",
-        "",
-        "| figure | value |",
-        "|---|---|",
-    ]
+
+
+def _measured(facts: ExportFacts, reloaded_with: str) -> list[str]:
+    """The "Measured" section: every stored figure, and what it was measured under."""
+    measurement, verification, corpus = facts.measurement, facts.verification, facts.corpus
+    lines = ["", "## Measured", "", "| figure | value |", "|---|---|"]
     for key, label, fmt in FIGURES:
         shown = _figure(measurement.get(key), fmt)
         if shown is not None:
@@ -146,31 +169,34 @@ def model_card(
     energy = str(measurement.get("energy_source", "unknown"))
     flags = ", ".join(measurement.get("energy_flags") or []) or "none"
     provenance = measurement.get("provenance") or {}
-    lines += [
+    return [
+        *lines,
         "",
-        f"- protocol and workload: {workload}",
+        f"- protocol and workload: {facts.workload}",
         f"- energy source: `{energy}` (flags: {flags})",
         f"- device: {provenance.get('device', 'unknown')}"
         + (f" ({provenance['device_name']})" if provenance.get("device_name") else ""),
         f"- corpus: {corpus['name']} (eval split), fingerprint `{corpus['fingerprint']}`",
-        f"- reloaded with {runtime.reloaded_with} at export: perplexity "
+        f"- reloaded with {reloaded_with} at export: perplexity "
         f"{verification['perplexity']:.4f} against the stored "
         f"{verification['stored_perplexity']:.4f} ({verification['relative_difference']:+.3%}"
         f", tolerance {verification['tolerance']:.0%})",
+    ]
+
+
+def _reproduce(facts: ExportFacts) -> list[str]:
+    """The "Reproduce" section: the measure and export commands that give this model again."""
+    flags = measure_flags(facts.recipe)
+    return [
         "",
         "## Reproduce",
         "",
         "```bash",
-        " ".join(["autoslim measure --model", model, *measure_flags(recipe), "--seed", str(seed)]),
-        f"autoslim export STUDY --study-name {study} --trial {trial} --out {Path(out).name}",
+        " ".join(["autoslim measure --model", facts.model, *flags, "--seed", str(facts.seed)]),
+        f"autoslim export STUDY --study-name {facts.study} --trial {facts.trial} "
+        f"--out {Path(facts.out).name}",
         "```",
         "",
         "`STUDY` is the study file or storage the search wrote; `autoslim.json` beside this card "
         "holds the full stored measurement, library versions and the sha256 of every file.",
     ]
-    notes = runtime.card_notes(provenance.get("runtime") or {})
-    if recipe.bits == 8 and recipe.runtime == "torch" and recipe.quant_backend == "bitsandbytes":
-        notes.append(INT8_CAST_NOTE)
-    if notes:
-        lines += ["", "## Note"] + [line for note in notes for line in ("", note)]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")

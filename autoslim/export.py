@@ -32,7 +32,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from autoslim.card import model_card
+from autoslim.card import ExportFacts, model_card
 from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError, ModelError
 from autoslim.measure.measurement import jsonable, versions
@@ -65,20 +65,30 @@ class ExportResult:
         return self.measured_perplexity / self.stored_perplexity - 1
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which trial to export: ``trial`` by number, or the pick under ``weights`` and the budget
+    (``max_ppl_increase``; ``tighten``: budget flags, as for pick; ``retime``: ranked on a
+    side-by-side re-timing, :func:`autoslim.pick.choose`)."""
+
+    trial: int | None = None
+    weights: Weights | None = None
+    max_ppl_increase: float | None = None
+    tighten: Mapping[str, float] | None = None
+    retime: bool = False
+
+
 def select_trial(
-    study: optuna.Study,
-    trial_number: int | None = None,
-    weights: Weights | None = None,
-    max_ppl_increase: float | None = None,
-    tighten: Mapping[str, float] | None = None,
-    retime: bool = False,
+    study: optuna.Study, selection: Selection = Selection()
 ) -> tuple[TrialRecord, str]:
-    """The trial to export: ``trial_number``, or the pick under ``weights`` and the budget
-    (``tighten``: budget flags, as for pick; ``retime``: on a side-by-side re-timing,
-    :func:`autoslim.pick.choose`)."""
-    if trial_number is None:
+    """The trial ``selection`` names, and why it was chosen."""
+    if selection.trial is None:
         choice = choose(
-            study, weights or PRESETS["balanced"], max_ppl_increase, tighten, retime=retime
+            study,
+            selection.weights or PRESETS["balanced"],
+            selection.max_ppl_increase,
+            selection.tighten,
+            retime=selection.retime,
         )
         if not choice.recommended:
             raise ConfigError(
@@ -86,11 +96,13 @@ def select_trial(
                 "trial with --trial N"
             )
         return _trial(study, choice.best.number), choice.reason
-    if weights is not None or max_ppl_increase is not None or tighten or retime:
+    chosen = selection.weights is not None or selection.max_ppl_increase is not None
+    if chosen or selection.tighten or selection.retime:
         raise ConfigError(
             "give either --trial N or a choice (--prefer / --weights / --max-ppl-increase / "
             "budget flags / --retime), not both"
         )
+    trial_number = selection.trial
     trial = _trial(study, trial_number)
     if trial.state != TrialState.COMPLETE:
         why = trial.reason
@@ -263,97 +275,56 @@ def reload_perplexity(
 def export(
     study: optuna.Study,
     out: str | Path,
+    selection: Selection = Selection(),
     *,
-    trial_number: int | None = None,
-    weights: Weights | None = None,
-    max_ppl_increase: float | None = None,
-    tighten: Mapping[str, float] | None = None,
     force: bool = False,
     tolerance: float = TOLERANCE,
-    retime: bool = False,
     protected: Sequence[Path] = (),
     hub_repo: str | None = None,
 ) -> ExportResult:
-    """Rebuild, save, verify and move into ``out`` one trial of ``study``; ``hub_repo`` is the
-    Hub repository it is going to (:func:`push_to_hub`), named in the card's load example."""
+    """Rebuild, save, verify and move into ``out`` the trial of ``study`` that ``selection``
+    names; ``hub_repo`` is the Hub repository it is going to (:func:`push_to_hub`), named in
+    the card's load example. Nothing is left behind when any step fails."""
     from autoslim.pipeline import Pipeline
 
     out = Path(out)
-    trial, reason = select_trial(study, trial_number, weights, max_ppl_increase, tighten, retime)
+    trial, reason = select_trial(study, selection)
     check_destination(out, force, [*study_files(study), *protected])
     config = _study_setup(study)
-    recipe = trial.recipe
-    stored = trial.measurement
-    stored_perplexity = trial.perplexity
-    device = config.model.device
     pipeline = Pipeline.for_study(study, config)
-    corpus, workload, seed = pipeline.corpus, pipeline.workload, pipeline.seed
     parent = out.absolute().parent
     created = _missing_ancestor(parent)
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export is an ordinary folder
     try:
-        logger.info("rebuilding trial %d: %s", trial.number, recipe.describe())
-        with pipeline.built(recipe) as built:
+        logger.info("rebuilding trial %d: %s", trial.number, trial.recipe.describe())
+        with pipeline.built(trial.recipe) as built:
             built.model.save(staging)
             engine = built.model.provenance()
-        measured = reload_perplexity(staging, corpus, workload.protocol, device, recipe)
-        difference = measured / stored_perplexity - 1
-        if not abs(difference) <= tolerance:
-            raise ModelError(
-                f"trial {trial.number} re-measured at perplexity {measured:.6g} after export, "
-                f"{difference:+.2%} from the stored {stored_perplexity:.6g} (tolerance "
-                f"{tolerance:.0%}): the rebuild does not reproduce the trial; check that the "
-                "device, library versions and data match the search's"
-            )
-        verification = {
-            "perplexity": measured,
-            "stored_perplexity": stored_perplexity,
-            "relative_difference": difference,
-            "tolerance": tolerance,
-            "protocol": workload.protocol.describe(),
-            "device": device,
-        }
-        card = model_card(
+        verification = _verify(staging, trial, pipeline, config.model.device, tolerance)
+        facts = ExportFacts(
             model=str(study.user_attrs["model"]),
             study=study.study_name,
             trial=trial.number,
-            recipe=recipe,
+            recipe=trial.recipe,
             reason=reason,
-            measurement=stored,
+            measurement=trial.measurement,
             verification=verification,
-            workload=workload.describe(),
-            corpus={"name": corpus.name, "fingerprint": corpus.fingerprint},
-            seed=seed,
+            workload=pipeline.workload.describe(),
+            corpus={"name": pipeline.corpus.name, "fingerprint": pipeline.corpus.fingerprint},
+            seed=pipeline.seed,
             out=hub_repo or str(out),
         )
-        card.save(staging / CARD)
+        model_card(facts).save(staging / CARD)
         _ordinary_modes(staging)
         files = {
             p.relative_to(staging).as_posix(): _sha256(p)
             for p in sorted(staging.rglob("*"))
             if p.is_file()
         }
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "study": study.study_name,
-            "trial": trial.number,
-            "chosen_because": reason,
-            "model": study.user_attrs["model"],
-            "seed": seed,
-            "recipe": recipe.to_params(),
-            "recipe_summary": recipe.describe(),
-            "stored_measurement": stored,
-            "stored_tasks": trial.tasks,
-            "build": trial.build,
-            "verification": verification,
-            "corpus": {"name": corpus.name, "fingerprint": corpus.fingerprint},
-            "runtime": engine,
-            "versions": versions("optuna", "safetensors", "accelerate"),
-            "files": files,
-        }
-        text = json.dumps(jsonable(manifest), indent=2, allow_nan=False)
+        manifest = jsonable(_new_manifest(facts, trial, engine, files))
+        text = json.dumps(manifest, indent=2, allow_nan=False)
         (staging / MANIFEST).write_text(text + "\n", encoding="utf-8")
         kept = _move_into_place(staging, out)
     except BaseException:
@@ -361,17 +332,68 @@ def export(
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         raise
+    measured = verification["perplexity"]
     logger.info("exported trial %d to %s (perplexity %.4g)", trial.number, out, measured)
     return ExportResult(
         folder=out,
         trial=trial.number,
-        recipe=recipe,
-        stored_perplexity=stored_perplexity,
+        recipe=trial.recipe,
+        stored_perplexity=trial.perplexity,
         measured_perplexity=measured,
         files=files,
         reason=reason,
         kept=kept,
     )
+
+
+def _verify(
+    folder: Path, trial: TrialRecord, pipeline: Any, device: str, tolerance: float
+) -> dict[str, Any]:
+    """Reload the saved ``folder`` and re-measure its perplexity under the study's protocol;
+    more than ``tolerance`` from the stored figure is an error."""
+    protocol = pipeline.workload.protocol
+    measured = reload_perplexity(folder, pipeline.corpus, protocol, device, trial.recipe)
+    stored = trial.perplexity
+    difference = measured / stored - 1
+    if not abs(difference) <= tolerance:
+        raise ModelError(
+            f"trial {trial.number} re-measured at perplexity {measured:.6g} after export, "
+            f"{difference:+.2%} from the stored {stored:.6g} (tolerance "
+            f"{tolerance:.0%}): the rebuild does not reproduce the trial; check that the "
+            "device, library versions and data match the search's"
+        )
+    return {
+        "perplexity": measured,
+        "stored_perplexity": stored,
+        "relative_difference": difference,
+        "tolerance": tolerance,
+        "protocol": protocol.describe(),
+        "device": device,
+    }
+
+
+def _new_manifest(
+    facts: ExportFacts, trial: TrialRecord, engine: dict[str, Any], files: dict[str, str]
+) -> dict[str, Any]:
+    """``autoslim.json``: the facts the card states, in full, with the sha256 of every file."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "study": facts.study,
+        "trial": facts.trial,
+        "chosen_because": facts.reason,
+        "model": facts.model,
+        "seed": facts.seed,
+        "recipe": facts.recipe.to_params(),
+        "recipe_summary": facts.recipe.describe(),
+        "stored_measurement": facts.measurement,
+        "stored_tasks": trial.tasks,
+        "build": trial.build,
+        "verification": facts.verification,
+        "corpus": facts.corpus,
+        "runtime": engine,
+        "versions": versions("optuna", "safetensors", "accelerate"),
+        "files": files,
+    }
 
 
 def _umask() -> int:

@@ -14,10 +14,10 @@ import optuna
 import pytest
 import torch
 
-from autoslim.card import measure_flags, model_card
+from autoslim.card import ExportFacts, measure_flags, model_card
 from autoslim.cli import build_parser, main
 from autoslim.errors import ConfigError, DataError, ModelError
-from autoslim.export import CARD, MANIFEST, export, select_trial
+from autoslim.export import CARD, MANIFEST, Selection, export, select_trial
 from autoslim.recipe import Recipe
 from autoslim.testing import save_tiny_model
 from autoslim.testing.studies import (
@@ -94,7 +94,7 @@ def test_base_trial_round_trip_with_plain_transformers(built, tmp_path, corpus):
 
     study, _ = built
     out = tmp_path / "best"
-    result = export(study, out, trial_number=0)
+    result = export(study, out, Selection(trial=0))
     assert result.trial == 0 and result.recipe.is_identity()
     assert abs(result.relative_difference) < 1e-4
     names = {p.name for p in out.iterdir()}
@@ -123,7 +123,7 @@ def test_base_trial_round_trip_with_plain_transformers(built, tmp_path, corpus):
 @pytest.mark.parametrize("number", [1, 2], ids=["int8", "nf4"])
 def test_quantized_trial_reloads_with_its_quantization_config(built, tmp_path, number):
     study, _ = built
-    result = export(study, tmp_path / "q", trial_number=number)
+    result = export(study, tmp_path / "q", Selection(trial=number))
     config = json.loads((tmp_path / "q" / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "bitsandbytes"
     assert abs(result.relative_difference) <= 0.01
@@ -173,7 +173,7 @@ def test_pruned_trial_reloads_with_its_smaller_shapes(built, tmp_path):
     from transformers import AutoModelForCausalLM
 
     study, _ = built
-    result = export(study, tmp_path / "p", trial_number=3)
+    result = export(study, tmp_path / "p", Selection(trial=3))
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "p")
     assert model.config.intermediate_size < 256 and model.config.num_attention_heads == 2
     assert abs(result.relative_difference) <= 1e-4
@@ -185,18 +185,18 @@ def test_force_replaces_only_a_previous_export(built, tmp_path):
     out.mkdir()
     (out / "old.txt").write_text("old")
     with pytest.raises(ConfigError, match="exists and is not empty"):
-        export(study, out, trial_number=0)
+        export(study, out, Selection(trial=0))
     with pytest.raises(ConfigError, match="is not a previous export"):
-        export(study, out, trial_number=0, force=True)
+        export(study, out, Selection(trial=0), force=True)
     assert [p.name for p in out.iterdir()] == ["old.txt"]
     previous = tmp_path / "previous"
-    export(study, previous, trial_number=0)
+    export(study, previous, Selection(trial=0))
     (previous / "notes.txt").write_text("mine")
     (previous / "README.md").write_text("my card")
     with pytest.raises(ConfigError, match="README.md changed since the previous export wrote"):
-        export(study, previous, trial_number=0, force=True)
+        export(study, previous, Selection(trial=0), force=True)
     (previous / "README.md").unlink()
-    again = export(study, previous, trial_number=0, force=True)
+    again = export(study, previous, Selection(trial=0), force=True)
     assert again.kept == ("notes.txt",) and (previous / "notes.txt").read_text() == "mine"
     assert (previous / MANIFEST).is_file() and (previous / "README.md").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "previous"]
@@ -215,7 +215,7 @@ def test_unexportable_trials_are_refused(built, tmp_path, number, needle):
     study, _ = built
     out = tmp_path / "new" / "out"
     with pytest.raises(ConfigError) as info:
-        export(study, out, trial_number=number)
+        export(study, out, Selection(trial=number))
     assert needle in str(info.value)
     assert not (tmp_path / "new").exists()
 
@@ -226,7 +226,7 @@ def test_no_trial_within_budget_names_the_closest(tmp_path):
     )
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match="the closest is trial 0 at perplexity 100"):
-        export(study, out, weights=PRESETS["balanced"])
+        export(study, out, Selection(weights=PRESETS["balanced"]))
     assert_nothing_written(out)
 
 
@@ -239,21 +239,21 @@ def test_the_trial_to_export_is_read_by_objective_name(tmp_path, objectives):
     winner = 3 if "seconds" in objectives else 4  # see tests/test_pick.py
     assert picked.number == winner and reason.startswith(f"trial {winner} ")
     assert picked.perplexity == DEMO_TRIALS[winner].perplexity
-    chosen, reason = select_trial(study, trial_number=1)
+    chosen, reason = select_trial(study, Selection(trial=1))
     assert chosen.values["perplexity"] == 101.0 and reason == "--trial 1"
 
 
 def test_trial_and_choice_together_are_refused(built, tmp_path):
     study, _ = built
     with pytest.raises(ConfigError, match="not both"):
-        export(study, tmp_path / "out", trial_number=0, weights=PRESETS["time"])
+        export(study, tmp_path / "out", Selection(trial=0, weights=PRESETS["time"]))
 
 
 def test_other_corpus_is_refused(built, tmp_path):
     study = variant(built, tmp_path, "other-corpus", corpus_fingerprint="0000000000000000")
     out = tmp_path / "sub" / "out"
     with pytest.raises(DataError, match="was measured on 0000000000000000"):
-        export(study, out, trial_number=0)
+        export(study, out, Selection(trial=0))
     assert not out.parent.exists()
 
 
@@ -261,7 +261,7 @@ def test_perplexity_mismatch_fails_and_leaves_nothing(built, tmp_path):
     study = variant(built, tmp_path, "tampered", perplexity_factor=1.05)
     out = tmp_path / "deep" / "out"
     with pytest.raises(ModelError, match=r"-4.\d\d% from the stored"):
-        export(study, out, trial_number=0)
+        export(study, out, Selection(trial=0))
     assert not (tmp_path / "deep").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["variant.db"]
 
@@ -281,7 +281,7 @@ def test_exported_weights_equal_the_base(built, tmp_path):
     from safetensors.torch import load_file
 
     study, _ = built
-    export(study, tmp_path / "b", trial_number=0)
+    export(study, tmp_path / "b", Selection(trial=0))
     base = load_file(f"{study.user_attrs['model']}/model.safetensors")
     exported = load_file(str(tmp_path / "b" / "model.safetensors"))
     assert base.keys() == exported.keys()
@@ -295,7 +295,7 @@ def test_export_is_hugging_face_native(built, tmp_path, number):
 
     study, _ = built
     out = tmp_path / "card"
-    export(study, out, trial_number=number)
+    export(study, out, Selection(trial=number))
     umask = os.umask(0)
     os.umask(umask)
     for path in out.iterdir():  # safetensors' own 0600 included
@@ -320,22 +320,24 @@ def test_export_is_hugging_face_native(built, tmp_path, number):
 def test_card_names_a_hub_base_model_and_the_flags_that_rebuild_the_recipe():
     recipe = Recipe(bits=4, quant_type="fp4", double_quant=False, prune_ratio=0.25)
     card = model_card(
-        model="Qwen/Qwen3-0.6B",
-        study="s",
-        trial=3,
-        recipe=recipe,
-        reason="--trial 3",
-        measurement={"perplexity": 12.0, "energy_source": "rapl", "size_bytes": 1000.0},
-        verification={
-            "perplexity": 12.0,
-            "stored_perplexity": 12.0,
-            "relative_difference": 0.0,
-            "tolerance": 0.01,
-        },
-        workload="w",
-        corpus={"name": "stdlib", "fingerprint": "f"},
-        seed=0,
-        out="me/model",
+        ExportFacts(
+            model="Qwen/Qwen3-0.6B",
+            study="s",
+            trial=3,
+            recipe=recipe,
+            reason="--trial 3",
+            measurement={"perplexity": 12.0, "energy_source": "rapl", "size_bytes": 1000.0},
+            verification={
+                "perplexity": 12.0,
+                "stored_perplexity": 12.0,
+                "relative_difference": 0.0,
+                "tolerance": 0.01,
+            },
+            workload="w",
+            corpus={"name": "stdlib", "fingerprint": "f"},
+            seed=0,
+            out="me/model",
+        )
     )
     assert card.data.base_model == "Qwen/Qwen3-0.6B"
     assert "| size of the weights (`size_bytes`) | 1,000 bytes |" in card.text

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from autoslim import config as study_config
     from autoslim import study as search
     from autoslim.cli.search import run_search
-    from autoslim.export import export
+    from autoslim.export import Selection, export
     from autoslim.report import write_report
     from autoslim.weights import PRESETS
 
@@ -63,9 +63,8 @@ def run(args: argparse.Namespace) -> int:
             f"{sum(overhead) / len(overhead):.2f} s per trial"
         )
     page = write_report(study, out / "report.html")
-    exported = export(
-        study, out / "balanced", weights=PRESETS["balanced"], force=True, retime=True
-    )
+    balanced = Selection(weights=PRESETS["balanced"], retime=True)
+    exported = export(study, out / "balanced", balanced, force=True)
     print(f"demo finished in {time.monotonic() - started:.0f} s")
     shown = os.path.relpath(study_file)
     print(

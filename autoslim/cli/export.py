@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autoslim.errors import ConfigError
-    from autoslim.export import export, push_to_hub
+    from autoslim.export import Selection, export, push_to_hub
     from autoslim.weights import weights_from
 
     if args.private and not args.push_to_hub:
@@ -57,15 +57,18 @@ def run(args: argparse.Namespace) -> int:
     weights = weights_from(args.prefer, args.weights) if chosen else None
     args.retime = args.retime and args.trial is None  # a given trial is not chosen: no re-timing
     with show_progress(args):
-        result = export(
-            study,
-            args.out,
-            trial_number=args.trial,
+        selection = Selection(
+            trial=args.trial,
             weights=weights,
             max_ppl_increase=args.max_ppl_increase,
             tighten=tightened(args),
-            force=args.force,
             retime=args.retime,
+        )
+        result = export(
+            study,
+            args.out,
+            selection,
+            force=args.force,
             protected=study_arg_files(args),
             hub_repo=args.push_to_hub,
         )

@@ -238,7 +238,7 @@ def test_imatrix_knob_is_active_only_where_it_matters():
 
 
 def test_the_card_of_a_llamacpp_export_says_how_to_run_it_and_what_the_check_found() -> None:
-    from autoslim.card import model_card
+    from autoslim.card import ExportFacts, model_card
 
     recipe = Recipe(runtime="llamacpp", gguf_type="Q4_K_M", imatrix=True)
     provenance = {
@@ -253,22 +253,24 @@ def test_the_card_of_a_llamacpp_export_says_how_to_run_it_and_what_the_check_fou
         }
     }
     card = model_card(
-        model="smollm2-135m",
-        study="s",
-        trial=3,
-        recipe=recipe,
-        reason="--trial 3",
-        measurement={"perplexity": 10.3, "energy_source": "rapl", "provenance": provenance},
-        verification={
-            "perplexity": 10.3,
-            "stored_perplexity": 10.3,
-            "relative_difference": 0.0,
-            "tolerance": 0.01,
-        },
-        workload="w",
-        corpus={"name": "stdlib", "fingerprint": "f"},
-        seed=0,
-        out="out",
+        ExportFacts(
+            model="smollm2-135m",
+            study="s",
+            trial=3,
+            recipe=recipe,
+            reason="--trial 3",
+            measurement={"perplexity": 10.3, "energy_source": "rapl", "provenance": provenance},
+            verification={
+                "perplexity": 10.3,
+                "stored_perplexity": 10.3,
+                "relative_difference": 0.0,
+                "tolerance": 0.01,
+            },
+            workload="w",
+            corpus={"name": "stdlib", "fingerprint": "f"},
+            seed=0,
+            out="out",
+        )
     )
     assert card.data.library_name == "gguf" and "llamacpp" in card.data.tags
     assert "llama-cli -m out/model.gguf" in card.text and "ollama create" in card.text
@@ -283,7 +285,7 @@ def test_a_llamacpp_trial_exports_a_gguf_that_llama_cpp_loads(tmp_path, corpus):
 
     from llama_cpp import Llama
 
-    from autoslim.export import MANIFEST, export
+    from autoslim.export import MANIFEST, Selection, export
     from autoslim.testing import save_tiny_model
     from autoslim.testing.studies import make_built_study
 
@@ -293,7 +295,7 @@ def test_a_llamacpp_trial_exports_a_gguf_that_llama_cpp_loads(tmp_path, corpus):
         f"sqlite:///{tmp_path / 's.db'}", model, corpus, recipes, max_ppl_increase=0.5
     )
     out = tmp_path / "gguf"
-    result = export(study, out, trial_number=1)
+    result = export(study, out, Selection(trial=1))
     assert abs(result.relative_difference) < 1e-4
     assert (out / "Modelfile").read_text().startswith("FROM ./model.gguf")
     assert json.loads((out / MANIFEST).read_text())["runtime"]["tensor_types"]

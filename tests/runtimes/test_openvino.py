@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from autoslim.errors import ConfigError, UnsupportedError
-from autoslim.export import MANIFEST, export
+from autoslim.export import MANIFEST, Selection, export
 from autoslim.recipe import Recipe
 from autoslim.runtimes import RUNTIMES
 from autoslim.testing import save_tiny_model
@@ -42,7 +42,7 @@ def test_an_openvino_trial_exports_a_folder_its_engines_load(study: Any, tmp_pat
     from optimum.intel import OVModelForCausalLM
 
     out = tmp_path / "ov"
-    result = export(study, out, trial_number=1)
+    result = export(study, out, Selection(trial=1))
     assert abs(result.relative_difference) < 1e-4
     assert (out / "openvino_model.xml").is_file() and (out / "openvino_tokenizer.xml").is_file()
     manifest = json.loads((out / MANIFEST).read_text())

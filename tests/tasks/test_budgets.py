@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from autoslim.budgets import BY_KEY, parse_bytes
 from autoslim.errors import ConfigError
-from autoslim.export import select_trial
+from autoslim.export import Selection, select_trial
 from autoslim.pick import rank
 from autoslim.recipe import Recipe
 from autoslim.report import get_pareto_info, get_summary_info, get_table_info
@@ -80,7 +80,7 @@ def test_a_budget_flag_tightens_pick_and_export(tmp_path: Path, key: str):
     assert rank(study, PRESETS["time"]).best.number == 2  # fastest, no budget
     tight = {key: CASES[key][0]}
     assert rank(study, PRESETS["time"], tighten=tight).best.number == 1
-    assert select_trial(study, tighten=tight)[0].number == 1
+    assert select_trial(study, Selection(tighten=tight))[0].number == 1
 
 
 def test_a_flag_may_not_loosen_the_study_budget(tmp_path: Path):

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from autoslim import config, study
 from autoslim.budgets import task_key
 from autoslim.errors import ConfigError
-from autoslim.export import select_trial
+from autoslim.export import Selection, select_trial
 from autoslim.pick import rank
 from autoslim.report import get_summary_info, get_table_info
 from autoslim.trials import read_trials
@@ -118,7 +118,7 @@ def test_a_study_judged_by_tasks_and_budgets(tmp_path: Path) -> None:
         rank(s, PRESETS["balanced"], tighten={at_least: -1.0})
     at_most = {task_key("mine", "at_most"): int8.tasks["mine"]["value"] / 2}
     with pytest.raises(ConfigError, match="no completed trial"):
-        select_trial(s, tighten=at_most)
+        select_trial(s, Selection(tighten=at_most))
     args = [sys.executable, "-m", "autoslim", "pick", c.study.storage, "--study-name", "tasks"]
     shown = subprocess.run([*args, "--task-at-least", f"pydoc_norm={norm}"], capture_output=True)
     assert shown.returncode == 0, shown.stderr
