@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -36,9 +36,10 @@ from autoslim.data import Corpus, tokens
 from autoslim.errors import ConfigError, reject_unknown
 from autoslim.measure.drift import drift
 from autoslim.measure.energy import EnergyMeter, get_meter
+from autoslim.measure.energy.base import EnergyReading
 from autoslim.measure.footprint import PeakMemory
 from autoslim.measure.perplexity import as_runtime_model, perplexity
-from autoslim.measure.workload import WorkloadRunner, cv, synchronize
+from autoslim.measure.workload import TimedRun, WorkloadRunner, cv, synchronize
 from autoslim.objectives import DEFAULT_OBJECTIVES
 from autoslim.protocol import Workload
 
@@ -204,21 +205,7 @@ def measure(
         moved = drift(model, teacher, ids, workload.protocol) if teacher is not None else None
         if torch_model is not None:
             torch_model.eval()
-        runner = WorkloadRunner(handle, ids, workload)
-        for _ in range(workload.warmup):
-            runner.run()
-        peak = PeakMemory(dev)
-        peak.start()
-        synchronize(dev)
-        pooled_start = energy.begin()
-        runs = []
-        for repeat in range(workload.repeats):
-            progress.report("measure: workload", repeat, workload.repeats)
-            runs.append(runner.timed(energy))
-        synchronize(dev)
-        pooled = energy.end(pooled_start)
-        peak_bytes = peak.peak_bytes()
-        load_after = os.getloadavg()[0]
+        timed = _timed(WorkloadRunner(handle, ids, workload), workload, energy, dev)
     finally:
         torch.set_num_threads(threads_before)
         if torch_model is not None:
@@ -226,47 +213,10 @@ def measure(
         if isinstance(meter, str):
             energy.close()
 
+    runs = timed.runs
     seconds = [r.seconds for r in runs]
-    flags = sorted({flag for r in runs for flag in r.energy.flags})
-    per_run = [r.energy.joules for r in runs]
-    joules_samples = [j for j in per_run if j is not None]
-    if len(joules_samples) == len(runs):
-        joules, joules_cv = statistics.median(joules_samples), cv(joules_samples)
-    else:
-        joules_samples = []
-        joules_cv = float("nan")
-        if pooled.joules is not None:
-            joules = pooled.joules / len(runs)
-            flags.append(POOLED)
-        else:
-            joules = float("nan")
-            flags = sorted({*flags, *pooled.flags, UNRESOLVED})
-        logger.warning(
-            "%s could not resolve single runs of %.3f s: %s; lengthen the workload "
-            "(decode_tokens, prefill_windows) for per-run joules",
-            energy.source,
-            statistics.median(seconds),
-            ", ".join(flags),
-        )
-    waits = [r.waited_seconds for r in runs]
-    cpu_wait = (
-        sum(w for w in waits if w is not None) / sum(seconds)
-        if all(w is not None for w in waits) and sum(seconds) > 0
-        else None
-    )
-    timing_flags = []
-    if cpu_wait is not None and cpu_wait > CONTENDED_FRACTION:
-        timing_flags.append(CONTENDED)
-        logger.warning(
-            "the process waited for a CPU %.0f%% of the timed %.2f s (load average %.2f on "
-            "%s CPUs): seconds and joules are inflated and noisy; stop other work on this "
-            "machine%s",
-            100 * cpu_wait,
-            sum(seconds),
-            load_after,
-            os.cpu_count(),
-            " or lower workload.threads" if threads > 1 else "",
-        )
+    joules, joules_cv, joules_samples, flags = _joules(runs, timed.pooled, energy.source)
+    cpu_wait, timing_flags = _cpu_wait(runs, timed.load_after, threads)
     prefill_seconds = statistics.median(r.prefill_seconds for r in runs)
     decode_seconds = statistics.median(r.decode_seconds for r in runs)
     return Measurement(
@@ -277,7 +227,7 @@ def measure(
         seconds_cv=cv(seconds),
         joules_cv=joules_cv,
         size_bytes=handle.size_bytes(),
-        peak_memory_bytes=peak_bytes,
+        peak_memory_bytes=timed.peak_bytes,
         parameters=handle.parameters(),
         top1_agreement=moved.top1_agreement if moved else None,
         teacher_kl=moved.teacher_kl if moved else None,
@@ -292,26 +242,120 @@ def measure(
         energy_flags=flags,
         cpu_wait_fraction=cpu_wait,
         timing_flags=timing_flags,
-        provenance={
-            "device": str(dev),
-            "device_name": _device_name(dev),
-            "dtype": handle.describe_dtype(),
-            "runtime": handle.provenance(),
-            "protocol": workload.protocol.describe(),
-            "workload": workload.to_dict(),
-            "corpus": corpus.name,
-            "corpus_fingerprint": corpus.fingerprint,
-            "meter": energy.describe(),
-            "peak_memory": peak.describe()["method"],
-            "cpu_wait": "Linux schedstat run delay, all threads"
-            if cpu_wait is not None
-            else "unavailable",
-            "size": "state_dict tensor bytes, shared memory once"
-            if handle.runtime == "torch"
-            else f"bytes of the {handle.runtime} weights file",
-            "torch_threads": threads,
-            "load_average_1min": {"before": load_before, "after": load_after},
-            "versions": versions(),
-            "platform": platform.platform(),
-        },
+        provenance=_provenance(
+            handle, dev, workload, corpus, energy, timed, cpu_wait, threads, load_before
+        ),
     )
+
+
+class _Timed(NamedTuple):
+    runs: list[TimedRun]
+    pooled: EnergyReading
+    peak_bytes: int
+    peak_method: str
+    load_after: float
+
+
+def _timed(runner: WorkloadRunner, workload: Workload, energy: EnergyMeter, dev: Any) -> _Timed:
+    """The workload's warm-up runs, then its timed repeats, each metered, with the peak
+    memory and a pooled energy reading over all of them."""
+    for _ in range(workload.warmup):
+        runner.run()
+    peak = PeakMemory(dev)
+    peak.start()
+    synchronize(dev)
+    pooled_start = energy.begin()
+    runs = []
+    for repeat in range(workload.repeats):
+        progress.report("measure: workload", repeat, workload.repeats)
+        runs.append(runner.timed(energy))
+    synchronize(dev)
+    pooled = energy.end(pooled_start)
+    peak_bytes = peak.peak_bytes()
+    return _Timed(runs, pooled, peak_bytes, peak.describe()["method"], os.getloadavg()[0])
+
+
+def _provenance(
+    handle: Any,
+    dev: Any,
+    workload: Workload,
+    corpus: Corpus,
+    energy: EnergyMeter,
+    timed: _Timed,
+    cpu_wait: float | None,
+    threads: int,
+    load_before: float,
+) -> dict[str, Any]:
+    """Where, with what and under which conditions a measurement was taken."""
+    return {
+        "device": str(dev),
+        "device_name": _device_name(dev),
+        "dtype": handle.describe_dtype(),
+        "runtime": handle.provenance(),
+        "protocol": workload.protocol.describe(),
+        "workload": workload.to_dict(),
+        "corpus": corpus.name,
+        "corpus_fingerprint": corpus.fingerprint,
+        "meter": energy.describe(),
+        "peak_memory": timed.peak_method,
+        "cpu_wait": "Linux schedstat run delay, all threads"
+        if cpu_wait is not None
+        else "unavailable",
+        "size": "state_dict tensor bytes, shared memory once"
+        if handle.runtime == "torch"
+        else f"bytes of the {handle.runtime} weights file",
+        "torch_threads": threads,
+        "load_average_1min": {"before": load_before, "after": timed.load_after},
+        "versions": versions(),
+        "platform": platform.platform(),
+    }
+
+
+def _joules(
+    runs: list[TimedRun], pooled: EnergyReading, source: str
+) -> tuple[float, float, list[float], list[str]]:
+    """(joules, their cv, per-run samples, energy flags) of the timed runs: the median of
+    per-run readings where the meter resolved every run, else the pooled reading over all of
+    them divided by their number (flagged), else NaN (flagged)."""
+    flags = sorted({flag for r in runs for flag in r.energy.flags})
+    samples = [r.energy.joules for r in runs if r.energy.joules is not None]
+    if len(samples) == len(runs):
+        return statistics.median(samples), cv(samples), samples, flags
+    if pooled.joules is not None:
+        joules = pooled.joules / len(runs)
+        flags.append(POOLED)
+    else:
+        joules = float("nan")
+        flags = sorted({*flags, *pooled.flags, UNRESOLVED})
+    logger.warning(
+        "%s could not resolve single runs of %.3f s: %s; lengthen the workload "
+        "(decode_tokens, prefill_windows) for per-run joules",
+        source,
+        statistics.median(r.seconds for r in runs),
+        ", ".join(flags),
+    )
+    return joules, float("nan"), [], flags
+
+
+def _cpu_wait(runs: list[TimedRun], load: float, threads: int) -> tuple[float | None, list[str]]:
+    """The share of the timed wall time the process waited for a CPU (None where unknown),
+    and the timing flags it raises."""
+    seconds = sum(r.seconds for r in runs)
+    waits = [r.waited_seconds for r in runs]
+    known = [w for w in waits if w is not None]
+    if len(known) < len(waits) or seconds <= 0:
+        return None, []
+    cpu_wait = sum(known) / seconds
+    if cpu_wait <= CONTENDED_FRACTION:
+        return cpu_wait, []
+    logger.warning(
+        "the process waited for a CPU %.0f%% of the timed %.2f s (load average %.2f on "
+        "%s CPUs): seconds and joules are inflated and noisy; stop other work on this "
+        "machine%s",
+        100 * cpu_wait,
+        seconds,
+        load,
+        os.cpu_count(),
+        " or lower workload.threads" if threads > 1 else "",
+    )
+    return cpu_wait, [CONTENDED]
