@@ -310,11 +310,8 @@ def measure_costs(
     import torch
 
     from autoslim.compress.distill import distill
-    from autoslim.compress.families import family_of
-    from autoslim.compress.recovery import every_layer_cut, recover
     from autoslim.measure.perplexity import perplexity
     from autoslim.measure.workload import WorkloadRunner, synchronize
-    from autoslim.precisions import precision_of
     from autoslim.recipe import Recipe
 
     model = pipeline.base.model
@@ -344,43 +341,15 @@ def measure_costs(
             alpha=defaults.kd_alpha,
             lr=defaults.kd_lr,
         )
-    recovery = {}
-    for method in recovery_space:
-        if method == "none":
-            continue
-        cuts = every_layer_cut(model.config, method)
-        healed = copy.deepcopy(model).to(device=pipeline.device, dtype=torch.float32)
-        with watch() as healing, _errors_only(recover.__module__):
-            recover(
-                healed,
-                model,
-                family_of(model.config),
-                cuts,
-                pipeline.calibration_windows(),
-                method=method,
-                steps=recovery_steps,
-                lr=defaults.recovery_lr,
-            )
-        recovery[method] = healing.quiet
-        del healed
+    recovery = _recovery_seconds(pipeline, recovery_space, recovery_steps, watch)
     del student
     teacher = teacher_cache.teacher_seconds - teacher_before
     runner = WorkloadRunner(model, eval_ids, workload)
     with watch() as ran:
         runner.run()
     watches = [copied, evaluated, stepped, ran]
-    converts = {}
-    precision = precision_of(next(model.parameters()).dtype)
-    for runtime in runtimes:
-        if runtime == "torch":
-            continue
-        with (
-            watch() as converted,
-            pipeline.converted(model, Recipe(runtime=runtime, precision=precision)),
-        ):
-            pass
-        converts[runtime] = converted.quiet
-        watches.append(converted)
+    converted = _convert_seconds(pipeline, runtimes, watch)
+    watches += converted.values()
     wall = sum(w.wall for w in watches)
     # The teacher runs once per KD window for the whole study, not per step: count the step
     # without it (its seconds are the wall share of the measured step).
@@ -396,10 +365,67 @@ def measure_costs(
         cpu_wait_fraction=1 - sum(w.quiet for w in watches) / wall if wall > 0 else 0.0,
         teacher_seconds=teacher,
         recovery_seconds=recovery,
-        convert_seconds=converts,
+        convert_seconds={runtime: w.quiet for runtime, w in converted.items()},
     )
     cheapest = min((s for s in kd_steps_space if s > 0), default=0)
     windows = early_abort_windows_set or early_abort_windows(
         partial.eval_window_seconds, partial.trial_seconds(cheapest), available
     )
     return replace(partial, early_abort_windows=windows)
+
+
+def _recovery_seconds(
+    pipeline: Any, methods: Sequence[str], steps: int, watch: Callable[[], _Stopwatch]
+) -> dict[str, float]:
+    """CPU seconds of one recovery pass per method (but none) over a one-channel cut of every
+    layer of the base model, block distillation at ``steps`` steps."""
+    import copy
+
+    import torch
+
+    from autoslim.compress.families import family_of
+    from autoslim.compress.recovery import every_layer_cut, recover
+    from autoslim.recipe import Recipe
+
+    model = pipeline.base.model
+    seconds = {}
+    for method in methods:
+        if method == "none":
+            continue
+        healed = copy.deepcopy(model).to(device=pipeline.device, dtype=torch.float32)
+        with watch() as healing, _errors_only(recover.__module__):
+            recover(
+                healed,
+                model,
+                family_of(model.config),
+                every_layer_cut(model.config, method),
+                pipeline.calibration_windows(),
+                method=method,
+                steps=steps,
+                lr=Recipe().recovery_lr,
+            )
+        seconds[method] = healing.quiet
+        del healed
+    return seconds
+
+
+def _convert_seconds(
+    pipeline: Any, runtimes: Sequence[str], watch: Callable[[], _Stopwatch]
+) -> dict[str, _Stopwatch]:
+    """One timed conversion of the base model into each runtime but torch."""
+    from autoslim.precisions import precision_of
+    from autoslim.recipe import Recipe
+
+    model = pipeline.base.model
+    precision = precision_of(next(model.parameters()).dtype)
+    timed = {}
+    for runtime in runtimes:
+        if runtime == "torch":
+            continue
+        with (
+            watch() as converted,
+            pipeline.converted(model, Recipe(runtime=runtime, precision=precision)),
+        ):
+            pass
+        timed[runtime] = converted
+    return timed

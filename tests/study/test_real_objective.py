@@ -92,6 +92,10 @@ def test_recovery_is_timed_at_start_and_heals_in_the_trials(tmp_path: Path) -> N
     costs = CostModel.from_dict(s.user_attrs["cost_model"])
     assert set(costs.recovery_seconds) == {"bias", "block_kd"}
     assert all(seconds > 0 for seconds in costs.recovery_seconds.values())
+    # runtime left out: every runtime this machine runs, each conversion timed once at start
+    engines = set(s.user_attrs["derived_search"]["runtime"]) - {"torch"}
+    assert engines and set(costs.convert_seconds) == engines
+    assert all(seconds > 0 for seconds in costs.convert_seconds.values())
     healed = [record(t, s.metric_names) for t in s.trials if t.state == TrialState.COMPLETE]
     healed = [r for r in healed if not r.is_base]
     assert healed
