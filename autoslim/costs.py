@@ -330,17 +330,11 @@ def measure_costs(
         student = copy.deepcopy(model).to(device=pipeline.device, dtype=torch.float32)
     with watch() as evaluated:
         perplexity(model, eval_ids, replace(protocol, max_windows=probe))
-    defaults = Recipe()
+    d = Recipe()
+    kd = {"temperature": d.kd_temperature, "alpha": d.kd_alpha, "lr": d.kd_lr}
     teacher_before = teacher_cache.teacher_seconds
     with watch() as stepped:
-        distill(
-            student,
-            teacher_cache,
-            steps=1,
-            temperature=defaults.kd_temperature,
-            alpha=defaults.kd_alpha,
-            lr=defaults.kd_lr,
-        )
+        distill(student, teacher_cache, steps=1, **kd)
     recovery = _recovery_seconds(pipeline, recovery_space, recovery_steps, watch)
     del student
     teacher = teacher_cache.teacher_seconds - teacher_before
