@@ -121,6 +121,20 @@ def _lr_at(step: int, config: ZooConfig) -> float:
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def _optimizer(model: torch.nn.Module, config: ZooConfig) -> torch.optim.Optimizer:
+    """AdamW, weight decay on the matrices only (not on norms and biases)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        betas=(0.9, 0.95),
+    )
+
+
 def train(
     config: ZooConfig,
     out_dir: str | Path,
@@ -138,16 +152,7 @@ def train(
     protocol = PerplexityProtocol(
         window=config.context, stride=config.context, max_windows=config.eval_windows
     )
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=config.lr,
-        betas=(0.9, 0.95),
-    )
+    optimizer = _optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     span = config.context
     untrained = perplexity(model, eval_ids, protocol).perplexity
