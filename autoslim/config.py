@@ -14,7 +14,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -289,6 +289,12 @@ class _Table:
             return float(value)
         return value
 
+    def field(self, section: type, name: str, kind: type | tuple[type, ...]) -> Any:
+        """Key ``name`` of this table, defaulting to the field of dataclass ``section`` it
+        fills (the one place a study-file default is written)."""
+        default = next(f.default for f in fields(section) if f.name == name)
+        return self.get(name, kind, default)
+
     def table(self, name: str) -> _Table:
         self.read.add(name)
         value = self.data.get(name, {})
@@ -432,8 +438,8 @@ def _run_section(t: _Table, file: Path) -> RunSection:
     if (problem := study_name_problem(name)) is not None:
         raise t.error("name", problem)
     storage = t.get("storage", str, "")
-    n_trials = t.get("n_trials", int, 20)
-    time_limit = t.get("time_limit_seconds", (int, float), None)
+    n_trials = t.field(RunSection, "n_trials", int)
+    time_limit = t.field(RunSection, "time_limit_seconds", (int, float))
     if n_trials < 0:
         raise t.error("n_trials", f"{n_trials}: must be >= 0 (0 = no limit, stop on the time)")
     _positive(t, "time_limit_seconds", time_limit)
@@ -441,22 +447,22 @@ def _run_section(t: _Table, file: Path) -> RunSection:
         if time_limit is None:
             raise t.error("n_trials", "is 0 and no time_limit_seconds is set; set one of them")
         n_trials = None
-    sampler = t.get("sampler", str, "tpe")
+    sampler = t.field(RunSection, "sampler", str)
     if sampler not in SAMPLERS:
         raise t.error("sampler", f"{sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    seed = t.get("seed", int, 0)
-    population = t.get("population_size", int, 8)
+    seed = t.field(RunSection, "seed", int)
+    population = t.field(RunSection, "population_size", int)
     if population < 2:
         raise t.error("population_size", f"{population}: NSGA-II needs at least 2")
-    startup = t.get("startup_trials", int, 4)
+    startup = t.field(RunSection, "startup_trials", int)
     if startup < 0:
         raise t.error("startup_trials", f"{startup}: must be >= 0")
-    trial_timeout = t.get("trial_timeout_seconds", (int, float), None)
+    trial_timeout = t.field(RunSection, "trial_timeout_seconds", (int, float))
     _positive(t, "trial_timeout_seconds", trial_timeout)
-    recycle = t.get("recycle_every", int, 25)
+    recycle = t.field(RunSection, "recycle_every", int)
     if recycle < 0:
         raise t.error("recycle_every", f"{recycle}: must be >= 0 (0 = never recycle)")
-    heartbeat = t.get("heartbeat_seconds", int, 10)
+    heartbeat = t.field(RunSection, "heartbeat_seconds", int)
     if heartbeat < 1:
         raise t.error("heartbeat_seconds", f"{heartbeat}: must be >= 1")
     t.finish()
@@ -545,10 +551,10 @@ def _storage(t: _Table, url: str, file: Path, name: str) -> str:
 
 def _model_section(t: _Table) -> ModelSection:
     section = ModelSection(
-        name=t.get("name", str, "reference"),
-        trust_remote_code=t.get("trust_remote_code", bool, False),
-        device=t.get("device", str, "cpu"),
-        dtype=t.get("dtype", str, "auto"),
+        name=t.field(ModelSection, "name", str),
+        trust_remote_code=t.field(ModelSection, "trust_remote_code", bool),
+        device=t.field(ModelSection, "device", str),
+        dtype=t.field(ModelSection, "dtype", str),
         max_memory=_max_memory(t),
     )
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", section.device):
@@ -560,7 +566,7 @@ def _model_section(t: _Table) -> ModelSection:
 
 
 def _max_memory(t: _Table) -> int | None:
-    value = t.get("max_memory", (str, int, float), None)
+    value = t.field(ModelSection, "max_memory", (str, int, float))
     if value is None:
         return None
     try:
@@ -576,7 +582,7 @@ def _data_section(t: _Table) -> DataSection:
     text = t.get("text", list, [])
     if not all(isinstance(p, str) for p in text):
         raise t.error("text", "must be a list of file paths (strings)")
-    dataset = t.get("dataset", str, "")
+    dataset = t.field(DataSection, "dataset", str)
     if text and dataset:
         raise t.error("dataset", "give either data.text or data.dataset, not both")
     t.finish()
@@ -655,9 +661,9 @@ def _budgets(t: _Table, workload: dict[str, Any]) -> dict[str, float]:
 
 def _early_abort(t: _Table) -> EarlyAbort:
     section = EarlyAbort(
-        enabled=t.get("enabled", bool, True),
-        max_ppl_ratio=t.get("max_ppl_ratio", float, 4.0),
-        windows=t.get("windows", int, None),
+        enabled=t.field(EarlyAbort, "enabled", bool),
+        max_ppl_ratio=t.field(EarlyAbort, "max_ppl_ratio", float),
+        windows=t.field(EarlyAbort, "windows", int),
     )
     if not (math.isfinite(section.max_ppl_ratio) and section.max_ppl_ratio > 1):
         raise t.error(
