@@ -72,8 +72,8 @@ class Range:
 
 
 @dataclass(frozen=True)
-class Knob:
-    """One searched Recipe field: a list of choices (one choice = fixed) or a range."""
+class SearchedKnob:
+    """What a study searches for one knob: a list of choices (one choice = fixed) or a range."""
 
     name: str
     choices: tuple[Any, ...] = ()
@@ -106,9 +106,9 @@ class Knob:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    knobs: dict[str, Knob]
+    knobs: dict[str, SearchedKnob]
 
-    def __getitem__(self, name: str) -> Knob:
+    def __getitem__(self, name: str) -> SearchedKnob:
         return self.knobs[name]
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,7 +198,7 @@ class StudyConfig:
         knobs = dict(self.search.knobs)
         for name in self.derive:
             if name in derived:
-                knobs[name] = Knob(name, choices=tuple(derived[name]))
+                knobs[name] = SearchedKnob(name, choices=tuple(derived[name]))
         return replace(self, search=SearchSpace(knobs))
 
     def to_dict(self) -> dict[str, Any]:
@@ -230,9 +230,9 @@ class StudyConfig:
             stored = data["search"]
             # A knob declared after the study was made was fixed at its default then.
             search = {
-                name: Knob(name, range=Range(**value, integer=declared.type is int))
+                name: SearchedKnob(name, range=Range(**value, integer=declared.type is int))
                 if isinstance(value, dict)
-                else Knob(name, choices=tuple(value))
+                else SearchedKnob(name, choices=tuple(value))
                 for name, declared in KNOBS.items()
                 for value in [stored.get(name, [declared.to_param(declared.default)])]
             }
@@ -749,7 +749,7 @@ def _check_used(t: _Table, space: SearchSpace) -> None:
             )
 
 
-def _knob(t: _Table, name: str, default: Any) -> Knob:
+def _knob(t: _Table, name: str, default: Any) -> SearchedKnob:
     value = t.data.get(name, default)
     t.read.add(name)
     declared = KNOBS[name]
@@ -758,14 +758,14 @@ def _knob(t: _Table, name: str, default: Any) -> Knob:
         if not declared.rangeable:
             raise t.error(name, f"takes a list of choices ({declared.allowed()}), not a range")
         table = _Table(value, key, t.where)
-        return Knob(name, range=_range(table, name, declared.type is int))
+        return SearchedKnob(name, range=_range(table, name, declared.type is int))
     choices = value if isinstance(value, list) else [value]
     if not choices:
         raise t.error(name, f"is an empty list; give at least one value, e.g. {default!r}")
     checked = [_check_value(t, name, f"{key}[{i}]", c) for i, c in enumerate(choices)]
     if len(set(checked)) != len(checked):
         raise t.error(name, f"{choices!r} repeats a choice")
-    return Knob(name, choices=tuple(checked))
+    return SearchedKnob(name, choices=tuple(checked))
 
 
 def _range(t: _Table, name: str, integer: bool) -> Range:
@@ -893,7 +893,7 @@ def _buildable_precisions(config: StudyConfig, model_config: Any) -> StudyConfig
     knobs = dict(config.search.knobs)
     kept = []
     for value in knobs["precision"].values():
-        knobs["precision"] = Knob("precision", choices=(value,))
+        knobs["precision"] = SearchedKnob("precision", choices=(value,))
         try:
             for recipe in extreme_recipes(SearchSpace(knobs)):
                 validate(recipe, model_config, config.model.device)
@@ -901,7 +901,7 @@ def _buildable_precisions(config: StudyConfig, model_config: Any) -> StudyConfig
             logger.info("search.precision: %s left out of the derived space: %s", value, e)
             continue
         kept.append(value)
-    knobs["precision"] = Knob("precision", choices=tuple(kept or ["fp32"]))
+    knobs["precision"] = SearchedKnob("precision", choices=tuple(kept or ["fp32"]))
     return replace(config, search=SearchSpace(knobs))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from autoslim.config import Knob, SearchSpace
+from autoslim.config import SearchedKnob, SearchSpace
 from autoslim.errors import ConfigError
 from autoslim.recipe import KNOBS, Recipe
 from autoslim.runtimes import RUNTIMES
@@ -21,7 +21,7 @@ from autoslim.runtimes import RUNTIMES
 ORDER = tuple(KNOBS)
 
 
-def _suggest(trial: optuna.Trial, knob: Knob) -> Any:
+def _suggest(trial: optuna.Trial, knob: SearchedKnob) -> Any:
     if knob.range is None:
         return trial.suggest_categorical(knob.name, list(knob.choices))
     r = knob.range
@@ -45,7 +45,7 @@ def params_of(recipe: Recipe, space: SearchSpace) -> dict[str, Any]:
     return {k: v for k, v in recipe.active_params().items() if not space[k].fixed}
 
 
-def nearest(knob: Knob, wanted: Any) -> Any:
+def nearest(knob: SearchedKnob, wanted: Any) -> Any:
     """The value of ``knob`` closest to ``wanted`` (the first choice for non-numbers)."""
     if knob.range is not None:
         r = knob.range
