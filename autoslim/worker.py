@@ -422,9 +422,10 @@ class BuildAndMeasure:
         self.base = base = self.pipeline.base
         self.corpus = corpus = self.pipeline.corpus
         model_config = base.model.config
-        window = min(256, int(getattr(model_config, "max_position_embeddings", 256)))
         self.pipeline.teacher_cache = TeacherCache(
-            base.model, data.tokens(base.tokenizer, corpus, "kd"), window=window
+            base.model,
+            data.tokens(base.tokenizer, corpus, "kd"),
+            window=context_window(model_config),
         )
         self.pipeline.calibration = calibration_batch(
             base.tokenizer, corpus, window=context_window(model_config), seed=config.study.seed

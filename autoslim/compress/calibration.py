@@ -49,8 +49,9 @@ def calibration_batch(
 
 
 def context_window(config: Any, window: int = 256) -> int:
-    """``window`` clipped to the model's context length."""
-    return min(window, int(config.max_position_embeddings))
+    """``window`` clipped to the model's context length (where its config states one): the
+    windows of the calibration batch and of the teacher cache alike."""
+    return min(window, int(getattr(config, "max_position_embeddings", window)))
 
 
 def require_calibration(

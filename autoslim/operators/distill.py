@@ -27,6 +27,7 @@ def _validate(recipe: Any, config: Any, device: str) -> None:
 
 def _apply(ctx: BuildContext) -> None:
     from autoslim import data
+    from autoslim.compress.calibration import context_window
     from autoslim.compress.distill import TeacherCache, distill
     from autoslim.precisions import torch_dtype
 
@@ -34,8 +35,7 @@ def _apply(ctx: BuildContext) -> None:
     if cache is None:
         base = ctx.base
         ids = data.tokens(base.tokenizer, ctx.corpus, "kd")
-        window = min(256, int(getattr(base.model.config, "max_position_embeddings", 256)))
-        cache = TeacherCache(base.model, ids, window=window)
+        cache = TeacherCache(base.model, ids, window=context_window(base.model.config))
     recipe = ctx.recipe
     ctx.info |= distill(
         ctx.model,
