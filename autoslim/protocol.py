@@ -55,15 +55,9 @@ class PerplexityProtocol:
         return starts
 
 
-_MINIMUM = {
-    "prefill_batch": 1,
-    "prefill_windows": 0,
-    "decode_tokens": 0,
-    "decode_prompt_tokens": 1,
-    "warmup": 0,
-    "repeats": 1,
-    "threads": 0,
-}
+def _count(default: int, minimum: int, help: str) -> Any:
+    """A workload field: an integer of at least ``minimum``; ``help`` is its CLI flag's text."""
+    return field(default=default, metadata={"minimum": minimum, "help": help})
 
 
 @dataclass(frozen=True)
@@ -71,20 +65,22 @@ class Workload:
     """What is timed and metered; ``seconds`` and ``joules`` are per run of it."""
 
     protocol: PerplexityProtocol = field(default_factory=PerplexityProtocol)
-    prefill_batch: int = 8
+    prefill_batch: int = _count(8, 1, "windows per forward")
     # 32 windows + 16 decode tokens: seconds CV 0.3-1.7 % over 5 measurements on 2 quiet cores
     # (8 + 32 gave 2.5-6 %: batch-1 decode is the noisy phase); bench/measure.py
-    prefill_windows: int = 32
-    decode_tokens: int = 16
-    decode_prompt_tokens: int = 32
-    warmup: int = 1
-    repeats: int = 5
-    threads: int = 1  # torch intra-op threads while measuring; 0 = leave torch's setting
+    prefill_windows: int = _count(32, 0, "eval windows forwarded per run (0 = no prefill)")
+    decode_tokens: int = _count(
+        16, 0, "tokens generated greedily at batch 1 per run (0 = no decode)"
+    )
+    decode_prompt_tokens: int = _count(32, 1, "prompt length for the decode")
+    warmup: int = _count(1, 0, "untimed runs first")
+    repeats: int = _count(5, 1, "timed runs")
+    threads: int = _count(1, 0, "torch threads while measuring (0 = torch's default)")
 
     def __post_init__(self) -> None:
         if not isinstance(self.protocol, PerplexityProtocol):
             raise ConfigError(f"workload.protocol={self.protocol!r}: must be a PerplexityProtocol")
-        for key, minimum in _MINIMUM.items():
+        for key, minimum in counts().items():
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigError(f"workload.{key}={value!r}: must be an integer >= {minimum}")
@@ -137,6 +133,11 @@ class Workload:
         if "protocol" in values:
             values["protocol"] = _protocol_from(values["protocol"])
         return cls(**values)
+
+
+def counts() -> dict[str, int]:
+    """Each integer field of :class:`Workload` and the least it may be."""
+    return {f.name: f.metadata["minimum"] for f in fields(Workload) if "minimum" in f.metadata}
 
 
 def _protocol_from(d: Any) -> PerplexityProtocol:

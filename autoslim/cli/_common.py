@@ -108,7 +108,9 @@ def protocol_from(args: argparse.Namespace) -> PerplexityProtocol:
 
 def add_workload_args(parser: argparse.ArgumentParser) -> None:
     """The timed workload (prefill + decode, warm-up, repeats) and the energy meter."""
-    from autoslim.protocol import Workload
+    from dataclasses import fields
+
+    from autoslim.protocol import Workload, counts
 
     default = Workload()
     group = parser.add_argument_group("timed workload")
@@ -118,49 +120,18 @@ def add_workload_args(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="energy meter; auto falls back to a labelled estimate (default auto)",
     )
-    group.add_argument("--repeats", type=int, default=default.repeats, help="timed runs")
-    group.add_argument("--warmup", type=int, default=default.warmup, help="untimed runs first")
-    group.add_argument(
-        "--prefill-windows",
-        type=int,
-        default=default.prefill_windows,
-        help="eval windows forwarded per run (0 = no prefill)",
-    )
-    group.add_argument(
-        "--prefill-batch", type=int, default=default.prefill_batch, help="windows per forward"
-    )
-    group.add_argument(
-        "--decode-tokens",
-        type=int,
-        default=default.decode_tokens,
-        help="tokens generated greedily at batch 1 per run (0 = no decode)",
-    )
-    group.add_argument(
-        "--decode-prompt-tokens",
-        type=int,
-        default=default.decode_prompt_tokens,
-        help="prompt length for the decode",
-    )
-    group.add_argument(
-        "--threads",
-        type=int,
-        default=default.threads,
-        help="torch threads while measuring (0 = torch's default)",
-    )
+    for spec in fields(Workload):
+        if spec.name in counts():
+            flag = "--" + spec.name.replace("_", "-")
+            help_text = spec.metadata["help"]
+            group.add_argument(flag, type=int, default=getattr(default, spec.name), help=help_text)
 
 
 def workload_from(args: argparse.Namespace) -> Workload:
-    from autoslim.protocol import Workload
+    from autoslim.protocol import Workload, counts
 
     return Workload(
-        protocol=protocol_from(args),
-        prefill_batch=args.prefill_batch,
-        prefill_windows=args.prefill_windows,
-        decode_tokens=args.decode_tokens,
-        decode_prompt_tokens=args.decode_prompt_tokens,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        threads=args.threads,
+        protocol=protocol_from(args), **{name: getattr(args, name) for name in counts()}
     )
 
 
