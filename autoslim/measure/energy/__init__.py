@@ -34,33 +34,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METERS = ("auto", "nvml", "rapl", "estimate")
-_OPTIONS: dict[str, frozenset[str]] = {
-    "nvml": frozenset({"update_period_s", "sample_interval_s"}),
-    "rapl": frozenset({"root", "update_period_s"}),
-    "estimate": frozenset({"watts_per_core"}),
+# Every meter, by name; ``auto`` picks the best one the device has (NVML on a CUDA device, else
+# RAPL) and falls back to the estimate. A new meter is its module and one entry here.
+_METERS: dict[str, type[EnergyMeter]] = {
+    meter.source: meter for meter in (NvmlMeter, RaplMeter, EstimateMeter)
 }
-
-
-def _nvml_gpu(device: torch.device) -> int | str:
-    """The NVML id of a CUDA device: its UUID when torch knows it, else its index."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-    return f"GPU-{uuid}" if uuid is not None else index
+METERS = ("auto", *_METERS)
 
 
 def _build(name: str, device: torch.device, options: dict[str, Any]) -> EnergyMeter:
-    mine = {k: v for k, v in options.items() if k in _OPTIONS[name]}
-    if name == "nvml":
-        if device.type != "cuda":
-            raise UnsupportedError(
-                f"no NVML meter for device {str(device)!r}: NVML measures NVIDIA GPUs "
-                f"(CUDA devices torch sees: {torch.cuda.device_count()})"
-            )
-        return NvmlMeter(_nvml_gpu(device), **mine)
-    if name == "rapl":
-        return RaplMeter(**mine)
-    return EstimateMeter(**mine)
+    meter = _METERS[name]
+    return meter.for_device(device, **{k: v for k, v in options.items() if k in meter.options})
 
 
 def _default_device() -> torch.device:
@@ -71,7 +55,7 @@ def probe_meters(device: str | torch.device | None = None) -> dict[str, str]:
     """For each meter, ``"available"`` or why it is not, on this machine and device."""
     dev = torch.device(device) if device is not None else _default_device()
     found: dict[str, str] = {}
-    for name in _OPTIONS:
+    for name in _METERS:
         try:
             _build(name, dev, {}).close()
         except UnsupportedError as e:
@@ -89,7 +73,11 @@ def get_meter(
     ``root``, ``update_period_s``, ``sample_interval_s``)."""
     if name not in METERS:
         raise ConfigError(f"energy meter {name!r}: choose one of {', '.join(METERS)}")
-    known = frozenset().union(*_OPTIONS.values()) if name == "auto" else _OPTIONS[name]
+    known = (
+        frozenset().union(*(m.options for m in _METERS.values()))
+        if name == "auto"
+        else _METERS[name].options
+    )
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(

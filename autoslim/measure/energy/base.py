@@ -43,8 +43,15 @@ class EnergyReading:
 class EnergyMeter(abc.ABC):
     """One energy counter (a GPU, the CPU packages, or an estimate from CPU time)."""
 
-    #: What produced the number: ``"nvml"``, ``"rapl"`` or ``"estimate"``.
+    #: What produced the number, and the meter's name for ``get_meter``: ``"nvml"``...
     source: ClassVar[str]
+    #: The ``get_meter`` options this meter takes (keyword arguments of its constructor).
+    options: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def for_device(cls, device: Any, **options: Any) -> EnergyMeter:
+        """This meter for torch ``device``; UnsupportedError where it cannot measure there."""
+        return cls(**options)
 
     def __init__(self, update_period_s: float) -> None:
         self.update_period_s = update_period_s

@@ -22,6 +22,7 @@ ESTIMATED = "estimated_from_cpu_time"
 
 class EstimateMeter(EnergyMeter):
     source = "estimate"
+    options = frozenset({"watts_per_core"})
 
     def __init__(self, watts_per_core: float = DEFAULT_WATTS_PER_CORE) -> None:
         if not (isinstance(watts_per_core, int | float) and 0 < watts_per_core < 1e4):

@@ -55,6 +55,21 @@ class NvmlMeter(EnergyMeter):
     ``CUDA_VISIBLE_DEVICES`` renumbering)."""
 
     source = "nvml"
+    options = frozenset({"update_period_s", "sample_interval_s"})
+
+    @classmethod
+    def for_device(cls, device: Any, **options: Any) -> NvmlMeter:
+        """The meter of CUDA ``device``: by its UUID where torch knows it, else its index."""
+        import torch
+
+        if device.type != "cuda":
+            raise UnsupportedError(
+                f"no NVML meter for device {str(device)!r}: NVML measures NVIDIA GPUs "
+                f"(CUDA devices torch sees: {torch.cuda.device_count()})"
+            )
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+        return cls(f"GPU-{uuid}" if uuid is not None else index, **options)
 
     def __init__(
         self,

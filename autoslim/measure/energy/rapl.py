@@ -87,6 +87,7 @@ def _zones(root: Path) -> list[_Zone]:
 
 class RaplMeter(EnergyMeter):
     source = "rapl"
+    options = frozenset({"root", "update_period_s"})
 
     def __init__(self, root: str | Path = POWERCAP, update_period_s: float = UPDATE_PERIOD_S):
         super().__init__(update_period_s=update_period_s)
