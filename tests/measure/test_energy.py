@@ -137,9 +137,13 @@ class TestEveryMeter:
         assert info["source"] in METERS
         assert info["update_period_s"] > 0
 
-    def test_close_twice_is_harmless(self, metered: Metered) -> None:
+    def test_a_closed_meter_still_describes_itself(self, metered: Metered) -> None:
+        # measure() writes the meter's provenance after it closed the meter; closing twice
+        # (a with-block and a finally) is harmless
         metered.meter.close()
         metered.meter.close()
+        info = metered.meter.describe()
+        assert info["source"] == metered.meter.source and info["update_period_s"] > 0
 
 
 class TestNvml:
