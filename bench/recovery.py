@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from autoslim import data, models
 from autoslim.build import build
 from autoslim.compress.calibration import calibration_batch
-from autoslim.costs import quiet_seconds, schedstat_seconds
 from autoslim.measure.perplexity import perplexity
 from autoslim.protocol import PerplexityProtocol
 from autoslim.recipe import KNOBS, Recipe
+from autoslim.search.costs import quiet_seconds, schedstat_seconds
 from bench.machine import describe, machine
 
 CUTS: dict[str, dict[str, Any]] = {

@@ -28,7 +28,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoslim import config as study_config
 from autoslim import data, models
 from autoslim.build import build
 from autoslim.cli.demo import DEMO_FILE
@@ -36,6 +35,7 @@ from autoslim.compress.distill import TeacherCache
 from autoslim.compress.size import parameter_count
 from autoslim.measure import Workload, measure
 from autoslim.recipe import Recipe
+from autoslim.search import config as study_config
 from bench.machine import Load, describe, machine
 from bench.peers import smollm2_file
 

@@ -24,10 +24,10 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoslim.config import parse
 from autoslim.recipe import Recipe
-from autoslim.study import enqueue_starting_points, recipe_for
-from autoslim.trials import hypervolume as dominated_volume
+from autoslim.search.config import parse
+from autoslim.search.study import enqueue_starting_points, recipe_for
+from autoslim.search.trials import hypervolume as dominated_volume
 from tests.study.fakes import synthetic_measurement
 
 MAX_INCREASE = 0.25

@@ -4,13 +4,13 @@
 
 Step 1 measures every recipe of the demo's search space (``studies/demo.toml``, narrowed
 to a 48-recipe grid: ``GRID_OVERRIDES``) once on the reference model,
-with autoslim's own objective (``autoslim.worker.BuildAndMeasure``: build, early abort,
+with autoslim's own objective (``autoslim.search.worker.BuildAndMeasure``: build, early abort,
 measure; 1 thread) and stores the table in ``bench/data/search_grid.json`` beside the corpus
 fingerprint, the machine, the versions and the load and CPU wait of every row. Rows already
 in the table are not measured again, so an interrupted run resumes.
 
 Step 2 replays the table as an oracle: each sampler proposes recipes through
-``autoslim.study`` exactly as a study does (the base model and known recipes enqueued first,
+``autoslim.search.study`` exactly as a study does (the base model and known recipes enqueued first,
 duplicates not counted, an abandoned recipe a pruned trial, the perplexity constraint set on
 the trial) and is told the stored result. Hypervolume of the feasible front comes from
 Optuna's public ``optuna.visualization.plot_hypervolume_history`` over one fixed reference
@@ -37,18 +37,18 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoslim import config as study_config
 from autoslim.cli.demo import DEMO_FILE
-from autoslim.config import StudyConfig, base_recipe
 from autoslim.recipe import Recipe
-from autoslim.space import grid_space, suggest_recipe
-from autoslim.study import (
+from autoslim.search import config as study_config
+from autoslim.search.config import StudyConfig, base_recipe
+from autoslim.search.space import grid_space, suggest_recipe
+from autoslim.search.study import (
     MAX_DUPLICATES_IN_A_ROW,
     enqueue_starting_points,
     make_sampler,
     recipe_for,
 )
-from autoslim.trials import CONSTRAINT
+from autoslim.search.trials import CONSTRAINT
 from bench.machine import Load, describe, machine
 
 TABLE = Path(__file__).resolve().parent / "data" / "search_grid.json"
@@ -129,7 +129,7 @@ def save_table(path: Path, table: dict[str, Any]) -> None:
 def measure_grid(path: Path, limit: int | None) -> dict[str, Any]:
     import torch
 
-    from autoslim.worker import BuildAndMeasure, TrialAbandoned
+    from autoslim.search.worker import BuildAndMeasure, TrialAbandoned
 
     torch.set_num_threads(1)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)

@@ -4,8 +4,8 @@ memory after trial 5 against after the last trial.
     .venv/bin/python bench/trial_overhead.py [--trials 50]   # --trials 8 for a quick look
 
 Runs the demo study (``studies/demo.toml``: reference model, TPE, its workload) for
-``--trials`` trials through ``autoslim.study.run_study`` into a fresh SQLite file, with worker
-recycling off so memory creep would show. Per trial: wall time as the study stores it (start
+``--trials`` trials through ``autoslim.search.study.run_study`` into a fresh SQLite file, with
+worker recycling off so memory creep would show. Per trial: wall time as the study stores it (start
 to complete), the worker's own time for the recipe, the build stages it reports, and the
 measurement (the worker's time less the build). The overhead ratio is the study loop's wall
 time (first trial start to last trial end: sampling, storage, process hops) over the summed
@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoslim import config as study_config
 from autoslim.cli.demo import DEMO_FILE
-from autoslim.study import counts_toward_total, run_study
-from autoslim.trials import record
+from autoslim.search import config as study_config
+from autoslim.search.study import counts_toward_total, run_study
+from autoslim.search.trials import record
 from bench.machine import Load, describe, machine
 
 GOAL_RATIO = 1.05

@@ -25,7 +25,7 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoslim import storage, study
+from autoslim.search import storage, study
 from tests.study.conftest import postgres_url, run_fake_study, write_study
 
 SEARCH = {"bits": [16, 8, 4], "kd_steps": [0, 10, 20, 30, 40], "drop_heads_per_layer": [0, 2]}

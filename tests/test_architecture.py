@@ -17,25 +17,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 # Top to bottom; a module may import from its own layer and the layers below it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("entry points and test fakes", ("__main__", "cli", "testing")),
-    ("outputs", ("export", "report", "card", "pick", "retime", "weights", "zoo")),
-    (
-        "search",
-        (
-            "study",
-            "worker",
-            "costs",
-            "space",
-            "trials",
-            "studies",
-            "config",
-            "tasks",
-            "budgets",
-            "storage",
-            "integrity",
-        ),
-    ),
+    ("outputs: report, pick, export", ("outputs", "zoo")),
+    ("search: study files, the study loop, its worker, storage", ("search", "studies")),
     ("load, build, convert, measure in sequence", ("pipeline",)),
-    ("measuring any runtime model", ("measure",)),
+    ("measuring and evaluating a model", ("measure", "tasks")),
     ("building a recipe", ("build",)),
     ("the recipe: every knob", ("recipe",)),
     ("runtimes", ("runtimes",)),

@@ -2,16 +2,16 @@ from __future__ import annotations
 
 import pytest
 
-from autoslim.config import parse
-from autoslim.costs import (
+from autoslim.recipe import Recipe
+from autoslim.search.config import parse
+from autoslim.search.costs import (
     MIN_TIMEOUT_SECONDS,
     TIMEOUT_FACTOR,
     CostModel,
     early_abort_windows,
     quiet_seconds,
 )
-from autoslim.recipe import Recipe
-from autoslim.study import trial_timeout
+from autoslim.search.study import trial_timeout
 
 MODEL = CostModel(
     copy_seconds=2.0,

@@ -10,9 +10,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoslim import config, precisions, studies
+from autoslim import precisions, studies
 from autoslim.cli import main
 from autoslim.errors import ConfigError
+from autoslim.search import config
 from autoslim.testing.cpu import fake_cpu
 
 NATIVE = {
@@ -70,7 +71,7 @@ def test_a_listed_precision_the_cpu_lacks_is_one_line_naming_the_key(
 
 
 def test_the_space_a_study_derives_is_kept_by_workers_on_other_cpus(tmp_path: Path) -> None:
-    from autoslim import study
+    from autoslim.search import study
 
     file = _study_file(tmp_path)
     with fake_cpu("avx512_bf16"):

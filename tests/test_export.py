@@ -14,10 +14,11 @@ import optuna
 import pytest
 import torch
 
-from autoslim.card import ExportFacts, measure_flags, model_card
 from autoslim.cli import build_parser, main
 from autoslim.errors import ConfigError, DataError, ModelError
-from autoslim.export import CARD, MANIFEST, Selection, export, select_trial
+from autoslim.outputs.card import ExportFacts, measure_flags, model_card
+from autoslim.outputs.export import CARD, MANIFEST, Selection, export, select_trial
+from autoslim.outputs.weights import PRESETS
 from autoslim.recipe import Recipe
 from autoslim.testing import save_tiny_model
 from autoslim.testing.studies import (
@@ -30,7 +31,6 @@ from autoslim.testing.studies import (
     pruned,
     running,
 )
-from autoslim.weights import PRESETS
 
 RECIPES = (
     Recipe(),

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from autoslim import config as study_config
 from autoslim import precisions, studies
 from autoslim.cli._common import add_recipe_args
 from autoslim.errors import ConfigError, UnsupportedError
 from autoslim.operators import OPERATORS
 from autoslim.recipe import KNOBS, Recipe, knob_table, support_matrix
+from autoslim.search import config as study_config
 
 README = Path(__file__).parents[1] / "README.md"
 

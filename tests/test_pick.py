@@ -7,10 +7,10 @@ import pytest
 
 from autoslim.cli import main
 from autoslim.errors import ConfigError
-from autoslim.pick import rank
+from autoslim.outputs.pick import rank
+from autoslim.outputs.weights import PRESETS, Weights, parse_weights, weights_from
 from autoslim.recipe import Recipe
 from autoslim.testing.studies import DEMO_TRIALS, base, complete, make_study_file
-from autoslim.weights import PRESETS, Weights, parse_weights, weights_from
 
 # DEMO_TRIALS (base 100, budget +20 % = 120), by hand:
 #   trial  ppl   s     J     Pareto within 120?

@@ -10,7 +10,7 @@ from autoslim import progress
 from autoslim.cli import _progress
 from autoslim.cli._progress import StudyProgress
 from autoslim.progress import TrialProgress
-from autoslim.study import Progress
+from autoslim.search.study import Progress
 
 
 def test_reports_reach_the_listener_on_each_new_stage_and_the_last_step() -> None:

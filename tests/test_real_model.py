@@ -20,9 +20,9 @@ from autoslim.compress.backends import save
 from autoslim.compress.calibration import calibration_batch
 from autoslim.compress.distill import TeacherCache
 from autoslim.compress.size import parameter_count
-from autoslim.export import reload_perplexity
 from autoslim.measure.perplexity import perplexity
 from autoslim.operators import OPERATORS
+from autoslim.outputs.export import reload_perplexity
 from autoslim.protocol import PerplexityProtocol
 from autoslim.recipe import Recipe
 

@@ -11,12 +11,14 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoslim import retime
 from autoslim.cli import main
 from autoslim.measure.measurement import CONTENDED
-from autoslim.pick import rank, retime_numbers
+from autoslim.outputs import retime
+from autoslim.outputs.pick import rank, retime_numbers
+from autoslim.outputs.retime import Retimed, stored_retimings, untrusted_timing
+from autoslim.outputs.weights import parse_weights
 from autoslim.recipe import Recipe
-from autoslim.retime import Retimed, stored_retimings, untrusted_timing
+from autoslim.search.trials import read_trials
 from autoslim.testing import save_tiny_model
 from autoslim.testing.studies import (
     TINY_WORKLOAD,
@@ -25,8 +27,6 @@ from autoslim.testing.studies import (
     make_built_study,
     make_study,
 )
-from autoslim.trials import read_trials
-from autoslim.weights import parse_weights
 
 TIME = parse_weights("time=1")
 NF4 = Recipe(bits=4, quant_backend="bitsandbytes")
@@ -112,8 +112,8 @@ def test_pick_retime_is_not_fooled_by_a_base_timed_slow(tmp_path: Path, corpus, 
 
 
 def test_the_report_says_which_trials_were_held_back_and_which_re_timed(tmp_path: Path) -> None:
-    from autoslim.report import get_summary_info
-    from autoslim.retime import store_retimings
+    from autoslim.outputs.report import get_summary_info
+    from autoslim.outputs.retime import store_retimings
 
     busy_base = replace(base(8.36, 11.04, 110.0), timing_flags=(CONTENDED,))
     study = make_study(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from autoslim import config
+from autoslim.search import config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"

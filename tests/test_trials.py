@@ -8,12 +8,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autoslim import config
-from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError
 from autoslim.recipe import Recipe
-from autoslim.testing.studies import DEMO_TRIALS, make_study_file, measurement_dict
-from autoslim.trials import (
+from autoslim.search import config
+from autoslim.search.config import StudyConfig
+from autoslim.search.trials import (
     MEASUREMENT_ATTR,
     best_records,
     hypervolume,
@@ -22,6 +21,7 @@ from autoslim.trials import (
     read_trials,
     stored_config,
 )
+from autoslim.testing.studies import DEMO_TRIALS, make_study_file, measurement_dict
 
 
 def load(url: str) -> optuna.Study:

@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return BROKEN_PIPE_STATUS
     except Exception as e:
-        from autoslim.integrity import storage_fault
+        from autoslim.search.integrity import storage_fault
 
         fault = storage_fault(e)
         if fault is None:

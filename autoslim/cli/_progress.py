@@ -117,7 +117,7 @@ class StageBar:
 
 
 class StudyProgress:
-    """Shows a running study: pass each :class:`autoslim.study.Progress` to :meth:`update`.
+    """Shows a running study: pass each :class:`autoslim.search.study.Progress` to :meth:`update`.
 
     ``describe`` turns a finished trial into its result line; ``time_limit_seconds`` sets the
     study bar's length when the study has no trial count.

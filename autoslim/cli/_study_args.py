@@ -31,7 +31,7 @@ def open_study(args: argparse.Namespace) -> Any:
     """Load the study named by ``args.study`` / ``args.study_name``; never creates one."""
     import optuna
 
-    from autoslim.storage import make_storage
+    from autoslim.search.storage import make_storage
 
     url, name = storage_of(args.study)
     name = args.study_name or name
@@ -61,7 +61,7 @@ def open_study(args: argparse.Namespace) -> Any:
 def storage_of(study: str) -> tuple[str, str | None]:
     """(storage URL, study name if STUDY says it); a missing SQLite file is an error."""
     if study.endswith(".toml"):
-        from autoslim import config
+        from autoslim.search import config
 
         run = config.load(study, check_model=False).study
         url, name = run.storage, run.name

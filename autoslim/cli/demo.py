@@ -32,12 +32,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim import config as study_config
-    from autoslim import study as search
     from autoslim.cli.search import run_search
-    from autoslim.export import Selection, export
-    from autoslim.report import write_report
-    from autoslim.weights import PRESETS
+    from autoslim.outputs.export import Selection, export
+    from autoslim.outputs.report import write_report
+    from autoslim.outputs.weights import PRESETS
+    from autoslim.search import config as study_config
+    from autoslim.search import study as search
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,8 @@ The file is never written to: the backup is a byte copy, and a damaged file's re
 (SQLite) or complete entries (journal: an entry appended onto a torn one included) go into a
 new file ``NAME.recovered-STAMP.db`` / ``.log`` beside it, which ``search`` / ``report`` /
 ``pick`` open like any study file once it passes the same check. A trial a storage fault left
-RUNNING with its reason deferred (:func:`autoslim.integrity.defer_failure`) is named with that
-reason; the next ``search`` or ``worker`` writes it.
+RUNNING with its reason deferred (:func:`autoslim.search.integrity.defer_failure`) is named with
+that reason; the next ``search`` or ``worker`` writes it.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim import integrity
     from autoslim.errors import ConfigError, StorageError
+    from autoslim.search import integrity
     from autoslim.urls import mask_url
 
     url, _ = storage_of(args.study)
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _journal(url: str, path: Path) -> int:
-    from autoslim import integrity
+    from autoslim.search import integrity
 
     backup = integrity.backup(path)
     print(f"backup       {backup}")
@@ -101,7 +101,7 @@ def _journal(url: str, path: Path) -> int:
 
 def _check_recovered(url: str, target: Path, path: Path) -> int:
     """Open the recovered file as a study and say what to do with it; exit status 1."""
-    from autoslim import integrity
+    from autoslim.search import integrity
 
     try:
         integrity.check_storage(url)
@@ -121,7 +121,7 @@ def _trials_line(url: str) -> str:
     """``trials       STUDY: 9 COMPLETE, 1 FAIL`` for each study the storage holds."""
     import optuna
 
-    from autoslim.storage import make_storage
+    from autoslim.search.storage import make_storage
 
     storage = make_storage(url)
     parts = []
@@ -139,8 +139,8 @@ def _deferred_lines(url: str) -> list[str]:
     """``deferred     STUDY trial 5: …`` for each trial a storage fault left RUNNING."""
     import optuna
 
-    from autoslim import integrity
-    from autoslim.storage import make_storage
+    from autoslim.search import integrity
+    from autoslim.search.storage import make_storage
 
     lines = []
     for name in optuna.study.get_all_study_names(make_storage(url)):

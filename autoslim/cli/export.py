@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autoslim.errors import ConfigError
-    from autoslim.export import Selection, export, push_to_hub
-    from autoslim.weights import weights_from
+    from autoslim.outputs.export import Selection, export, push_to_hub
+    from autoslim.outputs.weights import weights_from
 
     if args.private and not args.push_to_hub:
         raise ConfigError("--private needs --push-to-hub REPO")

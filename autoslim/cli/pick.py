@@ -14,7 +14,7 @@ from autoslim.cli._study_args import add_study_args, open_study
 def add_choice_args(parser: argparse.ArgumentParser, *, retime_by_default: bool = False) -> None:
     """``--prefer`` / ``--weights`` / ``--max-ppl-increase`` / budgets and the re-timing,
     shared with ``export`` (which re-times by default: it rebuilds a model anyway)."""
-    from autoslim.weights import PRESETS
+    from autoslim.outputs.weights import PRESETS
 
     parser.add_argument(
         "--prefer",
@@ -45,7 +45,8 @@ def add_choice_args(parser: argparse.ArgumentParser, *, retime_by_default: bool 
             help="before choosing, rebuild the top candidates and the base here and time them "
             "side by side, interleaved (minutes: distillation runs again); rank on those figures",
         )
-    from autoslim.budgets import BUDGETS, TASK_BOUNDS, task_flag
+    from autoslim.search.budgets import BUDGETS, task_flag
+    from autoslim.tasks.spec import TASK_BOUNDS
 
     for budget in BUDGETS:
         parser.add_argument(
@@ -68,11 +69,12 @@ def add_choice_args(parser: argparse.ArgumentParser, *, retime_by_default: bool 
 
 def tightened(args: argparse.Namespace) -> dict[str, float]:
     """The budget and task-bound flags given, parsed: ``[budgets]`` key or
-    :func:`autoslim.budgets.task_key` → limit."""
+    :func:`autoslim.search.budgets.task_key` → limit."""
     import math
 
-    from autoslim.budgets import BUDGETS, TASK_BOUNDS, task_flag, task_key
     from autoslim.errors import ConfigError
+    from autoslim.search.budgets import BUDGETS, task_flag, task_key
+    from autoslim.tasks.spec import TASK_BOUNDS
 
     out = {}
     for budget in BUDGETS:
@@ -139,8 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim.pick import choose
-    from autoslim.weights import weights_from
+    from autoslim.outputs.pick import choose
+    from autoslim.outputs.weights import weights_from
 
     study = open_study(args)
     weights = weights_from(args.prefer, args.weights)

@@ -31,11 +31,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim.report import empty_notice, get_summary_info, write_report
-    from autoslim.trials import best_records
+    from autoslim.outputs.report import empty_notice, get_summary_info, write_report
+    from autoslim.search.trials import best_records
 
     study = open_study(args)
-    from autoslim.config import MAX_STUDY_NAME
+    from autoslim.search.config import MAX_STUDY_NAME
 
     # a study another tool created may have any name: cut to what a file name can hold
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", study.study_name)[:MAX_STUDY_NAME]

@@ -41,8 +41,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoslim import config as study_config
-    from autoslim.storage import check_driver
+    from autoslim.search import config as study_config
+    from autoslim.search.storage import check_driver
 
     config = study_config.load(args.study_file, overrides=overrides_from(args))
     check_driver(config.study.storage)
@@ -61,10 +61,10 @@ def run_search(config: Any, *, quiet: bool = False, worker_id: int = 0) -> tuple
     opening and closing lines); returns the summary and the study."""
     import optuna
 
-    from autoslim import study as search
     from autoslim.cli._progress import StudyProgress, clock
-    from autoslim.storage import make_storage
-    from autoslim.trials import record
+    from autoslim.search import study as search
+    from autoslim.search.storage import make_storage
+    from autoslim.search.trials import record
     from autoslim.urls import mask_url
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
@@ -122,7 +122,7 @@ def _figure(value: Any) -> str:
 
 def print_pareto(study: Any) -> None:
     """The feasible Pareto set as a table, sorted by perplexity."""
-    from autoslim.trials import best_records, objective_names
+    from autoslim.search.trials import best_records, objective_names
 
     best = best_records(study)
     base = study.user_attrs.get("base_perplexity")
@@ -145,8 +145,8 @@ def print_pareto(study: Any) -> None:
 def summary_dict(summary: Any, study: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from autoslim.study import abort_savings
-    from autoslim.trials import best_records, objective_names
+    from autoslim.search.study import abort_savings
+    from autoslim.search.trials import best_records, objective_names
 
     run = asdict(summary)
     return {

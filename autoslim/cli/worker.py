@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
 
 def load_config(args: argparse.Namespace) -> Any:
     """The study's configuration: the study file's, or the one stored in the study."""
-    from autoslim import config
     from autoslim.cli._study_args import open_study, storage_of
-    from autoslim.storage import check_driver
-    from autoslim.trials import stored_config
+    from autoslim.search import config
+    from autoslim.search.storage import check_driver
+    from autoslim.search.trials import stored_config
 
     if args.study.endswith(".toml"):
         loaded = config.load(args.study)

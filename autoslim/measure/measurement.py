@@ -58,7 +58,7 @@ NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 def jsonable(value: Any) -> Any:
     """Strict-JSON form: non-finite floats become ``"nan"`` / ``"inf"`` / ``"-inf"``
-    (:func:`autoslim.trials.measurement_of` reads them back as floats)."""
+    (:func:`autoslim.search.trials.measurement_of` reads them back as floats)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):

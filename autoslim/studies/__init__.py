@@ -12,8 +12,8 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from autoslim.config import study_name_problem
 from autoslim.errors import ConfigError
+from autoslim.search.config import study_name_problem
 
 # The commented study that ``autoslim init`` starts from: it shows every key.
 TEMPLATE = "example-llama"

@@ -22,18 +22,18 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from autoslim.budgets import Limit, hardware_limits
-from autoslim.config import (
+from autoslim.measure.measurement import CONTENDED
+from autoslim.objectives import DEFAULT_OBJECTIVES
+from autoslim.recipe import BITS, QUANT_TYPES, Recipe
+from autoslim.search.budgets import Limit, hardware_limits
+from autoslim.search.config import (
     DataSection,
     EarlyAbort,
     ModelSection,
     RunSection,
     StudyConfig,
 )
-from autoslim.measure.measurement import CONTENDED
-from autoslim.objectives import DEFAULT_OBJECTIVES
-from autoslim.recipe import BITS, QUANT_TYPES, Recipe
-from autoslim.trials import (
+from autoslim.search.trials import (
     BUILD_ATTR,
     CONSTRAINT,
     MEASUREMENT_ATTR,

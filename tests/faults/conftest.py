@@ -22,7 +22,7 @@ from tests.study.conftest import FAKE, write_study
 
 # `autoslim` as a user runs it, with the search's objective swapped for the fake one.
 BOOT = (
-    "import functools, sys; from autoslim import study; from autoslim.cli import main; "
+    "import functools, sys; from autoslim.search import study; from autoslim.cli import main; "
     f"study.run_study = functools.partial(study.run_study, objective={FAKE!r}); "
     "sys.exit(main(sys.argv[1:]))"
 )

@@ -193,7 +193,7 @@ def test_a_worker_url_with_a_password_is_stored_masked(model_dir, tmp_path) -> N
     finally:
         import optuna
 
-        from autoslim.storage import make_storage
+        from autoslim.search.storage import make_storage
 
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=make_storage(url))
@@ -465,7 +465,7 @@ def test_killed_mid_trial_then_resumed(searched, model_dir, tmp_path, sig) -> No
 def _reason(db: Path, number: int) -> str:
     import optuna
 
-    from autoslim.trials import record
+    from autoslim.search.trials import record
 
     (study,) = optuna.get_all_study_summaries(f"sqlite:///{db}")
     loaded = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{db}")

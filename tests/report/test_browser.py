@@ -13,7 +13,7 @@ import subprocess
 import optuna
 import pytest
 
-from autoslim.report import write_report
+from autoslim.outputs.report import write_report
 from autoslim.testing.studies import make_study_file
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

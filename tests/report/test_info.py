@@ -9,8 +9,7 @@ import pytest
 
 from autoslim.cli import main
 from autoslim.errors import ConfigError
-from autoslim.recipe import Recipe
-from autoslim.report import (
+from autoslim.outputs.report import (
     get_history_info,
     get_parallel_info,
     get_pareto_info,
@@ -24,6 +23,7 @@ from autoslim.report import (
     render_summary,
     render_table,
 )
+from autoslim.recipe import Recipe
 from autoslim.testing.studies import base, complete, failed, make_study_file
 
 SCRIPT = "<script>alert(1)</script>"  # the fail reason of trial 7 in DEMO_TRIALS

@@ -238,7 +238,7 @@ def test_imatrix_knob_is_active_only_where_it_matters():
 
 
 def test_the_card_of_a_llamacpp_export_says_how_to_run_it_and_what_the_check_found() -> None:
-    from autoslim.card import ExportFacts, model_card
+    from autoslim.outputs.card import ExportFacts, model_card
 
     recipe = Recipe(runtime="llamacpp", gguf_type="Q4_K_M", imatrix=True)
     provenance = {
@@ -285,7 +285,7 @@ def test_a_llamacpp_trial_exports_a_gguf_that_llama_cpp_loads(tmp_path, corpus):
 
     from llama_cpp import Llama
 
-    from autoslim.export import MANIFEST, Selection, export
+    from autoslim.outputs.export import MANIFEST, Selection, export
     from autoslim.testing import save_tiny_model
     from autoslim.testing.studies import make_built_study
 

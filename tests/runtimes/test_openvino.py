@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from autoslim.errors import ConfigError, UnsupportedError
-from autoslim.export import MANIFEST, Selection, export
+from autoslim.outputs.export import MANIFEST, Selection, export
 from autoslim.recipe import Recipe
 from autoslim.runtimes import RUNTIMES
 from autoslim.testing import save_tiny_model
@@ -83,7 +83,7 @@ def test_a_group_size_that_does_not_divide_a_layer_is_refused_before_work() -> N
 def test_a_study_file_naming_a_runtime_that_is_not_installed_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoslim import config
+    from autoslim.search import config
 
     file = tmp_path / "s.toml"
     file.write_text('[study]\nn_trials = 2\n[search]\nruntime = ["torch", "openvino"]\n')
@@ -98,8 +98,8 @@ def test_a_study_file_naming_a_runtime_that_is_not_installed_is_one_line(
 def test_a_runtime_knob_under_another_runtime_is_one_line_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from autoslim import config
     from autoslim.cli import main
+    from autoslim.search import config
 
     file = tmp_path / "s.toml"
     file.write_text('[study]\nn_trials = 2\n[search]\nruntime = ["torch"]\nov_group_size = [32]\n')

@@ -89,7 +89,7 @@ def run_fake_study(
     import os
 
     code = (  # check_model=False: the model checks import torch, slow on a busy machine
-        "import sys; from autoslim import config, study; "
+        "import sys; from autoslim.search import config, study; "
         "study.run_study(config.load(sys.argv[1], check_model=False), "
         f"objective={FAKE!r}, worker_id=int(sys.argv[2]))"
     )

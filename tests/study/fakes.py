@@ -10,7 +10,7 @@ workers inherit it): ``AUTOSLIM_FAKE_FAULTS="8:raise,4:segfault"`` with faults `
 ``oom``, ``burn`` (spend ``AUTOSLIM_FAKE_CPU_SECONDS`` of its own CPU time, reporting
 progress, then answer) and ``hog`` (hold ``AUTOSLIM_FAKE_HOG_BYTES`` of resident memory for
 10 s, then answer); ``AUTOSLIM_FAKE_SLEEP`` seconds per trial;
-``AUTOSLIM_FAKE_COSTS``: a cost model (JSON, :meth:`autoslim.costs.CostModel.to_dict`) the
+``AUTOSLIM_FAKE_COSTS``: a cost model (JSON, :meth:`autoslim.search.costs.CostModel.to_dict`) the
 worker publishes as if it had measured it.
 """
 
@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from autoslim import progress
-from autoslim.budgets import Limit
-from autoslim.config import StudyConfig
 from autoslim.recipe import Recipe
-from autoslim.worker import TrialAbandoned
+from autoslim.search.budgets import Limit
+from autoslim.search.config import StudyConfig
+from autoslim.search.worker import TrialAbandoned
 
 BASE_PERPLEXITY = 80.0
 BASE_SECONDS = 1.0

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from autoslim import study
 from autoslim.cli import main
 from autoslim.recipe import Recipe
+from autoslim.search import study
 from tests.study.conftest import FAKE
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from autoslim import config
 from autoslim.errors import ConfigError
+from autoslim.search import config
 
 
 def test_defaults_and_storage_beside_the_file(study_file) -> None:

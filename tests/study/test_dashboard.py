@@ -19,9 +19,9 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import optuna
 import pytest
 
-from autoslim import config, study
 from autoslim.recipe import Recipe
-from autoslim.trials import read_trials
+from autoslim.search import config, study
+from autoslim.search.trials import read_trials
 from tests.study.conftest import FAKE
 
 optuna_dashboard = pytest.importorskip(

@@ -12,8 +12,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autoslim import integrity, storage, study
-from autoslim.trials import is_interrupted
+from autoslim.search import integrity, storage, study
+from autoslim.search.trials import is_interrupted
 
 X = {"x": optuna.distributions.FloatDistribution(0, 1)}
 REASON = "storage 'sqlite:///s.db': the disk is full; free space on the disk that holds it"

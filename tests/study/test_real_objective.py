@@ -8,10 +8,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autoslim import config, study
-from autoslim.costs import CostModel
 from autoslim.measure import Measurement
-from autoslim.trials import measurement_of, record
+from autoslim.search import config, study
+from autoslim.search.costs import CostModel
+from autoslim.search.trials import measurement_of, record
 from tests.study.conftest import TINY_WORKLOAD, write_study
 
 pytestmark = pytest.mark.slow

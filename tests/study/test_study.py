@@ -12,11 +12,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autoslim import config, storage, study
-from autoslim.costs import CostModel
 from autoslim.errors import AutoslimError
 from autoslim.recipe import Recipe
-from autoslim.trials import (
+from autoslim.search import config, storage, study
+from autoslim.search.costs import CostModel
+from autoslim.search.trials import (
     MEASUREMENT_ATTR,
     has_recipe,
     is_interrupted,
@@ -345,7 +345,7 @@ def test_workers_starting_together_on_an_empty_postgresql_database(tmp_path) -> 
     fresh = url.rsplit("/", 1)[0] + "/" + database
     start_at = time.time() + 4  # every process opens the storage at the same moment
     code = (
-        "import sys, time\nfrom autoslim.storage import make_storage\n"
+        "import sys, time\nfrom autoslim.search.storage import make_storage\n"
         "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\nmake_storage(sys.argv[1])"
     )
     try:

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from autoslim.config import load
 from autoslim.progress import TrialProgress
 from autoslim.recipe import Recipe
-from autoslim.worker import Worker
+from autoslim.search.config import load
+from autoslim.search.worker import Worker
 from tests.study.conftest import FAKE
 
 pytestmark = pytest.mark.skipif(

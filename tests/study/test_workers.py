@@ -14,10 +14,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autoslim import config, storage, study
 from autoslim.cli import main
 from autoslim.cli.worker import load_config
-from autoslim.trials import has_recipe, is_interrupted, recipe_of
+from autoslim.search import config, storage, study
+from autoslim.search.trials import has_recipe, is_interrupted, recipe_of
 from tests.study.conftest import FAKE, TINY_WORKLOAD, postgres_url, run_fake_study
 
 pytestmark = pytest.mark.slow

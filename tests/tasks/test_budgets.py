@@ -14,14 +14,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autoslim.budgets import BY_KEY, parse_bytes
 from autoslim.errors import ConfigError
-from autoslim.export import Selection, select_trial
-from autoslim.pick import rank
+from autoslim.outputs.export import Selection, select_trial
+from autoslim.outputs.pick import rank
+from autoslim.outputs.report import get_pareto_info, get_summary_info, get_table_info
+from autoslim.outputs.weights import PRESETS
 from autoslim.recipe import Recipe
-from autoslim.report import get_pareto_info, get_summary_info, get_table_info
+from autoslim.search.budgets import BY_KEY, parse_bytes
 from autoslim.testing.studies import FakeTrial, base, make_study_file
-from autoslim.weights import PRESETS
 
 # For each budget: a limit, a figure that meets it and one that misses it.
 CASES: dict[str, tuple[float, float, float]] = {
@@ -126,7 +126,7 @@ def test_sizes_parse_with_units() -> None:
 
 
 def test_changed_budgets_are_refused_on_resume(study_file) -> None:
-    from autoslim import config, study
+    from autoslim.search import config, study
 
     first = config.load(study_file(budgets={"max_size_bytes": "6MB"}), check_model=False)
     storage = study.make_storage(first.study.storage)

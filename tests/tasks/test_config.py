@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from autoslim import config
 from autoslim.cli import main
 from autoslim.errors import ConfigError
+from autoslim.search import config
 
 LOCAL_TASKS = Path(__file__).parents[2] / "studies" / "tasks" / "pydoc_mc"
 PYDOC = {"harness": "pydoc_mc", "include_path": str(LOCAL_TASKS), "limit": 4}
@@ -112,7 +112,7 @@ def test_task_data_that_cannot_be_reached(study_file, tmp_path: Path, capsys) ->
 
 
 def test_a_size_budget_no_recipe_can_meet_says_what_the_smallest_needs(study_file) -> None:
-    from autoslim.budgets import parse_bytes
+    from autoslim.search.budgets import parse_bytes
 
     path = study_file(budgets={"max_size_bytes": "1kB"})
     with pytest.raises(ConfigError) as e:

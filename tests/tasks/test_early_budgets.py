@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from autoslim import config, progress
-from autoslim.budgets import SizeBound, hardware_limits
+from autoslim import progress
 from autoslim.build import build
 from autoslim.compress.size import size_bytes
 from autoslim.errors import ConfigError
 from autoslim.recipe import Recipe
-from autoslim.worker import BuildAndMeasure, TrialAbandoned
+from autoslim.search import config
+from autoslim.search.budgets import SizeBound, hardware_limits
+from autoslim.search.worker import BuildAndMeasure, TrialAbandoned
 from tests.study.conftest import TINY_WORKLOAD, write_study
 
 # Recipes of the tiny Qwen3 (intermediate 256): 0.4 of it rounds down to 128, not 153.6.

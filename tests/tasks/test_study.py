@@ -14,14 +14,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autoslim import config, study
-from autoslim.budgets import task_key
 from autoslim.errors import ConfigError
-from autoslim.export import Selection, select_trial
-from autoslim.pick import rank
-from autoslim.report import get_summary_info, get_table_info
-from autoslim.trials import read_trials
-from autoslim.weights import PRESETS
+from autoslim.outputs.export import Selection, select_trial
+from autoslim.outputs.pick import rank
+from autoslim.outputs.report import get_summary_info, get_table_info
+from autoslim.outputs.weights import PRESETS
+from autoslim.search import config, study
+from autoslim.search.budgets import task_key
+from autoslim.search.trials import read_trials
 from tests.study.conftest import TINY_WORKLOAD, write_study
 from tests.tasks.test_config import LOCAL_TASKS
 

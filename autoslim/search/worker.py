@@ -5,8 +5,8 @@ CUDA state or threads are inherited) builds its objective once (base model, corp
 cache), then serves recipes one at a time over a pipe. A trial that raises, produces a
 non-finite value, crashes the process (segfault, the kernel's OOM killer) or hangs past the
 per-trial timeout is recorded as a failure and the worker is replaced; the study goes on. The
-timeout runs on the trial's own clock (:class:`autoslim.costs.TrialClock`: time spent waiting
-for a CPU on a busy machine does not count, a hang does). While a trial runs, the worker
+timeout runs on the trial's own clock (:class:`autoslim.search.costs.TrialClock`: time spent
+waiting for a CPU on a busy machine does not count, a hang does). While a trial runs, the worker
 forwards its stage and step (:mod:`autoslim.progress`), as it does during its setup, and the
 study process passes the latest on at least every ``progress.SHOW_SECONDS``.
 Workers are also recycled every ``recycle_every`` trials so memory cannot creep, and a worker
@@ -38,14 +38,14 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from autoslim import errors, memory, progress
-from autoslim.budgets import Limit, format_bytes
-from autoslim.config import StudyConfig, base_recipe
-from autoslim.costs import MAX_STRETCH, TrialClock
 from autoslim.recipe import Recipe
+from autoslim.search.budgets import Limit, format_bytes
+from autoslim.search.config import StudyConfig, base_recipe
+from autoslim.search.costs import MAX_STRETCH, TrialClock
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OBJECTIVE = "autoslim.worker:BuildAndMeasure"
+DEFAULT_OBJECTIVE = "autoslim.search.worker:BuildAndMeasure"
 
 
 class Objective(Protocol):
@@ -385,7 +385,7 @@ class BuildAndMeasure:
     quick perplexity on ``early_abort.windows`` eval windows (derived from the cost model it
     measures at setup when the study file sets none), which the early abort compares against
     after the cheap stages, and the study's task evaluations. Cheap first: a budget decided
-    before the expensive stages (:data:`autoslim.budgets.STAGES`) abandons the recipe with
+    before the expensive stages (:data:`autoslim.search.budgets.STAGES`) abandons the recipe with
     the reason — the size bound from the parameter shapes before the build and the exact size
     right after it; the peak memory of a dry run before distillation (where the model then
     already holds the built one's memory) or else before measuring — and the task
@@ -398,10 +398,10 @@ class BuildAndMeasure:
         from autoslim import data
         from autoslim.compress.calibration import calibration_batch, context_window
         from autoslim.compress.distill import TeacherCache
-        from autoslim.costs import measure_costs
         from autoslim.measure import Workload
         from autoslim.measure.perplexity import perplexity
         from autoslim.pipeline import Pipeline
+        from autoslim.search.costs import measure_costs
 
         transformers_logging.disable_progress_bar()
         self.config = config
@@ -448,7 +448,7 @@ class BuildAndMeasure:
         self.base_quick_perplexity = perplexity(
             base.model, self.quick_ids, self.quick_protocol
         ).perplexity
-        from autoslim.budgets import SizeBound
+        from autoslim.search.budgets import SizeBound
         from autoslim.tasks.run import TaskEvaluator
 
         self.size_bound = SizeBound(model_config)
@@ -485,8 +485,8 @@ class BuildAndMeasure:
         _give_up(limits, {"peak_memory_bytes": peak}, f"in a dry run {when}")
 
     def __call__(self, recipe: Recipe, limits: Sequence[Limit] = ()) -> dict[str, Any]:
-        from autoslim.budgets import DRY_RUN, SHAPES, missed
         from autoslim.build import final_before_distillation
+        from autoslim.search.budgets import DRY_RUN, SHAPES, missed
 
         sized = [limit for limit in limits if limit.known == SHAPES]
         dry = [limit for limit in limits if limit.known == DRY_RUN]
@@ -527,7 +527,7 @@ class BuildAndMeasure:
 
 def _give_up(limits: Sequence[Limit], figures: dict[str, Any], when: str) -> None:
     """Abandon the trial when ``figures`` already miss one of ``limits``, saying ``when``."""
-    from autoslim.budgets import missed
+    from autoslim.search.budgets import missed
 
     for limit in missed(limits, figures):
         raise TrialAbandoned(

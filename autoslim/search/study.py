@@ -6,7 +6,7 @@ or the time limit is reached. What a stored study holds (other commands read it)
 
 - study user_attrs: ``config`` (the validated study file), ``base_perplexity``,
   ``max_ppl_increase``, ``corpus_fingerprint``, ``model``, ``seed``, ``cost_model`` (the
-  stage costs measured at the latest start, :class:`autoslim.costs.CostModel`); metric names
+  stage costs measured at the latest start, :class:`autoslim.search.costs.CostModel`); metric names
   set.
 - trial user_attrs (JSON only): ``recipe_summary`` (the recipe in one line), every numeric
   figure of the measurement flat under its own name (``perplexity``, ``size_bytes``,
@@ -20,17 +20,17 @@ or the time limit is reached. What a stored study holds (other commands read it)
   ``autoslim:recipe`` (every knob) and ``autoslim:build`` (stage seconds and build info), out
   of plot hovers and the dashboard's 1,024-character attr cut; the constraint as Optuna 5's
   ``constraints:perplexity_increase`` and as the older ``constraints`` list, the only one
-  optuna-dashboard 0.21 reads. Read all of it back with :func:`autoslim.trials.read_trials`.
+  optuna-dashboard 0.21 reads. Read all of it back with :func:`autoslim.search.trials.read_trials`.
 
 The base model and known recipes are enqueued first. A recipe already evaluated is not run
 again (the duplicate is recorded as PRUNED). Any number of processes may run one study; a
 trial whose process died goes stale (no heartbeat for ``GRACE_BEATS`` beats), is marked FAIL
 and its recipe is enqueued again once with Optuna's retry callback, which records the trial it
-retries (:func:`autoslim.storage.retried_trial_number`); see :mod:`autoslim.storage`. A trial
-a storage fault interrupted (disk full, read-only, locked, server gone) ends FAIL with the
+retries (:func:`autoslim.search.storage.retried_trial_number`); see :mod:`autoslim.search.storage`.
+A trial a storage fault interrupted (disk full, read-only, locked, server gone) ends FAIL with the
 fault's one-line message as its reason; when the storage refuses even that write, the reason is
-deferred (:func:`autoslim.integrity.defer_failure`) and the next search or worker on the study
-writes it before the heartbeat would fail the trial as stale.
+deferred (:func:`autoslim.search.integrity.defer_failure`) and the next search or worker on the
+study writes it before the heartbeat would fail the trial as stale.
 """
 
 from __future__ import annotations
@@ -51,10 +51,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoslim import integrity
-from autoslim import space as search_space
-from autoslim.budgets import constraint_names, limits_of
-from autoslim.config import (
+from autoslim.errors import AutoslimError, ConfigError
+from autoslim.precisions import why_not
+from autoslim.progress import TrialProgress
+from autoslim.recipe import Recipe
+from autoslim.search import integrity
+from autoslim.search import space as search_space
+from autoslim.search.budgets import constraint_names, limits_of
+from autoslim.search.config import (
     FROM_COSTS,
     FROM_DEVICE,
     RunSection,
@@ -62,12 +66,8 @@ from autoslim.config import (
     base_recipe,
     runtime_problem,
 )
-from autoslim.costs import UNMEASURED_TIMEOUT_SECONDS, CostModel, duration
-from autoslim.errors import AutoslimError, ConfigError
-from autoslim.precisions import why_not
-from autoslim.progress import TrialProgress
-from autoslim.recipe import Recipe
-from autoslim.storage import (
+from autoslim.search.costs import UNMEASURED_TIMEOUT_SECONDS, CostModel, duration
+from autoslim.search.storage import (
     GRACE_BEATS,
     has_heartbeat,
     is_stale,
@@ -75,7 +75,7 @@ from autoslim.storage import (
     retried_trial_number,
     retry_callback,
 )
-from autoslim.trials import (
+from autoslim.search.trials import (
     BUILD_ATTR,
     MEASUREMENT_ATTR,
     constraint_system_attrs,
@@ -85,8 +85,8 @@ from autoslim.trials import (
     recipe_attrs,
     recipe_of,
 )
+from autoslim.search.worker import DEFAULT_OBJECTIVE, TrialResult, Worker
 from autoslim.urls import mask_url
-from autoslim.worker import DEFAULT_OBJECTIVE, TrialResult, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ def recover_stale_trials(
     study: optuna.Study, storage: optuna.storages.BaseStorage, heartbeat_seconds: int
 ) -> list[int]:
     """Fail the RUNNING trials whose worker went silent (killed, crashed or lost) and enqueue
-    each one's recipe again, once (see :mod:`autoslim.storage`); returns their numbers."""
+    each one's recipe again, once (see :mod:`autoslim.search.storage`); returns their numbers."""
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     if not running:
         return []
@@ -397,7 +397,7 @@ RETRY_KEEPS = ("is_base", "known")
 
 def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueue a stopped trial's recipe again with Optuna's retry callback (it records the
-    trial it retries, see :func:`autoslim.storage.retried_trial_number`), at most once."""
+    trial it retries, see :func:`autoslim.search.storage.retried_trial_number`), at most once."""
     kept = copy.deepcopy(trial)
     kept.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in RETRY_KEEPS}
     retry_callback()(study, kept)
@@ -463,7 +463,7 @@ def fail_deferred(
     study: optuna.Study, storage: optuna.storages.BaseStorage, url: str
 ) -> list[int]:
     """Fail the trials a storage fault left RUNNING with the reason kept for them
-    (:func:`autoslim.integrity.defer_failure`), before the heartbeat would call them stale;
+    (:func:`autoslim.search.integrity.defer_failure`), before the heartbeat would call them stale;
     returns their numbers. A trial that has finished meanwhile (failed as stale by another
     machine, or a trial number reused by a new study) is left as it is."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -538,7 +538,7 @@ def recipe_for(trial: optuna.Trial, config: StudyConfig) -> Recipe:
 class _Heartbeat:
     """Beats for a running trial every ``seconds``: the trial's ``heartbeat`` user attr (what
     a journal storage's recovery and the report read), and Optuna's heartbeat where the
-    storage has one (see :mod:`autoslim.storage`)."""
+    storage has one (see :mod:`autoslim.search.storage`)."""
 
     def __init__(
         self, storage: optuna.storages.BaseStorage, trial: optuna.Trial, seconds: int

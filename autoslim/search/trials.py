@@ -1,7 +1,8 @@
 """One typed reader of stored trials: what pick, report, export and the search summary read.
 
-A study written by ``autoslim search`` (layout in :mod:`autoslim.study`) names its objectives
-(``study.metric_names``, else the stored config's ``objectives.names``). :func:`read_trials`
+A study written by ``autoslim search`` (layout in :mod:`autoslim.search.study`) names its
+objectives (``study.metric_names``, else the stored config's ``objectives.names``).
+:func:`read_trials`
 turns each stored trial into a :class:`TrialRecord` whose ``values`` are keyed by those names,
 so no reader depends on the order or the subset of objectives a study file chose.
 
@@ -22,11 +23,11 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoslim.budgets import PERPLEXITY
-from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError
 from autoslim.measure.measurement import NON_FINITE
 from autoslim.recipe import Recipe
+from autoslim.search.budgets import PERPLEXITY
+from autoslim.search.config import StudyConfig
 
 # The trial system attr holding the full Measurement record (see ``study._record``): system
 # attrs stay out of Optuna's plot hovers and the dashboard's 1,024-character attr cut.

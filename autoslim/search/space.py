@@ -13,10 +13,10 @@ from typing import Any
 
 import optuna
 
-from autoslim.config import SearchedKnob, SearchSpace
 from autoslim.errors import ConfigError
 from autoslim.recipe import KNOBS, Recipe
 from autoslim.runtimes import RUNTIMES
+from autoslim.search.config import SearchedKnob, SearchSpace
 
 ORDER = tuple(KNOBS)
 

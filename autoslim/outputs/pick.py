@@ -22,8 +22,8 @@ lower score, then the lower trial number. A user who gives up perplexity for spe
 speed, not timing noise.
 
 Only timings that can be trusted compete. A trial whose stored timing is flagged
-(:func:`autoslim.retime.untrusted_timing`: measured on a busy CPU, or too noisy) is kept off
-the front and out of the choice, and the reason says so; when no trial within the budget has
+(:func:`autoslim.outputs.retime.untrusted_timing`: measured on a busy CPU, or too noisy) is kept
+off the front and out of the choice, and the reason says so; when no trial within the budget has
 a trusted timing, the stored figures rank them all and the reason says that they cannot be
 trusted (a pick that refused would leave a user on a busy machine with nothing). With
 ``retimed`` figures (``pick
@@ -45,14 +45,20 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from autoslim.budgets import PERPLEXITY, Limit, limits_of, missed, tightened
-from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError
 from autoslim.objectives import unit_of
+from autoslim.outputs.retime import DEFAULT_TOP, Retimed, untrusted_timing
+from autoslim.outputs.weights import Weights
 from autoslim.recipe import Recipe
-from autoslim.retime import DEFAULT_TOP, Retimed, untrusted_timing
-from autoslim.trials import TrialRecord, minimised, objective_names, pareto_mask, read_trials
-from autoslim.weights import Weights
+from autoslim.search.budgets import PERPLEXITY, Limit, limits_of, missed, tightened
+from autoslim.search.config import StudyConfig
+from autoslim.search.trials import (
+    TrialRecord,
+    minimised,
+    objective_names,
+    pareto_mask,
+    read_trials,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +66,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Budget:
     """The highest perplexity allowed (the base model's plus a relative increase) and the
-    study's other limits (hardware budgets, task constraints: :mod:`autoslim.budgets`)."""
+    study's other limits (hardware budgets, task constraints: :mod:`autoslim.search.budgets`)."""
 
     base_perplexity: float
     max_ppl_increase: float
@@ -98,7 +104,7 @@ def study_budget(
     tighten: Mapping[str, float] | None = None,
 ) -> Budget | None:
     """The study's budget, or a tighter one (``tighten``: a ``[budgets]`` key or a task bound's
-    :func:`autoslim.budgets.task_key` → limit, only tighter than the study's own); None when
+    :func:`autoslim.search.budgets.task_key` → limit, only tighter than the study's own); None when
     the study holds no base perplexity."""
     attrs = study.user_attrs
     stored = attrs.get("max_ppl_increase")
@@ -412,7 +418,7 @@ def choose(
     side here first and rank on those figures."""
     if not retime:
         return rank(study, weights, max_ppl_increase, tighten)
-    from autoslim import retime as retiming
+    from autoslim.outputs import retime as retiming
 
     numbers = retime_numbers(study, weights, max_ppl_increase, tighten)
     logger.info("re-timing trials %s side by side", numbers)

@@ -15,7 +15,7 @@
   cannot: a complete line that is no entry (damage, or an entry appended onto a torn one) and a
   torn tail (a writer killed mid-append, a full disk). A damaged journal is refused before
   anything is written; a torn tail is refused under the journal's own lock, before each append
-  (:class:`autoslim.storage` opens journals with :func:`check_journal_tail`), since an entry
+  (:class:`autoslim.search.storage` opens journals with :func:`check_journal_tail`), since an entry
   appended onto it would glue to it and make the file unreadable.
 - :func:`backup`, :func:`recover` (SQLite) and :func:`recover_journal` are what
   ``autoslim doctor`` runs.

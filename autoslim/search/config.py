@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autoslim import precisions
-from autoslim.budgets import BY_KEY as BUDGET_KEYS
-from autoslim.budgets import parse_bytes
 from autoslim.errors import ConfigError, ModelError
 from autoslim.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
 from autoslim.precisions import PRECISIONS
 from autoslim.recipe import KNOBS, Recipe
+from autoslim.search.budgets import BY_KEY as BUDGET_KEYS
+from autoslim.search.budgets import parse_bytes
 from autoslim.tasks.spec import TaskSpec, parse_tasks, unused
 from autoslim.urls import SCHEMES, mask_url, parse_url, scheme_of, url_credentials
 
@@ -43,7 +43,7 @@ SAMPLERS = ("tpe", "nsga2", "random", "grid")
 # ``derived_search`` attr, so every worker and every resume searches the same space): from the
 # device of the worker that creates the study (every precision it computes natively), and, in
 # a study with a time limit, from the costs that worker measures
-# (:meth:`autoslim.costs.CostModel.derived_kd_steps`).
+# (:meth:`autoslim.search.costs.CostModel.derived_kd_steps`).
 FROM_DEVICE = ("runtime", "precision")
 FROM_COSTS = ("kd_steps",)
 DERIVABLE = (*FROM_DEVICE, *FROM_COSTS)
@@ -121,7 +121,7 @@ class ModelSection:
     the 16-bit type the device computes natively, an fp32 model in fp32). ``max_memory``: the
     most resident memory, in bytes, the trial worker process may hold (base model, teacher
     cache and the trial's model together); a trial that goes over it is stopped and recorded
-    FAIL with the figure (:class:`autoslim.worker.Worker`)."""
+    FAIL with the figure (:class:`autoslim.search.worker.Worker`)."""
 
     name: str = "reference"
     trust_remote_code: bool = False
@@ -140,7 +140,7 @@ class DataSection:
 class EarlyAbort:
     """Abandon a recipe whose perplexity after the cheap stages (structured prune, drop heads)
     exceeds ``max_ppl_ratio`` × the base model's, measured on ``windows`` eval windows (None:
-    derived from the measured cost model, :func:`autoslim.costs.early_abort_windows`)."""
+    derived from the measured cost model, :func:`autoslim.search.costs.early_abort_windows`)."""
 
     enabled: bool = True
     max_ppl_ratio: float = 4.0
@@ -150,7 +150,7 @@ class EarlyAbort:
 @dataclass(frozen=True)
 class RunSection:
     """``trial_timeout_seconds``: a trial's limit on its own clock (CPU wait excluded,
-    :class:`autoslim.costs.TrialClock`); None: derived per trial from the measured costs."""
+    :class:`autoslim.search.costs.TrialClock`); None: derived per trial from the measured costs."""
 
     name: str
     storage: str
@@ -484,7 +484,7 @@ def _run_section(t: _Table, file: Path) -> RunSection:
 def _storage(t: _Table, url: str, file: Path, name: str) -> str:
     """The storage URL, checked without creating anything (SQLite beside the study file; a
     relative file path is relative to the study file's folder, not the current one)."""
-    from autoslim import integrity
+    from autoslim.search import integrity
 
     if not url:
         url = "sqlite:///" + str((file.parent / f"{name}.db").absolute())
@@ -633,7 +633,7 @@ def _objectives(t: _Table, tasks: tuple[str, ...]) -> tuple[tuple[str, ...], flo
 
 
 def _budgets(t: _Table, workload: dict[str, Any]) -> dict[str, float]:
-    """The ``[budgets]`` table: each key one declared :data:`autoslim.budgets.BUDGETS`."""
+    """The ``[budgets]`` table: each key one declared :data:`autoslim.search.budgets.BUDGETS`."""
     from autoslim.protocol import Workload
 
     out = {}
@@ -841,7 +841,7 @@ def check_against_model(config: StudyConfig) -> StudyConfig:
     if "precision" in config.derive:
         config = _buildable_precisions(config, model_config)
     _check_recipes(config, model_config)
-    from autoslim.budgets import check_reachable as check_budgets
+    from autoslim.search.budgets import check_reachable as check_budgets
 
     check_budgets(config, model_config)
     return config

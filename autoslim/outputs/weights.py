@@ -1,6 +1,6 @@
 """How much time and energy matter when one trial is chosen: ``--weights time=W,energy=W`` or a
-``--prefer`` preset. Declared apart from :mod:`autoslim.pick` so the CLI can offer the presets
-in ``--help`` without importing Optuna."""
+``--prefer`` preset. Declared apart from :mod:`autoslim.outputs.pick` so the CLI can offer the
+presets in ``--help`` without importing Optuna."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 A trial's stored seconds were measured whenever the search reached it, on whatever else the
 machine was running then: the base at a busy moment and a candidate at a quiet one can swap
 their order. :func:`untrusted_timing` names what makes a stored timing untrustworthy (the
-``cpu_contended`` flag, or a seconds CV above ``MAX_SECONDS_CV``); :mod:`autoslim.pick` keeps
-such trials off the front and out of the choice until they are re-timed.
+``cpu_contended`` flag, or a seconds CV above ``MAX_SECONDS_CV``); :mod:`autoslim.outputs.pick`
+keeps such trials off the front and out of the choice until they are re-timed.
 
 :func:`retime` rebuilds the given trials (the top candidates and the base) in this process and
 times their workload **interleaved**: every round runs each model once, in an order that rotates
@@ -26,7 +26,7 @@ from typing import Any
 import optuna
 
 from autoslim import progress
-from autoslim.trials import TrialRecord
+from autoslim.search.trials import TrialRecord
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def retime(
     from autoslim.measure.energy import get_meter
     from autoslim.measure.workload import WorkloadRunner, cv
     from autoslim.pipeline import Pipeline
-    from autoslim.trials import read_trials, stored_config
+    from autoslim.search.trials import read_trials, stored_config
 
     config = stored_config(study)
     records = {r.number: r for r in read_trials(study)}

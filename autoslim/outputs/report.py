@@ -1,6 +1,6 @@
 """The study report: one self-contained HTML page that works offline.
 
-Objectives are read by name (:mod:`autoslim.trials`): a study may minimise any subset of
+Objectives are read by name (:mod:`autoslim.search.trials`): a study may minimise any subset of
 perplexity, seconds, joules, size_bytes and peak_memory_bytes, in any order.
 
 Optuna's ``plot_param_importances`` (PED-ANOVA, every objective) draws that section.
@@ -38,14 +38,15 @@ import optuna
 from optuna.trial import TrialState
 
 from autoslim import __version__
-from autoslim.config import RunSection
 from autoslim.errors import ConfigError
 from autoslim.objectives import unit_of
-from autoslim.pick import Budget, rank, study_budget
+from autoslim.outputs.pick import Budget, rank, study_budget
+from autoslim.outputs.retime import stored_retimings
+from autoslim.outputs.weights import PRESETS
 from autoslim.recipe import KNOBS, Recipe, format_heads
-from autoslim.retime import stored_retimings
-from autoslim.storage import GRACE_BEATS, is_stale
-from autoslim.trials import (
+from autoslim.search.config import RunSection
+from autoslim.search.storage import GRACE_BEATS, is_stale
+from autoslim.search.trials import (
     TrialRecord,
     best_numbers,
     minimised,
@@ -54,7 +55,6 @@ from autoslim.trials import (
     read_trials,
     stored_config,
 )
-from autoslim.weights import PRESETS
 
 logger = logging.getLogger(__name__)
 

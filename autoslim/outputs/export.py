@@ -3,7 +3,7 @@
 The trial's recipe is rebuilt from its stored record with the study's own base model, corpus
 (refused when its fingerprint differs from the one the study measured on), seed and device,
 then saved (safetensors, config with any quantization config, tokenizer) with a ``README.md``
-model card (``autoslim.card``) and ``autoslim.json``:
+model card (``autoslim.outputs.card``) and ``autoslim.json``:
 study, trial, recipe, stored measurement, versions, corpus fingerprint and the sha256 of every
 file. The saved folder is reloaded with plain ``AutoModelForCausalLM.from_pretrained`` (no
 ``trust_remote_code``) and its perplexity re-measured under the study's protocol; more than
@@ -32,14 +32,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from autoslim.card import ExportFacts, model_card
-from autoslim.config import StudyConfig
 from autoslim.errors import ConfigError, ModelError
 from autoslim.measure.measurement import jsonable, versions
-from autoslim.pick import choose
+from autoslim.outputs.card import ExportFacts, model_card
+from autoslim.outputs.pick import choose
+from autoslim.outputs.weights import PRESETS, Weights
 from autoslim.recipe import Recipe
-from autoslim.trials import TrialRecord, read_trials, stored_config
-from autoslim.weights import PRESETS, Weights
+from autoslim.search.config import StudyConfig
+from autoslim.search.trials import TrialRecord, read_trials, stored_config
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class ExportResult:
 class Selection:
     """Which trial to export: ``trial`` by number, or the pick under ``weights`` and the budget
     (``max_ppl_increase``; ``tighten``: budget flags, as for pick; ``retime``: ranked on a
-    side-by-side re-timing, :func:`autoslim.pick.choose`)."""
+    side-by-side re-timing, :func:`autoslim.outputs.pick.choose`)."""
 
     trial: int | None = None
     weights: Weights | None = None
@@ -130,7 +130,7 @@ def _trial(study: optuna.Study, number: int) -> TrialRecord:
 
 def study_files(study: optuna.Study) -> list[Path]:
     """The files of ``study`` an export must never replace: its SQLite storage."""
-    from autoslim.integrity import sqlite_path
+    from autoslim.search.integrity import sqlite_path
 
     stored = study.user_attrs.get("config") or {}
     path = sqlite_path(str((stored.get("study") or {}).get("storage", "")))
@@ -188,7 +188,7 @@ def check_destination(out: Path, force: bool, protected: Sequence[Path] = ()) ->
     """Refuse, before any work: a destination that holds a study's files (``protected``:
     storage, study file, report) even with ``force``; a file; a non-empty folder unless
     ``force``, and with it anything but a previous export; a folder that accepts no files."""
-    from autoslim.integrity import writable_folder
+    from autoslim.search.integrity import writable_folder
 
     target = out.resolve()
     for path in protected:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoslim.errors import ConfigError
+from autoslim.tasks.spec import TASK_BOUNDS
 
 # The name of the perplexity-budget constraint (Optuna's ``constraints:NAME`` system attr).
 PERPLEXITY = "perplexity_increase"
@@ -43,10 +44,6 @@ PERPLEXITY = "perplexity_increase"
 # (before the build; exact right after it), from a dry run of the workload, from measuring.
 SHAPES, DRY_RUN, MEASURE = "shapes", "dry_run", "measure"
 STAGES = (SHAPES, DRY_RUN, MEASURE)
-
-# A task's absolute bounds: the ``[tasks.NAME]`` key and the bound it sets on the score; pick
-# and export tighten them with :func:`task_flag` (``--task-at-least NAME=VALUE``).
-TASK_BOUNDS = {"at_least": "min", "at_most": "max"}
 
 _BYTE_UNITS = {
     "": 1,

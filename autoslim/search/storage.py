@@ -63,7 +63,7 @@ def check_driver(url: str) -> None:
 def make_storage(url: str, heartbeat_seconds: int | None = None) -> optuna.storages.BaseStorage:
     """The storage behind ``url``. With ``heartbeat_seconds`` an RDB storage records
     heartbeats and retries stale trials (what a worker needs; readers pass nothing)."""
-    from autoslim import integrity
+    from autoslim.search import integrity
 
     scheme = scheme_of(url)
     if scheme not in SCHEMES:
@@ -103,11 +103,11 @@ def _journal(url: str) -> optuna.storages.JournalStorage:
 
 def _tail_checked_lock(url: str, path: Path) -> Any:
     """Optuna's journal lock (the one it uses by default), which refuses to let an entry be
-    appended onto an incomplete one (:func:`autoslim.integrity.check_journal_tail`): Optuna
+    appended onto an incomplete one (:func:`autoslim.search.integrity.check_journal_tail`): Optuna
     takes it before each append, and every writer appends whole lines under it."""
     from optuna.storages.journal import JournalFileSymlinkLock
 
-    from autoslim import integrity
+    from autoslim.search import integrity
 
     class TailCheckedLock(JournalFileSymlinkLock):
         def acquire(self) -> bool:
