@@ -65,8 +65,7 @@ class Recipe:
         }
         object.__setattr__(self, "_values", checked)
         for op in OPERATORS:
-            if op.check_recipe is not None:
-                op.check_recipe(self)
+            op.check_recipe(self)
 
     def __getattr__(self, name: str) -> Any:
         if name == "_values":

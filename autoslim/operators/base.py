@@ -1,11 +1,13 @@
-"""What every compression operator is: its :class:`Operator` declaration and the
-:class:`BuildContext` its ``apply`` works on. Torch-free."""
+"""What every compression operator is: the :class:`Operator` base class each one subclasses, and
+the :class:`BuildContext` its ``apply`` works on. Torch-free."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 from autoslim.errors import UnsupportedError
 from autoslim.knobs import Knob
@@ -39,26 +41,42 @@ class BuildContext:
     removed_heads: list[list[int]] | None = None
 
 
-@dataclass(frozen=True)
-class Operator:
-    """One compression stage.
+class Operator(abc.ABC):
+    """One compression stage, declared by a subclass (one module of ``autoslim/operators/``).
 
-    ``active(recipe)`` says whether it changes the model; ``validate(recipe, config,
-    device)`` raises ConfigError / UnsupportedError before any work; ``apply(ctx)`` changes
-    ``ctx.model`` in place or replaces it; ``unsupported`` names the families it cannot
-    handle and why; ``cheap`` marks stages run before the early-abort check.
+    Class attributes: ``name``, ``doc``, its ``knobs``, the families it cannot handle and why
+    (``unsupported``), and ``cheap`` for stages run before the early-abort check. Methods:
+    ``active(recipe)`` says whether it changes the model; ``validate(recipe, config, device)``
+    raises ConfigError / UnsupportedError before any work (by default: the family check);
+    ``apply(ctx)`` changes ``ctx.model`` in place or replaces it, calling its implementation in
+    ``autoslim/compress/``; ``describe(recipe)`` is its part of the recipe's one-line summary;
+    ``check_recipe(recipe)`` refuses a combination of its own knobs (nothing by default).
     """
 
-    name: str
-    doc: str
-    knobs: tuple[Knob, ...]
-    active: Callable[[Any], bool]
-    validate: Callable[[Any, Any, str], None]
-    apply: Callable[[BuildContext], None]
-    describe: Callable[[Any], str]
-    unsupported: Mapping[str, str] = field(default_factory=dict)
-    cheap: bool = False
-    check_recipe: Callable[[Any], None] | None = None
+    name: ClassVar[str]
+    doc: ClassVar[str]
+    knobs: ClassVar[tuple[Knob, ...]]
+    unsupported: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    cheap: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def active(self, recipe: Any) -> bool:
+        """Whether ``recipe`` makes this stage change the model."""
+
+    def validate(self, recipe: Any, config: Any, device: str) -> None:
+        """Refuse, before any work, a recipe this model or device cannot take."""
+        self.require_family(str(config.model_type))
+
+    @abc.abstractmethod
+    def apply(self, ctx: BuildContext) -> None:
+        """Change ``ctx.model`` as ``ctx.recipe`` asks; record what changed in ``ctx.info``."""
+
+    @abc.abstractmethod
+    def describe(self, recipe: Any) -> str:
+        """This stage in the recipe's one-line summary ("" when it does nothing)."""
+
+    def check_recipe(self, recipe: Any) -> None:  # noqa: B027 (a hook: most need none)
+        """Refuse a combination of this operator's knobs (nothing by default)."""
 
     def require_family(self, family: str) -> None:
         if family in self.unsupported:

@@ -8,35 +8,12 @@ from autoslim.knobs import Knob
 from autoslim.operators.base import BuildContext, Operator
 
 
-def _active(recipe: Any) -> bool:
-    return bool(recipe.drop_layers)
-
-
-def _validate(recipe: Any, config: Any, device: str) -> None:
-    from autoslim.compress import depth
-    from autoslim.compress.families import family_of
-
-    OPERATOR.require_family(str(config.model_type))
-    depth.check(config, family_of(config), recipe.drop_layers)
-
-
-def _apply(ctx: BuildContext) -> None:
-    from autoslim.compress import depth
-
-    info = depth.drop_layers(ctx.model, ctx.family, ctx.recipe.drop_layers, ctx.calibration)
-    ctx.kept_layers = list(info["kept_layers"])
-    ctx.info |= info
-
-
-def _describe(recipe: Any) -> str:
-    n = recipe.drop_layers
-    return f"drop {n} layer{'s' if n > 1 else ''}" if n else ""
-
-
-OPERATOR = Operator(
-    name="drop_layers",
-    doc="remove whole decoder layers chosen by block influence (ShortGPT) on a calibration sample",
-    knobs=(
+class DropLayers(Operator):
+    name = "drop_layers"
+    doc = (
+        "remove whole decoder layers chosen by block influence (ShortGPT) on a calibration sample"
+    )
+    knobs = (
         Knob(
             "drop_layers",
             int,
@@ -47,10 +24,29 @@ OPERATOR = Operator(
             metavar="N",
             extreme=True,
         ),
-    ),
-    active=_active,
-    validate=_validate,
-    apply=_apply,
-    describe=_describe,
-    cheap=True,
-)
+    )
+    cheap = True
+
+    def active(self, recipe: Any) -> bool:
+        return bool(recipe.drop_layers)
+
+    def validate(self, recipe: Any, config: Any, device: str) -> None:
+        from autoslim.compress import depth
+        from autoslim.compress.families import family_of
+
+        self.require_family(str(config.model_type))
+        depth.check(config, family_of(config), recipe.drop_layers)
+
+    def apply(self, ctx: BuildContext) -> None:
+        from autoslim.compress import depth
+
+        info = depth.drop_layers(ctx.model, ctx.family, ctx.recipe.drop_layers, ctx.calibration)
+        ctx.kept_layers = list(info["kept_layers"])
+        ctx.info |= info
+
+    def describe(self, recipe: Any) -> str:
+        n = recipe.drop_layers
+        return f"drop {n} layer{'s' if n > 1 else ''}" if n else ""
+
+
+OPERATOR = DropLayers()

@@ -17,48 +17,10 @@ def _distilling(chosen: Mapping[str, Any]) -> bool:
     return int(chosen.get("kd_steps", 0)) > 0
 
 
-def _active(recipe: Any) -> bool:
-    return bool(recipe.kd_steps)
-
-
-def _validate(recipe: Any, config: Any, device: str) -> None:
-    OPERATOR.require_family(str(config.model_type))
-
-
-def _apply(ctx: BuildContext) -> None:
-    from autoslim import data
-    from autoslim.compress.calibration import context_window
-    from autoslim.compress.distill import TeacherCache, distill
-    from autoslim.precisions import torch_dtype
-
-    cache = ctx.teacher_cache
-    if cache is None:
-        base = ctx.base
-        ids = data.tokens(base.tokenizer, ctx.corpus, "kd")
-        cache = TeacherCache(base.model, ids, window=context_window(base.model.config))
-    recipe = ctx.recipe
-    ctx.info |= distill(
-        ctx.model,
-        cache,
-        steps=recipe.kd_steps,
-        temperature=recipe.kd_temperature,
-        alpha=recipe.kd_alpha,
-        lr=recipe.kd_lr,
-        keep_zero=ctx.keep_zero,
-        autocast=torch_dtype(recipe.precision),
-        optimizer=recipe.kd_optimizer,
-        checkpointing=recipe.kd_checkpointing,
-    )
-
-
-def _describe(recipe: Any) -> str:
-    return f"KD {recipe.kd_steps} steps T={recipe.kd_temperature:g}" if recipe.kd_steps else ""
-
-
-OPERATOR = Operator(
-    name="distill",
-    doc="alpha·T²·KL(teacher‖student) + (1−alpha)·CE on the KD split, teacher outputs cached",
-    knobs=(
+class Distill(Operator):
+    name = "distill"
+    doc = "alpha·T²·KL(teacher‖student) + (1−alpha)·CE on the KD split, teacher outputs cached"
+    knobs = (
         Knob(
             "kd_steps",
             int,
@@ -118,9 +80,38 @@ OPERATOR = Operator(
             search=[False],
             active=_distilling,
         ),
-    ),
-    active=_active,
-    validate=_validate,
-    apply=_apply,
-    describe=_describe,
-)
+    )
+
+    def active(self, recipe: Any) -> bool:
+        return bool(recipe.kd_steps)
+
+    def apply(self, ctx: BuildContext) -> None:
+        from autoslim import data
+        from autoslim.compress.calibration import context_window
+        from autoslim.compress.distill import TeacherCache, distill
+        from autoslim.precisions import torch_dtype
+
+        cache = ctx.teacher_cache
+        if cache is None:
+            base = ctx.base
+            ids = data.tokens(base.tokenizer, ctx.corpus, "kd")
+            cache = TeacherCache(base.model, ids, window=context_window(base.model.config))
+        recipe = ctx.recipe
+        ctx.info |= distill(
+            ctx.model,
+            cache,
+            steps=recipe.kd_steps,
+            temperature=recipe.kd_temperature,
+            alpha=recipe.kd_alpha,
+            lr=recipe.kd_lr,
+            keep_zero=ctx.keep_zero,
+            autocast=torch_dtype(recipe.precision),
+            optimizer=recipe.kd_optimizer,
+            checkpointing=recipe.kd_checkpointing,
+        )
+
+    def describe(self, recipe: Any) -> str:
+        return f"KD {recipe.kd_steps} steps T={recipe.kd_temperature:g}" if recipe.kd_steps else ""
+
+
+OPERATOR = Distill()

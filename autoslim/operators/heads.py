@@ -54,14 +54,6 @@ def _decode(value: Any) -> tuple[tuple[int, int], ...]:
     return parse_heads(format_heads(pairs))  # type: ignore[arg-type]
 
 
-def _check_recipe(recipe: Any) -> None:
-    if recipe.drop_heads and recipe.drop_heads_per_layer:
-        raise ConfigError(
-            "drop_heads and drop_heads_per_layer are both set; give explicit heads or a "
-            "per-layer count, not both"
-        )
-
-
 def check_drops(recipe: Any, config: Any, family: str) -> tuple[int, int]:
     """Raise for a head drop this model cannot take; return the physical (query, kv) heads
     per layer that remain. The one copy of every head-drop rule."""
@@ -78,55 +70,14 @@ def check_drops(recipe: Any, config: Any, family: str) -> tuple[int, int]:
     return kept
 
 
-def _active(recipe: Any) -> bool:
-    return bool(recipe.drop_heads or recipe.drop_heads_per_layer)
-
-
-def _validate(recipe: Any, config: Any, device: str) -> None:
-    check_drops(recipe, config, str(config.model_type))
-
-
-def _apply(ctx: BuildContext) -> None:
-    from autoslim.compress import heads
-
-    recipe, model = ctx.recipe, ctx.model
-    shape = heads.HeadShape.of(model.config)
-    if recipe.drop_heads:
-        drops = heads.requested_drops(recipe, shape, kept_layers=ctx.kept_layers)
-    else:
-        drops = heads.least_important(
-            model,
-            ctx.family,
-            recipe.drop_heads_per_layer,
-            importance=recipe.prune_importance,
-            calibration=ctx.calibration,
-        )
-    head_plan = heads.plan(drops, shape)
-    ctx.keep_zero |= heads.drop_heads(model, ctx.family, head_plan)
-    ctx.removed_heads = [
-        sorted({*gone, *masked})
-        for gone, masked in zip(head_plan.remove_heads, head_plan.mask_heads, strict=True)
-    ]
-    info = head_plan.info()
-    ctx.info |= info | {"masked_heads": format_heads(info["masked_heads"])}
-
-
-def _describe(recipe: Any) -> str:
-    if recipe.drop_heads:
-        return f"drop heads {format_heads(recipe.drop_heads)}"
-    if recipe.drop_heads_per_layer:
-        return f"drop {recipe.drop_heads_per_layer} heads/layer"
-    return ""
-
-
 def _no_explicit_heads(chosen: Mapping[str, Any]) -> bool:
     return not chosen.get("drop_heads")
 
 
-OPERATOR = Operator(
-    name="drop_heads",
-    doc="remove attention query heads, GQA-aware; what a stock config cannot express is masked",
-    knobs=(
+class DropHeads(Operator):
+    name = "drop_heads"
+    doc = "remove attention query heads, GQA-aware; what a stock config cannot express is masked"
+    knobs = (
         Knob(
             "drop_heads",
             tuple,
@@ -149,12 +100,53 @@ OPERATOR = Operator(
             metavar="N",
             extreme=True,
         ),
-    ),
-    active=_active,
-    validate=_validate,
-    apply=_apply,
-    describe=_describe,
-    unsupported=NOT_RELOADABLE,
-    cheap=True,
-    check_recipe=_check_recipe,
-)
+    )
+    unsupported = NOT_RELOADABLE
+    cheap = True
+
+    def active(self, recipe: Any) -> bool:
+        return bool(recipe.drop_heads or recipe.drop_heads_per_layer)
+
+    def validate(self, recipe: Any, config: Any, device: str) -> None:
+        check_drops(recipe, config, str(config.model_type))
+
+    def apply(self, ctx: BuildContext) -> None:
+        from autoslim.compress import heads
+
+        recipe, model = ctx.recipe, ctx.model
+        shape = heads.HeadShape.of(model.config)
+        if recipe.drop_heads:
+            drops = heads.requested_drops(recipe, shape, kept_layers=ctx.kept_layers)
+        else:
+            drops = heads.least_important(
+                model,
+                ctx.family,
+                recipe.drop_heads_per_layer,
+                importance=recipe.prune_importance,
+                calibration=ctx.calibration,
+            )
+        head_plan = heads.plan(drops, shape)
+        ctx.keep_zero |= heads.drop_heads(model, ctx.family, head_plan)
+        ctx.removed_heads = [
+            sorted({*gone, *masked})
+            for gone, masked in zip(head_plan.remove_heads, head_plan.mask_heads, strict=True)
+        ]
+        info = head_plan.info()
+        ctx.info |= info | {"masked_heads": format_heads(info["masked_heads"])}
+
+    def describe(self, recipe: Any) -> str:
+        if recipe.drop_heads:
+            return f"drop heads {format_heads(recipe.drop_heads)}"
+        if recipe.drop_heads_per_layer:
+            return f"drop {recipe.drop_heads_per_layer} heads/layer"
+        return ""
+
+    def check_recipe(self, recipe: Any) -> None:
+        if recipe.drop_heads and recipe.drop_heads_per_layer:
+            raise ConfigError(
+                "drop_heads and drop_heads_per_layer are both set; give explicit heads or a "
+                "per-layer count, not both"
+            )
+
+
+OPERATOR = DropHeads()

@@ -15,24 +15,6 @@ from autoslim.operators.base import BuildContext, Operator
 from autoslim.precisions import PRECISIONS, supported, torch_dtype, why_not
 
 
-def _validate(recipe: Any, config: Any, device: str) -> None:
-    reason = why_not(recipe.precision, device)
-    if reason:
-        allowed = ", ".join(supported(device))
-        raise UnsupportedError(
-            f"precision={recipe.precision!r} on {device}: {reason}; choose one of {allowed}"
-        )
-
-
-def _apply(ctx: BuildContext) -> None:
-    ctx.model.to(torch_dtype(ctx.recipe.precision))
-    ctx.info["precision"] = ctx.recipe.precision
-
-
-def _describe(recipe: Any) -> str:
-    return "" if recipe.precision == "fp32" else str(recipe.precision)
-
-
 def _computes(chosen: Mapping[str, Any]) -> bool:
     """llama.cpp is given float32 weights and computes in its own types (gguf_type), so a
     torch precision would only add a rounding before its own."""
@@ -43,10 +25,10 @@ def _search(device: str) -> list[str]:
     return supported(device)
 
 
-OPERATOR = Operator(
-    name="precision",
-    doc="cast the model to the dtype it is measured and saved in",
-    knobs=(
+class Precision(Operator):
+    name = "precision"
+    doc = "cast the model to the dtype it is measured and saved in"
+    knobs = (
         Knob(
             "precision",
             str,
@@ -57,9 +39,25 @@ OPERATOR = Operator(
             search=_search,
             active=_computes,
         ),
-    ),
-    active=lambda recipe: bool(recipe.runtime != "llamacpp"),
-    validate=_validate,
-    apply=_apply,
-    describe=_describe,
-)
+    )
+
+    def active(self, recipe: Any) -> bool:
+        return bool(recipe.runtime != "llamacpp")
+
+    def validate(self, recipe: Any, config: Any, device: str) -> None:
+        reason = why_not(recipe.precision, device)
+        if reason:
+            allowed = ", ".join(supported(device))
+            raise UnsupportedError(
+                f"precision={recipe.precision!r} on {device}: {reason}; choose one of {allowed}"
+            )
+
+    def apply(self, ctx: BuildContext) -> None:
+        ctx.model.to(torch_dtype(ctx.recipe.precision))
+        ctx.info["precision"] = ctx.recipe.precision
+
+    def describe(self, recipe: Any) -> str:
+        return "" if recipe.precision == "fp32" else str(recipe.precision)
+
+
+OPERATOR = Precision()

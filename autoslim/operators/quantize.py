@@ -53,49 +53,6 @@ def final_shapes(recipe: Any, config: Any) -> dict[str, tuple[int, int]]:
     return shapes
 
 
-def _active(recipe: Any) -> bool:
-    """Quantizes in the torch runtime; another runtime quantizes ``bits`` its own way when it
-    converts the built model."""
-    return bool(recipe.bits != 16 and recipe.runtime == "torch")
-
-
-def _validate(recipe: Any, config: Any, device: str) -> None:
-    from autoslim.compress.backends import get_backend
-    from autoslim.errors import UnsupportedError
-    from autoslim.precisions import torch_dtype
-
-    family = str(config.model_type)
-    OPERATOR.require_family(family)
-    backend = get_backend(recipe.quant_backend)
-    why = backend.supports_family(family)
-    if why is not None:
-        raise UnsupportedError(f"quant_backend={recipe.quant_backend!r} on {family}: {why}")
-    shapes = final_shapes(recipe, config)
-    backend.check(spec_of(recipe), device, shapes, torch_dtype(recipe.precision))
-
-
-def _apply(ctx: BuildContext) -> None:
-    from autoslim.compress.backends import get_backend
-    from autoslim.precisions import torch_dtype
-
-    recipe = ctx.recipe
-    backend = get_backend(recipe.quant_backend)
-    ctx.model = backend.quantize(
-        ctx.model, spec_of(recipe), ctx.device, torch_dtype(recipe.precision)
-    )
-    ctx.info["quantization"] = f"{recipe.quant_backend} {_describe(recipe)}"
-
-
-def _describe(recipe: Any) -> str:
-    if recipe.bits == 16:
-        return ""
-    if recipe.quant_backend == "torchao":
-        return "int8 dynamic" if recipe.quant_activations else f"int{recipe.bits} weight-only"
-    if recipe.bits == 8:
-        return "int8"
-    return str(recipe.quant_type) + ("+dq" if recipe.double_quant else "")
-
-
 def _weight_bits(chosen: Mapping[str, Any]) -> bool:
     """bits is the weight format everywhere but llamacpp, whose own knob gguf_type is."""
     return bool(chosen.get("runtime", "torch") != "llamacpp")
@@ -113,10 +70,10 @@ def _torchao_8bit(chosen: Mapping[str, Any]) -> bool:
     return int(chosen.get("bits", 16)) == 8 and chosen.get("quant_backend") == "torchao"
 
 
-OPERATOR = Operator(
-    name="quantize",
-    doc="weight quantization by a backend, the last stage",
-    knobs=(
+class Quantize(Operator):
+    name = "quantize"
+    doc = "weight quantization by a backend, the last stage"
+    knobs = (
         Knob(
             "bits",
             int,
@@ -160,9 +117,46 @@ OPERATOR = Operator(
             search=[False],
             active=_torchao_8bit,
         ),
-    ),
-    active=_active,
-    validate=_validate,
-    apply=_apply,
-    describe=_describe,
-)
+    )
+
+    def active(self, recipe: Any) -> bool:
+        """Quantizes in the torch runtime; another runtime quantizes ``bits`` its own way when it
+        converts the built model."""
+        return bool(recipe.bits != 16 and recipe.runtime == "torch")
+
+    def validate(self, recipe: Any, config: Any, device: str) -> None:
+        from autoslim.compress.backends import get_backend
+        from autoslim.errors import UnsupportedError
+        from autoslim.precisions import torch_dtype
+
+        family = str(config.model_type)
+        self.require_family(family)
+        backend = get_backend(recipe.quant_backend)
+        why = backend.supports_family(family)
+        if why is not None:
+            raise UnsupportedError(f"quant_backend={recipe.quant_backend!r} on {family}: {why}")
+        shapes = final_shapes(recipe, config)
+        backend.check(spec_of(recipe), device, shapes, torch_dtype(recipe.precision))
+
+    def apply(self, ctx: BuildContext) -> None:
+        from autoslim.compress.backends import get_backend
+        from autoslim.precisions import torch_dtype
+
+        recipe = ctx.recipe
+        backend = get_backend(recipe.quant_backend)
+        ctx.model = backend.quantize(
+            ctx.model, spec_of(recipe), ctx.device, torch_dtype(recipe.precision)
+        )
+        ctx.info["quantization"] = f"{recipe.quant_backend} {self.describe(recipe)}"
+
+    def describe(self, recipe: Any) -> str:
+        if recipe.bits == 16:
+            return ""
+        if recipe.quant_backend == "torchao":
+            return "int8 dynamic" if recipe.quant_activations else f"int{recipe.bits} weight-only"
+        if recipe.bits == 8:
+            return "int8"
+        return str(recipe.quant_type) + ("+dq" if recipe.double_quant else "")
+
+
+OPERATOR = Quantize()

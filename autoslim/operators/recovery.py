@@ -24,56 +24,13 @@ def _block_kd(chosen: Mapping[str, Any]) -> bool:
     return "block_kd" in str(chosen.get("recovery"))
 
 
-def _active(recipe: Any) -> bool:
-    return bool(recipe.recovery != "none")
-
-
-def _validate(recipe: Any, config: Any, device: str) -> None:
-    from autoslim.compress.recovery import check
-
-    OPERATOR.require_family(str(config.model_type))
-    check(recipe, config)
-
-
-def _apply(ctx: BuildContext) -> None:
-    from autoslim.compress.calibration import require_calibration
-    from autoslim.compress.recovery import Cuts, recover
-    from autoslim.precisions import torch_dtype
-
-    recipe = ctx.recipe
-    calibration = require_calibration(f"recovery={recipe.recovery!r}", ctx.calibration)
-    cuts = Cuts.of(
-        int(ctx.base.model.config.num_hidden_layers),
-        ctx.kept_layers,
-        ctx.removed_channels,
-        ctx.removed_heads,
+class Recovery(Operator):
+    name = "recovery"
+    doc = (
+        "heal the cuts on the calibration batch, layer by layer on the healed stream: "
+        "compensation biases (FLAP) or block-local distillation"
     )
-    ctx.info |= recover(
-        ctx.model,
-        ctx.base.model,
-        ctx.family,
-        cuts,
-        calibration,
-        method=recipe.recovery,
-        steps=recipe.recovery_steps,
-        lr=recipe.recovery_lr,
-        keep_zero=ctx.keep_zero,
-        autocast=torch_dtype(recipe.precision),
-    )
-
-
-def _describe(recipe: Any) -> str:
-    parts = {"bias": "bias compensation", "block_kd": f"block KD {recipe.recovery_steps} steps"}
-    if recipe.recovery == "none":
-        return ""
-    return " + ".join(parts[part] for part in recipe.recovery.split("+"))
-
-
-OPERATOR = Operator(
-    name="recovery",
-    doc="heal the cuts on the calibration batch, layer by layer on the healed stream: "
-    "compensation biases (FLAP) or block-local distillation",
-    knobs=(
+    knobs = (
         Knob(
             "recovery",
             str,
@@ -109,9 +66,51 @@ OPERATOR = Operator(
             search=[1e-3],
             active=_block_kd,
         ),
-    ),
-    active=_active,
-    validate=_validate,
-    apply=_apply,
-    describe=_describe,
-)
+    )
+
+    def active(self, recipe: Any) -> bool:
+        return bool(recipe.recovery != "none")
+
+    def validate(self, recipe: Any, config: Any, device: str) -> None:
+        from autoslim.compress.recovery import check
+
+        self.require_family(str(config.model_type))
+        check(recipe, config)
+
+    def apply(self, ctx: BuildContext) -> None:
+        from autoslim.compress.calibration import require_calibration
+        from autoslim.compress.recovery import Cuts, recover
+        from autoslim.precisions import torch_dtype
+
+        recipe = ctx.recipe
+        calibration = require_calibration(f"recovery={recipe.recovery!r}", ctx.calibration)
+        cuts = Cuts.of(
+            int(ctx.base.model.config.num_hidden_layers),
+            ctx.kept_layers,
+            ctx.removed_channels,
+            ctx.removed_heads,
+        )
+        ctx.info |= recover(
+            ctx.model,
+            ctx.base.model,
+            ctx.family,
+            cuts,
+            calibration,
+            method=recipe.recovery,
+            steps=recipe.recovery_steps,
+            lr=recipe.recovery_lr,
+            keep_zero=ctx.keep_zero,
+            autocast=torch_dtype(recipe.precision),
+        )
+
+    def describe(self, recipe: Any) -> str:
+        parts = {
+            "bias": "bias compensation",
+            "block_kd": f"block KD {recipe.recovery_steps} steps",
+        }
+        if recipe.recovery == "none":
+            return ""
+        return " + ".join(parts[part] for part in recipe.recovery.split("+"))
+
+
+OPERATOR = Recovery()

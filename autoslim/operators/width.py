@@ -11,43 +11,14 @@ from autoslim.operators.base import BuildContext, Operator
 IMPORTANCES = ("magnitude", "activation", "wanda", "fluctuation")
 
 
-def _active(recipe: Any) -> bool:
-    return bool(recipe.prune_ratio)
-
-
-def _validate(recipe: Any, config: Any, device: str) -> None:
-    OPERATOR.require_family(str(config.model_type))
-
-
-def _apply(ctx: BuildContext) -> None:
-    from autoslim.compress.prune import structured_prune
-
-    ctx.removed_channels = []
-    ctx.info |= structured_prune(
-        ctx.model,
-        ctx.family,
-        ctx.recipe.prune_ratio,
-        importance=ctx.recipe.prune_importance,
-        calibration=ctx.calibration,
-        removed=ctx.removed_channels,
-    )
-
-
-def _describe(recipe: Any) -> str:
-    if not recipe.prune_ratio:
-        return ""
-    how = "" if recipe.prune_importance == "magnitude" else f" by {recipe.prune_importance}"
-    return f"prune {recipe.prune_ratio:.0%}{how}"
-
-
 def _scores_something(chosen: Mapping[str, Any]) -> bool:
     return bool(chosen.get("prune_ratio") or chosen.get("drop_heads_per_layer"))
 
 
-OPERATOR = Operator(
-    name="structured_prune",
-    doc="remove the same share of MLP channels in every layer, rounded to multiples of 64",
-    knobs=(
+class StructuredPrune(Operator):
+    name = "structured_prune"
+    doc = "remove the same share of MLP channels in every layer, rounded to multiples of 64"
+    knobs = (
         Knob(
             "prune_ratio",
             float,
@@ -70,10 +41,30 @@ OPERATOR = Operator(
             search=["activation"],
             active=_scores_something,
         ),
-    ),
-    active=_active,
-    validate=_validate,
-    apply=_apply,
-    describe=_describe,
-    cheap=True,
-)
+    )
+    cheap = True
+
+    def active(self, recipe: Any) -> bool:
+        return bool(recipe.prune_ratio)
+
+    def apply(self, ctx: BuildContext) -> None:
+        from autoslim.compress.prune import structured_prune
+
+        ctx.removed_channels = []
+        ctx.info |= structured_prune(
+            ctx.model,
+            ctx.family,
+            ctx.recipe.prune_ratio,
+            importance=ctx.recipe.prune_importance,
+            calibration=ctx.calibration,
+            removed=ctx.removed_channels,
+        )
+
+    def describe(self, recipe: Any) -> str:
+        if not recipe.prune_ratio:
+            return ""
+        how = "" if recipe.prune_importance == "magnitude" else f" by {recipe.prune_importance}"
+        return f"prune {recipe.prune_ratio:.0%}{how}"
+
+
+OPERATOR = StructuredPrune()
